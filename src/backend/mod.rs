@@ -1,0 +1,98 @@
+//! Backends: `cpu` (the f32 reference, the oracle for every kernel) and `cuda` (the product).
+//! `load_model` picks one from `--backend` and returns it behind `model::Model`.
+pub mod cpu;
+pub mod cuda;
+pub mod kernels;
+
+use crate::checkpoint::Checkpoint;
+use crate::error::{Error, Result};
+use crate::model::Model;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Cpu,
+    Cuda,
+    /// The GPU when one is usable, else the CPU (with a one-line note on stderr).
+    Auto,
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cpu" => Ok(BackendKind::Cpu),
+            "cuda" => Ok(BackendKind::Cuda),
+            "auto" => Ok(BackendKind::Auto),
+            _ => Err(Error::invalid(format!("--backend must be cpu, cuda or auto, got `{s}`"))),
+        }
+    }
+}
+
+/// Compute dtype requested with `--dtype`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ComputeDType {
+    Auto,
+    F32,
+    BF16,
+    F16,
+}
+
+impl std::str::FromStr for ComputeDType {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(ComputeDType::Auto),
+            "f32" | "fp32" | "float32" => Ok(ComputeDType::F32),
+            "bf16" | "bfloat16" => Ok(ComputeDType::BF16),
+            "f16" | "fp16" | "float16" => Ok(ComputeDType::F16),
+            _ => Err(Error::invalid(format!("--dtype must be auto, f32, bf16 or f16, got `{s}`"))),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub backend: BackendKind,
+    pub dtype: ComputeDType,
+    /// CPU worker threads; 0 = all cores.
+    pub threads: usize,
+    /// Show a progress bar on stderr while loading.
+    pub progress: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { backend: BackendKind::Auto, dtype: ComputeDType::Auto, threads: 0, progress: false }
+    }
+}
+
+/// Load the weights of `ck` onto the chosen backend.
+pub fn load_model(ck: &Checkpoint, opts: &LoadOptions) -> Result<Arc<dyn Model>> {
+    let use_cuda = match opts.backend {
+        BackendKind::Cpu => false,
+        BackendKind::Cuda => {
+            cuda::probe()?;
+            true
+        }
+        BackendKind::Auto => match cuda::probe() {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("note: {e}; using the CPU backend");
+                false
+            }
+        },
+    };
+    if use_cuda {
+        return cuda::load(ck, opts);
+    }
+    match opts.dtype {
+        ComputeDType::Auto | ComputeDType::F32 => {}
+        d => {
+            return Err(Error::invalid(format!(
+                "--dtype {d:?}: the CPU backend computes in f32 (bf16/f16 weights are converted on the fly); use --dtype auto or f32"
+            )))
+        }
+    }
+    Ok(Arc::new(cpu::CpuModel::load(ck, opts)?))
+}

@@ -1,0 +1,42 @@
+//! One error type for the whole crate. Every message names what was wrong: the file, the tensor,
+//! the argument. Nothing in the library panics on bad input; it returns one of these.
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be opened or read.
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    /// A file was read but its content is wrong (bad JSON, bad safetensors header, wrong format).
+    #[error("{}: {msg}", path.display())]
+    BadFile { path: PathBuf, msg: String },
+    /// A tensor is missing, has the wrong dtype or shape, or its bytes are out of range.
+    #[error("{}: tensor `{tensor}`: {msg}", file.display())]
+    Tensor { file: PathBuf, tensor: String, msg: String },
+    /// A caller-supplied value (CLI flag, C ABI argument, token id, prompt) is invalid.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The sequence would exceed the KV cache / context length.
+    #[error("context full: {0}")]
+    ContextFull(String),
+    /// The requested backend is unavailable (no driver, no device, kernels not built, not implemented).
+    #[error("backend unavailable: {0}")]
+    Backend(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+    pub fn bad_file(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::BadFile { path: path.into(), msg: msg.into() }
+    }
+    pub fn tensor(file: impl Into<PathBuf>, tensor: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Tensor { file: file.into(), tensor: tensor.into(), msg: msg.into() }
+    }
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::InvalidArgument(msg.into())
+    }
+}

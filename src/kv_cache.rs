@@ -1,0 +1,1 @@
+//! KV cache of one sequence on the CPU: post-RoPE keys and values per layer.

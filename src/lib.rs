@@ -1,0 +1,28 @@
+//! qwen-rt: an inference runtime for Qwen-7B / Qwen-7B-Chat (Qwen v1).
+//!
+//! Modules in the order the data moves:
+//!
+//! ```text
+//! HF model dir ─► checkpoint (mmap, zero copy) ─► weights (typed views, shapes checked)
+//!      │                                              │
+//!  qwen.tiktoken ─► tokenizer                    backend::cpu (f32 oracle) | backend::cuda
+//!      │                                              │
+//!  chat (ChatML, history, stops) ─► model::{Model, Sequence} (+ kv_cache)
+//!                                      │
+//!                                   sampler
+//!                                      │
+//!                          qwen-run CLI · C ABI (ffi)
+//! ```
+pub mod error;
+pub mod config;
+pub mod checkpoint;
+pub mod weights;
+pub mod synth;
+pub mod tokenizer;
+pub mod model;
+pub mod kv_cache;
+pub mod backend;
+pub mod sampler;
+pub mod chat;
+
+pub use error::{Error, Result};

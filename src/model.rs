@@ -1,0 +1,70 @@
+//! The model as the rest of the crate sees it, whatever the backend: a `Model` holds the weights
+//! (shared, read-only, `Send + Sync`); a `Sequence` is one sequence's KV cache on that model.
+//! Also the position-dependent math every backend shares: dynamic NTK and logN (spec §3).
+use crate::config::QwenConfig;
+use crate::error::Result;
+use std::sync::Arc;
+
+/// A loaded model on one backend. Many sequences (on many threads) may share it.
+pub trait Model: Send + Sync {
+    fn config(&self) -> &QwenConfig;
+    /// "cpu" or "cuda".
+    fn backend_name(&self) -> &'static str;
+    /// A new empty sequence whose KV cache holds up to `max_seq_len` tokens.
+    fn new_sequence(self: Arc<Self>, max_seq_len: usize) -> Result<Box<dyn Sequence>>;
+}
+
+/// One sequence: the tokens seen so far live in its KV cache.
+pub trait Sequence: Send {
+    fn config(&self) -> &QwenConfig;
+    /// Tokens in the KV cache.
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The most tokens the KV cache can hold.
+    fn capacity(&self) -> usize;
+    /// Forget every token (the next `forward` is a prefill again).
+    fn reset(&mut self);
+    /// The dynamic-NTK alpha in force (fixed by the prefill; 1 before any).
+    fn ntk_alpha(&self) -> f64;
+    /// Run `tokens` (T >= 1) at positions len()..len()+T, appending K/V to the cache.
+    /// A call on an empty sequence is the prefill and fixes the NTK alpha from T.
+    /// Returns logits: `[T, V]` row-major if `all_logits`, else `[V]` of the last token.
+    /// Errors (nothing is changed): empty `tokens`, an id >= V, or len()+T > capacity().
+    fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>>;
+}
+
+/// Dynamic-NTK alpha for a prefill of `prompt_len` tokens (spec §3.1):
+/// context_value = log2(L / S) + 1, alpha = max(1, 2^ceil(context_value) - 1); 1 when disabled.
+pub fn ntk_alpha(config: &QwenConfig, prompt_len: usize) -> f64 {
+    if !config.use_dynamic_ntk || prompt_len <= config.seq_length {
+        return 1.0;
+    }
+    let context_value = (prompt_len as f64 / config.seq_length as f64).log2() + 1.0;
+    (2f64.powf(context_value.ceil()) - 1.0).max(1.0)
+}
+
+/// Rotary base after NTK scaling: base * alpha^(D / (D - 2)) (python float math, spec §3.1).
+pub fn rope_base(config: &QwenConfig, alpha: f64) -> f64 {
+    let d = config.head_dim as f64;
+    config.rotary_emb_base * alpha.powf(d / (d - 2.0))
+}
+
+/// inv_freq[j] = 1 / base'^(2j / D), j < D/2, in fp32 as torch computes it
+/// (`python_float ** fp32_tensor`: the base is rounded to fp32 first).
+pub fn inv_freq(config: &QwenConfig, alpha: f64) -> Vec<f32> {
+    let base = rope_base(config, alpha) as f32;
+    let d = config.head_dim;
+    (0..d / 2).map(|j| 1.0f32 / base.powf((2 * j) as f32 / d as f32)).collect()
+}
+
+/// logN query scale at 0-based position `pos` (spec §3.2): ln(pos+1)/ln(S) if pos+1 > S else 1,
+/// computed in f64 and stored as fp32 like the reference table.
+pub fn logn_scale(config: &QwenConfig, pos: usize) -> f32 {
+    let i = pos + 1;
+    if !config.use_logn_attn || i <= config.seq_length {
+        return 1.0;
+    }
+    ((i as f64).ln() / (config.seq_length as f64).ln()) as f32
+}

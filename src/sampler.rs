@@ -1,0 +1,1 @@
+//! Next-token selection with Hugging Face semantics (spec §5.6).
