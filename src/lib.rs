@@ -24,5 +24,6 @@ pub mod kv_cache;
 pub mod backend;
 pub mod sampler;
 pub mod chat;
+pub mod generate;
 
 pub use error::{Error, Result};
