@@ -114,14 +114,272 @@ pub struct Checkpoint {
     pub generation: GenerationConfig,
     /// Every tensor of every shard, by name.
     pub tensors: BTreeMap<String, TensorView>,
+    /// Every shard file opened, with its size in bytes, in the order opened.
+    pub shards: Vec<(PathBuf, u64)>,
+}
+
+/// Largest safetensors JSON header accepted (the real 7B shards have headers of a few KB).
+const MAX_HEADER_LEN: u64 = 100 * 1024 * 1024;
+
+/// One validated entry of a safetensors header: where its bytes lie in the mmap.
+struct RawTensor {
+    name: String,
+    dtype: DType,
+    shape: Vec<usize>,
+    /// Absolute byte offset in the file.
+    offset: usize,
+}
+
+fn parse_dtype(s: &str) -> Option<DType> {
+    match s {
+        "BF16" => Some(DType::BF16),
+        "F16" => Some(DType::F16),
+        "F32" => Some(DType::F32),
+        _ => None,
+    }
+}
+
+/// Parse and validate the header of a mapped safetensors file. Every range is checked against
+/// the data section before any `TensorView` is built.
+fn parse_safetensors(path: &Path, mmap: &[u8]) -> Result<Vec<RawTensor>> {
+    let file_len = mmap.len() as u64;
+    let len_bytes: [u8; 8] = mmap
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| Error::bad_file(path, format!("not a safetensors file: {file_len} bytes, shorter than the 8-byte header length")))?;
+    let n = u64::from_le_bytes(len_bytes);
+    if n > MAX_HEADER_LEN {
+        return Err(Error::bad_file(path, format!("safetensors header length {n} is absurd (limit {MAX_HEADER_LEN} bytes)")));
+    }
+    if 8 + n > file_len {
+        return Err(Error::bad_file(
+            path,
+            format!("safetensors header length {n} runs past the end of the file ({file_len} bytes): truncated or not safetensors"),
+        ));
+    }
+    let data_start = 8 + n as usize;
+    let data_len = mmap.len() - data_start;
+    let header = std::str::from_utf8(&mmap[8..data_start])
+        .map_err(|e| Error::bad_file(path, format!("safetensors header is not valid UTF-8: {e}")))?;
+    let obj = match serde_json::from_str::<serde_json::Value>(header) {
+        Ok(serde_json::Value::Object(m)) => m,
+        Ok(_) => return Err(Error::bad_file(path, "safetensors header is not a JSON object")),
+        Err(e) => return Err(Error::bad_file(path, format!("safetensors header is not valid JSON: {e}"))),
+    };
+    let mut out = Vec::with_capacity(obj.len());
+    for (name, v) in &obj {
+        if name == "__metadata__" {
+            continue;
+        }
+        let terr = |msg: String| Error::tensor(path, name.as_str(), msg);
+        let entry = v.as_object().ok_or_else(|| terr(format!("header entry is not an object: {v}")))?;
+        let dtype_s = entry
+            .get("dtype")
+            .and_then(|d| d.as_str())
+            .ok_or_else(|| terr("header entry has no string `dtype`".into()))?;
+        let dtype = parse_dtype(dtype_s)
+            .ok_or_else(|| terr(format!("unsupported dtype {dtype_s} (supported: BF16, F16, F32)")))?;
+        let shape_v = entry
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .ok_or_else(|| terr("header entry has no `shape` list".into()))?;
+        let mut shape = Vec::with_capacity(shape_v.len());
+        let mut numel: usize = 1;
+        for d in shape_v {
+            let d = d
+                .as_u64()
+                .and_then(|d| usize::try_from(d).ok())
+                .ok_or_else(|| terr(format!("shape {shape_v:?} has a non-integer dimension {d}")))?;
+            numel = numel.checked_mul(d).ok_or_else(|| terr(format!("shape {shape_v:?} overflows")))?;
+            shape.push(d);
+        }
+        let nbytes = numel
+            .checked_mul(dtype.size())
+            .ok_or_else(|| terr(format!("shape {shape:?} overflows in bytes")))?;
+        let offs = entry
+            .get("data_offsets")
+            .and_then(|o| o.as_array())
+            .filter(|o| o.len() == 2)
+            .ok_or_else(|| terr("header entry has no `data_offsets` [begin, end]".into()))?;
+        let (begin, end) = match (offs[0].as_u64(), offs[1].as_u64()) {
+            (Some(b), Some(e)) => (b, e),
+            _ => return Err(terr(format!("data_offsets {offs:?} are not integers"))),
+        };
+        if begin > end {
+            return Err(terr(format!("data_offsets [{begin}, {end}]: begin > end")));
+        }
+        if end > data_len as u64 {
+            return Err(terr(format!(
+                "data_offsets [{begin}, {end}] run past the end of the data section ({data_len} bytes): file truncated?"
+            )));
+        }
+        if end - begin != nbytes as u64 {
+            return Err(terr(format!(
+                "data_offsets [{begin}, {end}] hold {} bytes, but {dtype_s} {shape:?} needs {nbytes}",
+                end - begin
+            )));
+        }
+        out.push(RawTensor { name: name.clone(), dtype, shape, offset: data_start + begin as usize });
+    }
+    // Overlapping tensors: sort by offset and check neighbours (zero-sized tensors never overlap).
+    let mut spans: Vec<(usize, usize, &str)> = out
+        .iter()
+        .filter(|t| t.shape.iter().product::<usize>() > 0)
+        .map(|t| (t.offset, t.offset + t.shape.iter().product::<usize>() * t.dtype.size(), t.name.as_str()))
+        .collect();
+    spans.sort();
+    for w in spans.windows(2) {
+        if w[1].0 < w[0].1 {
+            return Err(Error::tensor(path, w[1].2, format!("bytes overlap those of tensor `{}`", w[0].2)));
+        }
+    }
+    Ok(out)
+}
+
+/// Memory-map one shard read-only and validate its header.
+fn open_shard(path: &Path) -> Result<(Arc<Mmap>, Vec<RawTensor>, u64)> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    if size < 8 {
+        return Err(Error::bad_file(path, format!("not a safetensors file: {size} bytes, shorter than the 8-byte header length")));
+    }
+    // SAFETY: read-only map. The file must not be truncated while mapped (same contract as every
+    // mmap-based loader); all ranges were validated against the length seen here.
+    let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    let raw = parse_safetensors(path, &mmap)?;
+    Ok((Arc::new(mmap), raw, size))
+}
+
+/// A shard name from the index must be a plain file name inside the model directory.
+fn check_shard_name(index: &Path, name: &str) -> Result<()> {
+    let plain = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains('/')
+        && !name.contains('\\')
+        && !name.contains('\0')
+        && !Path::new(name).is_absolute()
+        && Path::new(name).components().count() == 1;
+    if plain {
+        Ok(())
+    } else {
+        Err(Error::bad_file(index, format!("weight_map names shard {name:?}, which is not a plain file name inside the model directory")))
+    }
+}
+
+/// `weight_map` of `model.safetensors.index.json`: tensor name → shard file name.
+fn read_index(index: &Path) -> Result<BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::bad_file(index, format!("invalid JSON: {e}")))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::bad_file(index, "missing `weight_map` object"))?;
+    let mut out = BTreeMap::new();
+    for (tensor, shard) in map {
+        let shard = shard
+            .as_str()
+            .ok_or_else(|| Error::bad_file(index, format!("weight_map[{tensor:?}] is not a file name: {shard}")))?;
+        check_shard_name(index, shard)?;
+        out.insert(tensor.clone(), shard.to_string());
+    }
+    if out.is_empty() {
+        return Err(Error::bad_file(index, "weight_map lists no tensors"));
+    }
+    Ok(out)
+}
+
+/// The message for a directory that only has PyTorch pickles.
+fn pytorch_only_error(dir: &Path, found: &str) -> Error {
+    Error::bad_file(
+        dir.join(found),
+        format!(
+            "PyTorch pickle weights are not supported (they can run arbitrary code when loaded); convert the \
+             directory to safetensors first, e.g.\n  python -c \"from transformers import AutoModelForCausalLM as M; \
+             M.from_pretrained('{d}', trust_remote_code=True, torch_dtype='auto').save_pretrained('{d}-safetensors', \
+             safe_serialization=True)\"\n(then copy config.json, generation_config.json and qwen.tiktoken along), or per file with \
+             safetensors.torch.save_file(torch.load('pytorch_model.bin'), 'model.safetensors')",
+            d = dir.display()
+        ),
+    )
 }
 
 impl Checkpoint {
     /// Open `dir`: parse the configs, map every shard, validate every header. Does not check
     /// tensors against the config (that is `weights::Weights::from_checkpoint`).
     pub fn open(dir: &Path) -> Result<Self> {
-        let _ = dir;
-        todo!("checkpoint::Checkpoint::open")
+        let meta = std::fs::metadata(dir).map_err(|e| Error::io(dir, e))?;
+        if !meta.is_dir() {
+            return Err(Error::bad_file(dir, "not a directory (expected a Hugging Face model directory)"));
+        }
+        let config = QwenConfig::load(&dir.join("config.json"))?;
+        let gen_path = dir.join("generation_config.json");
+        let generation =
+            if gen_path.exists() { GenerationConfig::load(&gen_path)? } else { GenerationConfig::default() };
+
+        let index_path = dir.join("model.safetensors.index.json");
+        let single = dir.join("model.safetensors");
+        // (shard file name, tensors the index places in it; None for a single-file model)
+        let mut plan: Vec<(String, Option<Vec<String>>)> = Vec::new();
+        if index_path.exists() {
+            let index = read_index(&index_path)?;
+            let mut by_shard: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for (tensor, shard) in index {
+                by_shard.entry(shard).or_default().push(tensor);
+            }
+            plan.extend(by_shard.into_iter().map(|(s, t)| (s, Some(t))));
+        } else if single.exists() {
+            plan.push(("model.safetensors".to_string(), None));
+        } else {
+            let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+            let mut bin: Option<String> = None;
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".bin") || name == "pytorch_model.bin.index.json" {
+                    bin = Some(bin.map_or(name.clone(), |b: String| b.min(name)));
+                }
+            }
+            return Err(match bin {
+                Some(found) => pytorch_only_error(dir, &found),
+                None => Error::bad_file(
+                    dir,
+                    "no weights found: expected model.safetensors or model.safetensors.index.json + shards",
+                ),
+            });
+        }
+
+        let mut tensors: BTreeMap<String, TensorView> = BTreeMap::new();
+        let mut shards = Vec::with_capacity(plan.len());
+        for (shard_name, listed) in plan {
+            let path = dir.join(&shard_name);
+            let (mmap, raw, size) = open_shard(&path)?;
+            let file = Arc::new(path.clone());
+            if let Some(listed) = listed {
+                for t in &listed {
+                    if !raw.iter().any(|r| &r.name == t) {
+                        return Err(Error::tensor(
+                            &path,
+                            t.as_str(),
+                            format!("listed in {} but absent from this shard", index_path.display()),
+                        ));
+                    }
+                }
+            }
+            for r in raw {
+                if let Some(prev) = tensors.get(&r.name) {
+                    return Err(Error::tensor(
+                        &path,
+                        r.name.as_str(),
+                        format!("duplicated: also stored in {}", prev.file.display()),
+                    ));
+                }
+                let view = TensorView::new(r.name.clone(), r.dtype, r.shape, file.clone(), mmap.clone(), r.offset);
+                tensors.insert(r.name, view);
+            }
+            shards.push((path, size));
+        }
+        Ok(Checkpoint { dir: dir.to_path_buf(), config, generation, tensors, shards })
     }
 
     /// The named tensor, or an error naming the tensor and the directory.

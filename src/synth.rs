@@ -1,1 +1,575 @@
 //! Random-weight models in the real Qwen v1 format (config, generation config, index + shards, vocabulary).
+//!
+//! `synth_model` writes a directory that `Checkpoint::open` reads like a downloaded one: HF v1.1
+//! `config.json`, a ChatML `generation_config.json`, `qwen.tiktoken`, `model.safetensors.index.json`
+//! and bf16 shards `model-0000k-of-0000n.safetensors` split in model order (layers straddle shards,
+//! as in the real 7B). Weights come from a counter-based RNG keyed by (seed, tensor name, element
+//! index), so the output is identical whatever the thread count or chunking, and tensors stream to
+//! disk in fixed-size chunks: memory stays at one chunk, whatever the model size.
+use crate::checkpoint::{Checkpoint, DType};
+use crate::error::{Error, Result};
+use rayon::prelude::*;
+use serde_json::json;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The vocabulary, embedded so a synthesized model is complete on its own.
+const VOCAB: &[u8] = include_bytes!("../assets/qwen.tiktoken");
+
+/// Bump when the generated values change: cached models with another stamp are rebuilt.
+const GENERATOR: &str = "qwen-rt synth v2";
+/// File in every synthesized directory recording how it was made (ignored by the loader).
+const STAMP_FILE: &str = "qwen_rt_synth.json";
+
+/// Elements generated per streamed chunk (x 2 bytes for bf16 = 32 MiB).
+const CHUNK_ELEMS: usize = 16 << 20;
+/// Elements per parallel task inside a chunk.
+const TASK_ELEMS: usize = 64 << 10;
+
+/// Sizes of a synthesized model (HF v1.1 meaning of each field).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SynthPreset {
+    pub name: String,
+    /// C
+    pub hidden_size: usize,
+    /// H (D = C / H)
+    pub num_heads: usize,
+    /// L
+    pub num_layers: usize,
+    /// 2 x F
+    pub intermediate_size: usize,
+    /// V
+    pub vocab_size: usize,
+    /// S
+    pub seq_length: usize,
+    pub max_position_embeddings: usize,
+    pub layer_norm_epsilon: f64,
+}
+
+impl SynthPreset {
+    /// C 64, H 4 (D 16), L 2, F 176, V 151936 (the real tokenizer works), S 64 (NTK and logN
+    /// kick in on short prompts).
+    pub fn tiny() -> Self {
+        SynthPreset {
+            name: "tiny".into(),
+            hidden_size: 64,
+            num_heads: 4,
+            num_layers: 2,
+            intermediate_size: 2 * 176,
+            vocab_size: 151936,
+            seq_length: 64,
+            max_position_embeddings: 32768,
+            layer_norm_epsilon: 1e-6,
+        }
+    }
+
+    /// The real Qwen-7B v1.1 shape.
+    pub fn seven_b() -> Self {
+        SynthPreset {
+            name: "7b".into(),
+            hidden_size: 4096,
+            num_heads: 32,
+            num_layers: 32,
+            intermediate_size: 22016,
+            vocab_size: 151936,
+            seq_length: 8192,
+            max_position_embeddings: 32768,
+            layer_norm_epsilon: 1e-6,
+        }
+    }
+
+    /// "tiny" or "7b".
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name {
+            "tiny" => Ok(Self::tiny()),
+            "7b" | "7B" => Ok(Self::seven_b()),
+            _ => Err(Error::invalid(format!("unknown synth preset {name:?} (expected \"tiny\" or \"7b\")"))),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let ok = self.hidden_size > 0
+            && self.num_heads > 0
+            && self.hidden_size % self.num_heads == 0
+            && (self.hidden_size / self.num_heads) % 2 == 0
+            && self.num_layers > 0
+            && self.intermediate_size > 0
+            && self.intermediate_size % 2 == 0
+            && self.vocab_size > 0
+            && self.seq_length > 0;
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::invalid(format!("synth preset {:?} has inconsistent sizes: {self:?}", self.name)))
+        }
+    }
+}
+
+/// How to write a synthesized model.
+#[derive(Debug, Clone)]
+pub struct SynthOptions {
+    /// Start a new shard before a tensor that would push the current one past this many bytes.
+    pub max_shard_bytes: u64,
+    /// Write one `model.safetensors` instead of an index + shards.
+    pub single_file: bool,
+    /// Storage type of every tensor.
+    pub dtype: DType,
+}
+
+impl Default for SynthOptions {
+    fn default() -> Self {
+        SynthOptions { max_shard_bytes: 2_000_000_000, single_file: false, dtype: DType::BF16 }
+    }
+}
+
+/// How a tensor's values are drawn.
+#[derive(Debug, Clone, Copy)]
+enum Init {
+    /// Uniform, mean 0, this standard deviation (matrices, biases).
+    Uniform(f32),
+    /// 1.0 + uniform in [-spread, spread] (RMSNorm weights).
+    AroundOne(f32),
+}
+
+/// One tensor of the model, in model order.
+struct Planned {
+    name: String,
+    shape: Vec<usize>,
+    init: Init,
+}
+
+/// Every tensor of spec §2.2, in the order the model uses them (the order shards are cut in).
+fn plan(p: &SynthPreset) -> Vec<Planned> {
+    let (c, f, v) = (p.hidden_size, p.intermediate_size / 2, p.vocab_size);
+    let pr = c; // P = H * D = C for the presets (kv_channels = C / H)
+    let m = |name: String, shape: Vec<usize>| Planned { name, shape, init: Init::Uniform(0.02) };
+    let norm = |name: String| Planned { name, shape: vec![c], init: Init::AroundOne(0.1) };
+    let mut out = vec![m("transformer.wte.weight".into(), vec![v, c])];
+    for i in 0..p.num_layers {
+        let n = |s: &str| format!("transformer.h.{i}.{s}");
+        out.push(norm(n("ln_1.weight")));
+        out.push(m(n("attn.c_attn.weight"), vec![3 * pr, c]));
+        out.push(Planned { name: n("attn.c_attn.bias"), shape: vec![3 * pr], init: Init::Uniform(0.02) });
+        out.push(m(n("attn.c_proj.weight"), vec![c, pr]));
+        out.push(norm(n("ln_2.weight")));
+        out.push(m(n("mlp.w1.weight"), vec![f, c]));
+        out.push(m(n("mlp.w2.weight"), vec![f, c]));
+        out.push(m(n("mlp.c_proj.weight"), vec![c, f]));
+    }
+    out.push(norm("transformer.ln_f.weight".into()));
+    out.push(m("lm_head.weight".into(), vec![v, c]));
+    out
+}
+
+#[inline(always)]
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Per-tensor stream key: the seed mixed with an FNV-1a hash of the name.
+fn tensor_key(seed: u64, name: &str) -> u64 {
+    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+    splitmix64(seed ^ splitmix64(h))
+}
+
+impl Init {
+    /// (offset, scale): value = offset + scale * u with u uniform in [-1, 1).
+    fn affine(self) -> (f32, f32) {
+        match self {
+            Init::Uniform(std) => (0.0, std * 3f32.sqrt()),
+            Init::AroundOne(spread) => (1.0, spread),
+        }
+    }
+}
+
+/// Element `i` of the tensor keyed `key`.
+#[inline(always)]
+fn value(key: u64, i: u64, (offset, scale): (f32, f32)) -> f32 {
+    let bits = splitmix64(key ^ i.wrapping_mul(0xD6E8_FEB8_6659_FD93));
+    let u = (bits >> 40) as f32 * (2.0 / (1u64 << 24) as f32) - 1.0; // uniform [-1, 1)
+    offset + scale * u
+}
+
+/// bf16 bits of a finite `x`, rounded to nearest even (what `half::bf16::from_f32` gives for
+/// finite inputs, in a form that stays fast in unoptimized builds).
+#[inline(always)]
+fn bf16_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) as u16
+}
+
+/// Fill `out` (elements `base..base + out.len() / es`, little-endian bytes) with the random values
+/// of tensor `key`.
+fn fill_random(out: &mut [u8], dtype: DType, key: u64, base: u64, init: Init) {
+    let a = init.affine();
+    match dtype {
+        DType::BF16 => match bytemuck::try_cast_slice_mut::<u8, u16>(out) {
+            Ok(words) => {
+                let mut j = 0;
+                while j < words.len() {
+                    words[j] = bf16_bits(value(key, base + j as u64, a)).to_le();
+                    j += 1;
+                }
+            }
+            Err(_) => {
+                for (j, o) in out.chunks_exact_mut(2).enumerate() {
+                    o.copy_from_slice(&bf16_bits(value(key, base + j as u64, a)).to_le_bytes());
+                }
+            }
+        },
+        DType::F16 => {
+            for (j, o) in out.chunks_exact_mut(2).enumerate() {
+                let x = value(key, base + j as u64, a);
+                o.copy_from_slice(&half::f16::from_f32(x).to_bits().to_le_bytes());
+            }
+        }
+        DType::F32 => {
+            for (j, o) in out.chunks_exact_mut(4).enumerate() {
+                o.copy_from_slice(&value(key, base + j as u64, a).to_le_bytes());
+            }
+        }
+    }
+}
+
+fn encode(x: f32, dtype: DType, out: &mut [u8]) {
+    match dtype {
+        DType::BF16 => out.copy_from_slice(&half::bf16::from_f32(x).to_bits().to_le_bytes()),
+        DType::F16 => out.copy_from_slice(&half::f16::from_f32(x).to_bits().to_le_bytes()),
+        DType::F32 => out.copy_from_slice(&x.to_le_bytes()),
+    }
+}
+
+/// Where a written tensor's values come from.
+enum Source<'a> {
+    Random { key: u64, init: Init },
+    Values(&'a [f32]),
+}
+
+struct ToWrite<'a> {
+    name: &'a str,
+    dtype: DType,
+    shape: &'a [usize],
+    source: Source<'a>,
+}
+
+fn numel(shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| Error::invalid(format!("shape {shape:?} overflows")))
+}
+
+/// Write one safetensors file as the `safetensors` crate does: 8-byte LE header length, JSON header
+/// (keys sorted, `__metadata__` {"format": "pt"}, padded with spaces to a multiple of 8), then the
+/// data, largest dtype first then by name, so every tensor is aligned to its element size.
+fn write_safetensors_inner(path: &Path, tensors: &mut [ToWrite<'_>]) -> Result<()> {
+    tensors.sort_by(|a, b| b.dtype.size().cmp(&a.dtype.size()).then(a.name.cmp(b.name)));
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), json!({"format": "pt"}));
+    let mut off = 0usize;
+    for t in tensors.iter() {
+        let bytes = numel(t.shape)? * t.dtype.size();
+        header.insert(
+            t.name.to_string(),
+            json!({"dtype": t.dtype.name(), "shape": t.shape, "data_offsets": [off, off + bytes]}),
+        );
+        off += bytes;
+    }
+    let mut text = serde_json::to_string(&header).map_err(|e| Error::invalid(format!("header JSON: {e}")))?;
+    while text.len() % 8 != 0 {
+        text.push(' ');
+    }
+    let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    let io = |e| Error::io(path, e);
+    w.write_all(&(text.len() as u64).to_le_bytes()).map_err(io)?;
+    w.write_all(text.as_bytes()).map_err(io)?;
+    // u64 storage so the byte view is 8-byte aligned (bf16 chunks are filled as u16 words).
+    let mut store: Vec<u64> = Vec::new();
+    for t in tensors.iter() {
+        let n = numel(t.shape)?;
+        let es = t.dtype.size();
+        let mut start = 0usize;
+        while start < n {
+            let len = CHUNK_ELEMS.min(n - start);
+            store.resize((len * es).div_ceil(8), 0);
+            let buf = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut store)[..len * es];
+            match &t.source {
+                Source::Values(v) => {
+                    let v = v.get(start..start + len).ok_or_else(|| {
+                        Error::invalid(format!("tensor `{}`: {} values for shape {:?}", t.name, v.len(), t.shape))
+                    })?;
+                    for (x, o) in v.iter().zip(buf.chunks_exact_mut(es)) {
+                        encode(*x, t.dtype, o);
+                    }
+                }
+                Source::Random { key, init } => {
+                    buf.par_chunks_mut(TASK_ELEMS * es).enumerate().for_each(|(ci, part)| {
+                        fill_random(part, t.dtype, *key, (start + ci * TASK_ELEMS) as u64, *init);
+                    });
+                }
+            }
+            w.write_all(buf).map_err(io)?;
+            start += len;
+        }
+    }
+    w.flush().map_err(io)?;
+    w.into_inner().map_err(|e| Error::io(path, e.into_error()))?.sync_all().map_err(io)?;
+    Ok(())
+}
+
+/// Write a safetensors file holding the given tensors (name, dtype, shape, values as f32, rounded
+/// to nearest-even in the dtype). For tests and tools that need exact, known contents.
+pub fn write_safetensors(path: &Path, tensors: &[(&str, DType, &[usize], &[f32])]) -> Result<()> {
+    let mut list = Vec::with_capacity(tensors.len());
+    for &(name, dtype, shape, values) in tensors {
+        if numel(shape)? != values.len() {
+            return Err(Error::invalid(format!("tensor `{name}`: {} values for shape {shape:?}", values.len())));
+        }
+        list.push(ToWrite { name, dtype, shape, source: Source::Values(values) });
+    }
+    write_safetensors_inner(path, &mut list)
+}
+
+fn config_json(p: &SynthPreset, dtype: DType) -> serde_json::Value {
+    json!({
+        "architectures": ["QWenLMHeadModel"],
+        "auto_map": {
+            "AutoConfig": "configuration_qwen.QWenConfig",
+            "AutoModelForCausalLM": "modeling_qwen.QWenLMHeadModel"
+        },
+        "attn_dropout_prob": 0.0,
+        "bf16": false,
+        "emb_dropout_prob": 0.0,
+        "fp16": false,
+        "fp32": false,
+        "hidden_size": p.hidden_size,
+        "intermediate_size": p.intermediate_size,
+        "initializer_range": 0.02,
+        "kv_channels": p.hidden_size / p.num_heads,
+        "layer_norm_epsilon": p.layer_norm_epsilon,
+        "max_position_embeddings": p.max_position_embeddings,
+        "model_type": "qwen",
+        "no_bias": true,
+        "num_attention_heads": p.num_heads,
+        "num_hidden_layers": p.num_layers,
+        "onnx_safe": null,
+        "rotary_emb_base": 10000,
+        "rotary_pct": 1.0,
+        "scale_attn_weights": true,
+        "seq_length": p.seq_length,
+        "tie_word_embeddings": false,
+        "tokenizer_class": "QWenTokenizer",
+        "torch_dtype": match dtype { DType::BF16 => "bfloat16", DType::F16 => "float16", DType::F32 => "float32" },
+        "transformers_version": "4.32.0",
+        "use_cache": true,
+        "use_dynamic_ntk": true,
+        "use_flash_attn": "auto",
+        "use_logn_attn": true,
+        "vocab_size": p.vocab_size
+    })
+}
+
+/// Qwen-7B-Chat's generation config (ChatML), with the window and repetition penalty of v1.1 chat.
+fn generation_config_json() -> serde_json::Value {
+    json!({
+        "chat_format": "chatml",
+        "decay_bound": 0.0,
+        "decay_factor": 1.0,
+        "eos_token_id": 151643,
+        "factual_nucleus_sampling": false,
+        "max_context_size": 1024,
+        "max_generate_size": 512,
+        "max_new_tokens": 512,
+        "max_window_size": 6144,
+        "pad_token_id": 151643,
+        "stop_words_ids": [[151643]],
+        "do_sample": true,
+        "repetition_penalty": 1.1,
+        "top_k": 0,
+        "top_p": 0.8,
+        "transformers_version": "4.31.0"
+    })
+}
+
+fn stamp(p: &SynthPreset, seed: u64, opts: &SynthOptions) -> serde_json::Value {
+    json!({
+        "generator": GENERATOR, "preset": p.name, "seed": seed, "dtype": opts.dtype.name(),
+        "single_file": opts.single_file, "max_shard_bytes": opts.max_shard_bytes
+    })
+}
+
+fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(v).map_err(|e| Error::invalid(format!("JSON: {e}")))?;
+    std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
+}
+
+/// Cut the planned tensors (model order) into shards of at most `max` bytes (a tensor larger
+/// than `max` gets a shard of its own).
+fn cut_shards(tensors: &[Planned], es: usize, max: u64) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut first, mut bytes) = (0usize, 0u64);
+    for (i, t) in tensors.iter().enumerate() {
+        let b = (t.shape.iter().product::<usize>() * es) as u64;
+        if i > first && bytes + b > max {
+            out.push(first..i);
+            first = i;
+            bytes = 0;
+        }
+        bytes += b;
+    }
+    out.push(first..tensors.len());
+    out
+}
+
+/// Write every file of the model into `tmp` (an empty directory).
+fn write_all_files(tmp: &Path, p: &SynthPreset, seed: u64, opts: &SynthOptions) -> Result<()> {
+    write_json(&tmp.join(STAMP_FILE), &stamp(p, seed, opts))?;
+    write_json(&tmp.join("config.json"), &config_json(p, opts.dtype))?;
+    write_json(&tmp.join("generation_config.json"), &generation_config_json())?;
+    let vocab = tmp.join("qwen.tiktoken");
+    std::fs::write(&vocab, VOCAB).map_err(|e| Error::io(&vocab, e))?;
+
+    let tensors = plan(p);
+    let es = opts.dtype.size();
+    let to_write = |range: std::ops::Range<usize>| -> Vec<ToWrite<'_>> {
+        tensors[range]
+            .iter()
+            .map(|t| ToWrite {
+                name: &t.name,
+                dtype: opts.dtype,
+                shape: &t.shape,
+                source: Source::Random { key: tensor_key(seed, &t.name), init: t.init },
+            })
+            .collect()
+    };
+    if opts.single_file {
+        return write_safetensors_inner(&tmp.join("model.safetensors"), &mut to_write(0..tensors.len()));
+    }
+    let shards = cut_shards(&tensors, es, opts.max_shard_bytes.max(1));
+    let n = shards.len();
+    let mut weight_map = serde_json::Map::new();
+    let mut total = 0u64;
+    for (k, range) in shards.into_iter().enumerate() {
+        let file = format!("model-{:05}-of-{:05}.safetensors", k + 1, n);
+        for t in &tensors[range.clone()] {
+            weight_map.insert(t.name.clone(), json!(file));
+            total += (t.shape.iter().product::<usize>() * es) as u64;
+        }
+        write_safetensors_inner(&tmp.join(&file), &mut to_write(range))?;
+    }
+    let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+    write_json(&tmp.join("model.safetensors.index.json"), &index)
+}
+
+/// A fresh, unique sibling of `dir` to write into (same filesystem, so the final rename is atomic).
+fn temp_sibling(dir: &Path) -> Result<PathBuf> {
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = dir
+        .file_name()
+        .ok_or_else(|| Error::invalid(format!("synth output {} has no directory name", dir.display())))?
+        .to_string_lossy()
+        .into_owned();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let tmp = parent.join(format!(".{name}.tmp-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+    std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    Ok(tmp)
+}
+
+/// Synthesize into a fresh temporary sibling of `dir`; on failure nothing is left behind.
+fn synth_to_temp(dir: &Path, preset: &SynthPreset, seed: u64, opts: &SynthOptions) -> Result<PathBuf> {
+    preset.validate()?;
+    let tmp = temp_sibling(dir)?;
+    match write_all_files(&tmp, preset, seed, opts) {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}
+
+fn is_nonempty_dir(dir: &Path) -> bool {
+    std::fs::read_dir(dir).map(|mut r| r.next().is_some()).unwrap_or(false)
+}
+
+/// Write a complete random-weight model directory at `dir` (which must not exist, or be empty).
+/// The files are written next to `dir` and renamed into place, so a failure leaves nothing half
+/// written.
+pub fn synth_model(dir: &Path, preset: &SynthPreset, seed: u64, opts: &SynthOptions) -> Result<()> {
+    if dir.exists() && (!dir.is_dir() || is_nonempty_dir(dir)) {
+        return Err(Error::bad_file(dir, "synth output exists and is not an empty directory; refusing to overwrite"));
+    }
+    let tmp = synth_to_temp(dir, preset, seed, opts)?;
+    std::fs::rename(&tmp, dir).map_err(|e| {
+        let _ = std::fs::remove_dir_all(&tmp);
+        Error::io(dir, e)
+    })
+}
+
+/// Whether `dir` holds a usable built-in tiny model from this generator (stamp, configs,
+/// vocabulary, every weight of the right shape).
+fn usable(dir: &Path) -> bool {
+    let want = stamp(&SynthPreset::tiny(), 0, &SynthOptions::default());
+    let stamp_ok = std::fs::read_to_string(dir.join(STAMP_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .is_some_and(|v| v == want);
+    let vocab_ok = std::fs::metadata(dir.join("qwen.tiktoken")).map(|m| m.len() == VOCAB.len() as u64).unwrap_or(false);
+    stamp_ok
+        && vocab_ok
+        && Checkpoint::open(dir).and_then(|ck| crate::weights::Weights::from_checkpoint(&ck).map(|_| ())).is_ok()
+}
+
+/// The tiny preset, seed 0, cached under `<temp dir>/qwen-rt-builtin-tiny-v1`: synthesized on first
+/// use (atomically, safe against concurrent callers), reused afterwards.
+pub fn builtin_tiny_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join("qwen-rt-builtin-tiny-v1");
+    for _ in 0..3 {
+        if usable(&dir) {
+            return Ok(dir);
+        }
+        if dir.exists() {
+            // Broken, or from another generator version: move it aside and delete it (a process
+            // still mapping its files keeps them until it unmaps; the rename is atomic).
+            let stale = temp_sibling(&dir)?;
+            if std::fs::rename(&dir, stale.join("old")).is_ok() {
+                let _ = std::fs::remove_dir_all(&stale);
+            } else {
+                let _ = std::fs::remove_dir(&stale);
+            }
+        }
+        let tmp = synth_to_temp(&dir, &SynthPreset::tiny(), 0, &SynthOptions::default())?;
+        if std::fs::rename(&tmp, &dir).is_err() {
+            // Someone else won the race; use theirs.
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+    }
+    // Still unusable after three fresh writes: report why.
+    let ck = Checkpoint::open(&dir)?;
+    crate::weights::Weights::from_checkpoint(&ck)?;
+    Err(Error::bad_file(dir, "built-in tiny model: stamp or vocabulary missing or wrong after rebuilding it"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_rounding_matches_half() {
+        // Ties, near-ties, subnormals, large and small magnitudes: same bits as the `half` crate.
+        let mut xs = vec![0.0f32, -0.0, 1.0, -1.0, f32::MIN_POSITIVE, 1.0e-40, 3.0e38, -3.0e38];
+        xs.extend((0..16u32).map(|k| f32::from_bits(0x3F80_8000 + (k << 16)))); // exact ties
+        xs.extend((0..100_000u64).map(|i| value(99, i, Init::Uniform(0.5).affine()) * 1.0e3));
+        for x in xs {
+            assert_eq!(bf16_bits(x), half::bf16::from_f32(x).to_bits(), "{x:e}");
+        }
+    }
+}

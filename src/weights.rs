@@ -2,7 +2,7 @@
 //! Names and shapes: spec §2.2 (`nn.Linear` layout `[out, in]`, y = x·Wᵀ + b).
 use crate::checkpoint::{Checkpoint, TensorView};
 use crate::config::QwenConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// One transformer block. C hidden, P = H*D projection width, F mlp width.
 #[derive(Clone, Debug)]
@@ -40,8 +40,41 @@ pub struct Weights {
 impl Weights {
     /// Resolve and validate every tensor the forward pass needs.
     pub fn from_checkpoint(ck: &Checkpoint) -> Result<Self> {
-        let _ = ck;
-        todo!("weights::Weights::from_checkpoint")
+        let cfg = &ck.config;
+        let (c, p, f, v) = (cfg.hidden_size, cfg.proj_size(), cfg.mlp_width, cfg.vocab_size);
+        // Tensors of layers the config does not have: the config disagrees with the weights.
+        for (name, t) in &ck.tensors {
+            if let Some(layer) = layer_index(name) {
+                if layer >= cfg.num_layers {
+                    return Err(t.error(format!(
+                        "belongs to layer {layer}, but config.json says num_hidden_layers = {} (config and weights disagree)",
+                        cfg.num_layers
+                    )));
+                }
+            }
+        }
+        let get = |name: &str, shape: &[usize]| -> Result<TensorView> { checked(ck, name, shape) };
+        let wte = get("transformer.wte.weight", &[v, c])?;
+        let layers = (0..cfg.num_layers)
+            .map(|i| {
+                let n = |s: &str| format!("transformer.h.{i}.{s}");
+                Ok(LayerWeights {
+                    ln_1: get(&n("ln_1.weight"), &[c])?,
+                    c_attn_w: get(&n("attn.c_attn.weight"), &[3 * p, c])?,
+                    c_attn_b: get(&n("attn.c_attn.bias"), &[3 * p])?,
+                    c_proj: get(&n("attn.c_proj.weight"), &[c, p])?,
+                    ln_2: get(&n("ln_2.weight"), &[c])?,
+                    w1: get(&n("mlp.w1.weight"), &[f, c])?,
+                    w2: get(&n("mlp.w2.weight"), &[f, c])?,
+                    mlp_c_proj: get(&n("mlp.c_proj.weight"), &[c, f])?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let ln_f = get("transformer.ln_f.weight", &[c])?;
+        // Tied embeddings: the output projection is wte itself (as HF ties them), whether or not
+        // the file also stores an `lm_head.weight`.
+        let lm_head = if cfg.tie_word_embeddings { wte.clone() } else { get("lm_head.weight", &[v, c])? };
+        Ok(Weights { config: cfg.clone(), wte, layers, ln_f, lm_head })
     }
 
     /// Total bytes of all weights as stored.
@@ -59,4 +92,25 @@ impl Weights {
         let head = if self.config.tie_word_embeddings { 0 } else { self.lm_head.byte_len() };
         self.wte.byte_len() + l + self.ln_f.byte_len() + head
     }
+}
+
+/// `transformer.h.{L}.…` → L (None for other names or a non-numeric L).
+fn layer_index(name: &str) -> Option<usize> {
+    let rest = name.strip_prefix("transformer.h.")?;
+    rest.split('.').next()?.parse().ok()
+}
+
+/// The named tensor with exactly `shape`, or an error naming tensor, file, expected and actual shape.
+fn checked(ck: &Checkpoint, name: &str, shape: &[usize]) -> Result<TensorView> {
+    let t = ck.tensors.get(name).ok_or_else(|| {
+        Error::tensor(ck.dir.clone(), name, format!("missing from the checkpoint (expected shape {shape:?})"))
+    })?;
+    if t.shape != shape {
+        return Err(t.error(format!(
+            "shape {:?} {}, expected {shape:?} from config.json",
+            t.shape,
+            t.dtype.name()
+        )));
+    }
+    Ok(t.clone())
 }
