@@ -1,0 +1,314 @@
+//! Pieces of `qwen-run` that are not commands: argument parsing, the chat-command parser, the .npy
+//! writer, paging weights in with a progress bar, the inspect report and the benchmark.
+use qwen_rt::checkpoint::Checkpoint;
+use qwen_rt::model::Model;
+use qwen_rt::weights::Weights;
+use qwen_rt::{Error, Result};
+use std::fmt::Write as _;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A line typed in `qwen-run chat`.
+#[derive(Debug, PartialEq)]
+pub enum ChatCommand {
+    Exit,
+    Reset,
+    System(String),
+    Empty,
+    Unknown(String),
+    Query(String),
+}
+
+impl ChatCommand {
+    pub fn parse(line: &str) -> ChatCommand {
+        let t = line.trim();
+        if t.is_empty() {
+            return ChatCommand::Empty;
+        }
+        if !t.starts_with('/') {
+            return ChatCommand::Query(line.to_string());
+        }
+        let (cmd, rest) = t.split_once(char::is_whitespace).unwrap_or((t, ""));
+        match cmd {
+            "/exit" | "/quit" => ChatCommand::Exit,
+            "/reset" => ChatCommand::Reset,
+            "/system" => ChatCommand::System(rest.trim().to_string()),
+            _ => ChatCommand::Unknown(cmd.to_string()),
+        }
+    }
+}
+
+/// "1,2,3", "1 2 3" or a JSON array "[1, 2, 3]" → ids.
+pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
+    let body = s.trim().trim_start_matches('[').trim_end_matches(']');
+    body.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|p| !p.is_empty())
+        .enumerate()
+        .map(|(i, p)| p.parse::<u32>().map_err(|_| Error::invalid(format!("token id #{i} `{p}` is not a non-negative integer"))))
+        .collect()
+}
+
+pub fn parse_usize_list(s: &str, flag: &str) -> Result<Vec<usize>> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| match p.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(Error::invalid(format!("{flag}: `{p}` is not a positive integer"))),
+        })
+        .collect()
+}
+
+/// Write a little-endian float32 .npy (format 1.0) atomically: a temp file beside `path`, then rename.
+pub fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
+    let numel: usize = shape.iter().product();
+    if numel != data.len() {
+        return Err(Error::invalid(format!("npy shape {shape:?} does not match {} values", data.len())));
+    }
+    let dims = match shape {
+        [n] => format!("({n},)"),
+        _ => format!("({})", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+    };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {dims}, }}");
+    let total = 10 + header.len() + 1;
+    header.push_str(&" ".repeat((64 - total % 64) % 64));
+    header.push('\n');
+    let mut bytes = Vec::with_capacity(10 + header.len() + data.len() * 4);
+    bytes.extend_from_slice(b"\x93NUMPY\x01\x00");
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    for v in data {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    write_atomic(path, &bytes)
+}
+
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path.file_name().ok_or_else(|| Error::invalid(format!("{}: not a file path", path.display())))?;
+    let tmp = path.with_file_name(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let res = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    Ok(())
+}
+
+/// Read every weight byte once (pages the memory map in) with a progress bar and GB/s, so the first
+/// token is not slowed by page faults and the load time is visible.
+pub fn page_in(ck: &Checkpoint) -> Result<()> {
+    let total: u64 = ck.tensors.values().map(|t| t.byte_len() as u64).sum();
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("loading {bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let t = Instant::now();
+    let mut sink = 0u8;
+    for tv in ck.tensors.values() {
+        let b = tv.bytes();
+        for chunk in b.chunks(1 << 20) {
+            sink ^= chunk.iter().step_by(4096).fold(0u8, |a, &x| a ^ x);
+            bar.inc(chunk.len() as u64);
+        }
+    }
+    std::hint::black_box(sink);
+    let secs = t.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    if total > (256 << 20) {
+        eprintln!("loaded {:.2} GB in {:.1} s ({:.2} GB/s)", total as f64 / 1e9, secs, total as f64 / 1e9 / secs.max(1e-9));
+    }
+    Ok(())
+}
+
+/// Bytes in the largest binary unit that keeps the number >= 1.
+fn human(b: f64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < units.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 { format!("{v:.0} B") } else { format!("{v:.2} {}", units[i]) }
+}
+
+/// Config, tensor table, memory per precision.
+pub fn inspect_report(ck: &Checkpoint, w: &Weights) -> String {
+    let c = &ck.config;
+    let mut s = String::new();
+    let _ = writeln!(s, "model: {}", ck.dir.display());
+    let _ = writeln!(
+        s,
+        "config: C={} L={} H={} D={} F={} V={} S(seq_length)={} max_position_embeddings={} rope_base={} eps={:e} dynamic_ntk={} logn={} tied={}",
+        c.hidden_size, c.num_layers, c.num_heads, c.head_dim, c.mlp_width, c.vocab_size, c.seq_length,
+        c.max_position_embeddings, c.rotary_emb_base, c.layer_norm_epsilon, c.use_dynamic_ntk, c.use_logn_attn,
+        c.tie_word_embeddings
+    );
+    let g = &ck.generation;
+    let _ = writeln!(
+        s,
+        "generation: chat_format={} do_sample={} temperature={} top_k={} top_p={} repetition_penalty={} max_new_tokens={} max_window_size={}",
+        g.chat_format, g.do_sample, g.temperature, g.top_k, g.top_p, g.repetition_penalty, g.max_new_tokens, g.max_window_size
+    );
+    let _ = writeln!(s, "\n{:<48} {:>5} {:>16}  file", "tensor", "dtype", "shape");
+    for (name, t) in &ck.tensors {
+        let file = t.file.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        let _ = writeln!(s, "{:<48} {:>5} {:>16}  {}", name, t.dtype.name(), format!("{:?}", t.shape), file);
+    }
+    let params = c.num_params() as f64;
+    let emb = (c.vocab_size * c.hidden_size) as f64 * if c.tie_word_embeddings { 1.0 } else { 2.0 };
+    let body = params - emb;
+    let kv_per_tok = (2 * c.num_layers * c.proj_size()) as f64;
+    let _ = writeln!(s, "\nparameters: {:.0} ({:.3} B); stored: {}", params, params / 1e9, human(w.byte_len() as f64));
+    let _ = writeln!(s, "{:<44} {:>12} {:>16}", "precision", "weights", "KV/token (bf16)");
+    let rows = [
+        ("f32", params * 4.0),
+        ("bf16 / fp16", params * 2.0),
+        ("int8 per-channel (embeddings, lm_head bf16)", body * 1.0 + emb * 2.0),
+        ("NF4 block 64 (4.5 bit; embeddings, lm_head bf16)", body * 4.5 / 8.0 + emb * 2.0),
+    ];
+    for (name, bytes) in rows {
+        let _ = writeln!(s, "{:<44} {:>12} {:>16}", name, human(bytes), human(kv_per_tok * 2.0));
+    }
+    let _ = writeln!(
+        s,
+        "KV cache (bf16) at {} tokens (seq_length): {}",
+        c.seq_length,
+        human(kv_per_tok * 2.0 * c.seq_length as f64)
+    );
+    s
+}
+
+/// A temp directory removed on drop.
+pub struct TempDirGuard(pub PathBuf);
+impl Drop for TempDirGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn tempdir_for(what: &str) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("qwen-run-{what}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    Ok(dir)
+}
+
+pub struct BenchReport {
+    pub backend: String,
+    pub model: String,
+    pub weight_bytes: usize,
+    pub prefill: Vec<(usize, f64)>,
+    pub decode_tokens: usize,
+    pub decode_tok_s: f64,
+}
+
+impl BenchReport {
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "backend {} | model {} | weights {}", self.backend, self.model, human(self.weight_bytes as f64));
+        let _ = writeln!(s, "{:<28} {:>12}", "measure", "tok/s");
+        for (n, tps) in &self.prefill {
+            let _ = writeln!(s, "{:<28} {:>12.1}", format!("prefill {n} tokens"), tps);
+        }
+        let _ = writeln!(s, "{:<28} {:>12.2}", format!("decode {} tokens", self.decode_tokens), self.decode_tok_s);
+        let _ = writeln!(
+            s,
+            "{:<28} {:>12.2}",
+            "decode weight GB/s",
+            self.decode_tok_s * self.weight_bytes as f64 / 1e9
+        );
+        s
+    }
+    pub fn json(&self) -> String {
+        serde_json::json!({
+            "backend": self.backend, "model": self.model, "weight_bytes": self.weight_bytes,
+            "prefill": self.prefill.iter().map(|(n, t)| serde_json::json!({"tokens": n, "tok_per_s": t})).collect::<Vec<_>>(),
+            "decode_tokens": self.decode_tokens, "decode_tok_per_s": self.decode_tok_s,
+        })
+        .to_string()
+    }
+}
+
+/// Prefill at each length (fresh sequence each), then decode `decode` tokens one by one after a
+/// `decode_prompt`-token prompt. Token ids are a fixed pseudo-random pattern below the vocab size.
+pub fn run_bench(model: &Arc<dyn Model>, max_seq_len: usize, prefill: &[usize], decode: usize, decode_prompt: usize) -> Result<BenchReport> {
+    let cfg = model.config().clone();
+    let ids = |n: usize| -> Vec<u32> { (0..n).map(|i| ((i as u64 * 7919 + 13) % cfg.vocab_size.min(151643) as u64) as u32).collect() };
+    let need = prefill.iter().copied().max().unwrap_or(0).max(decode_prompt + decode);
+    if need > max_seq_len {
+        return Err(Error::invalid(format!("the benchmark needs {need} tokens of context, --max-seq-len is {max_seq_len}")));
+    }
+    let mut report = BenchReport {
+        backend: model.backend_name().into(),
+        model: format!("C={} L={} V={}", cfg.hidden_size, cfg.num_layers, cfg.vocab_size),
+        weight_bytes: cfg.num_params() * 2,
+        prefill: vec![],
+        decode_tokens: decode,
+        decode_tok_s: 0.0,
+    };
+    let mut seq = model.clone().new_sequence(need)?;
+    seq.forward(&ids(4.min(need.max(1))), false)?; // warm-up
+    for &n in prefill {
+        seq.reset();
+        let t = Instant::now();
+        seq.forward(&ids(n), false)?;
+        report.prefill.push((n, n as f64 / t.elapsed().as_secs_f64()));
+    }
+    if decode > 0 {
+        seq.reset();
+        seq.forward(&ids(decode_prompt.max(1)), false)?;
+        let t = Instant::now();
+        for i in 0..decode {
+            seq.forward(&[(i % 1000) as u32 + 100], false)?;
+        }
+        report.decode_tok_s = decode as f64 / t.elapsed().as_secs_f64();
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_commands() {
+        assert_eq!(ChatCommand::parse("/exit"), ChatCommand::Exit);
+        assert_eq!(ChatCommand::parse("  /reset "), ChatCommand::Reset);
+        assert_eq!(ChatCommand::parse("/system Be brief."), ChatCommand::System("Be brief.".into()));
+        assert_eq!(ChatCommand::parse("/nope"), ChatCommand::Unknown("/nope".into()));
+        assert_eq!(ChatCommand::parse("   "), ChatCommand::Empty);
+        assert_eq!(ChatCommand::parse("hi /exit"), ChatCommand::Query("hi /exit".into()));
+    }
+
+    #[test]
+    fn ids_parsing() {
+        assert_eq!(parse_ids("1,2, 3").unwrap(), vec![1, 2, 3]);
+        assert_eq!(parse_ids("[4, 5]").unwrap(), vec![4, 5]);
+        assert!(parse_ids("1,x").unwrap_err().to_string().contains("`x`"));
+        assert!(parse_ids("-1").is_err());
+        assert!(parse_ids("99999999999").is_err());
+    }
+
+    #[test]
+    fn npy_header_is_aligned_and_atomic() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.npy");
+        write_npy_f32(&p, &[2, 3], &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]).unwrap();
+        let b = std::fs::read(&p).unwrap();
+        let hlen = u16::from_le_bytes([b[8], b[9]]) as usize;
+        assert_eq!((10 + hlen) % 64, 0);
+        assert!(std::str::from_utf8(&b[10..10 + hlen]).unwrap().contains("'shape': (2, 3)"));
+        assert_eq!(b.len(), 10 + hlen + 24);
+        assert_eq!(f32::from_le_bytes(b[b.len() - 4..].try_into().unwrap()), 5.0);
+        assert!(write_npy_f32(&p, &[2, 2], &[0.0]).is_err());
+        assert!(write_npy_f32(&dir.path().join("missing/x.npy"), &[1], &[0.0]).is_err());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temp files left behind");
+    }
+}

@@ -1,0 +1,182 @@
+//! End-to-end tests of the `qwen-run` binary: the built-in tiny model, the debugging tools against the
+//! committed reference fixtures, and clear errors (exit status 1, one line naming the problem) for bad input.
+use serde_json::Value;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn qwen_run(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qwen-run"))
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn qwen-run");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.unwrap_or(b"")).unwrap();
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn ok(args: &[&str], stdin: Option<&[u8]>) -> (String, String) {
+    let out = qwen_run(args, stdin);
+    let (so, se) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert!(out.status.success(), "qwen-run {args:?} failed ({}):\nstdout: {so}\nstderr: {se}", out.status);
+    (so, se)
+}
+
+/// The command must fail with status 1, print one `error:` line containing `needle`, and not panic.
+fn fails(args: &[&str], needle: &str) -> String {
+    let out = qwen_run(args, None);
+    let se = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "qwen-run {args:?} should fail with status 1; stderr: {se}");
+    assert!(se.contains("error: ") && se.contains(needle), "qwen-run {args:?}: expected `{needle}` in: {se}");
+    assert!(!se.contains("panicked"), "qwen-run {args:?} panicked: {se}");
+    se
+}
+
+fn fixture(name: &str) -> Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name);
+    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
+}
+
+fn ids_of(v: &Value) -> Vec<u64> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect()
+}
+
+#[test]
+fn generate_on_builtin_tiny_model_says_so_and_is_deterministic() {
+    let args = ["generate", "--prompt", "Hello", "--greedy", "--max-new-tokens", "6", "--json", "--backend", "cpu"];
+    let (so, se) = ok(&args, None);
+    assert!(se.contains("built-in tiny random-weight model"), "must say it uses the built-in model: {se}");
+    let v: Value = serde_json::from_str(so.trim()).expect("--json prints one JSON object");
+    let ids = ids_of(&v["ids"]);
+    assert!(!ids.is_empty() && ids.len() <= 6, "{v}");
+    assert!(v["text"].is_string());
+    let (so2, _) = ok(&args, None);
+    assert_eq!(so, so2, "greedy generation must be reproducible");
+    // the text is the decode of the ids (unless a stop string cut it, which the tiny model has none of)
+    let list = ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+    let (text, _) = ok(&["detokenize", &list], None);
+    assert_eq!(text, v["text"].as_str().unwrap());
+}
+
+#[test]
+fn seeded_sampling_is_reproducible_and_ids_equal_prompt() {
+    let base = ["generate", "--max-new-tokens", "8", "--json", "--seed", "7", "--temperature", "1.5", "--top-k", "50"];
+    let (a, _) = ok(&[&base[..], &["--prompt", "Once upon a time"]].concat(), None);
+    let (b, _) = ok(&[&base[..], &["--prompt", "Once upon a time"]].concat(), None);
+    assert_eq!(a, b, "same seed, same output");
+    let (ids, _) = ok(&["tokenize", "--allow-special", "Once upon a time"], None);
+    let ids: Vec<u64> = serde_json::from_str::<Vec<u64>>(ids.trim()).unwrap();
+    let list = ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+    let (c, _) = ok(&[&base[..], &["--ids", &list]].concat(), None);
+    assert_eq!(a, c, "--ids of the tokenized prompt gives the same generation as --prompt");
+    // stdin prompt too
+    let (d, _) = ok(&base, Some(b"Once upon a time"));
+    assert_eq!(a, d, "prompt from stdin");
+}
+
+#[test]
+fn tokenize_matches_python_tiktoken_fixture_via_stdin_byte_for_byte() {
+    let f = fixture("tokenizer_cases.json");
+    let mut checked = 0;
+    for case in f["cases"].as_array().unwrap().iter().take(40) {
+        let text = case["text"].as_str().unwrap();
+        let (so, _) = ok(&["tokenize", "-"], Some(text.as_bytes()));
+        assert_eq!(serde_json::from_str::<Vec<u64>>(so.trim()).unwrap(), ids_of(&case["ids"]), "case {}", case["name"]);
+        let (so, _) = ok(&["tokenize", "--allow-special", "-"], Some(text.as_bytes()));
+        assert_eq!(serde_json::from_str::<Vec<u64>>(so.trim()).unwrap(), ids_of(&case["ids_special"]), "case {}", case["name"]);
+        checked += 1;
+    }
+    assert_eq!(checked, 40);
+}
+
+#[test]
+fn prompt_matches_make_context_fixture() {
+    let f = fixture("chat_cases.json");
+    let dir = tempfile::tempdir().unwrap();
+    for case in f["messages"].as_array().unwrap() {
+        let p = dir.path().join("m.json");
+        std::fs::write(&p, serde_json::to_string(&case["messages"]).unwrap()).unwrap();
+        let w = case["max_window_size"].to_string();
+        let (so, _) = ok(&["prompt", "--messages", p.to_str().unwrap(), "--max-window-size", &w], None);
+        assert_eq!(serde_json::from_str::<Vec<u64>>(so.trim()).unwrap(), ids_of(&case["ids"]), "case {}", case["name"]);
+    }
+}
+
+#[test]
+fn logits_npy_agrees_with_greedy_generate() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("l.npy");
+    ok(&["logits", "--ids", "1,2,3", "--out", out.to_str().unwrap()], None);
+    let b = std::fs::read(&out).unwrap();
+    assert_eq!(&b[..6], b"\x93NUMPY");
+    let hlen = u16::from_le_bytes([b[8], b[9]]) as usize;
+    let header = std::str::from_utf8(&b[10..10 + hlen]).unwrap();
+    assert!(header.contains("'shape': (3, 151936)"), "{header}");
+    let data: Vec<f32> = b[10 + hlen..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    assert_eq!(data.len(), 3 * 151936);
+    assert!(data.iter().all(|x| x.is_finite()));
+    let last = &data[2 * 151936..2 * 151936 + 151851]; // padding rows are masked by the sampler
+    let argmax = last.iter().enumerate().fold(0, |m, (i, &x)| if x > last[m] { i } else { m });
+    let (so, _) = ok(
+        &["generate", "--ids", "1,2,3", "--greedy", "--repetition-penalty", "1.0", "--max-new-tokens", "1", "--json"],
+        None,
+    );
+    let v: Value = serde_json::from_str(so.trim()).unwrap();
+    let first = ids_of(&v["ids"]).first().copied();
+    // A stop id ends generation without appearing in ids; then finish_reason says stop.
+    match first {
+        Some(id) => assert_eq!(id as usize, argmax),
+        None => assert!([151643, 151644, 151645].contains(&argmax), "{v}"),
+    }
+}
+
+#[test]
+fn chat_session_script() {
+    let script = b"hi there\n/system Be brief.\nhello\n/reset\n/bogus\nagain\n/exit\n";
+    let (so, se) = ok(&["chat", "--max-new-tokens", "4", "--seed", "1"], Some(script));
+    assert!(se.contains("built-in tiny random-weight model"), "{se}");
+    assert!(se.contains("system prompt set") && se.contains("history cleared") && se.contains("unknown command /bogus"), "{se}");
+    assert_eq!(se.matches("tok/s decode").count(), 3, "three answers: {se}");
+    let _ = so;
+}
+
+#[test]
+fn synth_then_inspect() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m");
+    ok(&["synth", "--preset", "tiny", "--seed", "3", "--out", m.to_str().unwrap()], None);
+    let (so, _) = ok(&["inspect", "--model", m.to_str().unwrap()], None);
+    assert!(so.contains("transformer.h.1.mlp.w2.weight") && so.contains("[176, 64]"), "{so}");
+    assert!(so.contains("bf16 / fp16") && so.contains("NF4"), "{so}");
+    fails(&["synth", "--preset", "tiny", "--out", m.to_str().unwrap()], m.to_str().unwrap());
+    fails(&["synth", "--preset", "13b", "--out", dir.path().join("x").to_str().unwrap()], "13b");
+}
+
+#[test]
+fn bad_arguments_are_clear_errors() {
+    fails(&["generate", "--prompt", "x", "--backend", "tpu"], "--backend must be cpu, cuda or auto");
+    fails(&["generate", "--prompt", "x", "--dtype", "int3"], "--dtype");
+    fails(&["generate", "--prompt", "x", "--backend", "cuda"], "backend unavailable");
+    fails(&["generate", "--prompt", "x", "--model", "/nonexistent/qwen"], "/nonexistent/qwen");
+    fails(&["generate", "--ids", "1,x"], "`x`");
+    fails(&["generate", "--ids", "999999", "--max-new-tokens", "1"], "999999");
+    fails(&["generate", "--prompt", "x", "--temperature", "-1"], "temperature");
+    fails(&["generate", "--prompt", "x", "--top-p", "1.5"], "top_p");
+    fails(&["generate", "--prompt", "a b c d e f g", "--max-seq-len", "3"], "context");
+    fails(&["generate", "--prompt", "x", "--max-new-tokens", "0"], "--max-new-tokens");
+    fails(&["detokenize", "151851"], "151851");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "[{\"role\": \"assistant\", \"content\": \"x\"}]").unwrap();
+    fails(&["prompt", "--messages", bad.to_str().unwrap()], "message");
+    std::fs::write(&bad, "not json").unwrap();
+    fails(&["prompt", "--messages", bad.to_str().unwrap()], "bad.json");
+    let out = dir.path().join("sub/none.npy");
+    fails(&["logits", "--ids", "1", "--out", out.to_str().unwrap()], "none.npy");
+    assert!(!out.exists());
+}
