@@ -165,7 +165,7 @@ fn bad_arguments_are_clear_errors() {
     fails(&["generate", "--prompt", "x", "--model", "/nonexistent/qwen"], "/nonexistent/qwen");
     fails(&["generate", "--ids", "1,x"], "`x`");
     fails(&["generate", "--ids", "999999", "--max-new-tokens", "1"], "999999");
-    fails(&["generate", "--prompt", "x", "--temperature", "-1"], "temperature");
+    fails(&["generate", "--prompt", "x", "--temperature=-1"], "temperature");
     fails(&["generate", "--prompt", "x", "--top-p", "1.5"], "top_p");
     fails(&["generate", "--prompt", "a b c d e f g", "--max-seq-len", "3"], "context");
     fails(&["generate", "--prompt", "x", "--max-new-tokens", "0"], "--max-new-tokens");
