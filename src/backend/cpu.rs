@@ -1,27 +1,602 @@
 //! The CPU reference backend: the forward pass of spec §2 in plain f32, llama2.c style.
 //! It is the oracle for every CUDA kernel (`cpu::rmsnorm` <-> `rmsnorm_bf16` …).
+//!
+//! Weights stay in the memory map in their stored dtype (bf16 / f16 / f32); a matmul converts one
+//! weight row at a time to f32 and dots it with every input row, so a 15 GB bf16 checkpoint runs
+//! without ever holding an f32 copy of a matrix. Only the small tensors (norms, the c_attn bias)
+//! are converted at load. Activations and the KV cache are f32.
+//!
+//! Dimension letters: T tokens of this call, C hidden, H heads, D head dim, P = H*D, F mlp width,
+//! V vocab rows, K / N the input / output width of a matmul.
 use super::LoadOptions;
-use crate::checkpoint::Checkpoint;
-use crate::error::Result;
+use crate::checkpoint::{Checkpoint, DType, TensorView};
+use crate::config::QwenConfig;
+use crate::error::{Error, Result};
+use crate::kv_cache::KvCache;
+use crate::model::{self, Model, Sequence};
+use crate::weights::Weights;
+use rayon::prelude::*;
+use std::sync::Arc;
 
-pub struct CpuModel {}
+// ---------------------------------------------------------------------------------------------
+// Ops. Each is the oracle of the CUDA kernel with the same name; they run on the current rayon
+// pool (the model's pool inside `forward`, the global one elsewhere).
+// ---------------------------------------------------------------------------------------------
 
-impl CpuModel {
-    pub fn load(ck: &Checkpoint, opts: &LoadOptions) -> Result<Self> {
-        let _ = (ck, opts);
-        todo!()
+/// Dot product with 16 independent f32 accumulators (vectorisable: 2 AVX / 4 SSE registers of
+/// independent chains), then a fixed-order tree sum. The order is the same on every CPU.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    const W: usize = 16;
+    let (ca, cb) = (a.chunks_exact(W), b.chunks_exact(W));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    let mut acc = [0f32; W];
+    for (x, y) in ca.zip(cb) {
+        for i in 0..W {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut h = [0f32; 8];
+    for i in 0..8 {
+        h[i] = acc[i] + acc[i + 8];
+    }
+    let mut s = ((h[0] + h[4]) + (h[1] + h[5])) + ((h[2] + h[6]) + (h[3] + h[7]));
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+/// f16 -> f32 for every bit pattern (256 KiB, built once): exact, and much faster than a
+/// software conversion on CPUs where the crate is built without F16C.
+fn f16_table() -> &'static [f32] {
+    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| (0..=u16::MAX).map(|b| half::f16::from_bits(b).to_f32()).collect())
+}
+
+/// Little-endian stored values -> f32; `bytes` holds `out.len()` elements of `dtype`.
+#[inline]
+fn to_f32(bytes: &[u8], dtype: DType, f16: &[f32], out: &mut [f32]) {
+    match dtype {
+        DType::BF16 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16);
+            }
+        }
+        DType::F16 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = f16[u16::from_le_bytes([c[0], c[1]]) as usize];
+            }
+        }
+        DType::F32 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
     }
 }
 
-impl crate::model::Model for CpuModel {
-    fn config(&self) -> &crate::config::QwenConfig {
-        todo!()
+/// `out[t] = wte[tokens[t]]`: wte `[V, C]` (any dtype), out `[T, C]`.
+pub fn embedding(wte: &TensorView, tokens: &[u32], out: &mut [f32]) -> Result<()> {
+    let [v, c] = wte.shape[..] else {
+        return Err(wte.error(format!("embedding: expected [V, C], got {:?}", wte.shape)));
+    };
+    if out.len() != tokens.len() * c {
+        return Err(Error::invalid(format!(
+            "embedding: output holds {} values, need {} x {c}",
+            out.len(),
+            tokens.len()
+        )));
+    }
+    for (i, (&id, row)) in tokens.iter().zip(out.chunks_exact_mut(c)).enumerate() {
+        if id as usize >= v {
+            return Err(Error::invalid(format!(
+                "token id {id} at position {i} is out of range (vocab size {v})"
+            )));
+        }
+        wte.read_f32(id as usize * c, row);
+    }
+    Ok(())
+}
+
+/// RMSNorm per row with f32 statistics: `y = x * rsqrt(mean(x²) + eps) * w`.
+/// x, out `[T, C]`, w `[C]`.
+///
+/// # Panics
+/// If the lengths are not `[T, C]` / `[C]` (internal invariant: sizes come from the config).
+pub fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let c = w.len();
+    assert!(c > 0 && x.len() % c == 0 && out.len() == x.len(), "rmsnorm: bad shapes");
+    for (xr, yr) in x.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
+        let inv = 1.0 / (dot(xr, xr) / c as f32 + eps).sqrt();
+        for ((y, &xv), &wv) in yr.iter_mut().zip(xr).zip(w) {
+            *y = (xv * inv) * wv;
+        }
+    }
+}
+
+/// Weight rows per parallel task so that each thread gets several tasks.
+fn rows_per_task(n: usize) -> usize {
+    let tasks = rayon::current_num_threads().max(1) * 8;
+    n.div_ceil(tasks).clamp(4, 256)
+}
+
+/// One matmul task: weight rows `wb` (`[R, K]` stored bytes, global row index from `first`) times
+/// every input row of x `[T, K]`, into `y` `[R, T]` (transposed).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn matmul_rows(
+    x: &[f32],
+    k: usize,
+    wb: &[u8],
+    dtype: DType,
+    f16: &[f32],
+    bias: Option<&[f32]>,
+    first: usize,
+    y: &mut [f32],
+    wrow: &mut [f32],
+) {
+    let t = x.len() / k;
+    for (r, (yr, wr)) in y.chunks_exact_mut(t).zip(wb.chunks_exact(k * dtype.size())).enumerate() {
+        to_f32(wr, dtype, f16, wrow);
+        let b = bias.map_or(0.0, |b| b[first + r]);
+        for (yv, xr) in yr.iter_mut().zip(x.chunks_exact(k)) {
+            *yv = dot(wrow, xr) + b;
+        }
+    }
+}
+
+/// `y[T, N] = x[T, K] · W[N, K]ᵀ (+ b[N])`, W a view of any dtype.
+/// Each weight row is converted to f32 once and dotted with all T input rows; parallel over N.
+pub fn matmul(x: &[f32], w: &TensorView, bias: Option<&[f32]>, out: &mut [f32]) -> Result<()> {
+    let [n, k] = w.shape[..] else {
+        return Err(w.error(format!("matmul: expected a matrix [N, K], got {:?}", w.shape)));
+    };
+    if k == 0 || n == 0 || x.len() % k != 0 || x.is_empty() {
+        return Err(w.error(format!("matmul: input of {} values is not [T, {k}]", x.len())));
+    }
+    let t = x.len() / k;
+    if out.len() != t * n {
+        return Err(w.error(format!("matmul: output holds {} values, need [{t}, {n}]", out.len())));
+    }
+    if let Some(b) = bias {
+        if b.len() != n {
+            return Err(w.error(format!("matmul: bias has {} values, need {n}", b.len())));
+        }
+    }
+    // Result transposed: [N, T] (for T = 1 that is already [T, N]).
+    let mut transposed = if t == 1 { Vec::new() } else { vec![0f32; n * t] };
+    let y_nt: &mut [f32] = if t == 1 { out } else { &mut transposed };
+    let rows = rows_per_task(n);
+    let (bytes, dtype, es, f16) = (w.bytes(), w.dtype, w.dtype.size(), f16_table());
+    y_nt.par_chunks_mut(rows * t).enumerate().for_each_init(
+        || vec![0f32; k], // one weight row in f32 [K]
+        |wrow, (task, chunk)| {
+            let wb = &bytes[task * rows * k * es..][..chunk.len() / t * k * es]; // this task's weight rows
+            matmul_rows(x, k, wb, dtype, f16, bias, task * rows, chunk, wrow);
+        },
+    );
+    if t > 1 {
+        for (ni, col) in transposed.chunks_exact(t).enumerate() {
+            for (ti, &v) in col.iter().enumerate() {
+                out[ti * n + ni] = v;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Rotary embedding, rotate-half (GPT-NeoX) layout, in place. x `[T, H*D]`; row t is at absolute
+/// position `pos0 + t`; θ_j = pos · inv_freq[j] (f32 multiply, like torch's outer product),
+/// `x'[j] = x[j]·cos θ_j − x[j+D/2]·sin θ_j`, `x'[j+D/2] = x[j+D/2]·cos θ_j + x[j]·sin θ_j`.
+///
+/// # Panics
+/// If `inv_freq.len() != D/2` or x is not `[T, H*D]` (internal invariant).
+pub fn rope(x: &mut [f32], h: usize, d: usize, pos0: usize, inv_freq: &[f32]) {
+    let half = d / 2;
+    assert!(
+        d % 2 == 0 && inv_freq.len() == half && h > 0 && x.len() % (h * d) == 0,
+        "rope: bad shapes"
+    );
+    let (mut cos, mut sin) = (vec![0f32; half], vec![0f32; half]);
+    for (t, row) in x.chunks_exact_mut(h * d).enumerate() {
+        let pos = (pos0 + t) as f32;
+        for j in 0..half {
+            let theta = pos * inv_freq[j];
+            (cos[j], sin[j]) = (theta.cos(), theta.sin());
+        }
+        for head in row.chunks_exact_mut(d) {
+            let (lo, hi) = head.split_at_mut(half);
+            for j in 0..half {
+                let (x1, x2) = (lo[j], hi[j]);
+                lo[j] = x1 * cos[j] - x2 * sin[j];
+                hi[j] = x2 * cos[j] + x1 * sin[j];
+            }
+        }
+    }
+}
+
+/// Causal attention with an offset, per head, parallel over (token, head).
+/// q `[T, H*D]` (after RoPE and logN), k / v `[Tk, H*D]` with Tk >= pos0 + T (cache rows),
+/// out `[T, H*D]`. The query of row t is at absolute position p = pos0 + t and attends keys 0..=p:
+/// `softmax(q·kᵀ / √D)` in f32 with max subtraction, then the weighted sum of v.
+///
+/// # Panics
+/// If the shapes disagree (internal invariant).
+pub fn attention(q: &[f32], k: &[f32], v: &[f32], pos0: usize, h: usize, d: usize, out: &mut [f32]) {
+    let w = h * d;
+    assert!(
+        w > 0 && q.len() % w == 0 && out.len() == q.len() && k.len() == v.len(),
+        "attention: bad shapes"
+    );
+    let t = q.len() / w;
+    assert!(
+        k.len() >= (pos0 + t) * w,
+        "attention: {} key rows, need {}",
+        k.len() / w,
+        pos0 + t
+    );
+    let scale = (1.0 / (d as f64).sqrt()) as f32;
+    // out as [T*H, D]: chunk i is token i / H, head i % H.
+    out.par_chunks_mut(d)
+        .enumerate()
+        .for_each_init(Vec::new, |scores: &mut Vec<f32>, (i, o)| {
+            let (ti, head) = (i / h, i % h);
+            let qh = &q[ti * w + head * d..][..d];
+            attend_one(qh, k, v, pos0 + ti, w, head * d, scale, scores, o);
+        });
+}
+
+/// One query row of one head at position p: keys/values rows 0..=p, columns `col..col+D` of the
+/// `[rows, W]` cache; `scores` is scratch, `o` `[D]` receives the output.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn attend_one(
+    qh: &[f32],
+    k: &[f32],
+    v: &[f32],
+    p: usize,
+    w: usize,
+    col: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    o: &mut [f32],
+) {
+    let d = qh.len();
+    scores.clear();
+    scores.extend((0..=p).map(|j| dot(qh, &k[j * w + col..][..d]) * scale)); // [p+1]
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    o.fill(0.0);
+    for (j, &e) in scores.iter().enumerate() {
+        let pj = e / sum;
+        for (ov, &vv) in o.iter_mut().zip(&v[j * w + col..][..d]) {
+            *ov += pj * vv;
+        }
+    }
+}
+
+/// SwiGLU of the Qwen MLP: `out = up * silu(gate)`, silu(g) = g / (1 + e^-g).
+/// up = w1(x), gate = w2(x) (w2 is the gate). All `[T, F]`.
+///
+/// # Panics
+/// If the lengths differ (internal invariant).
+pub fn swiglu(up: &[f32], gate: &[f32], out: &mut [f32]) {
+    assert!(up.len() == gate.len() && out.len() == up.len(), "swiglu: bad shapes");
+    for ((o, &u), &g) in out.iter_mut().zip(up).zip(gate) {
+        *o = u * (g / (1.0 + (-g).exp()));
+    }
+}
+
+/// Residual add: `x += y`.
+///
+/// # Panics
+/// If the lengths differ (internal invariant).
+pub fn add(x: &mut [f32], y: &[f32]) {
+    assert_eq!(x.len(), y.len(), "add: bad shapes");
+    for (a, &b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The model.
+// ---------------------------------------------------------------------------------------------
+
+/// A Qwen v1 model on the CPU: weight views into the mmap + f32 copies of the small tensors.
+pub struct CpuModel {
+    config: QwenConfig,
+    weights: Weights,
+    /// Per layer `[C]` f32.
+    ln_1: Vec<Vec<f32>>,
+    /// Per layer `[3P]` f32.
+    c_attn_b: Vec<Vec<f32>>,
+    /// Per layer `[C]` f32.
+    ln_2: Vec<Vec<f32>>,
+    /// `[C]` f32.
+    ln_f: Vec<f32>,
+    pool: rayon::ThreadPool,
+}
+
+/// A small tensor as f32, checked to hold `n` values.
+fn small_f32(t: &TensorView, n: usize) -> Result<Vec<f32>> {
+    if t.numel() != n {
+        return Err(t.error(format!("expected {n} values, got shape {:?}", t.shape)));
+    }
+    Ok(t.to_f32_vec())
+}
+
+impl CpuModel {
+    /// Resolve the weights of `ck` (no copy of the matrices) and start `opts.threads` workers
+    /// (0 = all cores).
+    pub fn load(ck: &Checkpoint, opts: &LoadOptions) -> Result<Self> {
+        let weights = Weights::from_checkpoint(ck)?;
+        let config = weights.config.clone();
+        let (c, p) = (config.hidden_size, config.proj_size());
+        if weights.layers.len() != config.num_layers {
+            return Err(Error::bad_file(
+                &ck.dir,
+                format!(
+                    "{} layers of weights for {} in the config",
+                    weights.layers.len(),
+                    config.num_layers
+                ),
+            ));
+        }
+        let mut ln_1 = Vec::new();
+        let mut c_attn_b = Vec::new();
+        let mut ln_2 = Vec::new();
+        for l in &weights.layers {
+            ln_1.push(small_f32(&l.ln_1, c)?);
+            c_attn_b.push(small_f32(&l.c_attn_b, 3 * p)?);
+            ln_2.push(small_f32(&l.ln_2, c)?);
+        }
+        let ln_f = small_f32(&weights.ln_f, c)?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(opts.threads)
+            .thread_name(|i| format!("qwen-cpu-{i}"))
+            .build()
+            .map_err(|e| Error::Backend(format!("cannot start {} CPU threads: {e}", opts.threads)))?;
+        Ok(CpuModel {
+            config,
+            weights,
+            ln_1,
+            c_attn_b,
+            ln_2,
+            ln_f,
+            pool,
+        })
+    }
+
+    pub fn weights(&self) -> &Weights {
+        &self.weights
+    }
+
+    /// Worker threads of this model's pool.
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    /// The forward pass of spec §2.3 for `tokens` at positions `pos0..pos0+T`. The caller has
+    /// validated the ids and reserved cache rows `0..pos0+T`; K/V are written at `pos0..`, the
+    /// cache length is not advanced. Returns logits `[T, V]` or `[V]` (last token).
+    fn forward_tokens(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        pos0: usize,
+        inv_freq: &[f32],
+        all_logits: bool,
+    ) -> Result<Vec<f32>> {
+        let cfg = &self.config;
+        let w = &self.weights;
+        let (t, c, h, d, f, v) = (
+            tokens.len(),
+            cfg.hidden_size,
+            cfg.num_heads,
+            cfg.head_dim,
+            cfg.mlp_width,
+            cfg.vocab_size,
+        );
+        let p = h * d;
+        let eps = cfg.layer_norm_epsilon;
+        let mut x = vec![0f32; t * c]; // [T, C] residual stream
+        embedding(&w.wte, tokens, &mut x)?;
+        let mut a = vec![0f32; t * c]; // [T, C] normed
+        let mut qkv = vec![0f32; t * 3 * p]; // [T, 3P]
+        let (mut q, mut k, mut vv) = (vec![0f32; t * p], vec![0f32; t * p], vec![0f32; t * p]); // [T, P] each
+        let mut att = vec![0f32; t * p]; // [T, P]
+        let mut y = vec![0f32; t * c]; // [T, C]
+        let (mut up, mut gate) = (vec![0f32; t * f], vec![0f32; t * f]); // [T, F] each
+        let mut g = vec![0f32; t * f]; // [T, F]
+        for (l, lw) in w.layers.iter().enumerate() {
+            rmsnorm(&x, &self.ln_1[l], eps, &mut a);
+            matmul(&a, &lw.c_attn_w, Some(&self.c_attn_b[l]), &mut qkv)?;
+            for (ti, row) in qkv.chunks_exact(3 * p).enumerate() {
+                let dst = ti * p..(ti + 1) * p;
+                q[dst.clone()].copy_from_slice(&row[..p]);
+                k[dst.clone()].copy_from_slice(&row[p..2 * p]);
+                vv[dst].copy_from_slice(&row[2 * p..]);
+            }
+            rope(&mut q, h, d, pos0, inv_freq);
+            rope(&mut k, h, d, pos0, inv_freq);
+            for (ti, row) in q.chunks_exact_mut(p).enumerate() {
+                let s = model::logn_scale(cfg, pos0 + ti);
+                if s != 1.0 {
+                    row.iter_mut().for_each(|e| *e *= s);
+                }
+            }
+            cache.write(l, pos0, &k, &vv);
+            let (kc, vc) = cache.layer(l, pos0 + t); // [pos0+T, P] each
+            attention(&q, kc, vc, pos0, h, d, &mut att);
+            matmul(&att, &lw.c_proj, None, &mut y)?;
+            add(&mut x, &y);
+            rmsnorm(&x, &self.ln_2[l], eps, &mut a);
+            matmul(&a, &lw.w1, None, &mut up)?;
+            matmul(&a, &lw.w2, None, &mut gate)?;
+            swiglu(&up, &gate, &mut g);
+            matmul(&g, &lw.mlp_c_proj, None, &mut y)?;
+            add(&mut x, &y);
+        }
+        let rows = if all_logits { &x[..] } else { &x[(t - 1) * c..] }; // [T', C]
+        let mut hn = vec![0f32; rows.len()];
+        rmsnorm(rows, &self.ln_f, eps, &mut hn);
+        let mut logits = vec![0f32; rows.len() / c * v]; // [T', V]
+        matmul(&hn, &w.lm_head, None, &mut logits)?;
+        Ok(logits)
+    }
+}
+
+impl Model for CpuModel {
+    fn config(&self) -> &QwenConfig {
+        &self.config
     }
     fn backend_name(&self) -> &'static str {
         "cpu"
     }
-    fn new_sequence(self: std::sync::Arc<Self>, max_seq_len: usize) -> Result<Box<dyn crate::model::Sequence>> {
-        let _ = max_seq_len;
-        todo!()
+    fn new_sequence(self: Arc<Self>, max_seq_len: usize) -> Result<Box<dyn Sequence>> {
+        let limit = self.config.max_supported_seq_len();
+        if max_seq_len == 0 || max_seq_len > limit {
+            return Err(Error::invalid(format!(
+                "max_seq_len {max_seq_len} must be between 1 and {limit} (the model's limit, spec §3.2)"
+            )));
+        }
+        let cache = KvCache::new(self.config.num_layers, self.config.proj_size(), max_seq_len);
+        let inv_freq = model::inv_freq(&self.config, 1.0);
+        Ok(Box::new(CpuSequence {
+            model: self,
+            cache,
+            alpha: 1.0,
+            inv_freq,
+        }))
+    }
+}
+
+/// One sequence on a `CpuModel`: its KV cache and the NTK alpha fixed by its prefill.
+pub struct CpuSequence {
+    model: Arc<CpuModel>,
+    cache: KvCache,
+    /// Dynamic-NTK alpha in force (1 before any prefill).
+    alpha: f64,
+    /// `[D/2]` inverse frequencies for `alpha`.
+    inv_freq: Vec<f32>,
+}
+
+impl CpuSequence {
+    /// Rows of KV cache memory allocated (grows on demand up to the capacity).
+    pub fn allocated_rows(&self) -> usize {
+        self.cache.allocated_rows()
+    }
+}
+
+impl Sequence for CpuSequence {
+    fn config(&self) -> &QwenConfig {
+        &self.model.config
+    }
+    fn len(&self) -> usize {
+        self.cache.len()
+    }
+    fn capacity(&self) -> usize {
+        self.cache.capacity()
+    }
+    fn reset(&mut self) {
+        self.cache.clear();
+        self.alpha = 1.0;
+        self.inv_freq = model::inv_freq(&self.model.config, 1.0);
+    }
+    fn ntk_alpha(&self) -> f64 {
+        self.alpha
+    }
+    fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
+        let cfg = &self.model.config;
+        if tokens.is_empty() {
+            return Err(Error::invalid("forward: no tokens (need at least one)"));
+        }
+        if let Some((i, &id)) = tokens.iter().enumerate().find(|(_, &id)| id as usize >= cfg.vocab_size) {
+            return Err(Error::invalid(format!(
+                "token id {id} at position {i} is out of range (vocab size {})",
+                cfg.vocab_size
+            )));
+        }
+        let (pos0, t) = (self.cache.len(), tokens.len());
+        if t > self.cache.capacity() - pos0 {
+            return Err(Error::ContextFull(format!(
+                "{pos0} tokens in the sequence + {t} new exceed its capacity of {}",
+                self.cache.capacity()
+            )));
+        }
+        // Prefill fixes alpha from the prompt length; decode reuses it (spec §3.1).
+        let prefill = if pos0 == 0 {
+            let alpha = model::ntk_alpha(cfg, t);
+            Some((alpha, model::inv_freq(cfg, alpha)))
+        } else {
+            None
+        };
+        self.cache.reserve(pos0 + t)?;
+        let inv_freq = prefill.as_ref().map_or(&self.inv_freq[..], |(_, f)| &f[..]);
+        let model = &self.model;
+        let cache = &mut self.cache;
+        let logits = model
+            .pool
+            .install(|| model.forward_tokens(cache, tokens, pos0, inv_freq, all_logits))?;
+        self.cache.advance(t);
+        if let Some((alpha, inv_freq)) = prefill {
+            self.alpha = alpha;
+            self.inv_freq = inv_freq;
+        }
+        Ok(logits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_matches_naive_sum() {
+        let a: Vec<f32> = (0..37).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..37).map(|i| (i as f32 * 0.11).cos()).collect();
+        let naive: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+        assert!((dot(&a, &b) as f64 - naive).abs() < 1e-5);
+    }
+
+    #[test]
+    fn attention_first_query_sees_only_first_key() {
+        // H=1, D=2, T=2, pos0=0: query 0 must return v[0] exactly whatever the keys.
+        let q = [1.0, 0.0, 0.5, 0.5];
+        let k = [0.3, -1.0, 9.0, 9.0];
+        let v = [2.0, 3.0, -7.0, 5.0];
+        let mut out = [0f32; 4];
+        attention(&q, &k, &v, 0, 1, 2, &mut out);
+        assert_eq!(&out[..2], &[2.0, 3.0]);
+        // Query 1 attends both keys with softmax weights.
+        let s = [(0.5 * 0.3 - 0.5) / 2f32.sqrt(), 9.0 / 2f32.sqrt()];
+        let m = s[1];
+        let e = [(s[0] - m).exp(), 1.0];
+        let p0 = e[0] / (e[0] + e[1]);
+        let want = [p0 * 2.0 + (1.0 - p0) * -7.0, p0 * 3.0 + (1.0 - p0) * 5.0];
+        assert!(
+            (out[2] - want[0]).abs() < 1e-5 && (out[3] - want[1]).abs() < 1e-5,
+            "{out:?} vs {want:?}"
+        );
+    }
+
+    #[test]
+    fn rope_position_zero_is_identity_and_rotation_preserves_norm() {
+        let inv = [1.0f32, 0.1];
+        let mut x = vec![1.0f32, 2.0, 3.0, 4.0, 0.5, -1.0, 2.0, 0.25]; // T=2, H=1, D=4
+        let orig = x.clone();
+        rope(&mut x, 1, 4, 0, &inv);
+        assert_eq!(&x[..4], &orig[..4]);
+        let n0: f32 = orig[4..].iter().map(|e| e * e).sum();
+        let n1: f32 = x[4..].iter().map(|e| e * e).sum();
+        assert!((n0 - n1).abs() < 1e-5);
+        // pair (j=0): (x[0], x[2]) rotated by θ = 1 · 1.0
+        let (c, s) = (1f32.cos(), 1f32.sin());
+        assert!((x[4] - (0.5 * c - 2.0 * s)).abs() < 1e-6 && (x[6] - (2.0 * c + 0.5 * s)).abs() < 1e-6);
     }
 }
