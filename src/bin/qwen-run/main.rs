@@ -294,6 +294,9 @@ fn window(gen: &GenArgs, ck: &Checkpoint) -> usize {
 
 fn cmd_chat(margs: &ModelArgs, gen: &GenArgs) -> Result<()> {
     let m = load(margs)?;
+    if m.ck.generation.chat_format != "chatml" {
+        eprintln!("note: generation_config.json says chat_format \"{}\" (a base model); chat uses ChatML anyway", m.ck.generation.chat_format);
+    }
     let mut session = ChatSession {
         seq: m.model.clone().new_sequence(m.max_seq_len)?,
         sampler: Sampler::new(sampling(gen, &m.ck)?)?,
