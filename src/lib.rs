@@ -25,5 +25,6 @@ pub mod backend;
 pub mod sampler;
 pub mod chat;
 pub mod generate;
+pub mod ffi;
 
 pub use error::{Error, Result};
