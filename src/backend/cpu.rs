@@ -9,7 +9,7 @@
 //! Dimension letters: T tokens of this call, C hidden, H heads, D head dim, P = H*D, F mlp width,
 //! V vocab rows, K / N the input / output width of a matmul.
 use super::LoadOptions;
-use crate::checkpoint::{Checkpoint, DType, TensorView};
+use crate::checkpoint::{decode_f32, Checkpoint, DType, TensorView};
 use crate::config::QwenConfig;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
@@ -45,35 +45,6 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         s += x * y;
     }
     s
-}
-
-/// f16 -> f32 for every bit pattern (256 KiB, built once): exact, and much faster than a
-/// software conversion on CPUs where the crate is built without F16C.
-fn f16_table() -> &'static [f32] {
-    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
-    TABLE.get_or_init(|| (0..=u16::MAX).map(|b| half::f16::from_bits(b).to_f32()).collect())
-}
-
-/// Little-endian stored values -> f32; `bytes` holds `out.len()` elements of `dtype`.
-#[inline]
-fn to_f32(bytes: &[u8], dtype: DType, f16: &[f32], out: &mut [f32]) {
-    match dtype {
-        DType::BF16 => {
-            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16);
-            }
-        }
-        DType::F16 => {
-            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = f16[u16::from_le_bytes([c[0], c[1]]) as usize];
-            }
-        }
-        DType::F32 => {
-            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-            }
-        }
-    }
 }
 
 /// `out[t] = wte[tokens[t]]`: wte `[V, C]` (any dtype), out `[T, C]`.
@@ -130,7 +101,6 @@ fn matmul_rows(
     k: usize,
     wb: &[u8],
     dtype: DType,
-    f16: &[f32],
     bias: Option<&[f32]>,
     first: usize,
     y: &mut [f32],
@@ -138,7 +108,7 @@ fn matmul_rows(
 ) {
     let t = x.len() / k;
     for (r, (yr, wr)) in y.chunks_exact_mut(t).zip(wb.chunks_exact(k * dtype.size())).enumerate() {
-        to_f32(wr, dtype, f16, wrow);
+        decode_f32(wr, dtype, wrow);
         let b = bias.map_or(0.0, |b| b[first + r]);
         for (yv, xr) in yr.iter_mut().zip(x.chunks_exact(k)) {
             *yv = dot(wrow, xr) + b;
@@ -168,12 +138,12 @@ pub fn matmul(x: &[f32], w: &TensorView, bias: Option<&[f32]>, out: &mut [f32]) 
     let mut transposed = if t == 1 { Vec::new() } else { vec![0f32; n * t] };
     let y_nt: &mut [f32] = if t == 1 { out } else { &mut transposed };
     let rows = rows_per_task(n);
-    let (bytes, dtype, es, f16) = (w.bytes(), w.dtype, w.dtype.size(), f16_table());
+    let (bytes, dtype, es) = (w.bytes(), w.dtype, w.dtype.size());
     y_nt.par_chunks_mut(rows * t).enumerate().for_each_init(
         || vec![0f32; k], // one weight row in f32 [K]
         |wrow, (task, chunk)| {
             let wb = &bytes[task * rows * k * es..][..chunk.len() / t * k * es]; // this task's weight rows
-            matmul_rows(x, k, wb, dtype, f16, bias, task * rows, chunk, wrow);
+            matmul_rows(x, k, wb, dtype, bias, task * rows, chunk, wrow);
         },
     );
     if t > 1 {
