@@ -180,3 +180,61 @@ fn bad_arguments_are_clear_errors() {
     fails(&["logits", "--ids", "1", "--out", out.to_str().unwrap()], "none.npy");
     assert!(!out.exists());
 }
+
+#[test]
+fn ctrl_c_stops_the_answer_not_the_program() {
+    use std::io::Read;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qwen-run"))
+        .args(["chat", "--max-new-tokens", "30000", "--seed", "5", "--backend", "cpu"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let collect = |mut r: Box<dyn Read + Send>| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let b = buf.clone();
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = r.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                b.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        });
+        buf
+    };
+    let out = collect(Box::new(child.stdout.take().unwrap()));
+    let err = collect(Box::new(child.stderr.take().unwrap()));
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"tell me everything\n").unwrap();
+    stdin.flush().unwrap();
+    let t = Instant::now();
+    while out.lock().unwrap().len() < 20 {
+        assert!(t.elapsed() < Duration::from_secs(60), "no streamed output; stderr: {}", String::from_utf8_lossy(&err.lock().unwrap()));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let t = Instant::now();
+    while !String::from_utf8_lossy(&err.lock().unwrap()).contains("finish: cancelled") {
+        assert!(t.elapsed() < Duration::from_secs(30), "answer not cancelled: {}", String::from_utf8_lossy(&err.lock().unwrap()));
+        assert!(child.try_wait().unwrap().is_none(), "Ctrl-C during an answer ended the program");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The program is still there: it takes the next line.
+    stdin.write_all(b"/exit\n").unwrap();
+    drop(stdin);
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "chat did not exit after /exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status}; stderr: {}", String::from_utf8_lossy(&err.lock().unwrap()));
+}
