@@ -1,5 +1,6 @@
 //! Criterion benches of the CPU reference ops (`backend::cpu`): matmul GB/s of weight bytes read
-//! (decode is memory bound: every weight byte is read once per token), rmsnorm, attention, and the
+//! (decode is memory bound: every weight byte is read once per token) and, for T > 1 (prefill,
+//! compute bound), multiply-adds per second as criterion "elements" (`Melem/s` = MMAC/s), rmsnorm, attention, and the
 //! whole model: prefill / decode tokens per second of the built-in tiny synth model.
 //! Quick to run: `cargo bench --bench cpu_ops` (about two minutes; weights are written once to a temp
 //! dir as safetensors and read back through `Checkpoint::open`, like a model).
@@ -67,13 +68,19 @@ fn matmul(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(2));
     for &(name, _, n, k) in MATS {
         let w: &TensorView = ck.tensor(name).expect("tensor");
-        for t in [1usize, 8] {
+        // T = 1 is decode (memory bound: throughput in weight bytes); T > 1 is prefill (compute
+        // bound: throughput in elements = multiply-adds T·N·K, so "Melem/s" reads as MMAC/s).
+        for t in [1usize, 8, 16, 64] {
             if t > 1 && name != "bf16_4096x4096" {
                 continue;
             }
             let x = values(t * k, 7);
             let mut y = vec![0f32; t * n];
-            g.throughput(Throughput::Bytes(w.byte_len() as u64));
+            g.throughput(if t == 1 {
+                Throughput::Bytes(w.byte_len() as u64)
+            } else {
+                Throughput::Elements((t * n * k) as u64)
+            });
             g.bench_function(BenchmarkId::new(name, format!("T{t}")), |b| {
                 b.iter(|| cpu::matmul(black_box(&x), w, None, &mut y).expect("matmul"))
             });
