@@ -203,7 +203,11 @@ pub fn tempdir_for(what: &str) -> Result<PathBuf> {
 pub struct BenchReport {
     pub backend: String,
     pub model: String,
+    /// All weights, at 2 bytes per parameter (bf16).
     pub weight_bytes: usize,
+    /// Weight bytes one decode step reads (bf16): everything but the embedding table, of which it
+    /// reads one row.
+    pub bytes_per_token: usize,
     pub prefill: Vec<(usize, f64)>,
     pub decode_tokens: usize,
     pub decode_tok_s: f64,
@@ -222,13 +226,13 @@ impl BenchReport {
             s,
             "{:<28} {:>12.2}",
             "decode weight GB/s",
-            self.decode_tok_s * self.weight_bytes as f64 / 1e9
+            self.decode_tok_s * self.bytes_per_token as f64 / 1e9
         );
         s
     }
     pub fn json(&self) -> String {
         serde_json::json!({
-            "backend": self.backend, "model": self.model, "weight_bytes": self.weight_bytes,
+            "backend": self.backend, "model": self.model, "weight_bytes": self.weight_bytes, "bytes_per_token": self.bytes_per_token,
             "prefill": self.prefill.iter().map(|(n, t)| serde_json::json!({"tokens": n, "tok_per_s": t})).collect::<Vec<_>>(),
             "decode_tokens": self.decode_tokens, "decode_tok_per_s": self.decode_tok_s,
         })
@@ -249,6 +253,8 @@ pub fn run_bench(model: &Arc<dyn Model>, max_seq_len: usize, prefill: &[usize], 
         backend: model.backend_name().into(),
         model: format!("C={} L={} V={}", cfg.hidden_size, cfg.num_layers, cfg.vocab_size),
         weight_bytes: cfg.num_params() * 2,
+        // untied: the embedding table is read one row per token; tied: it is also the lm_head
+        bytes_per_token: (cfg.num_params() - if cfg.tie_word_embeddings { 0 } else { (cfg.vocab_size - 1) * cfg.hidden_size }) * 2,
         prefill: vec![],
         decode_tokens: decode,
         decode_tok_s: 0.0,
