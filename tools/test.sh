@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The README's test command. Installs what the tests need on first use (pinned nvcc 13.0 wheels so the
+# CUDA kernels compile, libclang for the C-header drift test; both from PyPI into $QWEN_TOOLS, default
+# /tmp/qwen-ci-tools), then runs every test target. CI (.ci/run) calls it with QWEN_REQUIRE_KERNELS=1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+T=${QWEN_TOOLS:-/tmp/qwen-ci-tools}   # outside the clone; reused when present
+if [ ! -f "$T/cuda/bin/nvcc-ok" ]; then
+  rm -rf "$T/cuda"
+  python3 -m venv "$T/cuda"
+  "$T/cuda/bin/pip" install -q --progress-bar off nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 \
+     nvidia-cuda-crt==13.0.88 nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85
+  touch "$T/cuda/bin/nvcc-ok"
+fi
+export CUDA_HOME=$(echo "$T"/cuda/lib/python3*/site-packages/nvidia/cu13)
+"$CUDA_HOME/bin/nvcc" --version | tail -1
+
+if [ ! -d "$T/clang/lib" ] || ! ls "$T"/clang/lib/python3*/site-packages/clang/native/libclang* >/dev/null 2>&1; then
+  rm -rf "$T/clang"
+  python3 -m venv "$T/clang"
+  "$T/clang/bin/pip" install -q --progress-bar off libclang==18.1.1
+fi
+export LIBCLANG_PATH=$(echo "$T"/clang/lib/python3*/site-packages/clang/native)
+
+cargo test --all-targets "$@"
