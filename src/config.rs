@@ -172,6 +172,20 @@ impl QwenConfig {
         v * c + self.num_layers * layer + c + if self.tie_word_embeddings { 0 } else { v * c }
     }
 
+    /// The KV-cache length to use: `requested` (None or 0: the model's own limit, i.e.
+    /// max(max_position_embeddings, seq_length) capped by the logN table). `arg` names the argument in
+    /// the error when `requested` exceeds what the model supports.
+    pub fn resolve_max_seq_len(&self, requested: Option<usize>, arg: &str) -> Result<usize> {
+        let supported = self.max_supported_seq_len();
+        match requested {
+            None | Some(0) => Ok(supported.min(self.max_position_embeddings.max(self.seq_length))),
+            Some(n) if n > supported => Err(Error::invalid(format!(
+                "{arg} {n} exceeds the model's limit of {supported} tokens (logN table)"
+            ))),
+            Some(n) => Ok(n),
+        }
+    }
+
     /// Largest sequence the model supports: the logN table limit when logN is on, else unbounded by
     /// the model (the KV cache size decides).
     pub fn max_supported_seq_len(&self) -> usize {

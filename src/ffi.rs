@@ -21,12 +21,12 @@ use crate::error::Error;
 use crate::generate::{generate, ChatSession, FinishReason, GenerateOptions, Generation};
 use crate::model::Model;
 use crate::sampler::{Sampler, SamplingParams};
-use crate::tokenizer::{Tokenizer, QWEN_TIKTOKEN_SHA256};
+use crate::tokenizer::{ModelTokenizer, Tokenizer};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
 
 /// Model path that selects the built-in tiny random-weight model (`synth::builtin_tiny_dir`).
@@ -123,24 +123,9 @@ const MAX_THREADS: u32 = 1024;
 const MODEL_MAGIC: u64 = 0x5157_454E_4D4F_444C; // "QWENMODL"
 const SESSION_MAGIC: u64 = 0x5157_454E_5345_5353; // "QWENSESS"
 
-/// The process-wide tokenizer when the model ships the standard vocabulary, else its own.
-enum Tok {
-    Shared(&'static Tokenizer),
-    Own(Box<Tokenizer>),
-}
-
-impl Tok {
-    fn get(&self) -> &Tokenizer {
-        match self {
-            Tok::Shared(t) => t,
-            Tok::Own(t) => t,
-        }
-    }
-}
-
 struct ModelState {
     model: Arc<dyn Model>,
-    tok: Tok,
+    tok: ModelTokenizer,
     generation: GenerationConfig,
     /// KV cache size of each session.
     max_seq_len: usize,
@@ -445,22 +430,6 @@ pub extern "C" fn qwen_model_options_default() -> qwen_model_options {
 }
 
 /// The tokenizer of a model directory, as `qwen-run` picks it.
-fn load_tokenizer(dir: &Path) -> FfiResult<Tok> {
-    use sha2::Digest;
-    let path = dir.join("qwen.tiktoken");
-    if !path.exists() {
-        return Ok(Tok::Shared(Tokenizer::shared()));
-    }
-    let data = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    let digest = sha2::Sha256::digest(&data);
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    if hex == QWEN_TIKTOKEN_SHA256 {
-        Ok(Tok::Shared(Tokenizer::shared()))
-    } else {
-        Ok(Tok::Own(Box::new(Tokenizer::from_bytes(&data, &path)?)))
-    }
-}
-
 fn load_options(o: &qwen_model_options) -> FfiResult<LoadOptions> {
     let backend = match o.backend {
         0 => BackendKind::Auto,
@@ -525,18 +494,8 @@ pub unsafe extern "C" fn qwen_model_load(
             PathBuf::from(path)
         };
         let ck = Checkpoint::open(&dir)?;
-        let tok = load_tokenizer(&ck.dir)?;
-        let c = &ck.config;
-        let supported = c.max_supported_seq_len();
-        let max_seq_len = match opts.max_seq_len as usize {
-            0 => supported.min(c.max_position_embeddings.max(c.seq_length)),
-            n if n > supported => {
-                return Err(invalid(format!(
-                    "options.max_seq_len {n} exceeds the model's limit of {supported} tokens"
-                )))
-            }
-            n => n,
-        };
+        let tok = ModelTokenizer::for_model_dir(&ck.dir)?;
+        let max_seq_len = ck.config.resolve_max_seq_len(Some(opts.max_seq_len as usize), "options.max_seq_len")?;
         let model = load_model(&ck, &load)?;
         let state = Arc::new(ModelState {
             model,
@@ -618,7 +577,7 @@ pub unsafe extern "C" fn qwen_tokenize(
         *out_len = 0;
         let m = model_state(model, "model")?;
         let text = arg_str(text, "text")?;
-        let tok = m.tok.get();
+        let tok = &*m.tok;
         let ids = if parse_special != 0 {
             tok.try_encode_with_special(text)?
         } else {
@@ -648,7 +607,7 @@ pub unsafe extern "C" fn qwen_detokenize(
         }
         let m = model_state(model, "model")?;
         let ids = arg_slice(tokens, n_tokens, "tokens")?;
-        let bytes = m.tok.get().decode_bytes(ids)?;
+        let bytes = m.tok.decode_bytes(ids)?;
         let n = bytes.len();
         *out = export_bytes(bytes);
         if !out_len.is_null() {
@@ -891,7 +850,7 @@ unsafe fn run_generation(
             _ => true,
         }
     };
-    let g = run(&mut chat, s.model.tok.get(), &mut on_text)?;
+    let g = run(&mut chat, &s.model.tok, &mut on_text)?;
     drop(chat);
     if !out_finish.is_null() {
         *out_finish = finish_code(&g.finish);

@@ -339,3 +339,38 @@ impl StreamDecoder {
         out
     }
 }
+
+/// The tokenizer of a model directory: the process-wide built one when the directory ships the
+/// standard `qwen.tiktoken` (checked by sha256) or none at all, else one built from its file.
+pub enum ModelTokenizer {
+    Shared(&'static Tokenizer),
+    Own(Box<Tokenizer>),
+}
+
+impl std::ops::Deref for ModelTokenizer {
+    type Target = Tokenizer;
+    fn deref(&self) -> &Tokenizer {
+        match self {
+            ModelTokenizer::Shared(t) => t,
+            ModelTokenizer::Own(t) => t,
+        }
+    }
+}
+
+impl ModelTokenizer {
+    /// Load `dir/qwen.tiktoken`; a directory without one gets the built-in Qwen vocabulary.
+    pub fn for_model_dir(dir: &Path) -> Result<Self> {
+        use sha2::Digest;
+        let path = dir.join("qwen.tiktoken");
+        if !path.exists() {
+            return Ok(ModelTokenizer::Shared(Tokenizer::shared()));
+        }
+        let data = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let hex: String = sha2::Sha256::digest(&data).iter().map(|b| format!("{b:02x}")).collect();
+        if hex == QWEN_TIKTOKEN_SHA256 {
+            Ok(ModelTokenizer::Shared(Tokenizer::shared()))
+        } else {
+            Ok(ModelTokenizer::Own(Box::new(Tokenizer::from_bytes(&data, &path)?)))
+        }
+    }
+}

@@ -8,7 +8,7 @@ use qwen_rt::generate::{generate, ChatSession, GenerateOptions, Generation};
 use qwen_rt::model::Model;
 use qwen_rt::sampler::{Sampler, SamplingParams};
 use qwen_rt::synth::{builtin_tiny_dir, synth_model, SynthPreset};
-use qwen_rt::tokenizer::Tokenizer;
+use qwen_rt::tokenizer::{ModelTokenizer, Tokenizer};
 use qwen_rt::{Error, Result};
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
@@ -133,7 +133,7 @@ struct ModelArgs {
     /// CPU threads (0 = all cores)
     #[arg(long, default_value_t = 0)]
     threads: usize,
-    /// KV cache length in tokens (default: the model's limit)
+    /// KV cache length in tokens (default or 0: the model's limit)
     #[arg(long)]
     max_seq_len: Option<usize>,
 }
@@ -192,7 +192,7 @@ fn main() {
 struct Loaded {
     ck: Checkpoint,
     model: Arc<dyn Model>,
-    tok: Tokenizer,
+    tok: ModelTokenizer,
     max_seq_len: usize,
 }
 
@@ -224,29 +224,15 @@ fn load(args: &ModelArgs) -> Result<Loaded> {
     if model.backend_name() == "cpu" {
         page_in(&ck)?;
     }
-    let limit = ck.config.max_supported_seq_len().min(ck.config.max_position_embeddings.max(ck.config.seq_length));
-    let max_seq_len = match args.max_seq_len {
-        Some(0) => return Err(Error::invalid("--max-seq-len must be at least 1")),
-        Some(n) if n > ck.config.max_supported_seq_len() => {
-            return Err(Error::invalid(format!(
-                "--max-seq-len {n} exceeds the model's limit of {} tokens (logN table)",
-                ck.config.max_supported_seq_len()
-            )))
-        }
-        Some(n) => n,
-        None => limit,
-    };
+    let max_seq_len = ck.config.resolve_max_seq_len(args.max_seq_len, "--max-seq-len")?;
     Ok(Loaded { ck, model, tok, max_seq_len })
 }
 
-fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
-    let path = dir.join("qwen.tiktoken");
-    if path.exists() {
-        Tokenizer::from_file(&path)
-    } else {
-        eprintln!("note: {} not found; using the built-in Qwen vocabulary", path.display());
-        Ok(Tokenizer::builtin())
+fn load_tokenizer(dir: &Path) -> Result<ModelTokenizer> {
+    if !dir.join("qwen.tiktoken").exists() {
+        eprintln!("note: {} has no qwen.tiktoken; using the built-in Qwen vocabulary", dir.display());
     }
+    ModelTokenizer::for_model_dir(dir)
 }
 
 fn sampling(gen: &GenArgs, ck: &Checkpoint) -> Result<SamplingParams> {
@@ -429,7 +415,7 @@ fn report_speed(g: &Generation) {
 fn cmd_tokenize(model: Option<&Path>, allow_special: bool, text: &str) -> Result<()> {
     let tok = match model {
         Some(d) => load_tokenizer(d)?,
-        None => Tokenizer::builtin(),
+        None => ModelTokenizer::Shared(Tokenizer::shared()),
     };
     let text = if text == "-" {
         let mut buf = Vec::new();
@@ -446,7 +432,7 @@ fn cmd_tokenize(model: Option<&Path>, allow_special: bool, text: &str) -> Result
 fn cmd_detokenize(model: Option<&Path>, ids: &str) -> Result<()> {
     let tok = match model {
         Some(d) => load_tokenizer(d)?,
-        None => Tokenizer::builtin(),
+        None => ModelTokenizer::Shared(Tokenizer::shared()),
     };
     let ids = parse_ids(ids)?;
     let text = tok.decode(&ids)?;
@@ -461,7 +447,7 @@ fn cmd_prompt(model: Option<&Path>, messages: &Path, max_window_size: Option<usi
             let ck = Checkpoint::open(d)?;
             (load_tokenizer(d)?, ck.generation.max_window_size)
         }
-        None => (Tokenizer::builtin(), qwen_rt::config::GenerationConfig::default().max_window_size),
+        None => (ModelTokenizer::Shared(Tokenizer::shared()), qwen_rt::config::GenerationConfig::default().max_window_size),
     };
     let text = std::fs::read_to_string(messages).map_err(|e| Error::io(messages, e))?;
     let msgs: Vec<Message> = serde_json::from_str(&text)
