@@ -92,6 +92,19 @@ impl TensorView {
         assert!(v.offset + v.byte_len() <= v.mmap.len(), "TensorView out of range (checked by the reader)");
         v
     }
+    /// An in-memory f32 tensor (an anonymous map), e.g. the input of an oracle in a kernel test.
+    pub fn from_f32(name: &str, shape: &[usize], values: &[f32]) -> Result<Self> {
+        let n: usize = shape.iter().product();
+        if n != values.len() {
+            return Err(Error::invalid(format!("{name}: {} values for shape {shape:?}", values.len())));
+        }
+        let mut map = memmap2::MmapMut::map_anon((n * 4).max(1)).map_err(|e| Error::Backend(format!("{name}: anonymous map: {e}")))?;
+        for (dst, v) in map.chunks_exact_mut(4).zip(values) {
+            dst.copy_from_slice(&v.to_le_bytes());
+        }
+        let mmap = map.make_read_only().map_err(|e| Error::Backend(format!("{name}: anonymous map: {e}")))?;
+        Ok(TensorView::new(name.into(), DType::F32, shape.to_vec(), Arc::new(PathBuf::from("<memory>")), Arc::new(mmap), 0))
+    }
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }

@@ -9,5 +9,28 @@ pub static KERNELS_PTX: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kernel
 /// Whether build.rs compiled the kernels (nvcc was found).
 pub const KERNELS_BUILT: bool = !cfg!(no_cuda_kernels);
 
-/// Entry points every build must contain, checked by a test against the PTX.
-pub const ENTRY_POINTS: &[&str] = &["embedding_bf16", "embedding_f16"];
+/// Entry points every build must contain (see cuda/README.md), checked by a test against the PTX
+/// and resolved when a GPU is opened.
+pub const ENTRY_POINTS: &[&str] = &[
+    "embedding_bf16",
+    "embedding_f16",
+    "rmsnorm_bf16",
+    "rmsnorm_f16",
+    "add_rmsnorm_bf16",
+    "add_rmsnorm_f16",
+    "swiglu_bf16",
+    "swiglu_f16",
+    "qkv_rope_append_bf16",
+    "qkv_rope_append_f16",
+    "attention_prefill_bf16",
+    "attention_prefill_f16",
+    "attention_decode_bf16",
+    "attention_decode_f16",
+    "attention_decode_combine_bf16",
+    "attention_decode_combine_f16",
+    "gemv_bf16",
+    "gemv_f16",
+    "sample_mark_f32",
+    "sample_process_f32",
+    "sample_draw_f32",
+];

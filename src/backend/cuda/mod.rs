@@ -1,6 +1,9 @@
 //! CUDA backend entry. The kernels are compiled and embedded (see `kernels.rs`); the executor that
 //! runs the model on the GPU is the next step (issue 3). Until then `probe` reports exactly why the
 //! GPU cannot be used, and never panics: no kernels, no driver, no device, or not implemented.
+pub mod device;
+pub mod launch;
+
 use super::kernels::KERNELS_BUILT;
 use super::LoadOptions;
 use crate::checkpoint::Checkpoint;
@@ -14,18 +17,7 @@ pub fn driver_present() -> bool {
     std::panic::catch_unwind(|| unsafe { cudarc::driver::sys::is_culib_present() }).unwrap_or(false)
 }
 
-/// Number of CUDA devices, or an error saying why there are none.
-pub fn device_count() -> Result<usize> {
-    if !driver_present() {
-        return Err(Error::Backend("no CUDA driver found (libcuda.so could not be loaded)".into()));
-    }
-    match std::panic::catch_unwind(cudarc::driver::CudaContext::device_count) {
-        Ok(Ok(0)) => Err(Error::Backend("no CUDA device".into())),
-        Ok(Ok(n)) => Ok(n as usize),
-        Ok(Err(e)) => Err(Error::Backend(format!("CUDA driver error: {e}"))),
-        Err(_) => Err(Error::Backend("CUDA driver could not be initialised".into())),
-    }
-}
+pub use device::device_count;
 
 /// Ok when the CUDA backend can run here.
 pub fn probe() -> Result<()> {

@@ -1,0 +1,351 @@
+//! The GPU as the executor sees it: one context, the embedded kernel module, raw device buffers and
+//! the one place kernels are launched from (`Gpu::launch`).
+//!
+//! Everything below cudarc's safe slice API on purpose: buffers are plain device addresses
+//! (`DevPtr`) carved from a few allocations by the static plan, so a launch is a `cuLaunchKernel`
+//! with no event bookkeeping, and a stream capture records exactly the kernels we launch.
+use super::super::kernels::{ENTRY_POINTS, KERNELS_BUILT, KERNELS_FATBIN};
+use crate::error::{Error, Result};
+use cudarc::driver::{result, sys, CudaContext, CudaFunction, CudaModule, CudaStream};
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::Arc;
+
+/// Map any displayable CUDA error into `Error::Backend` with what we were doing.
+pub fn cuda_err(what: &str) -> impl FnOnce(result::DriverError) -> Error + '_ {
+    move |e| Error::Backend(format!("CUDA error while {what}: {e}"))
+}
+
+/// Compute dtype of the GPU path: weights and activations that feed matmuls/attention.
+/// Residual stream, matmul outputs, softmax statistics and logits stay f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GpuDType {
+    BF16,
+    F16,
+}
+
+impl GpuDType {
+    /// Kernel name suffix: `rmsnorm_bf16`, `rmsnorm_f16`.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            GpuDType::BF16 => "bf16",
+            GpuDType::F16 => "f16",
+        }
+    }
+    pub fn size(self) -> usize {
+        2
+    }
+    /// Round f32 values to this dtype's bits (round to nearest even), as the upload does.
+    pub fn encode(self, src: &[f32]) -> Vec<u16> {
+        match self {
+            GpuDType::BF16 => src.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect(),
+            GpuDType::F16 => src.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect(),
+        }
+    }
+    /// Widen this dtype's bits to f32 (exact).
+    pub fn decode(self, src: &[u16]) -> Vec<f32> {
+        match self {
+            GpuDType::BF16 => src.iter().map(|&b| half::bf16::from_bits(b).to_f32()).collect(),
+            GpuDType::F16 => src.iter().map(|&b| half::f16::from_bits(b).to_f32()).collect(),
+        }
+    }
+}
+
+/// A raw device address (what a kernel's `T*` parameter receives).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DevPtr(pub u64);
+
+impl DevPtr {
+    /// The address `bytes` further on.
+    pub fn add(self, bytes: usize) -> DevPtr {
+        DevPtr(self.0 + bytes as u64)
+    }
+}
+
+/// A region of device memory: address and length in bytes. Launchers take these (not bare
+/// pointers) so they can check every buffer is large enough for the shape they launch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DevSlice {
+    pub ptr: DevPtr,
+    pub bytes: usize,
+}
+
+impl DevSlice {
+    pub fn new(ptr: DevPtr, bytes: usize) -> Self {
+        DevSlice { ptr, bytes }
+    }
+    /// `len` bytes starting `offset` bytes in. Errors when that leaves the region.
+    pub fn sub(&self, offset: usize, len: usize) -> Result<DevSlice> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.bytes => Ok(DevSlice { ptr: self.ptr.add(offset), bytes: len }),
+            _ => Err(Error::Backend(format!(
+                "internal: sub-slice {offset}+{len} of a {}-byte device region",
+                self.bytes
+            ))),
+        }
+    }
+    /// Ok when the region holds at least `bytes` bytes; `what` names the operand in the error.
+    pub fn need(&self, bytes: usize, what: &str) -> Result<()> {
+        if self.ptr.0 == 0 || self.bytes < bytes {
+            return Err(Error::Backend(format!(
+                "internal: {what} needs {bytes} bytes on the GPU, its buffer has {} (null: {})",
+                self.bytes,
+                self.ptr.0 == 0
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One device allocation, freed on drop.
+pub struct DevBuf {
+    ptr: u64,
+    bytes: usize,
+    ctx: Arc<CudaContext>,
+}
+
+impl DevBuf {
+    pub fn ptr(&self) -> DevPtr {
+        DevPtr(self.ptr)
+    }
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+    /// The whole allocation as a slice.
+    pub fn slice(&self) -> DevSlice {
+        DevSlice { ptr: DevPtr(self.ptr), bytes: self.bytes }
+    }
+}
+
+impl Drop for DevBuf {
+    fn drop(&mut self) {
+        if self.ptr != 0 && self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: `ptr` came from cuMemAlloc in this context and is freed exactly once; every
+            // stream that used it is synchronised by the owner before the buffer is dropped.
+            let _ = unsafe { result::free_sync(self.ptr) };
+        }
+    }
+}
+
+// SAFETY: a DevBuf is an address plus its owning context; CUDA contexts may be used from any thread.
+unsafe impl Send for DevBuf {}
+unsafe impl Sync for DevBuf {}
+
+/// A kernel argument, passed by value. Pointers are `T*` on the device side, the rest are
+/// `uint32_t` / `int32_t` / `float` / `uint64_t`. The kernel's own signature decides the width;
+/// the launcher that builds the list is the only place that must agree with it.
+#[derive(Debug, Clone, Copy)]
+pub enum Arg {
+    Ptr(DevPtr),
+    U32(u32),
+    I32(i32),
+    F32(f32),
+    U64(u64),
+}
+
+impl Arg {
+    /// The value in the low bytes of an 8-byte slot (little endian, so a 4-byte parameter reads
+    /// exactly its value from the slot start).
+    fn slot(self) -> u64 {
+        match self {
+            Arg::Ptr(p) => p.0,
+            Arg::U32(v) => v as u64,
+            Arg::I32(v) => v as u32 as u64,
+            Arg::F32(v) => v.to_bits() as u64,
+            Arg::U64(v) => v,
+        }
+    }
+}
+
+/// Grid and block of a launch, plus dynamic shared memory in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Launch {
+    pub grid: (u32, u32, u32),
+    pub block: (u32, u32, u32),
+    pub smem: u32,
+}
+
+impl Launch {
+    pub fn new(grid: (u32, u32, u32), block: u32, smem: u32) -> Self {
+        Launch { grid, block: (block, 1, 1), smem }
+    }
+}
+
+/// A device, its context, the kernel module and the compute stream used by tests and loading.
+pub struct Gpu {
+    pub ctx: Arc<CudaContext>,
+    /// The stream for one-off work (tests, loading); each sequence makes its own.
+    pub stream: Arc<CudaStream>,
+    pub name: String,
+    /// Compute capability (major, minor).
+    pub cc: (i32, i32),
+    _module: Arc<CudaModule>,
+    functions: HashMap<&'static str, CudaFunction>,
+}
+
+/// Why CUDA cannot be used here, or the number of devices.
+pub fn device_count() -> Result<usize> {
+    if !super::driver_present() {
+        return Err(Error::Backend("no CUDA driver found (libcuda.so could not be loaded)".into()));
+    }
+    match std::panic::catch_unwind(CudaContext::device_count) {
+        Ok(Ok(0)) => Err(Error::Backend("no CUDA device".into())),
+        Ok(Ok(n)) => Ok(n as usize),
+        Ok(Err(e)) => Err(Error::Backend(format!("CUDA driver error: {e}"))),
+        Err(_) => Err(Error::Backend("CUDA driver could not be initialised".into())),
+    }
+}
+
+impl Gpu {
+    /// Open device `ordinal`, load the embedded kernels and resolve every entry point.
+    /// Each way this can fail is an `Error::Backend` that says which; never a panic.
+    pub fn open(ordinal: usize) -> Result<Arc<Gpu>> {
+        if !KERNELS_BUILT {
+            return Err(Error::Backend("this build has no CUDA kernels (nvcc was not found at build time)".into()));
+        }
+        let n = device_count()?;
+        if ordinal >= n {
+            return Err(Error::Backend(format!("CUDA device {ordinal} does not exist ({n} found)")));
+        }
+        let ctx = match std::panic::catch_unwind(|| CudaContext::new(ordinal)) {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(Error::Backend(format!("cannot create a CUDA context on device {ordinal}: {e}"))),
+            Err(_) => return Err(Error::Backend("the CUDA driver panicked while creating a context".into())),
+        };
+        let cc = ctx.compute_capability().map_err(cuda_err("reading the compute capability"))?;
+        if cc.0 < 8 {
+            return Err(Error::Backend(format!(
+                "CUDA device {ordinal} has compute capability {}.{}; qwen-rt needs 8.0 or newer (Ampere+)",
+                cc.0, cc.1
+            )));
+        }
+        let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        let module = ctx
+            .load_module(cudarc::nvrtc::Ptx::from_binary(KERNELS_FATBIN.to_vec()))
+            .map_err(cuda_err("loading the embedded kernels (fatbin sm_80/86/89/90 + compute_80 PTX)"))?;
+        let mut functions = HashMap::new();
+        for &entry in ENTRY_POINTS {
+            let f = module
+                .load_function(entry)
+                .map_err(|e| Error::Backend(format!("kernel `{entry}` missing from the embedded module: {e}")))?;
+            functions.insert(entry, f);
+        }
+        // Events are not needed: the executor orders work with streams itself.
+        // SAFETY: no cudarc slice is shared between streams by this crate.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(cuda_err("creating a stream"))?;
+        Ok(Arc::new(Gpu { ctx, stream, name, cc, _module: module, functions }))
+    }
+
+    /// Device memory (free, total) in bytes.
+    pub fn mem_info(&self) -> Result<(usize, usize)> {
+        self.bind()?;
+        result::mem_get_info().map_err(cuda_err("querying free memory"))
+    }
+
+    /// Make this context current on the calling thread (every entry from another thread does).
+    pub fn bind(&self) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(cuda_err("binding the context to this thread"))
+    }
+
+    /// Allocate `bytes` (at least 1) of device memory, uninitialised.
+    pub fn alloc(&self, bytes: usize) -> Result<DevBuf> {
+        self.bind()?;
+        // SAFETY: plain allocation; the result is owned by the returned DevBuf.
+        let ptr = unsafe { result::malloc_sync(bytes.max(1)) }.map_err(|e| {
+            let free = result::mem_get_info().map(|(f, _)| f).unwrap_or(0);
+            Error::Backend(format!(
+                "cannot allocate {:.2} GiB on the GPU ({:.2} GiB free): {e}",
+                gib(bytes),
+                gib(free)
+            ))
+        })?;
+        Ok(DevBuf { ptr, bytes, ctx: self.ctx.clone() })
+    }
+
+    /// Allocate and copy `data` (synchronous).
+    pub fn upload<T: bytemuck::Pod>(&self, data: &[T]) -> Result<DevBuf> {
+        let buf = self.alloc(std::mem::size_of_val(data))?;
+        self.write(buf.ptr(), data)?;
+        Ok(buf)
+    }
+
+    /// Copy `data` to `dst` (synchronous; the caller owns a region of at least that size).
+    pub fn write<T: bytemuck::Pod>(&self, dst: DevPtr, data: &[T]) -> Result<()> {
+        self.bind()?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: dst is a live allocation of at least size_of_val(data) bytes (caller's contract,
+        // every caller passes a region the plan sized for it); the copy is synchronous.
+        unsafe { result::memcpy_htod_sync(dst.0, data) }.map_err(cuda_err("copying to the GPU"))
+    }
+
+    /// Read `n` values of `T` from `src` (waits for `self.stream` first).
+    pub fn read<T: bytemuck::Pod + Default>(&self, src: DevPtr, n: usize) -> Result<Vec<T>> {
+        self.sync()?;
+        let mut out = vec![T::default(); n];
+        if n > 0 {
+            // SAFETY: src holds at least n values of T (caller's contract); synchronous copy.
+            unsafe { result::memcpy_dtoh_sync(&mut out, src.0) }.map_err(cuda_err("copying from the GPU"))?;
+        }
+        Ok(out)
+    }
+
+    /// Set `bytes` bytes at `dst` to `value` on `stream` (used to poison outputs in tests).
+    pub fn memset(&self, stream: &CudaStream, dst: DevPtr, value: u8, bytes: usize) -> Result<()> {
+        self.bind()?;
+        // SAFETY: dst..dst+bytes is inside a live allocation (caller's contract).
+        unsafe { result::memset_d8_async(dst.0, value, bytes, stream.cu_stream()) }
+            .map_err(cuda_err("memset on the GPU"))
+    }
+
+    /// Store one u32 at `dst` on `stream`, by value (capture-safe, no host buffer to keep alive).
+    pub fn set_u32(&self, stream: &CudaStream, dst: DevPtr, value: u32) -> Result<()> {
+        // SAFETY: dst is a live 4-byte-aligned u32 slot of a plan buffer.
+        let r = unsafe { sys::cuMemsetD32Async(dst.0, value, 1, stream.cu_stream()) };
+        r.result().map_err(cuda_err("setting a device scalar"))
+    }
+
+    /// Wait for `self.stream`.
+    pub fn sync(&self) -> Result<()> {
+        self.stream.synchronize().map_err(cuda_err("waiting for the GPU"))
+    }
+
+    /// The kernel `name` (an entry of `kernels::ENTRY_POINTS`).
+    pub fn function(&self, name: &str) -> Result<&CudaFunction> {
+        self.functions
+            .get(name)
+            .ok_or_else(|| Error::Backend(format!("kernel `{name}` is not an entry point of this build")))
+    }
+
+    /// Let kernel `name` use up to `bytes` of dynamic shared memory (needed above 48 KiB).
+    pub fn allow_smem(&self, name: &str, bytes: u32) -> Result<()> {
+        let f = self.function(name)?;
+        f.set_attribute(
+            sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            bytes as i32,
+        )
+        .map_err(cuda_err("raising a kernel's shared-memory limit"))
+    }
+
+    /// Launch kernel `name` on `stream`.
+    ///
+    /// # Safety
+    /// `args` must match the kernel's parameter list in number, order and width, every pointer
+    /// must address a live buffer large enough for what the kernel touches at this launch shape,
+    /// and those buffers must stay alive until the stream has run the kernel. Each launcher in
+    /// `launch/` checks its shapes and states what it checked in a `// SAFETY:` line.
+    pub unsafe fn launch(&self, stream: &CudaStream, name: &str, cfg: Launch, args: &[Arg]) -> Result<()> {
+        let f = self.function(name)?;
+        let mut slots: Vec<u64> = args.iter().map(|a| a.slot()).collect();
+        let mut params: Vec<*mut c_void> = slots.iter_mut().map(|s| s as *mut u64 as *mut c_void).collect();
+        result::launch_kernel(f.cu_function(), cfg.grid, cfg.block, cfg.smem, stream.cu_stream(), &mut params)
+            .map_err(|e| Error::Backend(format!("launching `{name}` (grid {:?}, block {:?}, smem {}): {e}", cfg.grid, cfg.block, cfg.smem)))
+    }
+}
+
+/// Bytes as GiB, for messages.
+pub fn gib(bytes: usize) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}
