@@ -14,7 +14,9 @@ pub fn gpu(test: &str) -> Option<Arc<Gpu>> {
             if std::env::var("QWEN_REQUIRE_GPU").is_ok_and(|v| v == "1") {
                 panic!("QWEN_REQUIRE_GPU=1 but the GPU cannot be used: {e}");
             }
-            eprintln!("SKIP: no CUDA device ({e}) — {test} not run");
+            // Written to the stderr handle, not with eprintln!, so libtest's capture cannot hide it.
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "SKIP: no CUDA device ({e}) — {test} not run");
             None
         }
     }

@@ -4,4 +4,12 @@
 //! machine run with `QWEN_REQUIRE_GPU=1` so a skip fails instead.
 mod common;
 
+mod attention_decode;
+mod attention_prefill;
 mod embedding;
+mod gemm;
+mod gemv;
+mod rmsnorm;
+mod rotary;
+mod sampling;
+mod swiglu;

@@ -3,6 +3,7 @@
 //! enough for them, then says in a `// SAFETY:` line what it checked. Buffers are `DevSlice`s
 //! (address + bytes); T is the compute dtype (`GpuDType`), 2 bytes.
 pub mod attention;
+pub mod attention_decode;
 pub mod embedding;
 pub mod gemm;
 pub mod gemv;
@@ -12,6 +13,7 @@ pub mod sampling;
 pub mod swiglu;
 
 pub use attention::*;
+pub use attention_decode::*;
 pub use embedding::*;
 pub use gemm::*;
 pub use gemv::*;
