@@ -92,8 +92,8 @@ pub fn generate(
     }
     seq.reset();
     let t0 = Instant::now();
-    let mut logits = seq.forward(prompt, false)?;
     let mut context: Vec<u32> = prompt.to_vec();
+    let mut id = seq.forward_sample(prompt, sampler, &context)?;
     let mut out = Generation {
         ids: Vec::new(),
         text: String::new(),
@@ -112,7 +112,6 @@ pub fn generate(
         on_text(piece)
     };
     loop {
-        let id = sampler.sample(&mut logits, &context);
         if out.ids.is_empty() {
             out.prefill_secs = t0.elapsed().as_secs_f64();
             t_decode = Some(Instant::now());
@@ -143,7 +142,7 @@ pub fn generate(
             out.finish = FinishReason::ContextFull;
             break;
         }
-        logits = seq.forward(&[id], false)?;
+        id = seq.forward_sample(&[id], sampler, &context)?;
     }
     if !matches!(out.finish, FinishReason::StopString(_) | FinishReason::Cancelled) {
         full.push_str(&decoder.finish());

@@ -3,6 +3,7 @@
 //! Also the position-dependent math every backend shares: dynamic NTK and logN (spec §3).
 use crate::config::QwenConfig;
 use crate::error::Result;
+use crate::sampler::Sampler;
 use std::sync::Arc;
 
 /// A loaded model on one backend. Many sequences (on many threads) may share it.
@@ -33,6 +34,13 @@ pub trait Sequence: Send {
     /// Returns logits: `[T, V]` row-major if `all_logits`, else `[V]` of the last token.
     /// Errors (nothing is changed): empty `tokens`, an id >= V, or len()+T > capacity().
     fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>>;
+    /// `forward(tokens)` then the next id chosen by `sampler` given `context` (every id of prompt +
+    /// output so far, `tokens` included). The CUDA backend samples on the GPU and copies back only
+    /// the id; this default samples the downloaded logits on the host.
+    fn forward_sample(&mut self, tokens: &[u32], sampler: &mut Sampler, context: &[u32]) -> Result<u32> {
+        let mut logits = self.forward(tokens, false)?;
+        Ok(sampler.sample(&mut logits, context))
+    }
 }
 
 /// Dynamic-NTK alpha for a prefill of `prompt_len` tokens (spec §3.1):

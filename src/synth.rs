@@ -161,6 +161,41 @@ fn plan(p: &SynthPreset) -> Vec<Planned> {
     out
 }
 
+/// One tensor of a preset as a generator on another device needs it: element i is
+/// `offset + scale * u(key, i)` with `u` the uniform draw of [`value`] (splitmix64 of
+/// `key ^ i * 0xD6E8FEB86659FD93`, top 24 bits mapped to [-1, 1)).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SynthTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub key: u64,
+    pub offset: f32,
+    pub scale: f32,
+}
+
+/// Every tensor of `p` with seed `seed`, in model order: what `synth_model` writes, so the GPU can
+/// generate the same weights without a file (`qwen-run bench --synth 7b`).
+pub fn synth_tensors(p: &SynthPreset, seed: u64) -> Vec<SynthTensor> {
+    plan(p)
+        .into_iter()
+        .map(|t| {
+            let (offset, scale) = t.init.affine();
+            SynthTensor { key: tensor_key(seed, &t.name), name: t.name, shape: t.shape, offset, scale }
+        })
+        .collect()
+}
+
+/// Element `i` of `t` in f32 (before rounding to the storage dtype).
+pub fn synth_tensor_value(t: &SynthTensor, i: u64) -> f32 {
+    value(t.key, i, (t.offset, t.scale))
+}
+
+/// The config of `p` (bf16 checkpoint), as `synth_model` writes it.
+pub fn synth_config(p: &SynthPreset) -> Result<crate::config::QwenConfig> {
+    let text = config_json(p, DType::BF16).to_string();
+    crate::config::QwenConfig::from_json_str(&text, Path::new("<synth config>"))
+}
+
 #[inline(always)]
 fn splitmix64(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);

@@ -14,6 +14,8 @@ pub const KERNELS_BUILT: bool = !cfg!(no_cuda_kernels);
 pub const ENTRY_POINTS: &[&str] = &[
     "embedding_bf16",
     "embedding_f16",
+    "fill_uniform_bf16",
+    "fill_uniform_f16",
     "rmsnorm_bf16",
     "rmsnorm_f16",
     "add_rmsnorm_bf16",

@@ -96,7 +96,14 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32)
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let lim = atol + rtol * w.abs();
         let err = (g - w).abs();
-        let ratio = if g.is_nan() != w.is_nan() || (g.is_nan() && w.is_nan()) { f32::INFINITY } else { err / lim };
+        // NaN anywhere fails; an exact match passes even at zero tolerance (0/0 would be NaN).
+        let ratio = if g.is_nan() || w.is_nan() {
+            f32::INFINITY
+        } else if err == 0.0 {
+            0.0
+        } else {
+            err / lim
+        };
         if !(ratio <= 1.0) {
             bad += 1;
         }

@@ -270,20 +270,34 @@ impl Gpu {
         Ok(buf)
     }
 
-    /// Copy `data` to `dst` (synchronous; the caller owns a region of at least that size).
+    /// Copy `data` to `dst` on `self.stream` and wait (the caller owns a region of at least that size).
     pub fn write<T: bytemuck::Pod>(&self, dst: DevPtr, data: &[T]) -> Result<()> {
+        self.write_on(&self.stream, dst, data)?;
+        self.sync()
+    }
+
+    /// Queue a copy of `data` (pageable host memory: the driver stages it before returning, so the
+    /// caller may drop it at once) to `dst` on `stream`, ordered with the kernels on that stream.
+    pub fn write_on<T: bytemuck::Pod>(&self, stream: &CudaStream, dst: DevPtr, data: &[T]) -> Result<()> {
         self.bind()?;
         if data.is_empty() {
             return Ok(());
         }
-        // SAFETY: dst is a live allocation of at least size_of_val(data) bytes (caller's contract,
-        // every caller passes a region the plan sized for it); the copy is synchronous.
-        unsafe { result::memcpy_htod_sync(dst.0, data) }.map_err(cuda_err("copying to the GPU"))
+        // SAFETY: dst is a live allocation of at least size_of_val(data) bytes (caller's contract:
+        // every caller passes a region the plan sized for it); `data` is pageable, so the driver has
+        // copied it to staging memory when this returns.
+        unsafe { result::memcpy_htod_async(dst.0, data, stream.cu_stream()) }.map_err(cuda_err("copying to the GPU"))
     }
 
     /// Read `n` values of `T` from `src` (waits for `self.stream` first).
     pub fn read<T: bytemuck::Pod + Default>(&self, src: DevPtr, n: usize) -> Result<Vec<T>> {
-        self.sync()?;
+        self.read_on(&self.stream, src, n)
+    }
+
+    /// Wait for `stream`, then read `n` values of `T` from `src`.
+    pub fn read_on<T: bytemuck::Pod + Default>(&self, stream: &CudaStream, src: DevPtr, n: usize) -> Result<Vec<T>> {
+        self.bind()?;
+        stream.synchronize().map_err(cuda_err("waiting for the GPU"))?;
         let mut out = vec![T::default(); n];
         if n > 0 {
             // SAFETY: src holds at least n values of T (caller's contract); synchronous copy.
@@ -310,6 +324,36 @@ impl Gpu {
     /// Wait for `self.stream`.
     pub fn sync(&self) -> Result<()> {
         self.stream.synchronize().map_err(cuda_err("waiting for the GPU"))
+    }
+
+    /// Device-to-device copy bandwidth in bytes/s, counting bytes read + written (the ceiling the
+    /// decode floor is computed against, design/performance.md): 10 copies of up to 1 GiB, timed
+    /// with events after a warm-up copy.
+    pub fn copy_bandwidth(&self) -> Result<f64> {
+        let (free, _) = self.mem_info()?;
+        let bytes = (1usize << 30).min(free / 4).max(1 << 20);
+        let (src, dst) = (self.alloc(bytes)?, self.alloc(bytes)?);
+        let s = &self.stream;
+        let timed = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let (start, end) = (
+            self.ctx.new_event(timed).map_err(cuda_err("creating an event"))?,
+            self.ctx.new_event(timed).map_err(cuda_err("creating an event"))?,
+        );
+        let copy = || {
+            // SAFETY: both buffers are live allocations of `bytes` bytes.
+            unsafe { result::memcpy_dtod_async(dst.ptr().0, src.ptr().0, bytes, s.cu_stream()) }
+                .map_err(cuda_err("device-to-device copy"))
+        };
+        copy()?;
+        start.record(s).map_err(cuda_err("recording an event"))?;
+        const REPS: usize = 10;
+        for _ in 0..REPS {
+            copy()?;
+        }
+        end.record(s).map_err(cuda_err("recording an event"))?;
+        end.synchronize().map_err(cuda_err("waiting for an event"))?;
+        let ms = start.elapsed_ms(&end).map_err(cuda_err("reading an event timer"))? as f64;
+        Ok((2 * bytes * REPS) as f64 / (ms / 1e3))
     }
 
     /// The kernel `name` (an entry of `kernels::ENTRY_POINTS`).

@@ -1,8 +1,12 @@
-//! CUDA backend entry. The kernels are compiled and embedded (see `kernels.rs`); the executor that
-//! runs the model on the GPU is the next step (issue 3). Until then `probe` reports exactly why the
-//! GPU cannot be used, and never panics: no kernels, no driver, no device, or not implemented.
+//! CUDA backend: `device` (context, module, buffers, the launch site) → `launch` (one launcher per
+//! kernel family) → `plan` (static buffer plan) → `upload` (weight streaming) → `graph` (the
+//! executor and the captured decode step). `probe` says exactly why the GPU cannot be used (no
+//! kernels, no driver, no device, module load failure) and never panics.
 pub mod device;
+pub mod graph;
 pub mod launch;
+pub mod plan;
+pub mod upload;
 
 use super::kernels::KERNELS_BUILT;
 use super::LoadOptions;
@@ -19,16 +23,15 @@ pub fn driver_present() -> bool {
 
 pub use device::device_count;
 
-/// Ok when the CUDA backend can run here.
+/// Ok when the CUDA backend can run here: kernels built, driver, a device, the module loads.
 pub fn probe() -> Result<()> {
     if !KERNELS_BUILT {
         return Err(Error::Backend("this build has no CUDA kernels (nvcc was not found at build time)".into()));
     }
-    device_count()?;
-    Err(Error::Backend("the CUDA executor is not implemented in this version (CPU only for now)".into()))
+    device::Gpu::open(0).map(|_| ())
 }
 
-pub fn load(_ck: &Checkpoint, _opts: &LoadOptions) -> Result<Arc<dyn Model>> {
-    probe()?;
-    Err(Error::Backend("the CUDA executor is not implemented in this version".into()))
+/// Upload the weights of `ck` to GPU 0 (see `graph::CudaModel::load`).
+pub fn load(ck: &Checkpoint, opts: &LoadOptions) -> Result<Arc<dyn Model>> {
+    Ok(Arc::new(graph::CudaModel::load(ck, opts)?))
 }

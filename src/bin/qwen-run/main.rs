@@ -1,6 +1,7 @@
 //! `qwen-run`: chat, generate, bench and the debugging tools (tokenize, detokenize, prompt, logits,
 //! inspect, synth). Every error is printed as one clear line and exits with status 1 (2 for bad usage).
 use clap::{Args, Parser, Subcommand};
+use qwen_rt::backend::cuda::{self, graph::CudaModel};
 use qwen_rt::backend::{load_model, BackendKind, ComputeDType, LoadOptions};
 use qwen_rt::chat::{messages_to_prompt, raw_context, Message, StopRules, DEFAULT_SYSTEM};
 use qwen_rt::checkpoint::Checkpoint;
@@ -57,17 +58,20 @@ enum Cmd {
     Bench {
         #[command(flatten)]
         model: ModelArgs,
-        /// Benchmark a synthesized random-weight model of this preset (tiny) instead of --model
+        /// Benchmark a random-weight model of this preset (tiny or 7b) instead of --model: generated
+        /// on the GPU with the CUDA backend (no file), written to a temporary directory for the CPU.
+        /// To measure the load path on the GPU, `qwen-run synth 7b DIR` and then `bench --model DIR`.
         #[arg(long, conflicts_with = "model")]
         synth: Option<String>,
-        /// Prompt lengths for prefill, comma separated
-        #[arg(long, default_value = "16,128")]
-        prefill: String,
-        /// Tokens to decode after a --decode-prompt-token prompt
-        #[arg(long, default_value_t = 32)]
-        decode: usize,
-        #[arg(long, default_value_t = 16)]
-        decode_prompt: usize,
+        /// Prompt lengths for prefill, comma separated [default: 128,512,2048 on the GPU, 16,128 on the CPU]
+        #[arg(long)]
+        prefill: Option<String>,
+        /// Tokens to decode after a --decode-prompt-token prompt [default: 256 on the GPU, 32 on the CPU]
+        #[arg(long)]
+        decode: Option<usize>,
+        /// [default: 128 on the GPU, 16 on the CPU]
+        #[arg(long)]
+        decode_prompt: Option<usize>,
     },
     /// Print the token ids of TEXT (or of stdin with `-`, byte for byte) as a JSON array.
     Tokenize {
@@ -173,7 +177,7 @@ fn main() {
         Cmd::Chat { model, gen } => cmd_chat(&model, &gen),
         Cmd::Generate { model, gen, prompt, ids, chat, json } => cmd_generate(&model, &gen, prompt, ids, chat, json),
         Cmd::Bench { model, synth, prefill, decode, decode_prompt } => {
-            cmd_bench(&model, synth.as_deref(), &prefill, decode, decode_prompt)
+            cmd_bench(&model, synth.as_deref(), prefill.as_deref(), decode, decode_prompt)
         }
         Cmd::Tokenize { model, allow_special, text } => cmd_tokenize(model.as_deref(), allow_special, &text),
         Cmd::Detokenize { model, ids } => cmd_detokenize(model.as_deref(), &ids),
@@ -485,8 +489,36 @@ fn cmd_synth(preset: &str, seed: u64, out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn cmd_bench(margs: &ModelArgs, synth: Option<&str>, prefill: &str, decode: usize, decode_prompt: usize) -> Result<()> {
+fn cmd_bench(
+    margs: &ModelArgs,
+    synth: Option<&str>,
+    prefill: Option<&str>,
+    decode: Option<usize>,
+    decode_prompt: Option<usize>,
+) -> Result<()> {
+    let kind = margs.backend.parse::<BackendKind>()?;
+    let use_cuda = match kind {
+        BackendKind::Cpu => false,
+        BackendKind::Cuda => {
+            cuda::probe()?;
+            true
+        }
+        BackendKind::Auto => match cuda::probe() {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("note: {e}; using the CPU backend");
+                false
+            }
+        },
+    };
+    let (lens, dec, dec_prompt) = if use_cuda { ("128,512,2048", 256, 128) } else { ("16,128", 32, 16) };
+    let lens = parse_usize_list(prefill.unwrap_or(lens), "--prefill")?;
+    let (decode, decode_prompt) = (decode.unwrap_or(dec), decode_prompt.unwrap_or(dec_prompt));
+    if use_cuda {
+        return bench_cuda(margs, synth, &lens, decode, decode_prompt);
+    }
     let mut margs = margs.clone();
+    margs.backend = "cpu".into();
     let _tmp;
     if let Some(preset) = synth {
         let p = SynthPreset::from_name(preset)?;
@@ -496,9 +528,42 @@ fn cmd_bench(margs: &ModelArgs, synth: Option<&str>, prefill: &str, decode: usiz
         margs.model = Some(path);
         _tmp = TempDirGuard(dir);
     }
+    let t = std::time::Instant::now();
     let m = load(&margs)?;
-    let lens = parse_usize_list(prefill, "--prefill")?;
-    let report = run_bench(&m.model, m.max_seq_len, &lens, decode, decode_prompt)?;
+    let secs = t.elapsed().as_secs_f64();
+    let mut report = run_bench(&m.model, m.max_seq_len, &lens, decode, decode_prompt)?;
+    report.load = Some((secs, "file, paged in".into()));
+    print!("{}", report.table());
+    println!("{}", report.json());
+    Ok(())
+}
+
+/// The GPU benchmark: weights generated on the GPU (`--synth`) or streamed from `--model`, then the
+/// common run plus device copy bandwidth, % of the bandwidth floor and memory in use.
+fn bench_cuda(margs: &ModelArgs, synth: Option<&str>, lens: &[usize], decode: usize, decode_prompt: usize) -> Result<()> {
+    let dtype = margs.dtype.parse::<ComputeDType>()?;
+    let t = std::time::Instant::now();
+    let (cm, how) = match synth {
+        Some(preset) => {
+            let p = SynthPreset::from_name(preset)?;
+            (CudaModel::synthetic(&p, 0, dtype)?, "generated on the GPU")
+        }
+        None => {
+            let ck = Checkpoint::open(&model_dir(&margs.model)?)?;
+            let opts = LoadOptions { backend: BackendKind::Cuda, dtype, threads: margs.threads, progress: true };
+            (CudaModel::load(&ck, &opts)?, "file, streamed to the GPU")
+        }
+    };
+    let secs = t.elapsed().as_secs_f64();
+    let cm = Arc::new(cm);
+    let max_seq_len = cm.config().resolve_max_seq_len(margs.max_seq_len, "--max-seq-len")?;
+    let gpu = cm.gpu().clone();
+    let copy = gpu.copy_bandwidth()?;
+    let model: Arc<dyn Model> = cm;
+    let mut report = run_bench(&model, max_seq_len, lens, decode, decode_prompt)?;
+    let (free, total) = gpu.mem_info()?;
+    report.load = Some((secs, how.into()));
+    report.device = Some(DeviceStats { name: gpu.name.clone(), copy_bytes_per_s: copy, mem_used_bytes: total - free });
     print!("{}", report.table());
     println!("{}", report.json());
     Ok(())

@@ -2,6 +2,7 @@
 //! writer, paging weights in with a progress bar, the inspect report and the benchmark.
 use qwen_rt::checkpoint::Checkpoint;
 use qwen_rt::model::Model;
+use qwen_rt::sampler::{Sampler, SamplingParams};
 use qwen_rt::weights::Weights;
 use qwen_rt::{Error, Result};
 use std::fmt::Write as _;
@@ -208,44 +209,88 @@ pub struct BenchReport {
     /// Weight bytes one decode step reads (bf16): everything but the embedding table, of which it
     /// reads one row.
     pub bytes_per_token: usize,
+    /// Seconds from start to weights ready, and what was loaded ("file" or "generated on GPU").
+    pub load: Option<(f64, String)>,
     pub prefill: Vec<(usize, f64)>,
+    pub decode_prompt: usize,
     pub decode_tokens: usize,
     pub decode_tok_s: f64,
+    pub device: Option<DeviceStats>,
+}
+
+/// What the GPU adds to a report.
+pub struct DeviceStats {
+    pub name: String,
+    /// Measured device-to-device copy bandwidth, bytes read + written per second.
+    pub copy_bytes_per_s: f64,
+    /// Device memory in use after the run (total - free): weights, KV cache, activations, context.
+    pub mem_used_bytes: usize,
 }
 
 impl BenchReport {
+    /// Decode speed as a fraction of the bandwidth floor: bytes per token over the measured copy
+    /// bandwidth gives the fastest possible step.
+    pub fn floor_fraction(&self) -> Option<f64> {
+        let d = self.device.as_ref()?;
+        let floor_tok_s = d.copy_bytes_per_s / self.bytes_per_token as f64;
+        Some(self.decode_tok_s / floor_tok_s)
+    }
+
     pub fn table(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "backend {} | model {} | weights {}", self.backend, self.model, human(self.weight_bytes as f64));
-        let _ = writeln!(s, "{:<28} {:>12}", "measure", "tok/s");
-        for (n, tps) in &self.prefill {
-            let _ = writeln!(s, "{:<28} {:>12.1}", format!("prefill {n} tokens"), tps);
+        if let Some(d) = &self.device {
+            let _ = writeln!(
+                s,
+                "GPU {} | device copy {:.0} GB/s | floor {:.1} tok/s | memory in use {:.2} GiB",
+                d.name,
+                d.copy_bytes_per_s / 1e9,
+                d.copy_bytes_per_s / self.bytes_per_token as f64,
+                d.mem_used_bytes as f64 / (1u64 << 30) as f64
+            );
         }
-        let _ = writeln!(s, "{:<28} {:>12.2}", format!("decode {} tokens", self.decode_tokens), self.decode_tok_s);
+        let _ = writeln!(s, "{:<34} {:>12}", "measure", "value");
+        if let Some((secs, how)) = &self.load {
+            let _ = writeln!(s, "{:<34} {:>10.2} s  ({:.2} GB/s)", format!("load ({how})"), secs, self.weight_bytes as f64 / secs / 1e9);
+        }
+        for (n, tps) in &self.prefill {
+            let _ = writeln!(s, "{:<34} {:>12.1} tok/s", format!("prefill {n} tokens"), tps);
+        }
         let _ = writeln!(
             s,
-            "{:<28} {:>12.2}",
-            "decode weight GB/s",
-            self.decode_tok_s * self.bytes_per_token as f64 / 1e9
+            "{:<34} {:>12.2} tok/s",
+            format!("decode {} tokens after {}", self.decode_tokens, self.decode_prompt),
+            self.decode_tok_s
         );
+        let _ = writeln!(s, "{:<34} {:>12.2} GB/s", "decode weight bandwidth", self.decode_tok_s * self.bytes_per_token as f64 / 1e9);
+        if let Some(f) = self.floor_fraction() {
+            let _ = writeln!(s, "{:<34} {:>12.1} %", "decode / bandwidth floor", f * 100.0);
+        }
         s
     }
     pub fn json(&self) -> String {
         serde_json::json!({
             "backend": self.backend, "model": self.model, "weight_bytes": self.weight_bytes, "bytes_per_token": self.bytes_per_token,
+            "load_s": self.load.as_ref().map(|l| l.0), "load_source": self.load.as_ref().map(|l| l.1.clone()),
             "prefill": self.prefill.iter().map(|(n, t)| serde_json::json!({"tokens": n, "tok_per_s": t})).collect::<Vec<_>>(),
-            "decode_tokens": self.decode_tokens, "decode_tok_per_s": self.decode_tok_s,
+            "decode_prompt": self.decode_prompt, "decode_tokens": self.decode_tokens, "decode_tok_per_s": self.decode_tok_s,
+            "gpu": self.device.as_ref().map(|d| d.name.clone()),
+            "copy_gb_per_s": self.device.as_ref().map(|d| d.copy_bytes_per_s / 1e9),
+            "mem_used_bytes": self.device.as_ref().map(|d| d.mem_used_bytes),
+            "floor_fraction": self.floor_fraction(),
         })
         .to_string()
     }
 }
 
-/// Prefill at each length (fresh sequence each), then decode `decode` tokens one by one after a
-/// `decode_prompt`-token prompt. Token ids are a fixed pseudo-random pattern below the vocab size.
+/// Prefill at each length (fresh sequence each), then decode `decode` tokens greedily (sampling on
+/// the model's backend, so on the GPU only the id crosses) after a `decode_prompt`-token prompt.
+/// Token ids are a fixed pseudo-random pattern below the vocab size.
 pub fn run_bench(model: &Arc<dyn Model>, max_seq_len: usize, prefill: &[usize], decode: usize, decode_prompt: usize) -> Result<BenchReport> {
     let cfg = model.config().clone();
     let ids = |n: usize| -> Vec<u32> { (0..n).map(|i| ((i as u64 * 7919 + 13) % cfg.vocab_size.min(151643) as u64) as u32).collect() };
-    let need = prefill.iter().copied().max().unwrap_or(0).max(decode_prompt + decode);
+    let decode_prompt = decode_prompt.max(1);
+    let need = prefill.iter().copied().max().unwrap_or(0).max(decode_prompt + decode + 1);
     if need > max_seq_len {
         return Err(Error::invalid(format!("the benchmark needs {need} tokens of context, --max-seq-len is {max_seq_len}")));
     }
@@ -255,9 +300,12 @@ pub fn run_bench(model: &Arc<dyn Model>, max_seq_len: usize, prefill: &[usize], 
         weight_bytes: cfg.num_params() * 2,
         // untied: the embedding table is read one row per token; tied: it is also the lm_head
         bytes_per_token: (cfg.num_params() - if cfg.tie_word_embeddings { 0 } else { (cfg.vocab_size - 1) * cfg.hidden_size }) * 2,
+        load: None,
         prefill: vec![],
+        decode_prompt,
         decode_tokens: decode,
         decode_tok_s: 0.0,
+        device: None,
     };
     let mut seq = model.clone().new_sequence(need)?;
     seq.forward(&ids(4.min(need.max(1))), false)?; // warm-up
@@ -268,11 +316,14 @@ pub fn run_bench(model: &Arc<dyn Model>, max_seq_len: usize, prefill: &[usize], 
         report.prefill.push((n, n as f64 / t.elapsed().as_secs_f64()));
     }
     if decode > 0 {
+        let mut sampler = Sampler::new(SamplingParams::greedy())?;
         seq.reset();
-        seq.forward(&ids(decode_prompt.max(1)), false)?;
+        let mut ctx = ids(decode_prompt);
+        let mut id = seq.forward_sample(&ctx.clone(), &mut sampler, &ctx)?;
         let t = Instant::now();
-        for i in 0..decode {
-            seq.forward(&[(i % 1000) as u32 + 100], false)?;
+        for _ in 0..decode {
+            ctx.push(id);
+            id = seq.forward_sample(&[id], &mut sampler, &ctx)?;
         }
         report.decode_tok_s = decode as f64 / t.elapsed().as_secs_f64();
     }

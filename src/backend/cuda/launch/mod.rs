@@ -5,6 +5,7 @@
 pub mod attention;
 pub mod attention_decode;
 pub mod embedding;
+pub mod fill;
 pub mod gemm;
 pub mod gemv;
 pub mod rmsnorm;
@@ -15,6 +16,7 @@ pub mod swiglu;
 pub use attention::*;
 pub use attention_decode::*;
 pub use embedding::*;
+pub use fill::*;
 pub use gemm::*;
 pub use gemv::*;
 pub use rmsnorm::*;

@@ -1,0 +1,483 @@
+//! The GPU executor: `CudaModel` (weights on the device, shared by every sequence) and
+//! `CudaSequence` (one static plan: activations, KV cache, its own stream, a cuBLAS handle and the
+//! captured decode graph).
+//!
+//! A pass runs the tokens in the plan's `ids` at positions `pos0..` (both device scalars/buffers):
+//! embedding → L × [c_attn · qkv_rope_append · attention · c_proj · add_rmsnorm · w12 · swiglu ·
+//! mlp.c_proj · add_rmsnorm] → lm_head. The residual add is fused into the next norm (the last one
+//! is ln_f). A one-token pass (decode) is captured once as a CUDA graph and replayed: everything
+//! that changes between steps (the id, pos0, the NTK inverse frequencies) lives in device memory.
+use super::device::{cuda_err, gib, DevBuf, DevSlice, Gpu, GpuDType};
+use super::launch::{self, Blas, GEMV_MAX_B};
+use super::plan::{Plan, Region, FALLBACK_ROWS, LOGIT_ROWS};
+use super::upload::{synth_weights, upload_weights, GpuWeights};
+use crate::synth::SynthPreset;
+use crate::backend::{ComputeDType, LoadOptions};
+use crate::checkpoint::Checkpoint;
+use crate::config::QwenConfig;
+use crate::error::{Error, Result};
+use crate::model::{self, Model, Sequence};
+use crate::sampler::Sampler;
+use crate::tokenizer::VOCAB_LEN;
+use crate::weights::Weights;
+use cudarc::driver::{sys, CudaGraph, CudaStream};
+use std::sync::Arc;
+
+/// A Qwen v1 model whose weights live on one GPU.
+pub struct CudaModel {
+    gpu: Arc<Gpu>,
+    config: QwenConfig,
+    dt: GpuDType,
+    w: GpuWeights,
+}
+
+impl CudaModel {
+    /// Open GPU 0, check the weights, and stream them up in the compute dtype (`opts.dtype`:
+    /// auto and bf16 → bf16, f16 → f16; f32 is the CPU backend's).
+    pub fn load(ck: &Checkpoint, opts: &LoadOptions) -> Result<Self> {
+        let weights = Weights::from_checkpoint(ck)?;
+        let config = weights.config.clone();
+        if weights.layers.len() != config.num_layers || config.num_layers == 0 {
+            return Err(Error::bad_file(
+                &ck.dir,
+                format!("{} layers of weights for {} in the config", weights.layers.len(), config.num_layers),
+            ));
+        }
+        let dt = match opts.dtype {
+            ComputeDType::Auto | ComputeDType::BF16 => GpuDType::BF16,
+            ComputeDType::F16 => GpuDType::F16,
+            ComputeDType::F32 => {
+                return Err(Error::invalid(
+                    "--dtype f32: the CUDA backend computes in bf16 or f16 (f32 is the CPU reference: --backend cpu)",
+                ))
+            }
+        };
+        if config.head_dim % 2 != 0 || config.head_dim > 256 {
+            return Err(Error::bad_file(
+                &ck.dir,
+                format!("head dim {} is not supported by the CUDA kernels (even, at most 256)", config.head_dim),
+            ));
+        }
+        let gpu = Gpu::open(0)?;
+        let w = upload_weights(&gpu, &weights, dt, opts.progress)?;
+        Ok(CudaModel { gpu, config, dt, w })
+    }
+
+    /// A model of synth preset `p` (seed `seed`) generated on the GPU: the weights `synth_model`
+    /// would write, without a file (`qwen-run bench --synth 7b`).
+    pub fn synthetic(p: &SynthPreset, seed: u64, dtype: ComputeDType) -> Result<Self> {
+        let dt = match dtype {
+            ComputeDType::F16 => GpuDType::F16,
+            ComputeDType::F32 => return Err(Error::invalid("--dtype f32: the CUDA backend computes in bf16 or f16")),
+            _ => GpuDType::BF16,
+        };
+        let gpu = Gpu::open(0)?;
+        let (config, w) = synth_weights(&gpu, p, seed, dt)?;
+        Ok(CudaModel { gpu, config, dt, w })
+    }
+
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+    pub fn dtype(&self) -> GpuDType {
+        self.dt
+    }
+    /// Device bytes held by the weights.
+    pub fn weight_bytes(&self) -> usize {
+        self.w.bytes
+    }
+}
+
+impl Model for CudaModel {
+    fn config(&self) -> &QwenConfig {
+        &self.config
+    }
+    fn backend_name(&self) -> &'static str {
+        "cuda"
+    }
+    fn new_sequence(self: Arc<Self>, max_seq_len: usize) -> Result<Box<dyn Sequence>> {
+        Ok(Box::new(CudaSequence::new(self, max_seq_len)?))
+    }
+}
+
+/// The captured decode step. Graph objects are not internally synchronised: a sequence is used by
+/// one thread at a time (`&mut self`), which is what makes moving it between threads sound.
+struct DecodeGraph(CudaGraph);
+// SAFETY: see above; the graph is only launched or dropped through `&mut CudaSequence`.
+unsafe impl Send for DecodeGraph {}
+
+/// One sequence on a `CudaModel`. Fields drop in order: the graph and the cuBLAS handle before
+/// the stream they use, the buffers before the model (whose weights the graph reads).
+pub struct CudaSequence {
+    graph: Option<DecodeGraph>,
+    /// None when libcublas cannot be loaded: prefill matmuls then run as GEMVs of 8 rows.
+    blas: Option<Blas>,
+    act: DevBuf,
+    kv: DevBuf,
+    stream: Arc<CudaStream>,
+    model: Arc<CudaModel>,
+    plan: Plan,
+    len: usize,
+    alpha: f64,
+    /// Capture failed once (or QWEN_CUDA_GRAPH=0): decode launches kernel by kernel.
+    no_graph: bool,
+    /// The context ids currently in `plan.ctx_ids` (for the repetition penalty on the GPU).
+    ctx_on_device: Vec<u32>,
+}
+
+impl CudaSequence {
+    fn new(model: Arc<CudaModel>, cap: usize) -> Result<Self> {
+        let limit = model.config.max_supported_seq_len();
+        if cap == 0 || cap > limit {
+            return Err(Error::invalid(format!(
+                "max_seq_len {cap} must be between 1 and {limit} (the model's limit, spec §3.2)"
+            )));
+        }
+        let gpu = model.gpu.clone();
+        let plan = Plan::new(&model.config, model.dt, cap);
+        let (free, _) = gpu.mem_info()?;
+        if plan.total_bytes() > free {
+            return Err(Error::Backend(format!(
+                "a sequence of {cap} tokens needs {:.2} GiB on the GPU (KV cache {:.2} GiB + activations {:.2} GiB), {:.2} GiB free",
+                gib(plan.total_bytes()),
+                gib(plan.kv_bytes),
+                gib(plan.act_bytes),
+                gib(free)
+            )));
+        }
+        let act = gpu.alloc(plan.act_bytes)?;
+        let kv = gpu.alloc(plan.kv_bytes)?;
+        let stream = gpu.ctx.new_stream().map_err(cuda_err("creating a sequence stream"))?;
+        let blas = match Blas::new(&gpu, &stream) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                eprintln!("note: {e}; prefill matmuls run on the GEMV kernel (slower)");
+                None
+            }
+        };
+        let seq = CudaSequence {
+            model,
+            stream,
+            blas,
+            plan,
+            act,
+            kv,
+            len: 0,
+            alpha: 1.0,
+            graph: None,
+            no_graph: std::env::var("QWEN_CUDA_GRAPH").is_ok_and(|v| v == "0"),
+            ctx_on_device: Vec::new(),
+        };
+        // The sampling flags must start zeroed (the kernels leave them zeroed).
+        gpu.memset(&seq.stream, seq.r(seq.plan.flags).ptr, 0, seq.plan.flags.bytes)?;
+        seq.write_inv_freq(1.0)?;
+        seq.stream.synchronize().map_err(cuda_err("initialising a sequence"))?;
+        Ok(seq)
+    }
+
+    /// A plan region as a device slice.
+    fn r(&self, r: Region) -> DevSlice {
+        DevSlice::new(self.act.ptr().add(r.offset), r.bytes)
+    }
+
+    /// Rows `row0..row0+n` of a region whose rows are `row_bytes` long.
+    fn rows(&self, r: Region, row0: usize, n: usize, row_bytes: usize) -> Result<DevSlice> {
+        self.r(r).sub(row0 * row_bytes, n * row_bytes)
+    }
+
+    /// Layer `l`'s key and value caches, `[cap, P]` T each.
+    fn kv(&self, l: usize) -> Result<(DevSlice, DevSlice)> {
+        let all = self.kv.slice();
+        let lb = self.plan.kv_layer_bytes;
+        let layers = self.model.config.num_layers;
+        Ok((all.sub(l * lb, lb)?, all.sub((layers + l) * lb, lb)?))
+    }
+
+    fn write_inv_freq(&self, alpha: f64) -> Result<()> {
+        let f = model::inv_freq(&self.model.config, alpha);
+        self.model.gpu.write_on(&self.stream, self.r(self.plan.inv_freq).ptr, &f)
+    }
+
+    /// `y[t, N] = x[t, K] · Wᵀ`: GEMV for up to 8 rows, cuBLAS above (GEMV in 8-row slices without it).
+    #[allow(clippy::too_many_arguments)]
+    fn matmul(&self, w: DevSlice, x: DevSlice, y: DevSlice, t: usize, n: usize, k: usize) -> Result<()> {
+        let (g, s, dt) = (&*self.model.gpu, &*self.stream, self.model.dt);
+        if t <= GEMV_MAX_B {
+            return launch::gemv(g, s, dt, w, x, y, n, k, t);
+        }
+        if let Some(b) = &self.blas {
+            return b.gemm(dt, w, x, y, t, n, k);
+        }
+        let (xr, yr) = (k * dt.size(), n * 4);
+        let mut r0 = 0;
+        while r0 < t {
+            let m = GEMV_MAX_B.min(t - r0);
+            launch::gemv(g, s, dt, w, x.sub(r0 * xr, m * xr)?, y.sub(r0 * yr, m * yr)?, n, k, m)?;
+            r0 += m;
+        }
+        Ok(())
+    }
+
+    /// Causal attention of the `t` queries in `q` (positions pos0..) over the cache.
+    /// `pos0` is the host copy of the device scalar (used to slice the fallback path).
+    #[allow(clippy::too_many_arguments)]
+    fn attention(&self, q: DevSlice, kc: DevSlice, vc: DevSlice, att: DevSlice, t: usize, pos0: usize) -> Result<()> {
+        let cfg = &self.model.config;
+        let (g, s, dt) = (&*self.model.gpu, &*self.stream, self.model.dt);
+        let (h, d, cap) = (cfg.num_heads, cfg.head_dim, self.plan.cap);
+        let (part_o, part_ml) = (self.r(self.plan.part_o), self.r(self.plan.part_ml));
+        if t == 1 {
+            let pos = self.r(self.plan.pos0);
+            return launch::attention_decode(g, s, dt, q, kc, vc, part_o, part_ml, att, pos, 1, h, d, cap, self.plan.split);
+        }
+        if launch::attention_prefill_supports(d) && !std::env::var("QWEN_ATTN").is_ok_and(|v| v == "splitk") {
+            let pos = self.r(self.plan.pos0);
+            return launch::attention_prefill(g, s, dt, q, kc, vc, att, pos, t, h, d, cap);
+        }
+        // Split-K kernel for the queries in slices of FALLBACK_ROWS, each with its own pos0.
+        let row = h * d * dt.size();
+        let pos_sub = self.r(self.plan.pos_sub);
+        let mut r0 = 0;
+        while r0 < t {
+            let m = FALLBACK_ROWS.min(t - r0);
+            g.set_u32(s, pos_sub.ptr, (pos0 + r0) as u32)?;
+            let (qs, os) = (q.sub(r0 * row, m * row)?, att.sub(r0 * row, m * row)?);
+            launch::attention_decode(g, s, dt, qs, kc, vc, part_o, part_ml, os, pos_sub, m, h, d, cap, self.plan.split)?;
+            r0 += m;
+        }
+        Ok(())
+    }
+
+    /// The transformer on the `t` tokens in `ids` at positions `pos0..` (host copy `pos0`):
+    /// ends with the ln_f-normed rows in `a`.
+    fn layers(&self, t: usize, pos0: usize) -> Result<()> {
+        let m = &*self.model;
+        let cfg = &m.config;
+        let (g, s, dt) = (&*m.gpu, &*self.stream, m.dt);
+        let (c, h, d, f, v) = (cfg.hidden_size, cfg.num_heads, cfg.head_dim, cfg.mlp_width, cfg.vocab_size);
+        let (p, eps, es) = (h * d, cfg.layer_norm_epsilon, dt.size());
+        let pl = &self.plan;
+        let ids = self.rows(pl.ids, 0, t, 4)?; // [t] u32
+        let x = self.rows(pl.x, 0, t, c * 4)?; // [t, C] f32
+        let y = self.rows(pl.y, 0, t, c * 4)?; // [t, C] f32
+        let a = self.rows(pl.a, 0, t, c * es)?; // [t, C] T
+        let qkv = self.rows(pl.qkv, 0, t, 3 * p * 4)?; // [t, 3P] f32
+        let q = self.rows(pl.q, 0, t, p * es)?; // [t, P] T
+        let att = self.rows(pl.att, 0, t, p * es)?; // [t, P] T
+        let upgate = self.rows(pl.upgate, 0, t, 2 * f * 4)?; // [t, 2F] f32
+        let gact = self.rows(pl.g, 0, t, f * es)?; // [t, F] T
+        let (inv_freq, pos) = (self.r(pl.inv_freq), self.r(pl.pos0));
+        launch::embedding(g, s, dt, m.w.wte, ids, x, t, v, c)?;
+        launch::rmsnorm(g, s, dt, x, m.w.layers[0].ln_1, a, t, c, eps)?;
+        for (l, lw) in m.w.layers.iter().enumerate() {
+            let (kc, vc) = self.kv(l)?;
+            self.matmul(lw.c_attn_w, a, qkv, t, 3 * p, c)?;
+            launch::qkv_rope_append(
+                g, s, dt, qkv, lw.c_attn_b, inv_freq, pos, q, kc, vc, t, h, d, pl.cap, cfg.seq_length, cfg.use_logn_attn,
+            )?;
+            self.attention(q, kc, vc, att, t, pos0)?;
+            self.matmul(lw.c_proj, att, y, t, c, p)?;
+            launch::add_rmsnorm(g, s, dt, x, y, lw.ln_2, a, t, c, eps)?;
+            self.matmul(lw.w12, a, upgate, t, 2 * f, c)?;
+            launch::swiglu(g, s, dt, upgate, gact, t, f)?;
+            self.matmul(lw.mlp_c_proj, gact, y, t, c, f)?;
+            let next = m.w.layers.get(l + 1).map_or(m.w.ln_f, |n| n.ln_1);
+            launch::add_rmsnorm(g, s, dt, x, y, next, a, t, c, eps)?;
+        }
+        Ok(())
+    }
+
+    /// logits[0..n] = lm_head · a[row0..row0+n] (f32 `[n, V]`, n <= LOGIT_ROWS).
+    fn lm_head(&self, row0: usize, n: usize) -> Result<()> {
+        let cfg = &self.model.config;
+        let (c, v, es) = (cfg.hidden_size, cfg.vocab_size, self.model.dt.size());
+        let a = self.rows(self.plan.a, row0, n, c * es)?;
+        let logits = self.rows(self.plan.logits, 0, n, v * 4)?;
+        self.matmul(self.model.w.lm_head, a, logits, n, v, c)
+    }
+
+    /// One decode step for the id already in `ids[0]` at `pos0`: the captured graph, captured on
+    /// first use; kernel by kernel if capture is off or failed. Leaves the logits in row 0.
+    fn decode_step(&mut self, pos0: usize) -> Result<()> {
+        if self.graph.is_none() && !self.no_graph {
+            match self.capture(pos0) {
+                Ok(gr) => self.graph = Some(DecodeGraph(gr)),
+                Err(e) => {
+                    eprintln!("note: CUDA graph capture failed ({e}); decoding kernel by kernel");
+                    self.no_graph = true;
+                }
+            }
+        }
+        match &self.graph {
+            Some(gr) => gr.0.launch().map_err(cuda_err("replaying the decode graph")),
+            None => {
+                self.layers(1, pos0)?;
+                self.lm_head(0, 1)
+            }
+        }
+    }
+
+    fn capture(&self, pos0: usize) -> Result<CudaGraph> {
+        let s = &self.stream;
+        s.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(cuda_err("starting a graph capture"))?;
+        let recorded = self.layers(1, pos0).and_then(|_| self.lm_head(0, 1));
+        // Always end the capture, so the stream is usable again whatever happened.
+        let ended = s.end_capture(sys::CUgraphInstantiate_flags(0));
+        recorded?;
+        match ended.map_err(cuda_err("instantiating the decode graph"))? {
+            Some(gr) => {
+                gr.upload().map_err(cuda_err("uploading the decode graph"))?;
+                Ok(gr)
+            }
+            None => Err(Error::Backend("the decode capture recorded nothing".into())),
+        }
+    }
+
+    /// Validate, then run `tokens` through the model; logits of every row (downloaded) if
+    /// `all_logits`, else only the last row's, left on the device in logits row 0.
+    fn run(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
+        let cfg = &self.model.config;
+        if tokens.is_empty() {
+            return Err(Error::invalid("forward: no tokens (need at least one)"));
+        }
+        if let Some((i, &id)) = tokens.iter().enumerate().find(|(_, &id)| id as usize >= cfg.vocab_size) {
+            return Err(Error::invalid(format!(
+                "token id {id} at position {i} is out of range (vocab size {})",
+                cfg.vocab_size
+            )));
+        }
+        let (pos0, t) = (self.len, tokens.len());
+        if t > self.plan.cap - pos0 {
+            return Err(Error::ContextFull(format!(
+                "{pos0} tokens in the sequence + {t} new exceed its capacity of {}",
+                self.plan.cap
+            )));
+        }
+        self.model.gpu.bind()?;
+        let result = self.run_validated(tokens, all_logits, pos0);
+        if result.is_err() {
+            // A device error mid-pass leaves the cache half-written: start over on the next call.
+            self.len = 0;
+            self.alpha = 1.0;
+        }
+        result
+    }
+
+    fn run_validated(&mut self, tokens: &[u32], all_logits: bool, pos0: usize) -> Result<Vec<f32>> {
+        let cfg = self.model.config.clone();
+        let (g, v) = (self.model.gpu.clone(), cfg.vocab_size);
+        let prefill = pos0 == 0;
+        let alpha = if prefill { model::ntk_alpha(&cfg, tokens.len()) } else { self.alpha };
+        if prefill {
+            self.write_inv_freq(alpha)?;
+        }
+        let mut out = Vec::new();
+        let mut pos = pos0;
+        let chunks: Vec<&[u32]> = tokens.chunks(self.plan.chunk).collect();
+        for (ci, chunk) in chunks.iter().enumerate() {
+            let t = chunk.len();
+            g.set_u32(&self.stream, self.r(self.plan.pos0).ptr, pos as u32)?;
+            if t == 1 {
+                g.set_u32(&self.stream, self.r(self.plan.ids).ptr, chunk[0])?;
+                self.decode_step(pos)?;
+                if all_logits {
+                    out.extend(g.read_on::<f32>(&self.stream, self.r(self.plan.logits).ptr, v)?);
+                }
+            } else {
+                g.write_on(&self.stream, self.r(self.plan.ids).ptr, chunk)?;
+                self.layers(t, pos)?;
+                if all_logits {
+                    let mut r0 = 0;
+                    while r0 < t {
+                        let n = LOGIT_ROWS.min(t - r0);
+                        self.lm_head(r0, n)?;
+                        out.extend(g.read_on::<f32>(&self.stream, self.r(self.plan.logits).ptr, n * v)?);
+                        r0 += n;
+                    }
+                } else if ci + 1 == chunks.len() {
+                    self.lm_head(t - 1, 1)?;
+                }
+            }
+            pos += t;
+        }
+        self.len = pos;
+        self.alpha = alpha;
+        Ok(out)
+    }
+
+    /// Put `context` into `ctx_ids` (uploading only what is new when it extends what is there).
+    fn sync_context(&mut self, context: &[u32]) -> Result<()> {
+        let have = &self.ctx_on_device;
+        let start = if context.len() >= have.len() && context[..have.len()] == have[..] { have.len() } else { 0 };
+        let dst = self.r(self.plan.ctx_ids).ptr.add(start * 4);
+        self.model.gpu.write_on(&self.stream, dst, &context[start..])?;
+        self.ctx_on_device.truncate(start);
+        self.ctx_on_device.extend_from_slice(&context[start..]);
+        Ok(())
+    }
+}
+
+impl Sequence for CudaSequence {
+    fn config(&self) -> &QwenConfig {
+        &self.model.config
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn capacity(&self) -> usize {
+        self.plan.cap
+    }
+    fn reset(&mut self) {
+        self.len = 0;
+        self.alpha = 1.0;
+    }
+    fn ntk_alpha(&self) -> f64 {
+        self.alpha
+    }
+    fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
+        let out = self.run(tokens, all_logits)?;
+        if all_logits {
+            return Ok(out);
+        }
+        let v = self.model.config.vocab_size;
+        self.model.gpu.read_on::<f32>(&self.stream, self.r(self.plan.logits).ptr, v)
+    }
+    /// The pass, then the whole sampling pipeline on the GPU: only the id comes back.
+    fn forward_sample(&mut self, tokens: &[u32], sampler: &mut Sampler, context: &[u32]) -> Result<u32> {
+        if context.len() > self.plan.cap {
+            let mut logits = self.forward(tokens, false)?;
+            return Ok(sampler.sample(&mut logits, context));
+        }
+        self.run(tokens, false)?;
+        self.sync_context(context)?;
+        let v = self.model.config.vocab_size;
+        let u = if sampler.is_greedy() { 0.0 } else { sampler.next_uniform() };
+        let (g, s) = (&*self.model.gpu, &*self.stream);
+        let pl = &self.plan;
+        let logits = self.rows(pl.logits, 0, 1, v * 4)?;
+        launch::sample(
+            g,
+            s,
+            logits,
+            v,
+            v.min(VOCAB_LEN as usize),
+            self.r(pl.ctx_ids),
+            context.len(),
+            sampler.params(),
+            u,
+            self.r(pl.flags),
+            self.r(pl.probs),
+            self.r(pl.out_id),
+        )?;
+        Ok(g.read_on::<u32>(s, self.r(pl.out_id).ptr, 1)?[0])
+    }
+}
+
+impl Drop for CudaSequence {
+    fn drop(&mut self) {
+        // Buffers are freed after the stream has finished with them.
+        let _ = self.model.gpu.bind();
+        let _ = self.stream.synchronize();
+    }
+}

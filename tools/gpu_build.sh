@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Build what the GPU machine runs (it has no Rust) into the git-ignored gpu-carry/: the kernel and
+# whole-model test binary, the criterion kernel bench and qwen-run, release mode, stripped.
+# Then, on the GPU machine (device tool, carry ["gpu-carry"]):  bash tools/gpu_check.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+T=${QWEN_TOOLS:-/tmp/qwen-ci-tools}
+export CUDA_HOME=${CUDA_HOME:-$(echo "$T"/cuda/lib/python3*/site-packages/nvidia/cu13)}
+export QWEN_REQUIRE_KERNELS=1
+msgs=$(mktemp)
+cargo build --release --bin qwen-run
+cargo test --release --test kernels --no-run --message-format=json >"$msgs"
+cargo bench --bench kernels --no-run --message-format=json >>"$msgs"
+rm -rf gpu-carry && mkdir -p gpu-carry
+python3 - "$msgs" <<'PY'
+import json, shutil, sys
+for line in open(sys.argv[1]):
+    try: m = json.loads(line)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("kernels",):
+        kind = "bench" if "bench" in m["target"]["kind"] else "test"
+        if m["profile"]["test"] or kind == "bench":
+            dst = f"gpu-carry/{kind}-kernels"
+            shutil.copy(m["executable"], dst); print("copied", m["executable"], "->", dst)
+PY
+cp target/release/qwen-run gpu-carry/
+strip gpu-carry/* || true
+rm -f "$msgs"
+du -sh gpu-carry/*
