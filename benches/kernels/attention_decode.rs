@@ -1,6 +1,57 @@
-//! (in progress)
-use criterion::Criterion;
-use qwen_rt::backend::cuda::device::Gpu;
+//! `attention_decode` (split kernel + combine) at the Qwen-7B head shape, H 32, D 128, one query
+//! (batch-1 decode) in an 8192-row bf16 cache, at 1024, 4096 and 8192 keys. Throughput counts the
+//! K and V bytes streamed, n_keys · 2 (K, V) · P · 2 bytes, to compare with the ~3 TB/s of HBM; the
+//! partials (n_splits · H · (D + 2) · 4 bytes written and read back) and q / out are left out
+//! (< 2 % at 1024 keys).
+use criterion::{Criterion, Throughput};
+use qwen_rt::backend::cuda::device::{Gpu, GpuDType};
+use qwen_rt::backend::cuda::launch::{self, DecodeSplit};
 use std::sync::Arc;
 
-pub fn register(_c: &mut Criterion, _gpu: &Arc<Gpu>) {}
+pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
+    let (h, d, cap, t) = (32usize, 128usize, 8192usize, 1usize);
+    let p = h * d;
+    let dt = GpuDType::BF16;
+    let split = DecodeSplit::for_capacity(cap);
+    let (o_bytes, ml_bytes) = launch::decode_workspace_bytes(t, h, d, split);
+    let alloc = |bytes: usize, fill: u8| {
+        let b = gpu.alloc(bytes).expect("alloc");
+        gpu.memset(&gpu.stream, b.ptr(), fill, bytes).expect("memset");
+        b
+    };
+    // 0x3C3C: a finite non-zero value in bf16 (~0.0115) and f16 (~1.06).
+    let (k, v) = (alloc(cap * p * 2, 0x3C), alloc(cap * p * 2, 0x3C));
+    let q = alloc(t * p * 2, 0x3C);
+    let (part_o, part_ml, out) = (alloc(o_bytes, 0), alloc(ml_bytes, 0), alloc(t * p * 2, 0));
+    let pos0 = alloc(4, 0);
+    gpu.sync().expect("sync");
+    let mut g = c.benchmark_group("attention_decode");
+    for n_keys in [1024usize, 4096, 8192] {
+        gpu.set_u32(&gpu.stream, pos0.ptr(), (n_keys - 1) as u32).expect("pos0");
+        g.throughput(Throughput::Bytes((n_keys * 2 * p * 2) as u64));
+        g.bench_function(format!("bf16_H{h}_D{d}_T{t}_keys{n_keys}"), |b| {
+            b.iter(|| {
+                launch::attention_decode(
+                    gpu,
+                    &gpu.stream,
+                    dt,
+                    q.slice(),
+                    k.slice(),
+                    v.slice(),
+                    part_o.slice(),
+                    part_ml.slice(),
+                    out.slice(),
+                    pos0.slice(),
+                    t,
+                    h,
+                    d,
+                    cap,
+                    split,
+                )
+                .unwrap();
+                gpu.sync().unwrap();
+            })
+        });
+    }
+    g.finish();
+}

@@ -1,1 +1,152 @@
-//! (in progress)
+//! `attention_decode_{bf16,f16}` + `attention_decode_combine_{bf16,f16}` (cuda/attention_decode.cu):
+//! split-K causal attention (FlashDecoding) for decode steps and as the any-`D` prefill fallback;
+//! oracle `cpu::attention`.
+use super::{dim_u32, f32_bytes};
+use crate::backend::cuda::device::{Arg, DevSlice, Gpu, GpuDType, Launch};
+use crate::error::{Error, Result};
+use cudarc::driver::CudaStream;
+
+/// Threads of an `attention_decode` block (`ADEC_THREADS` in the .cu).
+const DECODE_THREADS: u32 = 256;
+/// Threads of an `attention_decode_combine` block (`ADEC_COMBINE_THREADS` in the .cu).
+const COMBINE_THREADS: u32 = 512;
+/// Largest head dim the kernel handles (8 columns per lane, 32 lanes).
+pub const DECODE_MAX_D: usize = 256;
+
+/// How the key range of a KV cache is cut for split-K decode attention. Fixed for a sequence's
+/// life (from its capacity), so a decode step captured in a CUDA graph keeps its grid while pos0
+/// grows; splits past the current key count exit after writing an empty partial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeSplit {
+    /// Keys per split.
+    pub split_len: usize,
+    /// Number of splits; `n_splits * split_len >= cap`.
+    pub n_splits: usize,
+}
+
+impl DecodeSplit {
+    /// Splits for a cache of `cap` rows: `split_len` 64 up to 1024 rows (so small caches still
+    /// get several splits), 128 up to 16384 (64 splits at 8K: at batch 1 with 1K keys that is
+    /// still 8·H = 256 busy blocks), 256 beyond (bounds the grid and the combine's work);
+    /// `n_splits = ceil(cap / split_len)` (at least 1).
+    pub fn for_capacity(cap: usize) -> DecodeSplit {
+        let split_len = if cap <= 1024 {
+            64
+        } else if cap <= 16384 {
+            128
+        } else {
+            256
+        };
+        DecodeSplit { split_len, n_splits: cap.div_ceil(split_len).max(1) }
+    }
+}
+
+/// Bytes of `part_o` (`[T, H, n_splits, D]` f32) and `part_ml` (`[T, H, n_splits, 2]` f32) for
+/// `t` queries.
+pub fn decode_workspace_bytes(t: usize, h: usize, d: usize, split: DecodeSplit) -> (usize, usize) {
+    let parts = t * h * split.n_splits;
+    (f32_bytes(parts * d), f32_bytes(parts * 2))
+}
+
+/// Causal attention of `t` queries at absolute positions `*pos0 + i` (i < t) over a KV cache of
+/// `cap` rows: query i sees keys `0 .. min(*pos0 + i + 1, cap)` (a position past the cache clamps
+/// to all `cap` rows). q `[T, P]` T, k_cache / v_cache `[cap, P]` T, part_o / part_ml the split
+/// partials (sizes from [`decode_workspace_bytes`]), out `[T, P]` T, pos0 `[1]` u32 on the device;
+/// P = H·D, scale 1/√D. Launches the split kernel then the combine on `s`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_decode(
+    gpu: &Gpu,
+    s: &CudaStream,
+    dt: GpuDType,
+    q: DevSlice,
+    k_cache: DevSlice,
+    v_cache: DevSlice,
+    part_o: DevSlice,
+    part_ml: DevSlice,
+    out: DevSlice,
+    pos0: DevSlice,
+    t: usize,
+    h: usize,
+    d: usize,
+    cap: usize,
+    split: DecodeSplit,
+) -> Result<()> {
+    if h == 0 || d == 0 || d > DECODE_MAX_D {
+        return Err(Error::Backend(format!(
+            "attention_decode: H = {h}, D = {d} unsupported (need H >= 1 and 1 <= D <= {DECODE_MAX_D})"
+        )));
+    }
+    // cap < 2^31 keeps the kernel's u32 key loop (key + 1024) from wrapping.
+    if cap == 0 || cap > i32::MAX as usize {
+        return Err(Error::Backend(format!("attention_decode: KV cache capacity {cap} must be in 1..2^31")));
+    }
+    let DecodeSplit { split_len, n_splits } = split;
+    if split_len == 0 || n_splits == 0 || split_len.checked_mul(n_splits).is_none_or(|covered| covered < cap) {
+        return Err(Error::Backend(format!(
+            "attention_decode: {n_splits} splits of {split_len} keys do not cover the {cap}-row cache"
+        )));
+    }
+    // CUDA grid limits: y and z at most 65535.
+    if h > 65535 || t > 65535 {
+        return Err(Error::Backend(format!("attention_decode: H = {h} or T = {t} exceeds the 65535 grid limit")));
+    }
+    let p = h * d;
+    let row = p * dt.size();
+    let (o_bytes, ml_bytes) = decode_workspace_bytes(t, h, d, split);
+    q.need(t * row, "attention_decode q [T, P]")?;
+    k_cache.need(cap * row, "attention_decode k_cache [cap, P]")?;
+    v_cache.need(cap * row, "attention_decode v_cache [cap, P]")?;
+    part_o.need(o_bytes, "attention_decode part_o [T, H, n_splits, D]")?;
+    part_ml.need(ml_bytes, "attention_decode part_ml [T, H, n_splits, 2]")?;
+    out.need(t * row, "attention_decode out [T, P]")?;
+    pos0.need(4, "attention_decode pos0 [1]")?;
+    if t == 0 {
+        return Ok(());
+    }
+    let (t32, h32, d32) = (dim_u32(t, "T")?, dim_u32(h, "H")?, dim_u32(d, "D")?);
+    dim_u32(p, "P = H*D")?;
+    let (cap32, len32, ns32) = (dim_u32(cap, "cap")?, dim_u32(split_len, "split_len")?, dim_u32(n_splits, "n_splits")?);
+    if n_splits > i32::MAX as usize {
+        return Err(Error::Backend(format!("attention_decode: {n_splits} splits exceed the grid limit")));
+    }
+    let scale = (1.0 / (d as f64).sqrt()) as f32;
+
+    let name = format!("attention_decode_{}", dt.suffix());
+    let cfg = Launch::new((ns32, h32, t32), DECODE_THREADS, 0);
+    let args = [
+        Arg::Ptr(q.ptr),
+        Arg::Ptr(k_cache.ptr),
+        Arg::Ptr(v_cache.ptr),
+        Arg::Ptr(part_o.ptr),
+        Arg::Ptr(part_ml.ptr),
+        Arg::Ptr(pos0.ptr),
+        Arg::U32(h32),
+        Arg::U32(d32),
+        Arg::U32(cap32),
+        Arg::U32(len32),
+        Arg::U32(ns32),
+        Arg::F32(scale),
+    ];
+    // SAFETY: q holds [T, P] T, k/v_cache [cap, P] T, part_o [T, H, n_splits, D] f32, part_ml
+    // [T, H, n_splits, 2] f32, pos0 one u32 (all checked above). Block (split, h, t) reads q row t,
+    // cache rows < min(*pos0 + t + 1, cap) <= cap (clamped in the kernel whatever *pos0 holds),
+    // columns h*D..h*D+D < P, and writes only its own partial (t, h, split).
+    unsafe { gpu.launch(s, &name, cfg, &args) }?;
+
+    let name = format!("attention_decode_combine_{}", dt.suffix());
+    let cfg = Launch::new((h32, t32, 1), COMBINE_THREADS, 0);
+    let args = [
+        Arg::Ptr(part_o.ptr),
+        Arg::Ptr(part_ml.ptr),
+        Arg::Ptr(out.ptr),
+        Arg::Ptr(pos0.ptr),
+        Arg::U32(h32),
+        Arg::U32(d32),
+        Arg::U32(cap32),
+        Arg::U32(len32),
+        Arg::U32(ns32),
+    ];
+    // SAFETY: same buffers as above; block (h, t) reads the partials (t, h, i) for
+    // i < min(ceil(n_keys / split_len), n_splits) and writes out row t, columns h*D..h*D+D < P.
+    unsafe { gpu.launch(s, &name, cfg, &args) }
+}
