@@ -100,8 +100,8 @@ impl Sampler {
             return argmax(logits) as u32;
         }
         let probs = softmax(logits);
-        // [0, 1) with 53 random bits; walk the cumulative distribution in id order.
-        let u = (self.rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+        // Walk the cumulative distribution in id order.
+        let u = self.next_uniform();
         let mut acc = 0.0f64;
         let mut last_kept = None;
         for (i, &p) in probs.iter().enumerate() {
@@ -115,6 +115,18 @@ impl Sampler {
         }
         // Rounding left `acc` a hair below 1 (or nothing had mass): the last kept id, else 0.
         last_kept.unwrap_or(0) as u32
+    }
+
+    /// The uniform draw in [0, 1) (53 random bits) that `sample` takes for a non-greedy step, advancing
+    /// the generator the same way. The GPU path draws `u` here and walks the distribution on the device,
+    /// so a seed gives the same ids on either path.
+    pub fn next_uniform(&mut self) -> f64 {
+        (self.rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// True when `sample` reduces to argmax and draws no random number.
+    pub fn is_greedy(&self) -> bool {
+        self.params.is_greedy()
     }
 
     /// The distribution `sample` draws from: the pipeline up to the softmax ([V], zeros for removed ids).
