@@ -1,1 +1,86 @@
-//! (in progress)
+//! `rmsnorm_{bf16,f16}` and `add_rmsnorm_{bf16,f16}` (cuda/rmsnorm.cu); oracles `cpu::rmsnorm`,
+//! `cpu::add` + `cpu::rmsnorm`.
+use super::{dim_u32, f32_bytes};
+use crate::backend::cuda::device::{Arg, DevSlice, Gpu, GpuDType, Launch};
+use crate::error::{Error, Result};
+use cudarc::driver::CudaStream;
+
+/// Threads per block of both kernels (one block per row, grid (T)).
+pub const RMSNORM_BLOCK: u32 = 256;
+
+/// Grid and block of `rmsnorm` / `add_rmsnorm` for `t` rows: one block of 256 threads per row.
+pub fn rmsnorm_launch(t: usize) -> Result<Launch> {
+    Ok(Launch::new((dim_u32(t, "T")?, 1, 1), RMSNORM_BLOCK, 0))
+}
+
+fn check_c(c: usize, what: &str) -> Result<u32> {
+    if c == 0 {
+        return Err(Error::Backend(format!("internal: {what} with C = 0")));
+    }
+    dim_u32(c, "C")
+}
+
+/// `out = T((x · 1/sqrt(mean(x²) + eps)) · w)` per row: x `[T, C]` f32, w `[C]` T, out `[T, C]` T.
+#[allow(clippy::too_many_arguments)]
+pub fn rmsnorm(
+    gpu: &Gpu,
+    s: &CudaStream,
+    dt: GpuDType,
+    x: DevSlice,
+    w: DevSlice,
+    out: DevSlice,
+    t: usize,
+    c: usize,
+    eps: f32,
+) -> Result<()> {
+    let c32 = check_c(c, "rmsnorm")?;
+    x.need(f32_bytes(t * c), "rmsnorm x [T, C]")?;
+    w.need(c * dt.size(), "rmsnorm w [C]")?;
+    out.need(t * c * dt.size(), "rmsnorm out [T, C]")?;
+    if t == 0 {
+        return Ok(());
+    }
+    let name = format!("rmsnorm_{}", dt.suffix());
+    let cfg = rmsnorm_launch(t)?;
+    let args = [Arg::Ptr(x.ptr), Arg::Ptr(w.ptr), Arg::Ptr(out.ptr), Arg::U32(c32), Arg::F32(eps)];
+    // SAFETY: x holds [T, C] f32, w [C] T, out [T, C] T (checked above); block b < T reads row b
+    // of x and all of w and writes row b of out, nothing else.
+    unsafe { gpu.launch(s, &name, cfg, &args) }
+}
+
+/// `x += y` (stored back, f32), then `out = rmsnorm(x)`: x, y `[T, C]` f32, w `[C]` T, out `[T, C]` T.
+#[allow(clippy::too_many_arguments)]
+pub fn add_rmsnorm(
+    gpu: &Gpu,
+    s: &CudaStream,
+    dt: GpuDType,
+    x: DevSlice,
+    y: DevSlice,
+    w: DevSlice,
+    out: DevSlice,
+    t: usize,
+    c: usize,
+    eps: f32,
+) -> Result<()> {
+    let c32 = check_c(c, "add_rmsnorm")?;
+    x.need(f32_bytes(t * c), "add_rmsnorm x [T, C]")?;
+    y.need(f32_bytes(t * c), "add_rmsnorm y [T, C]")?;
+    w.need(c * dt.size(), "add_rmsnorm w [C]")?;
+    out.need(t * c * dt.size(), "add_rmsnorm out [T, C]")?;
+    if t == 0 {
+        return Ok(());
+    }
+    let name = format!("add_rmsnorm_{}", dt.suffix());
+    let cfg = rmsnorm_launch(t)?;
+    let args = [
+        Arg::Ptr(x.ptr),
+        Arg::Ptr(y.ptr),
+        Arg::Ptr(w.ptr),
+        Arg::Ptr(out.ptr),
+        Arg::U32(c32),
+        Arg::F32(eps),
+    ];
+    // SAFETY: x, y hold [T, C] f32, w [C] T, out [T, C] T (checked above); block b < T reads and
+    // writes row b of x, reads row b of y and all of w, writes row b of out.
+    unsafe { gpu.launch(s, &name, cfg, &args) }
+}
