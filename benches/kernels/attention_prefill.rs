@@ -1,6 +1,52 @@
-//! (in progress)
-use criterion::Criterion;
-use qwen_rt::backend::cuda::device::Gpu;
+//! `attention_prefill` at the Qwen-7B head shape, H 32, D 128, a bf16 prompt of T = 512 and 2048
+//! tokens at pos0 = 0 (cap = T). Compute-bound, so the throughput is flops: the causal pairs
+//! (query t sees t + 1 keys) number T(T+1)/2 per head, each costing D MACs for Q·Kᵀ and D for P·V,
+//! 2 flops per MAC: flops = 4 · D · H · T(T+1)/2. Criterion's elements/s is then FLOP/s
+//! (divide by 1e12 for TFLOP/s-equivalent; the softmax exps are not counted).
+use criterion::{Criterion, Throughput};
+use qwen_rt::backend::cuda::device::{Gpu, GpuDType};
+use qwen_rt::backend::cuda::launch;
 use std::sync::Arc;
 
-pub fn register(_c: &mut Criterion, _gpu: &Arc<Gpu>) {}
+pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
+    let (h, d) = (32usize, 128usize);
+    let p = h * d;
+    let dt = GpuDType::BF16;
+    let alloc = |bytes: usize, fill: u8| {
+        let b = gpu.alloc(bytes).expect("alloc");
+        gpu.memset(&gpu.stream, b.ptr(), fill, bytes).expect("memset");
+        b
+    };
+    let mut g = c.benchmark_group("attention_prefill");
+    for t in [512usize, 2048] {
+        let cap = t;
+        // 0x3C3C: a finite non-zero value in bf16 (~0.0115); every exp is computed all the same.
+        let (q, k, v) = (alloc(t * p * 2, 0x3C), alloc(cap * p * 2, 0x3C), alloc(cap * p * 2, 0x3C));
+        let out = alloc(t * p * 2, 0);
+        let pos0 = alloc(4, 0);
+        gpu.sync().expect("sync");
+        let flops = 4 * d * h * (t * (t + 1) / 2);
+        g.throughput(Throughput::Elements(flops as u64));
+        g.bench_function(format!("bf16_H{h}_D{d}_T{t}"), |b| {
+            b.iter(|| {
+                launch::attention_prefill(
+                    gpu,
+                    &gpu.stream,
+                    dt,
+                    q.slice(),
+                    k.slice(),
+                    v.slice(),
+                    out.slice(),
+                    pos0.slice(),
+                    t,
+                    h,
+                    d,
+                    cap,
+                )
+                .unwrap();
+                gpu.sync().unwrap();
+            })
+        });
+    }
+    g.finish();
+}

@@ -1,1 +1,100 @@
-//! (in progress)
+//! `attention_prefill_{bf16,f16}` (cuda/attention_prefill.cu): causal flash attention over the KV
+//! cache for a chunk of T query rows; oracle `cpu::attention`.
+use super::dim_u32;
+use crate::backend::cuda::device::{Arg, DevSlice, Gpu, GpuDType, Launch};
+use crate::error::{Error, Result};
+use cudarc::driver::CudaStream;
+
+/// Query rows per block and threads per block of the kernel (`AP_BQ`, `AP_THREADS`).
+const BQ: usize = 64;
+const THREADS: u32 = 128;
+/// Dynamic shared memory up to which no opt-in is needed.
+const SMEM_DEFAULT: usize = 48 * 1024;
+
+/// Head dims the kernel is instantiated for.
+pub fn attention_prefill_supports(d: usize) -> bool {
+    matches!(d, 16 | 32 | 64 | 128)
+}
+
+/// Dynamic shared memory of the kernel at head dim `d`, as `ap_smem_bytes(D)` in the .cu: K and V
+/// tiles `[64, D + 8]` T, S `[64, 68]` f32 (P aliased on it), 3 × 64 f32 softmax statistics.
+fn smem_bytes(d: usize) -> usize {
+    2 * 64 * (d + 8) * 2 + 64 * 68 * 4 + 3 * 64 * 4
+}
+
+/// Causal attention of T query rows against the cache: query row t is at position `*pos0 + t` and
+/// sees cache rows `0..=pos0 + t`. q `[T, P]` T, k_cache / v_cache `[cap, P]` T, out `[T, P]` T,
+/// pos0 a device u32, P = H·D; scale = 1/√D. The caller guarantees `pos0 + T <= cap` (the kernel
+/// clamps positions to `cap - 1` so it never reads past the cache either way).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_prefill(
+    gpu: &Gpu,
+    s: &CudaStream,
+    dt: GpuDType,
+    q: DevSlice,
+    k_cache: DevSlice,
+    v_cache: DevSlice,
+    out: DevSlice,
+    pos0: DevSlice,
+    t: usize,
+    h: usize,
+    d: usize,
+    cap: usize,
+) -> Result<()> {
+    if !attention_prefill_supports(d) {
+        return Err(Error::Backend(format!(
+            "attention_prefill: head dim D = {d} is not supported (kernels exist for D = 16, 32, 64, 128)"
+        )));
+    }
+    if h == 0 || h > 65535 {
+        return Err(Error::Backend(format!("attention_prefill: H = {h} heads is outside 1..=65535")));
+    }
+    if cap == 0 || t > cap {
+        return Err(Error::Backend(format!("attention_prefill: T = {t} rows do not fit a KV cache of {cap} rows")));
+    }
+    let p = h * d;
+    dim_u32(p, "attention_prefill P = H * D")?;
+    let row = p * dt.size();
+    let bytes = |rows: usize, what: &str| {
+        rows.checked_mul(row).ok_or_else(|| Error::Backend(format!("attention_prefill: {what} size overflows")))
+    };
+    q.need(bytes(t, "q")?, "attention_prefill q [T, P]")?;
+    k_cache.need(bytes(cap, "k_cache")?, "attention_prefill k_cache [cap, P]")?;
+    v_cache.need(bytes(cap, "v_cache")?, "attention_prefill v_cache [cap, P]")?;
+    out.need(bytes(t, "out")?, "attention_prefill out [T, P]")?;
+    pos0.need(4, "attention_prefill pos0 [1] u32")?;
+    // The kernel moves every row in 16-byte pieces (rows are P·2 = 32·k bytes long).
+    for (buf, what) in [(q, "q"), (k_cache, "k_cache"), (v_cache, "v_cache"), (out, "out")] {
+        if buf.ptr.0 % 16 != 0 {
+            return Err(Error::Backend(format!("internal: attention_prefill {what} is not 16-byte aligned")));
+        }
+    }
+    if t == 0 {
+        return Ok(());
+    }
+    let name = format!("attention_prefill_{}", dt.suffix());
+    let smem = smem_bytes(d);
+    if smem > SMEM_DEFAULT {
+        gpu.allow_smem(&name, dim_u32(smem, "attention_prefill shared memory")?)?;
+    }
+    let grid = (dim_u32(t.div_ceil(BQ), "T / 64")?, dim_u32(h, "H")?, 1);
+    let cfg = Launch::new(grid, THREADS, dim_u32(smem, "attention_prefill shared memory")?);
+    let scale = (1.0 / (d as f64).sqrt()) as f32;
+    let args = [
+        Arg::Ptr(q.ptr),
+        Arg::Ptr(k_cache.ptr),
+        Arg::Ptr(v_cache.ptr),
+        Arg::Ptr(out.ptr),
+        Arg::Ptr(pos0.ptr),
+        Arg::U32(dim_u32(t, "T")?),
+        Arg::U32(dim_u32(h, "H")?),
+        Arg::U32(dim_u32(d, "D")?),
+        Arg::U32(dim_u32(cap, "cap")?),
+        Arg::F32(scale),
+    ];
+    // SAFETY: q and out hold [T, P] T, k_cache and v_cache [cap, P] T, pos0 one u32 (checked above),
+    // all 16-byte aligned; D is one the kernel is instantiated for and the block is the 128 threads
+    // and `smem` bytes it expects (raised above 48 KiB first). The kernel reads q rows < T, cache rows
+    // <= min(pos0 + T - 1, cap - 1) and writes out rows < T, columns h·D..h·D+D of head h < H only.
+    unsafe { gpu.launch(s, &name, cfg, &args) }
+}
