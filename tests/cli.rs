@@ -161,7 +161,13 @@ fn synth_then_inspect() {
 fn bad_arguments_are_clear_errors() {
     fails(&["generate", "--prompt", "x", "--backend", "tpu"], "--backend must be cpu, cuda or auto");
     fails(&["generate", "--prompt", "x", "--dtype", "int3"], "--dtype");
-    fails(&["generate", "--prompt", "x", "--backend", "cuda"], "backend unavailable");
+    if qwen_rt::backend::cuda::probe().is_err() {
+        // Without a usable GPU the CUDA paths say why instead of running.
+        fails(&["generate", "--prompt", "x", "--backend", "cuda"], "backend unavailable");
+        fails(&["bench", "--backend", "cuda", "--synth", "7b"], "backend unavailable");
+    }
+    fails(&["bench", "--backend", "cpu", "--synth", "13b"], "13b");
+    fails(&["generate", "--prompt", "x", "--backend", "cuda", "--dtype", "int3"], "--dtype");
     fails(&["generate", "--prompt", "x", "--model", "/nonexistent/qwen"], "/nonexistent/qwen");
     fails(&["generate", "--ids", "1,x"], "`x`");
     fails(&["generate", "--ids", "999999", "--max-new-tokens", "1"], "999999");

@@ -10,7 +10,7 @@ for d in /usr/local/cuda/lib64 $(python3 -c 'import nvidia, os; print(" ".join(o
 done
 { nvidia-smi; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; ldd --version | head -1; echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"; } >"$OUT/env.txt" 2>&1
 run() { local name=$1; shift; echo "== $name: $*"; local t0=$(date +%s.%N)
-  timeout "${STEP_TIMEOUT:-240}" "$@" >"$OUT/$name.log" 2>&1; local rc=$?
+  timeout "${STEP_TIMEOUT:-420}" "$@" >"$OUT/$name.log" 2>&1; local rc=$?
   echo "   rc=$rc ($(echo "$(date +%s.%N) - $t0" | bc) s)"; tail -5 "$OUT/$name.log"; }
 run kernels gpu-carry/test-kernels --test-threads=1 --nocapture
 run chat-tiny bash -c 'printf "Hello!\nCount to five.\n/exit\n" | gpu-carry/qwen-run chat --backend cuda --max-new-tokens 24 --seed 1'
