@@ -104,10 +104,10 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32)
         } else {
             err / lim
         };
-        if !(ratio <= 1.0) {
+        if ratio > 1.0 {
             bad += 1;
         }
-        if !(ratio <= worst.1) {
+        if ratio > worst.1 {
             worst = (i, ratio);
         }
     }

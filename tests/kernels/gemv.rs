@@ -105,7 +105,7 @@ fn check(gpu: &Gpu, dt: GpuDType, w: DevSlice, oracle: &Oracle, n: usize, k: usi
     let bits = dt.encode(&xv);
     let x_host = dt.decode(&bits);
     let xbuf = gpu.alloc(x_off + b * k * 2).expect("alloc x");
-    gpu.write(xbuf.ptr().add(x_off), &bits).expect("upload x");
+    gpu.write(xbuf.ptr().offset(x_off), &bits).expect("upload x");
     let xs = xbuf.slice().sub(x_off, b * k * 2).unwrap();
     let (ybuf, ys) = poisoned_out(gpu, b * n);
     let what = format!("gemv {dt:?} N{n} K{k} B{b} x+{x_off} w+{}", w.ptr.0 % 16);
@@ -162,7 +162,7 @@ fn gemv_misaligned_operands() {
         let oracle = Oracle::new(&dt.decode(&bits), n, k);
         for w_off in [0usize, 2, 8] {
             let wbuf = gpu.alloc(w_off + n * k * 2).expect("alloc w");
-            gpu.write(wbuf.ptr().add(w_off), &bits).expect("upload w");
+            gpu.write(wbuf.ptr().offset(w_off), &bits).expect("upload w");
             let ws = wbuf.slice().sub(w_off, n * k * 2).unwrap();
             for (b, x_off) in [(1, 2), (3, 8), (8, 0)] {
                 if w_off == 0 && x_off == 0 {

@@ -46,7 +46,7 @@ fn rmsnorm_matches_cpu() {
             let out = poisoned(&gpu, (t + 1) * c * 2); // one guard row
             launch::rmsnorm(&gpu, &gpu.stream, dt, x.slice(), w.slice(), out.slice(), t, c, EPS).unwrap();
             let got = read_dt(&gpu, dt, out.slice(), t * c);
-            let guard = gpu.read::<u16>(out.ptr().add(t * c * 2), c).unwrap();
+            let guard = gpu.read::<u16>(out.ptr().offset(t * c * 2), c).unwrap();
             let mut want = vec![0f32; t * c];
             cpu::rmsnorm(&x_host, &w_host, EPS, &mut want);
             let what = format!("rmsnorm {dt:?} T{t} C{c}");
@@ -88,7 +88,7 @@ fn rmsnorm_add_matches_cpu() {
                 .unwrap();
             let got = read_dt(&gpu, dt, out.slice(), t * c);
             let got_x = read_f32(&gpu, x.slice(), t * c);
-            let guard = gpu.read::<u16>(out.ptr().add(t * c * 2), c).unwrap();
+            let guard = gpu.read::<u16>(out.ptr().offset(t * c * 2), c).unwrap();
             let mut want_x = x_host.clone();
             cpu::add(&mut want_x, &y_host);
             let mut want = vec![0f32; t * c];

@@ -30,7 +30,7 @@ fn check(gpu: &qwen_rt::backend::cuda::device::Gpu, t: usize, f: usize, upgate_h
         let out = poisoned(gpu, (t + 1) * f * 2); // one guard row
         launch::swiglu(gpu, &gpu.stream, dt, upgate.slice(), out.slice(), t, f).unwrap();
         let got = read_dt(gpu, dt, out.slice(), t * f);
-        let guard = gpu.read::<u16>(out.ptr().add(t * f * 2), f).unwrap();
+        let guard = gpu.read::<u16>(out.ptr().offset(t * f * 2), f).unwrap();
         let (up, gate) = split(upgate_host, f);
         let mut want = vec![0f32; t * f];
         cpu::swiglu(&up, &gate, &mut want);

@@ -57,7 +57,7 @@ pub struct DevPtr(pub u64);
 
 impl DevPtr {
     /// The address `bytes` further on.
-    pub fn add(self, bytes: usize) -> DevPtr {
+    pub fn offset(self, bytes: usize) -> DevPtr {
         DevPtr(self.0 + bytes as u64)
     }
 }
@@ -77,7 +77,7 @@ impl DevSlice {
     /// `len` bytes starting `offset` bytes in. Errors when that leaves the region.
     pub fn sub(&self, offset: usize, len: usize) -> Result<DevSlice> {
         match offset.checked_add(len) {
-            Some(end) if end <= self.bytes => Ok(DevSlice { ptr: self.ptr.add(offset), bytes: len }),
+            Some(end) if end <= self.bytes => Ok(DevSlice { ptr: self.ptr.offset(offset), bytes: len }),
             _ => Err(Error::Backend(format!(
                 "internal: sub-slice {offset}+{len} of a {}-byte device region",
                 self.bytes
@@ -117,9 +117,17 @@ impl DevBuf {
     }
 }
 
+/// Make `ctx` current on this thread with the raw driver call: unlike cudarc's `bind_to_thread`,
+/// this neither reports nor consumes an error some earlier cudarc call stored in the context, so
+/// drops and capture teardown always run.
+pub fn set_current(ctx: &CudaContext) -> bool {
+    // SAFETY: cu_ctx is the live context owned by `ctx`.
+    unsafe { result::ctx::set_current(ctx.cu_ctx()) }.is_ok()
+}
+
 impl Drop for DevBuf {
     fn drop(&mut self) {
-        if self.ptr != 0 && self.ctx.bind_to_thread().is_ok() {
+        if self.ptr != 0 && set_current(&self.ctx) {
             // SAFETY: `ptr` came from cuMemAlloc in this context and is freed exactly once; every
             // stream that used it is synchronised by the owner before the buffer is dropped.
             let _ = unsafe { result::free_sync(self.ptr) };

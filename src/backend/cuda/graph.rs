@@ -7,7 +7,7 @@
 //! mlp.c_proj · add_rmsnorm] → lm_head. The residual add is fused into the next norm (the last one
 //! is ln_f). A one-token pass (decode) is captured once as a CUDA graph and replayed: everything
 //! that changes between steps (the id, pos0, the NTK inverse frequencies) lives in device memory.
-use super::device::{cuda_err, gib, DevBuf, DevSlice, Gpu, GpuDType};
+use super::device::{cuda_err, gib, set_current, DevBuf, DevSlice, Gpu, GpuDType};
 use super::launch::{self, Blas, GEMV_MAX_B};
 use super::plan::{Plan, Region, FALLBACK_ROWS, LOGIT_ROWS};
 use super::upload::{synth_weights, upload_weights, GpuWeights};
@@ -20,8 +20,12 @@ use crate::model::{self, Model, Sequence};
 use crate::sampler::Sampler;
 use crate::tokenizer::VOCAB_LEN;
 use crate::weights::Weights;
-use cudarc::driver::{sys, CudaGraph, CudaStream};
+use cudarc::driver::{result, sys, CudaStream};
 use std::sync::Arc;
+
+/// Device memory a sequence needs beyond its plan: the cuBLAS handle and workspace, the
+/// instantiated decode graph.
+const SEQUENCE_RESERVE_BYTES: usize = 256 << 20;
 
 /// A Qwen v1 model whose weights live on one GPU.
 pub struct CudaModel {
@@ -72,6 +76,9 @@ impl CudaModel {
             _ => GpuDType::BF16,
         };
         let gpu = Gpu::open(0)?;
+        if p.num_layers == 0 {
+            return Err(Error::invalid(format!("synth preset {}: no layers", p.name)));
+        }
         let (config, w) = synth_weights(&gpu, p, seed, dt)?;
         Ok(CudaModel { gpu, config, dt, w })
     }
@@ -100,11 +107,35 @@ impl Model for CudaModel {
     }
 }
 
-/// The captured decode step. Graph objects are not internally synchronised: a sequence is used by
-/// one thread at a time (`&mut self`), which is what makes moving it between threads sound.
-struct DecodeGraph(CudaGraph);
+/// The captured decode step: the raw graph and its executable, destroyed on drop. Graph objects
+/// are not internally synchronised: a sequence is used by one thread at a time (`&mut self`),
+/// which is what makes moving it between threads sound.
+struct DecodeGraph {
+    graph: sys::CUgraph,
+    exec: sys::CUgraphExec,
+    ctx: Arc<cudarc::driver::CudaContext>,
+}
 // SAFETY: see above; the graph is only launched or dropped through `&mut CudaSequence`.
 unsafe impl Send for DecodeGraph {}
+
+impl DecodeGraph {
+    fn launch(&self, s: &CudaStream) -> Result<()> {
+        // SAFETY: exec is a live instantiated graph of this context; s is a live stream of it.
+        unsafe { result::graph::launch(self.exec, s.cu_stream()) }.map_err(cuda_err("replaying the decode graph"))
+    }
+}
+
+impl Drop for DecodeGraph {
+    fn drop(&mut self) {
+        if set_current(&self.ctx) {
+            // SAFETY: both handles were created by `capture` and are destroyed exactly once.
+            unsafe {
+                let _ = result::graph::exec_destroy(self.exec);
+                let _ = result::graph::destroy(self.graph);
+            }
+        }
+    }
+}
 
 /// One sequence on a `CudaModel`. Fields drop in order: the graph and the cuBLAS handle before
 /// the stream they use, the buffers before the model (whose weights the graph reads).
@@ -133,15 +164,19 @@ impl CudaSequence {
                 "max_seq_len {cap} must be between 1 and {limit} (the model's limit, spec §3.2)"
             )));
         }
+        if cap > i32::MAX as usize {
+            return Err(Error::invalid(format!("max_seq_len {cap} is beyond what the CUDA kernels index (2^31 - 1)")));
+        }
         let gpu = model.gpu.clone();
         let plan = Plan::new(&model.config, model.dt, cap);
         let (free, _) = gpu.mem_info()?;
-        if plan.total_bytes() > free {
+        if plan.total_bytes() + SEQUENCE_RESERVE_BYTES > free {
             return Err(Error::Backend(format!(
-                "a sequence of {cap} tokens needs {:.2} GiB on the GPU (KV cache {:.2} GiB + activations {:.2} GiB), {:.2} GiB free",
-                gib(plan.total_bytes()),
+                "a sequence of {cap} tokens needs {:.2} GiB on the GPU (KV cache {:.2} GiB + activations {:.2} GiB + {:.2} GiB for cuBLAS and the graph), {:.2} GiB free",
+                gib(plan.total_bytes() + SEQUENCE_RESERVE_BYTES),
                 gib(plan.kv_bytes),
                 gib(plan.act_bytes),
+                gib(SEQUENCE_RESERVE_BYTES),
                 gib(free)
             )));
         }
@@ -177,7 +212,7 @@ impl CudaSequence {
 
     /// A plan region as a device slice.
     fn r(&self, r: Region) -> DevSlice {
-        DevSlice::new(self.act.ptr().add(r.offset), r.bytes)
+        DevSlice::new(self.act.ptr().offset(r.offset), r.bytes)
     }
 
     /// Rows `row0..row0+n` of a region whose rows are `row_bytes` long.
@@ -301,7 +336,7 @@ impl CudaSequence {
     fn decode_step(&mut self, pos0: usize) -> Result<()> {
         if self.graph.is_none() && !self.no_graph {
             match self.capture(pos0) {
-                Ok(gr) => self.graph = Some(DecodeGraph(gr)),
+                Ok(gr) => self.graph = Some(gr),
                 Err(e) => {
                     eprintln!("note: CUDA graph capture failed ({e}); decoding kernel by kernel");
                     self.no_graph = true;
@@ -309,7 +344,7 @@ impl CudaSequence {
             }
         }
         match &self.graph {
-            Some(gr) => gr.0.launch().map_err(cuda_err("replaying the decode graph")),
+            Some(gr) => gr.launch(&self.stream),
             None => {
                 self.layers(1, pos0)?;
                 self.lm_head(0, 1)
@@ -317,21 +352,41 @@ impl CudaSequence {
         }
     }
 
-    fn capture(&self, pos0: usize) -> Result<CudaGraph> {
+    /// Record one decode step on the sequence's stream and instantiate it. The capture is ended
+    /// with the raw driver call whatever happened, so the stream never stays in capture mode.
+    fn capture(&self, pos0: usize) -> Result<DecodeGraph> {
         let s = &self.stream;
-        s.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-            .map_err(cuda_err("starting a graph capture"))?;
-        let recorded = self.layers(1, pos0).and_then(|_| self.lm_head(0, 1));
-        // Always end the capture, so the stream is usable again whatever happened.
-        let ended = s.end_capture(sys::CUgraphInstantiate_flags(0));
-        recorded?;
-        match ended.map_err(cuda_err("instantiating the decode graph"))? {
-            Some(gr) => {
-                gr.upload().map_err(cuda_err("uploading the decode graph"))?;
-                Ok(gr)
-            }
-            None => Err(Error::Backend("the decode capture recorded nothing".into())),
+        let ctx = self.model.gpu.ctx.clone();
+        if !set_current(&ctx) {
+            return Err(Error::Backend("cannot make the CUDA context current".into()));
         }
+        let mode = sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
+        // SAFETY: s is a live stream of the current context, not capturing.
+        unsafe { result::stream::begin_capture(s.cu_stream(), mode) }.map_err(cuda_err("starting a graph capture"))?;
+        let recorded = self.layers(1, pos0).and_then(|_| self.lm_head(0, 1));
+        set_current(&ctx);
+        // SAFETY: ends the capture begun above on the same stream.
+        let ended = unsafe { result::stream::end_capture(s.cu_stream()) };
+        let graph = ended.map_err(cuda_err("ending the graph capture"))?;
+        if graph.is_null() {
+            recorded?;
+            return Err(Error::Backend("the decode capture recorded nothing".into()));
+        }
+        // SAFETY: graph is the live graph just captured; it is destroyed on every path below.
+        let exec = match recorded.and_then(|_| {
+            unsafe { result::graph::instantiate(graph, sys::CUgraphInstantiate_flags(0)) }
+                .map_err(cuda_err("instantiating the decode graph"))
+        }) {
+            Ok(e) => e,
+            Err(e) => {
+                let _ = unsafe { result::graph::destroy(graph) };
+                return Err(e);
+            }
+        };
+        let g = DecodeGraph { graph, exec, ctx };
+        // SAFETY: exec is live; uploading ahead only moves setup cost out of the first replay.
+        unsafe { result::graph::upload(g.exec, s.cu_stream()) }.map_err(cuda_err("uploading the decode graph"))?;
+        Ok(g)
     }
 
     /// Validate, then run `tokens` through the model; logits of every row (downloaded) if
@@ -355,20 +410,16 @@ impl CudaSequence {
             )));
         }
         self.model.gpu.bind()?;
-        let result = self.run_validated(tokens, all_logits, pos0);
-        if result.is_err() {
-            // A device error mid-pass leaves the cache half-written: start over on the next call.
-            self.len = 0;
-            self.alpha = 1.0;
-        }
-        result
+        // On a device error `len` and `alpha` stay as they were (nothing is changed, as the trait
+        // promises): a failed pass only wrote KV rows >= pos0, which the next pass overwrites, and
+        // inv_freq is rewritten only by a prefill (pos0 == 0).
+        self.run_validated(tokens, all_logits, pos0)
     }
 
     fn run_validated(&mut self, tokens: &[u32], all_logits: bool, pos0: usize) -> Result<Vec<f32>> {
-        let cfg = self.model.config.clone();
-        let (g, v) = (self.model.gpu.clone(), cfg.vocab_size);
+        let (g, v) = (self.model.gpu.clone(), self.model.config.vocab_size);
         let prefill = pos0 == 0;
-        let alpha = if prefill { model::ntk_alpha(&cfg, tokens.len()) } else { self.alpha };
+        let alpha = if prefill { model::ntk_alpha(&self.model.config, tokens.len()) } else { self.alpha };
         if prefill {
             self.write_inv_freq(alpha)?;
         }
@@ -410,7 +461,7 @@ impl CudaSequence {
     fn sync_context(&mut self, context: &[u32]) -> Result<()> {
         let have = &self.ctx_on_device;
         let start = if context.len() >= have.len() && context[..have.len()] == have[..] { have.len() } else { 0 };
-        let dst = self.r(self.plan.ctx_ids).ptr.add(start * 4);
+        let dst = self.r(self.plan.ctx_ids).ptr.offset(start * 4);
         self.model.gpu.write_on(&self.stream, dst, &context[start..])?;
         self.ctx_on_device.truncate(start);
         self.ctx_on_device.extend_from_slice(&context[start..]);
@@ -449,6 +500,8 @@ impl Sequence for CudaSequence {
             let mut logits = self.forward(tokens, false)?;
             return Ok(sampler.sample(&mut logits, context));
         }
+        // Parameters are checked before the pass, so a bad sampler changes nothing.
+        sampler.params().validate()?;
         self.run(tokens, false)?;
         self.sync_context(context)?;
         let v = self.model.config.vocab_size;
@@ -456,7 +509,7 @@ impl Sequence for CudaSequence {
         let (g, s) = (&*self.model.gpu, &*self.stream);
         let pl = &self.plan;
         let logits = self.rows(pl.logits, 0, 1, v * 4)?;
-        launch::sample(
+        let sampled = launch::sample(
             g,
             s,
             logits,
@@ -469,7 +522,12 @@ impl Sequence for CudaSequence {
             self.r(pl.flags),
             self.r(pl.probs),
             self.r(pl.out_id),
-        )?;
+        );
+        if let Err(e) = sampled {
+            // The penalty flags must be all zero for the next call, whatever step failed.
+            let _ = g.memset(s, self.r(pl.flags).ptr, 0, pl.flags.bytes);
+            return Err(e);
+        }
         Ok(g.read_on::<u32>(s, self.r(pl.out_id).ptr, 1)?[0])
     }
 }

@@ -51,7 +51,8 @@ pub struct GpuWeights {
 const STAGE_BYTES: usize = 32 << 20;
 const STAGES: usize = 3;
 
-/// Free device memory kept in reserve for the driver, cuBLAS and the first sequence's plan.
+/// Free device memory the weight upload leaves for the driver's own allocations; each sequence
+/// checks its own plan (KV cache + activations) when it is created.
 pub const RESERVE_BYTES: usize = 512 << 20;
 
 struct Stager {
@@ -86,7 +87,7 @@ impl Stager {
             // SAFETY: dst + done·2 .. + m·2 lies inside `dst` (checked above); `out` is pinned
             // memory that is not touched again until the event recorded below has completed.
             unsafe {
-                result::memcpy_htod_async(dst.ptr.add(done * dt.size()).0, &*out, self.copy.cu_stream())
+                result::memcpy_htod_async(dst.ptr.offset(done * dt.size()).0, &*out, self.copy.cu_stream())
             }
             .map_err(cuda_err("copying weights to the GPU"))?;
             let ev = self.copy.record_event(None).map_err(cuda_err("recording a copy event"))?;
@@ -212,11 +213,15 @@ pub fn upload_weights(gpu: &Gpu, w: &Weights, dt: GpuDType, progress: bool) -> R
     if !w.config.tie_word_embeddings {
         tensors.push(&w.lm_head);
     }
-    for t in tensors {
+    let streamed = tensors.into_iter().try_for_each(|t| {
         let dst = gw.region(&t.name, dt).ok_or_else(|| t.error("internal: no GPU region for this tensor"))?;
-        st.tensor(t, dt, dst)?;
-    }
-    copy.synchronize().map_err(cuda_err("finishing the weight upload"))?;
+        st.tensor(t, dt, dst)
+    });
+    // Wait for the copies in flight before anything (staging buffers, the weight buffer) is freed,
+    // on the error path too.
+    let finished = copy.synchronize().map_err(cuda_err("finishing the weight upload"));
+    streamed?;
+    finished?;
     if let Some(p) = &st.progress {
         p.finish();
     }
@@ -245,7 +250,7 @@ mod tests {
 
     #[test]
     fn convert_rounds_like_the_dtype_encoder() {
-        let vals = [0.0f32, 1.0, -2.5, 3.14159, 1e-3, 65504.0, -1e-8];
+        let vals = [0.0f32, 1.0, -2.5, 3.3333, 1e-3, 65504.0, -1e-8];
         let f32_bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
         for dt in [GpuDType::BF16, GpuDType::F16] {
             let mut out = vec![0u8; vals.len() * 2];

@@ -124,7 +124,7 @@ impl Blas {
 
 impl Drop for Blas {
     fn drop(&mut self) {
-        if self.ctx.bind_to_thread().is_ok() {
+        if crate::backend::cuda::device::set_current(&self.ctx) {
             // SAFETY: the handle is live and destroyed exactly once. Detaching it from the stream
             // first (null = default stream) means destroy never touches a stream the owner may
             // already have destroyed.
