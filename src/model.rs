@@ -2,7 +2,7 @@
 //! (shared, read-only, `Send + Sync`); a `Sequence` is one sequence's KV cache on that model.
 //! Also the position-dependent math every backend shares: dynamic NTK and logN (spec §3).
 use crate::config::QwenConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::sampler::Sampler;
 use std::sync::Arc;
 
@@ -41,6 +41,27 @@ pub trait Sequence: Send {
         let mut logits = self.forward(tokens, false)?;
         Ok(sampler.sample(&mut logits, context))
     }
+}
+
+/// The checks every backend's `Sequence::forward` makes before touching anything: at least one
+/// token, every id < V, and room for `tokens` after the `len` cached ones in `capacity`.
+pub fn check_forward(config: &QwenConfig, tokens: &[u32], len: usize, capacity: usize) -> Result<()> {
+    if tokens.is_empty() {
+        return Err(Error::invalid("forward: no tokens (need at least one)"));
+    }
+    if let Some((i, &id)) = tokens.iter().enumerate().find(|(_, &id)| id as usize >= config.vocab_size) {
+        return Err(Error::invalid(format!(
+            "token id {id} at position {i} is out of range (vocab size {})",
+            config.vocab_size
+        )));
+    }
+    if tokens.len() > capacity.saturating_sub(len) {
+        return Err(Error::ContextFull(format!(
+            "{len} tokens in the sequence + {} new exceed its capacity of {capacity}",
+            tokens.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Dynamic-NTK alpha for a prefill of `prompt_len` tokens (spec §3.1):

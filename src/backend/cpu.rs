@@ -742,22 +742,8 @@ impl Sequence for CpuSequence {
     }
     fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
         let cfg = &self.model.config;
-        if tokens.is_empty() {
-            return Err(Error::invalid("forward: no tokens (need at least one)"));
-        }
-        if let Some((i, &id)) = tokens.iter().enumerate().find(|(_, &id)| id as usize >= cfg.vocab_size) {
-            return Err(Error::invalid(format!(
-                "token id {id} at position {i} is out of range (vocab size {})",
-                cfg.vocab_size
-            )));
-        }
+        model::check_forward(cfg, tokens, self.cache.len(), self.cache.capacity())?;
         let (pos0, t) = (self.cache.len(), tokens.len());
-        if t > self.cache.capacity() - pos0 {
-            return Err(Error::ContextFull(format!(
-                "{pos0} tokens in the sequence + {t} new exceed its capacity of {}",
-                self.cache.capacity()
-            )));
-        }
         // Prefill fixes alpha from the prompt length; decode reuses it (spec §3.1).
         let prefill = if pos0 == 0 {
             let alpha = model::ntk_alpha(cfg, t);

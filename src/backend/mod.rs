@@ -67,9 +67,10 @@ impl Default for LoadOptions {
     }
 }
 
-/// Load the weights of `ck` onto the chosen backend.
-pub fn load_model(ck: &Checkpoint, opts: &LoadOptions) -> Result<Arc<dyn Model>> {
-    let use_cuda = match opts.backend {
+/// Whether `kind` runs on the GPU here: `Cuda` requires it (the error says why not), `Auto`
+/// takes it when usable and otherwise prints a one-line note and picks the CPU.
+pub fn use_cuda(kind: BackendKind) -> Result<bool> {
+    Ok(match kind {
         BackendKind::Cpu => false,
         BackendKind::Cuda => {
             cuda::probe()?;
@@ -82,7 +83,12 @@ pub fn load_model(ck: &Checkpoint, opts: &LoadOptions) -> Result<Arc<dyn Model>>
                 false
             }
         },
-    };
+    })
+}
+
+/// Load the weights of `ck` onto the chosen backend.
+pub fn load_model(ck: &Checkpoint, opts: &LoadOptions) -> Result<Arc<dyn Model>> {
+    let use_cuda = use_cuda(opts.backend)?;
     if use_cuda {
         return cuda::load(ck, opts);
     }

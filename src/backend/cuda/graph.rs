@@ -392,23 +392,8 @@ impl CudaSequence {
     /// Validate, then run `tokens` through the model; logits of every row (downloaded) if
     /// `all_logits`, else only the last row's, left on the device in logits row 0.
     fn run(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
-        let cfg = &self.model.config;
-        if tokens.is_empty() {
-            return Err(Error::invalid("forward: no tokens (need at least one)"));
-        }
-        if let Some((i, &id)) = tokens.iter().enumerate().find(|(_, &id)| id as usize >= cfg.vocab_size) {
-            return Err(Error::invalid(format!(
-                "token id {id} at position {i} is out of range (vocab size {})",
-                cfg.vocab_size
-            )));
-        }
-        let (pos0, t) = (self.len, tokens.len());
-        if t > self.plan.cap - pos0 {
-            return Err(Error::ContextFull(format!(
-                "{pos0} tokens in the sequence + {t} new exceed its capacity of {}",
-                self.plan.cap
-            )));
-        }
+        model::check_forward(&self.model.config, tokens, self.len, self.plan.cap)?;
+        let pos0 = self.len;
         self.model.gpu.bind()?;
         // On a device error `len` and `alpha` stay as they were (nothing is changed, as the trait
         // promises): a failed pass only wrote KV rows >= pos0, which the next pass overwrites, and

@@ -1,8 +1,8 @@
 //! `qwen-run`: chat, generate, bench and the debugging tools (tokenize, detokenize, prompt, logits,
 //! inspect, synth). Every error is printed as one clear line and exits with status 1 (2 for bad usage).
 use clap::{Args, Parser, Subcommand};
-use qwen_rt::backend::cuda::{self, graph::CudaModel};
-use qwen_rt::backend::{load_model, BackendKind, ComputeDType, LoadOptions};
+use qwen_rt::backend::cuda::graph::CudaModel;
+use qwen_rt::backend::{load_model, use_cuda, BackendKind, ComputeDType, LoadOptions};
 use qwen_rt::chat::{messages_to_prompt, raw_context, Message, StopRules, DEFAULT_SYSTEM};
 use qwen_rt::checkpoint::Checkpoint;
 use qwen_rt::generate::{generate, ChatSession, GenerateOptions, Generation};
@@ -496,21 +496,7 @@ fn cmd_bench(
     decode: Option<usize>,
     decode_prompt: Option<usize>,
 ) -> Result<()> {
-    let kind = margs.backend.parse::<BackendKind>()?;
-    let use_cuda = match kind {
-        BackendKind::Cpu => false,
-        BackendKind::Cuda => {
-            cuda::probe()?;
-            true
-        }
-        BackendKind::Auto => match cuda::probe() {
-            Ok(()) => true,
-            Err(e) => {
-                eprintln!("note: {e}; using the CPU backend");
-                false
-            }
-        },
-    };
+    let use_cuda = use_cuda(margs.backend.parse::<BackendKind>()?)?;
     let (lens, dec, dec_prompt) = if use_cuda { ("128,512,2048", 256, 128) } else { ("16,128", 32, 16) };
     let lens = parse_usize_list(prefill.unwrap_or(lens), "--prefill")?;
     let (decode, decode_prompt) = (decode.unwrap_or(dec), decode_prompt.unwrap_or(dec_prompt));
