@@ -74,7 +74,7 @@ typedef enum qwen_backend {
 
 /* Values for qwen_model_options.dtype (the compute precision). */
 typedef enum qwen_dtype {
-    QWEN_DTYPE_AUTO = 0, /* f32 on the CPU, the checkpoint's dtype on CUDA */
+    QWEN_DTYPE_AUTO = 0, /* f32 on the CPU, bf16 on CUDA */
     QWEN_DTYPE_F32 = 1,
     QWEN_DTYPE_BF16 = 2, /* CUDA only */
     QWEN_DTYPE_F16 = 3   /* CUDA only */
