@@ -1,0 +1,76 @@
+// h_sampling.cpp — cuda/sampling.cu (sample_mark_f32, sample_process_f32, sample_draw_f32) against a
+// host re-implementation of steps 0-6 of the kernel's header (HF order: NaN / ids >= vocab_len -> -inf,
+// repetition penalty on context ids (ids >= V ignored), greedy argmax with lowest-id ties, temperature,
+// top-k, top-p keeping ties and the max, softmax, inverse-CDF draw with the host's u): the drawn id must
+// match and every probability be within 1e-6 + 1e-4 p; the flags workspace must be left zero.
+#include "util.h"
+#include "sampling_emu.cu"
+#include <numeric>
+// Reference of steps 0-6 from the header comment of sampling.cu (double where it does not matter).
+static void reference(std::vector<float> x, uint32_t vocab_len, const std::vector<uint32_t>& ctx, float pen, bool greedy, float temp,
+                      uint32_t top_k, float top_p, double u, std::vector<double>& p, uint32_t& id) {
+    const size_t V = x.size();
+    for (size_t v = 0; v < V; ++v) if (std::isnan(x[v]) || v >= vocab_len) x[v] = -INFINITY;
+    std::vector<char> seen(V, 0); for (uint32_t c : ctx) if (c < V) seen[c] = 1;
+    for (size_t v = 0; v < V; ++v) if (seen[v]) x[v] = x[v] < 0 ? x[v] * pen : x[v] / pen;
+    p.assign(V, 0.0);
+    if (greedy) { size_t a = 0; for (size_t v = 1; v < V; ++v) if (x[v] > x[a]) a = v; if (x[a] == -INFINITY) a = 0; id = (uint32_t)a; p[a] = 1; return; }
+    for (auto& v : x) v = v / temp;
+    std::vector<char> keep(V, 1);
+    if (top_k > 0) { std::vector<float> s = x; std::nth_element(s.begin(), s.begin() + (top_k - 1), s.end(), std::greater<float>()); float kth = s[top_k - 1]; for (size_t v = 0; v < V; ++v) if (!(x[v] >= kth)) keep[v] = 0; }
+    float mx = -INFINITY; for (size_t v = 0; v < V; ++v) if (keep[v]) mx = std::max(mx, x[v]);
+    if (mx == -INFINITY) { id = 0; return; }
+    std::vector<float> e(V, 0.f);
+    if (mx == INFINITY) { for (size_t v = 0; v < V; ++v) e[v] = x[v] == INFINITY ? 1.f : 0.f; }
+    else for (size_t v = 0; v < V; ++v) e[v] = keep[v] ? expf(x[v] - mx) : 0.f;
+    if (top_p < 1.0f && mx != INFINITY) {
+        double Z = 0; for (float a : e) Z += a;
+        std::vector<size_t> idx(V); std::iota(idx.begin(), idx.end(), 0);
+        std::sort(idx.begin(), idx.end(), [&](size_t a, size_t b) { return e[a] < e[b]; });
+        std::vector<char> drop(V, 0); double cum = 0; size_t i = 0;
+        while (i < V) { size_t j = i; double grp = 0; while (j < V && e[idx[j]] == e[idx[i]]) grp += e[idx[j++]]; cum += grp;
+            if ((float)(cum / Z) <= 1.0f - top_p) for (size_t q = i; q < j; ++q) drop[idx[q]] = 1; i = j; }
+        float emax = 0; for (float a : e) emax = std::max(emax, a);
+        for (size_t v = 0; v < V; ++v) if (drop[v] && e[v] != emax) e[v] = 0;
+    }
+    double Zk = 0; for (float a : e) Zk += a;
+    for (size_t v = 0; v < V; ++v) p[v] = e[v] / Zk;
+    double c = 0; id = UINT32_MAX; for (size_t v = 0; v < V; ++v) { c += p[v]; if (u < c) { id = (uint32_t)v; break; } }
+    if (id == UINT32_MAX) for (size_t v = V; v-- > 0;) if (p[v] > 0) { id = (uint32_t)v; break; }
+}
+void run(uint32_t V, uint32_t vocab_len, int n_ctx, float pen, bool greedy, float temp, uint32_t top_k, float top_p, double u, uint64_t seed, bool spikes = false) {
+    rng_state = seed;
+    Buf<float> logits(V), probs(V); Buf<uint8_t> flags(V); Buf<uint32_t> ctx(std::max(n_ctx, 1)), out(1);
+    memset(flags.p, 0, V);
+    std::vector<float> xh(V); for (auto& v : xh) v = rnd(4.0f);
+    if (spikes) { xh[3] = NAN; xh[V / 2] = 9.0f; xh[V / 3] = 9.0f; xh[1] = -INFINITY; }
+    memcpy(logits.p, xh.data(), 4 * V);
+    std::vector<uint32_t> ch(n_ctx); for (auto& c : ch) c = (uint32_t)((rnd(1) + 1) * 0.5f * (V + 10)); // some ids >= V
+    if (n_ctx) memcpy(ctx.p, ch.data(), 4 * n_ctx);
+    const bool penalise = pen != 1.0f && n_ctx > 0;
+    if (penalise) emu::launch({(unsigned)std::min((n_ctx + 255) / 256, 1024), 1, 1}, 256, [&] { sample_mark_f32(ctx.p, n_ctx, flags.p, V); });
+    emu::launch({(V + 255) / 256, 1, 1}, 256, [&] { sample_process_f32(logits.p, V, std::min(vocab_len, V), flags.p, penalise ? pen : 1.0f); });
+    long fl = 0; for (uint32_t v = 0; v < V; ++v) fl += flags[v] != 0;
+    emu::launch({1, 1, 1}, 1024, [&] { sample_draw_f32(logits.p, V, greedy, temp, top_k, top_p, u, probs.p, out.p); });
+    std::vector<double> p; uint32_t id;
+    reference(xh, std::min(vocab_len, V), penalise ? ch : std::vector<uint32_t>{}, pen, greedy, temp, top_k, top_p, u, p, id);
+    double perr = 0; for (uint32_t v = 0; v < V; ++v) perr = std::max(perr, std::fabs(probs[v] - p[v]) / (1e-6 + 1e-4 * p[v]));
+    char what[160]; snprintf(what, sizeof what, "sample V%u vl%u ctx%d pen%.2f greedy%d t%.2f k%u p%.2f u%.3f%s", V, vocab_len, n_ctx, pen, greedy, temp, top_k, top_p, u, spikes ? " spikes" : "");
+    printf("%-64s id %u (ref %u), probs worst %.3g of (1e-6 + 1e-4 p), flags left %ld\n", what, out[0], id, perr, fl);
+    CHECK(out[0] == id && perr <= 1 && fl == 0, "%s", what);
+    CHECK(logits.guard_ok() && probs.guard_ok() && flags.guard_ok() && out.guard_ok(), "%s guard", what);
+    case_done(what, perr);
+}
+int main(int argc, char** argv) {
+    (void)mode_of(argc, argv);  // quick (1) = full (0): the whole list takes ~11 s on 2 cores
+    uint64_t s = 1;
+    run(1000, 1000, 50, 1.1f, true, 1.0f, 0, 1.0f, 0.3, s++);
+    run(1000, 990, 50, 1.1f, false, 0.7f, 0, 1.0f, 0.3, s++);
+    run(5000, 4990, 300, 1.3f, false, 0.8f, 40, 0.9f, 0.77, s++);
+    run(3001, 3001, 0, 1.0f, false, 1.0f, 0, 0.8f, 0.5, s++, true);
+    run(7, 7, 3, 1.2f, false, 1.0f, 3, 0.95f, 0.99, s++);
+    run(1, 1, 1, 1.2f, false, 1.0f, 0, 0.5f, 0.1, s++);
+    run(2049, 2000, 10, 1.0f, true, 1.0f, 0, 1.0f, 0.0, s++, true);
+    run(4097, 4097, 1000, 1.05f, false, 1.5f, 1, 1.0f, 0.5, s++);
+    return finish("sampling");
+}
