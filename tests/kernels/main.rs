@@ -1,6 +1,7 @@
 //! Every CUDA kernel against its CPU oracle (correctness layer 3, design/architecture.md): fresh
 //! random inputs, poisoned outputs, ragged shapes, bf16 and fp16, tolerance by dtype, the worst
-//! element printed. Without a GPU each test prints `SKIP: no CUDA device` and returns; on the GPU
+//! element printed; and the whole model on CUDA vs on the CPU (`model.rs`, correctness layer 4).
+//! It is the one GPU test binary (tools/gpu_build.sh carries it to the GPU machine). Without a GPU each test prints `SKIP: no CUDA device` and returns; on the GPU
 //! machine run with `QWEN_REQUIRE_GPU=1` so a skip fails instead.
 mod common;
 
