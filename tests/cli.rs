@@ -244,3 +244,21 @@ fn ctrl_c_stops_the_answer_not_the_program() {
     };
     assert!(status.success(), "exit status {status}; stderr: {}", String::from_utf8_lossy(&err.lock().unwrap()));
 }
+
+#[test]
+fn bench_reports_a_table_and_a_json_line() {
+    // The built-in tiny model on the CPU: short runs; the report names load, prefill and decode.
+    let (so, _) = ok(
+        &["bench", "--backend", "cpu", "--prefill", "4,9", "--decode", "3", "--decode-prompt", "2"],
+        None,
+    );
+    assert!(so.contains("prefill 9 tokens") && so.contains("decode 3 tokens after 2") && so.contains("load ("), "{so}");
+    let json: Value = serde_json::from_str(so.lines().last().unwrap()).unwrap();
+    assert_eq!(json["backend"], "cpu");
+    assert_eq!(json["prefill"].as_array().unwrap().len(), 2);
+    assert!(json["decode_tok_per_s"].as_f64().unwrap() > 0.0, "{json}");
+    assert!(json["load_s"].as_f64().unwrap() >= 0.0, "{json}");
+    // No GPU figures from the CPU backend.
+    assert!(json["gpu"].is_null() && json["floor_fraction"].is_null(), "{json}");
+    fails(&["bench", "--backend", "cpu", "--prefill", "4,x"], "--prefill");
+}
