@@ -64,6 +64,22 @@ pub fn check_forward(config: &QwenConfig, tokens: &[u32], len: usize, capacity: 
     Ok(())
 }
 
+/// Softmax scale of attention scores, 1/√D computed in f64 and stored as f32 (every backend).
+pub fn attention_scale(head_dim: usize) -> f32 {
+    (1.0 / (head_dim as f64).sqrt()) as f32
+}
+
+/// The checks every backend's `Model::new_sequence` makes on the requested KV capacity.
+pub fn check_capacity(config: &QwenConfig, max_seq_len: usize) -> Result<()> {
+    let limit = config.max_supported_seq_len();
+    if max_seq_len == 0 || max_seq_len > limit {
+        return Err(Error::invalid(format!(
+            "max_seq_len {max_seq_len} must be between 1 and {limit} (the model's limit, spec §3.2)"
+        )));
+    }
+    Ok(())
+}
+
 /// Dynamic-NTK alpha for a prefill of `prompt_len` tokens (spec §3.1):
 /// context_value = log2(L / S) + 1, alpha = max(1, 2^ceil(context_value) - 1); 1 when disabled.
 pub fn ntk_alpha(config: &QwenConfig, prompt_len: usize) -> f64 {

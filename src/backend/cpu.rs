@@ -465,7 +465,7 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], pos0: usize, h: usize, d: usiz
         k.len() / w,
         pos0 + t
     );
-    let scale = (1.0 / (d as f64).sqrt()) as f32;
+    let scale = model::attention_scale(d);
     // out as [T*H, D]: chunk i is token i / H, head i % H.
     out.par_chunks_mut(d)
         .enumerate()
@@ -688,12 +688,7 @@ impl Model for CpuModel {
         "cpu"
     }
     fn new_sequence(self: Arc<Self>, max_seq_len: usize) -> Result<Box<dyn Sequence>> {
-        let limit = self.config.max_supported_seq_len();
-        if max_seq_len == 0 || max_seq_len > limit {
-            return Err(Error::invalid(format!(
-                "max_seq_len {max_seq_len} must be between 1 and {limit} (the model's limit, spec §3.2)"
-            )));
-        }
+        model::check_capacity(&self.config, max_seq_len)?;
         let cache = KvCache::new(self.config.num_layers, self.config.proj_size(), max_seq_len);
         let inv_freq = model::inv_freq(&self.config, 1.0);
         Ok(Box::new(CpuSequence {

@@ -182,7 +182,8 @@ impl Launch {
 /// A device, its context, the kernel module and the compute stream used by tests and loading.
 pub struct Gpu {
     pub ctx: Arc<CudaContext>,
-    /// The stream for one-off work (tests, loading); each sequence makes its own.
+    /// The stream for one-off work (tests, loading, shared by every user of this `Gpu`: work on
+    /// it is ordered, not concurrent); each sequence makes its own.
     pub stream: Arc<CudaStream>,
     pub name: String,
     /// Compute capability (major, minor).
@@ -205,9 +206,22 @@ pub fn device_count() -> Result<usize> {
 }
 
 impl Gpu {
-    /// Open device `ordinal`, load the embedded kernels and resolve every entry point.
-    /// Each way this can fail is an `Error::Backend` that says which; never a panic.
+    /// Device `ordinal` with the embedded kernels loaded and every entry point resolved. Opened
+    /// once per process and shared (probe, load, every sequence, the tests), so the module is not
+    /// loaded again; a failure is not remembered. Each way this can fail is an `Error::Backend`
+    /// that says which; never a panic.
     pub fn open(ordinal: usize) -> Result<Arc<Gpu>> {
+        static OPENED: std::sync::Mutex<Vec<(usize, Arc<Gpu>)>> = std::sync::Mutex::new(Vec::new());
+        let mut opened = OPENED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, g)) = opened.iter().find(|(o, _)| *o == ordinal) {
+            return Ok(g.clone());
+        }
+        let g = Self::open_new(ordinal)?;
+        opened.push((ordinal, g.clone()));
+        Ok(g)
+    }
+
+    fn open_new(ordinal: usize) -> Result<Arc<Gpu>> {
         if !KERNELS_BUILT {
             return Err(Error::Backend("this build has no CUDA kernels (nvcc was not found at build time)".into()));
         }

@@ -27,6 +27,17 @@ use std::sync::Arc;
 /// instantiated decode graph.
 const SEQUENCE_RESERVE_BYTES: usize = 256 << 20;
 
+/// The GPU compute dtype for `--dtype`: auto and bf16 → bf16, f16 → f16; f32 is the CPU backend's.
+fn gpu_dtype(d: ComputeDType) -> Result<GpuDType> {
+    match d {
+        ComputeDType::Auto | ComputeDType::BF16 => Ok(GpuDType::BF16),
+        ComputeDType::F16 => Ok(GpuDType::F16),
+        ComputeDType::F32 => Err(Error::invalid(
+            "--dtype f32: the CUDA backend computes in bf16 or f16 (f32 is the CPU reference: --backend cpu)",
+        )),
+    }
+}
+
 /// A Qwen v1 model whose weights live on one GPU.
 pub struct CudaModel {
     gpu: Arc<Gpu>,
@@ -47,15 +58,7 @@ impl CudaModel {
                 format!("{} layers of weights for {} in the config", weights.layers.len(), config.num_layers),
             ));
         }
-        let dt = match opts.dtype {
-            ComputeDType::Auto | ComputeDType::BF16 => GpuDType::BF16,
-            ComputeDType::F16 => GpuDType::F16,
-            ComputeDType::F32 => {
-                return Err(Error::invalid(
-                    "--dtype f32: the CUDA backend computes in bf16 or f16 (f32 is the CPU reference: --backend cpu)",
-                ))
-            }
-        };
+        let dt = gpu_dtype(opts.dtype)?;
         if config.head_dim % 2 != 0 || config.head_dim > 256 {
             return Err(Error::bad_file(
                 &ck.dir,
@@ -70,15 +73,11 @@ impl CudaModel {
     /// A model of synth preset `p` (seed `seed`) generated on the GPU: the weights `synth_model`
     /// would write, without a file (`qwen-run bench --synth 7b`).
     pub fn synthetic(p: &SynthPreset, seed: u64, dtype: ComputeDType) -> Result<Self> {
-        let dt = match dtype {
-            ComputeDType::F16 => GpuDType::F16,
-            ComputeDType::F32 => return Err(Error::invalid("--dtype f32: the CUDA backend computes in bf16 or f16")),
-            _ => GpuDType::BF16,
-        };
-        let gpu = Gpu::open(0)?;
+        let dt = gpu_dtype(dtype)?;
         if p.num_layers == 0 {
             return Err(Error::invalid(format!("synth preset {}: no layers", p.name)));
         }
+        let gpu = Gpu::open(0)?;
         let (config, w) = synth_weights(&gpu, p, seed, dt)?;
         Ok(CudaModel { gpu, config, dt, w })
     }
@@ -152,18 +151,15 @@ pub struct CudaSequence {
     alpha: f64,
     /// Capture failed once (or QWEN_CUDA_GRAPH=0): decode launches kernel by kernel.
     no_graph: bool,
+    /// QWEN_ATTN=splitk: prefill attention on the split-K kernel too (a debugging aid).
+    splitk_prefill: bool,
     /// The context ids currently in `plan.ctx_ids` (for the repetition penalty on the GPU).
     ctx_on_device: Vec<u32>,
 }
 
 impl CudaSequence {
     fn new(model: Arc<CudaModel>, cap: usize) -> Result<Self> {
-        let limit = model.config.max_supported_seq_len();
-        if cap == 0 || cap > limit {
-            return Err(Error::invalid(format!(
-                "max_seq_len {cap} must be between 1 and {limit} (the model's limit, spec §3.2)"
-            )));
-        }
+        model::check_capacity(&model.config, cap)?;
         if cap > i32::MAX as usize {
             return Err(Error::invalid(format!("max_seq_len {cap} is beyond what the CUDA kernels index (2^31 - 1)")));
         }
@@ -201,6 +197,7 @@ impl CudaSequence {
             alpha: 1.0,
             graph: None,
             no_graph: std::env::var("QWEN_CUDA_GRAPH").is_ok_and(|v| v == "0"),
+            splitk_prefill: std::env::var("QWEN_ATTN").is_ok_and(|v| v == "splitk"),
             ctx_on_device: Vec::new(),
         };
         // The sampling flags must start zeroed (the kernels leave them zeroed).
@@ -265,7 +262,7 @@ impl CudaSequence {
             let pos = self.r(self.plan.pos0);
             return launch::attention_decode(g, s, dt, q, kc, vc, part_o, part_ml, att, pos, 1, h, d, cap, self.plan.split);
         }
-        if launch::attention_prefill_supports(d) && !std::env::var("QWEN_ATTN").is_ok_and(|v| v == "splitk") {
+        if launch::attention_prefill_supports(d) && !self.splitk_prefill {
             let pos = self.r(self.plan.pos0);
             return launch::attention_prefill(g, s, dt, q, kc, vc, att, pos, t, h, d, cap);
         }

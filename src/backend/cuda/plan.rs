@@ -200,10 +200,7 @@ mod tests {
     use super::*;
 
     fn cfg_7b() -> QwenConfig {
-        let json = r#"{"hidden_size":4096,"num_attention_heads":32,"num_hidden_layers":32,"intermediate_size":22016,
-            "vocab_size":151936,"seq_length":8192,"max_position_embeddings":32768,"kv_channels":128,
-            "layer_norm_epsilon":1e-6,"rotary_emb_base":10000,"rotary_pct":1.0,"use_dynamic_ntk":true,"use_logn_attn":true}"#;
-        QwenConfig::from_json_str(json, std::path::Path::new("config.json")).unwrap()
+        crate::synth::synth_config(&crate::synth::SynthPreset::seven_b()).unwrap()
     }
 
     #[test]

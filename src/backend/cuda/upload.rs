@@ -160,7 +160,7 @@ impl GpuWeights {
     }
 
     /// The region of the checkpoint tensor `name` (w1 / w2 are the two halves of `w12`).
-    fn region(&self, name: &str, dt: GpuDType) -> Option<DevSlice> {
+    fn region(&self, name: &str) -> Option<DevSlice> {
         match name {
             "transformer.wte.weight" => return Some(self.wte),
             "transformer.ln_f.weight" => return Some(self.ln_f),
@@ -171,7 +171,6 @@ impl GpuWeights {
         let (i, field) = rest.split_once('.')?;
         let l = self.layers.get(i.parse::<usize>().ok()?)?;
         let half = l.w12.bytes / 2;
-        let _ = dt;
         match field {
             "ln_1.weight" => Some(l.ln_1),
             "attn.c_attn.weight" => Some(l.c_attn_w),
@@ -214,7 +213,7 @@ pub fn upload_weights(gpu: &Gpu, w: &Weights, dt: GpuDType, progress: bool) -> R
         tensors.push(&w.lm_head);
     }
     let streamed = tensors.into_iter().try_for_each(|t| {
-        let dst = gw.region(&t.name, dt).ok_or_else(|| t.error("internal: no GPU region for this tensor"))?;
+        let dst = gw.region(&t.name).ok_or_else(|| t.error("internal: no GPU region for this tensor"))?;
         st.tensor(t, dt, dst)
     });
     // Wait for the copies in flight before anything (staging buffers, the weight buffer) is freed,
@@ -235,7 +234,7 @@ pub fn synth_weights(gpu: &Gpu, p: &SynthPreset, seed: u64, dt: GpuDType) -> Res
     let gw = GpuWeights::carve(gpu, &cfg, dt)?;
     for t in synth_tensors(p, seed) {
         let dst = gw
-            .region(&t.name, dt)
+            .region(&t.name)
             .ok_or_else(|| Error::Backend(format!("internal: no GPU region for synth tensor {}", t.name)))?;
         let n: usize = t.shape.iter().product();
         launch::fill_uniform(gpu, &gpu.stream, dt, dst, n, t.key, t.offset, t.scale)?;

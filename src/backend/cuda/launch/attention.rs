@@ -79,7 +79,7 @@ pub fn attention_prefill(
     }
     let grid = (dim_u32(t.div_ceil(BQ), "T / 64")?, dim_u32(h, "H")?, 1);
     let cfg = Launch::new(grid, THREADS, dim_u32(smem, "attention_prefill shared memory")?);
-    let scale = (1.0 / (d as f64).sqrt()) as f32;
+    let scale = crate::model::attention_scale(d);
     let args = [
         Arg::Ptr(q.ptr),
         Arg::Ptr(k_cache.ptr),

@@ -109,7 +109,7 @@ pub fn attention_decode(
     if n_splits > i32::MAX as usize {
         return Err(Error::Backend(format!("attention_decode: {n_splits} splits exceed the grid limit")));
     }
-    let scale = (1.0 / (d as f64).sqrt()) as f32;
+    let scale = crate::model::attention_scale(d);
 
     let name = format!("attention_decode_{}", dt.suffix());
     let cfg = Launch::new((ns32, h32, t32), DECODE_THREADS, 0);
