@@ -69,11 +69,13 @@ fn compare_rows(what: &str, gpu: &[f32], cpu: &[f32], v: usize, tol: f32) -> f32
     let mut worst_row = 0;
     let mut top1_agree = 0;
     let rows = cpu.len() / v;
+    let mut errs = Vec::with_capacity(rows);
     for r in 0..rows {
         let (g, c) = (&gpu[r * v..(r + 1) * v], &cpu[r * v..(r + 1) * v]);
         let scale = c.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
         let err = g.iter().zip(c).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
         assert!(err.is_finite(), "{what}: row {r} has non-finite logits");
+        errs.push(err);
         if err > worst {
             worst = err;
             worst_row = r;
@@ -87,6 +89,11 @@ fn compare_rows(what: &str, gpu: &[f32], cpu: &[f32], v: usize, tol: f32) -> f32
         }
     }
     eprintln!("{what}: {rows} rows, worst relative error {worst:.3e} (row {worst_row}), top-1 agrees on {top1_agree}/{rows}");
+    if rows > 256 {
+        // How the error moves along a long prompt (a step at a chunk edge would show here).
+        let bands: Vec<String> = errs.chunks(128).enumerate().map(|(i, b)| format!("{}:{:.1e}", i * 128, b.iter().fold(0f32, |m, &e| m.max(e)))).collect();
+        eprintln!("  worst per 128 rows: {}", bands.join(" "));
+    }
     assert!(worst <= tol, "{what}: relative error {worst:.3e} > {tol:.1e} at row {worst_row}");
     worst
 }
@@ -141,9 +148,43 @@ fn model_fixtures_match_cpu() {
 fn model_long_prompt_runs_in_chunks() {
     let Some(_gpu) = gpu("model_long_prompt_runs_in_chunks") else { return };
     // 1100 tokens > PREFILL_CHUNK (1024): two passes, the second attending to the first's cache.
-    let (cpu, gpu) = load_pair(&fixture("tiny-bf16"), GpuDType::BF16);
-    let v = cpu.config().vocab_size;
-    parity("tiny-bf16 chunked", &cpu, &gpu, &prompt(1100, v, 4), 4, 1200, rel_tol(GpuDType::BF16));
+    // seq_length 2048 keeps NTK alpha at 1 and logN off, so the rows measure the chunking alone,
+    // at the ordinary tolerance; a wrong cache offset in the second pass would be an O(1) error.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chunks");
+    synth_model(&path, &small_preset("chunks", 16, 2048), 11, &SynthOptions::default()).unwrap();
+    for dt in DTYPES {
+        let (cpu, gpu) = load_pair(&path, dt);
+        parity(&format!("chunks {dt:?}"), &cpu, &gpu, &prompt(1100, 512, 4), 4, 1200, rel_tol(dt));
+    }
+}
+
+#[test]
+fn model_far_past_seq_length() {
+    let Some(_gpu) = gpu("model_far_past_seq_length") else { return };
+    // 1100 tokens on tiny-bf16 (seq_length 16): NTK alpha 255 and logN up to ln(1100)/ln(16) = 2.53
+    // on the query, over two prefill chunks. logN multiplies every attention logit, and with it the
+    // logit error that the compute dtype's rounding of q and k causes, so the tolerance grows by it.
+    for dt in DTYPES {
+        let (cpu, gpu) = load_pair(&fixture("tiny-bf16"), dt);
+        let logn = qwen_rt::model::logn_scale(cpu.config(), 1099);
+        parity(&format!("tiny-bf16 {dt:?} T=1100 (logN {logn:.2})"), &cpu, &gpu, &prompt(1100, 512, 4), 4, 1200, rel_tol(dt) * logn);
+    }
+}
+
+/// A small synth preset with head dim 16 (C 64, H 4, L 2, F 192, V 512) and the given seq_length.
+fn small_preset(name: &str, head_dim: usize, seq_length: usize) -> SynthPreset {
+    SynthPreset {
+        name: name.into(),
+        hidden_size: 4 * head_dim,
+        num_heads: 4,
+        num_layers: 2,
+        intermediate_size: 384,
+        vocab_size: 512,
+        seq_length,
+        max_position_embeddings: 32768,
+        layer_norm_epsilon: 1e-6,
+    }
 }
 
 #[test]
