@@ -60,7 +60,7 @@ enum Cmd {
         model: ModelArgs,
         /// Benchmark a random-weight model of this preset (tiny or 7b) instead of --model: generated
         /// on the GPU with the CUDA backend (no file), written to a temporary directory for the CPU.
-        /// To measure the load path on the GPU, `qwen-run synth 7b DIR` and then `bench --model DIR`.
+        /// To measure the load path on the GPU, `qwen-run synth --preset 7b --out DIR` and then `bench --model DIR`.
         #[arg(long, conflicts_with = "model")]
         synth: Option<String>,
         /// Prompt lengths for prefill, comma separated [default: 128,512,2048 on the GPU, 16,128 on the CPU]
