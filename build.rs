@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::{env, fs};
 
+/// SASS targets; `QWEN_CUDA_ARCHS=90` (comma list) builds fewer, e.g. for a smaller binary to carry
+/// to one known GPU (tools/gpu_build.sh). compute_80 PTX is always embedded.
 const ARCHS: [&str; 4] = ["80", "86", "89", "90"];
 
 fn probe(nvcc: &Path) -> bool {
@@ -42,7 +44,7 @@ fn run(cmd: &mut Command, what: &str) {
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(no_cuda_kernels)");
-    for v in ["NVCC", "CUDA_HOME", "CUDA_PATH", "PATH", "QWEN_REQUIRE_KERNELS"] {
+    for v in ["NVCC", "CUDA_HOME", "CUDA_PATH", "PATH", "QWEN_REQUIRE_KERNELS", "QWEN_CUDA_ARCHS"] {
         println!("cargo::rerun-if-env-changed={v}");
     }
     println!("cargo::rerun-if-changed=cuda");
@@ -87,7 +89,14 @@ fn main() {
     let common = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"];
     let mut cmd = Command::new(&nvcc);
     cmd.arg("-fatbin").args(common).arg("-I").arg(&cuda_dir);
-    for a in ARCHS {
+    let archs: Vec<String> = match env::var("QWEN_CUDA_ARCHS") {
+        Ok(list) if !list.trim().is_empty() => list.split(',').map(|a| a.trim().to_string()).collect(),
+        _ => ARCHS.iter().map(|a| a.to_string()).collect(),
+    };
+    for a in &archs {
+        if a.is_empty() || !a.chars().all(|c| c.is_ascii_digit()) {
+            panic!("QWEN_CUDA_ARCHS: `{a}` is not an SM number like 90");
+        }
         cmd.arg(format!("-gencode=arch=compute_{a},code=sm_{a}"));
     }
     cmd.arg("-gencode=arch=compute_80,code=compute_80").arg(&unit).arg("-o").arg(&fatbin);

@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 T=${QWEN_TOOLS:-/tmp/qwen-ci-tools}
 export CUDA_HOME=${CUDA_HOME:-$(echo "$T"/cuda/lib/python3*/site-packages/nvidia/cu13)}
 export QWEN_REQUIRE_KERNELS=1
+# Only Hopper SASS (H100/H200; the PTX is there too), in a target dir of its own so the normal
+# build is not rebuilt: keeps what travels under the device tool's 64 MiB.
+export QWEN_CUDA_ARCHS=${QWEN_CUDA_ARCHS:-90} CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/gpu}
 msgs=$(mktemp)
 cargo build --release --bin qwen-run
 cargo test --release --test kernels --no-run --message-format=json >"$msgs"
@@ -23,7 +26,7 @@ for line in open(sys.argv[1]):
             dst = f"gpu-carry/{kind}-kernels"
             shutil.copy(m["executable"], dst); print("copied", m["executable"], "->", dst)
 PY
-cp target/release/qwen-run gpu-carry/
+cp "$CARGO_TARGET_DIR"/release/qwen-run gpu-carry/
 strip gpu-carry/* || true
 rm -f "$msgs"
 du -sh gpu-carry/*

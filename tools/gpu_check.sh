@@ -1,19 +1,65 @@
 #!/usr/bin/env bash
 # Run on the GPU machine from the repository root, with gpu-carry/ built by tools/gpu_build.sh.
-# Every log goes under $OUT (the device tool brings it back). Order: cheapest and most telling first.
+# Every log goes under $OUT (the device tool brings back at most 8 files). Steps, most telling first
+# (STEPS picks and orders them): tests (kernel + whole-model parity, chat on the tiny model; tests0:
+# the tests again with programmatic dependent launch off),
+# bench (qwen-run bench --synth 7b, then decode with each GEMV configuration: QWEN_GEMV=stages,bps),
+# gemv (the GEMV configuration sweep of the kernel bench), torch (a 7B model on disk: load path,
+# chat, tools/compare_torch.py side by side with transformers), kbench (every other kernel bench),
+# ncu (hardware counters of the decode GEMVs; Firecracker machines only).
+# The whole script keeps inside BUDGET seconds (default 470): each step gets at most what is left.
 set -uo pipefail
 OUT=${OUT:-/tmp/qwen-gpu-out}; mkdir -p "$OUT"
-export QWEN_REPO_ROOT=$PWD QWEN_REQUIRE_GPU=1 RUST_BACKTRACE=1
+export QWEN_REPO_ROOT=$PWD QWEN_REQUIRE_GPU=1 RUST_BACKTRACE=1 PYTHONUNBUFFERED=1
+deadline=$(( $(date +%s) + ${BUDGET:-470} ))
 # cuBLAS from the system CUDA or from PyTorch's wheels.
 for d in /usr/local/cuda/lib64 $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, "cu13", "lib") for p in nvidia.__path__))' 2>/dev/null); do
   if [ -d "$d" ]; then export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"; fi
 done
-{ nvidia-smi; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; ldd --version | head -1; echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"; } >"$OUT/env.txt" 2>&1
-run() { local name=$1; shift; echo "== $name: $*"; local t0=$(date +%s.%N)
-  timeout "${STEP_TIMEOUT:-420}" "$@" >"$OUT/$name.log" 2>&1; local rc=$?
-  echo "   rc=$rc ($(echo "$(date +%s.%N) - $t0" | bc) s)"; tail -5 "$OUT/$name.log"; }
-run kernels gpu-carry/test-kernels --test-threads=1 --nocapture
-run chat-tiny bash -c 'printf "Hello!\nCount to five.\n/exit\n" | gpu-carry/qwen-run chat --backend cuda --max-new-tokens 24 --seed 1'
-run bench-7b gpu-carry/qwen-run bench --backend cuda --synth 7b
-if [ "${KERNEL_BENCH:-1}" = 1 ]; then run bench-kernels gpu-carry/bench-kernels --bench --warm-up-time 1 --measurement-time 2; fi
+{ nvidia-smi; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv; ldd --version | head -1; uname -a; echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"; } >"$OUT/env.txt" 2>&1
+# run LOG STEP_SECONDS CMD...: append to $OUT/LOG.log, never past the deadline.
+run() { local log=$1 limit=$2; shift 2
+  local left=$(( deadline - $(date +%s) - 5 )); [ "$left" -lt "$limit" ] && limit=$left
+  if [ "$limit" -le 5 ]; then echo "== $*: no time left, not run" | tee -a "$OUT/$log.log"; return 1; fi
+  echo "== $* (<= ${limit}s)" | tee -a "$OUT/$log.log"; local t0=$(date +%s)
+  timeout "$limit" "$@" >>"$OUT/$log.log" 2>&1; local rc=$?
+  echo "   rc=$rc ($(( $(date +%s) - t0 )) s)" | tee -a "$OUT/$log.log"; tail -3 "$OUT/$log.log"; return $rc; }
+Q=gpu-carry/qwen-run
+tests_rc=0
+for step in ${STEPS:-tests bench gemv torch kbench}; do case $step in
+  tests)
+    run tests 150 gpu-carry/test-kernels --test-threads=1 --nocapture; tests_rc=$?
+    run tests 40 bash -c "printf 'Hello!\nCount to five.\n/exit\n' | $Q chat --backend cuda --max-new-tokens 24 --seed 1" ;;
+  tests0)
+    QWEN_PDL=0 run tests 150 gpu-carry/test-kernels --test-threads=1 ;;
+  bench)
+    # The defaults, then decode with each PDL mode (QWEN_PDL) x GEMV configuration (QWEN_GEMV),
+    # REPS times over, interleaved so drift shows as spread rather than as a difference.
+    run bench-7b 90 $Q bench --backend cuda --synth 7b
+    for pdl in ${PDL_MODES:-1}; do
+      run bench-7b 60 env QWEN_PDL=$pdl $Q bench --backend cuda --synth 7b --prefill 8000 --decode-prompt 8000 --decode 128
+    done
+    for rep in $(seq "${REPS:-1}"); do for pdl in ${PDL_MODES:-1}; do for cfg in ${GEMV_CONFIGS:-1,0 2,0 2,2 2,4 2,8}; do
+      run bench-7b 40 env QWEN_PDL=$pdl QWEN_GEMV=$cfg $Q bench --backend cuda --synth 7b --prefill 128,2048
+    done; done; done ;;
+  gemv)
+    run bench-kernels 120 gpu-carry/bench-kernels --bench --warm-up-time 0.5 --measurement-time 1 gemv ;;
+  torch)
+    run load-7b 60 bash -c "t0=\$(date +%s); $Q synth --preset 7b --out /tmp/q7b && echo \"synth: \$(( \$(date +%s) - t0 )) s\""
+    run load-7b 40 bash -c "printf 'Hello!\nCount to five.\n/exit\n' | $Q chat --backend cuda --model /tmp/q7b --max-new-tokens 16 --seed 1"
+    run load-7b 240 python3 tools/compare_torch.py --model /tmp/q7b --qwen-run $Q --out "$OUT/compare.json" ;;
+  kbench)
+    run bench-kernels 150 gpu-carry/bench-kernels --bench --warm-up-time 0.5 --measurement-time 1 "^(embedding|rmsnorm|swiglu|rotary|attention|gemm/|sampling)" ;;
+  ncu)
+    run ncu 90 ncu --clock-control none --graph-profiling node -k regex:gemv -c 8 --section SpeedOfLight --section MemoryWorkloadAnalysis \
+      $Q bench --backend cuda --synth 7b --prefill 1 --decode 2 --decode-prompt 4 ;;
+  *) echo "unknown step $step" ;;
+esac; done
+# A failed or hung test binary: each test alone, so one hang does not hide the others.
+if [ "$tests_rc" != 0 ]; then
+  for t in $(gpu-carry/test-kernels --list 2>/dev/null | sed -n 's/: test$//p'); do
+    run pertest 20 gpu-carry/test-kernels --exact "$t" --test-threads=1 --nocapture >/dev/null
+    echo "$t rc=$?" >>"$OUT/pertest-summary.txt"
+  done
+fi
 echo "logs in $OUT"
