@@ -305,6 +305,7 @@ extern "C" __global__ void __launch_bounds__(ADEC_THREADS)
 attention_decode_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k_cache, const __nv_bfloat16* v_cache,
                       float* part_o, float* part_ml, const uint32_t* pos0, uint32_t H, uint32_t D, uint32_t cap,
                       uint32_t split_len, uint32_t n_splits, float scale) {
+    pdl_begin();
     attention_decode_impl(q, k_cache, v_cache, part_o, part_ml, pos0, H, D, cap, split_len, n_splits, scale);
 }
 
@@ -312,17 +313,20 @@ extern "C" __global__ void __launch_bounds__(ADEC_THREADS)
 attention_decode_f16(const __half* q, const __half* k_cache, const __half* v_cache, float* part_o,
                      float* part_ml, const uint32_t* pos0, uint32_t H, uint32_t D, uint32_t cap, uint32_t split_len,
                      uint32_t n_splits, float scale) {
+    pdl_begin();
     attention_decode_impl(q, k_cache, v_cache, part_o, part_ml, pos0, H, D, cap, split_len, n_splits, scale);
 }
 
 extern "C" __global__ void __launch_bounds__(ADEC_COMBINE_THREADS)
 attention_decode_combine_bf16(const float* part_o, const float* part_ml, __nv_bfloat16* out, const uint32_t* pos0,
                               uint32_t H, uint32_t D, uint32_t cap, uint32_t split_len, uint32_t n_splits) {
+    pdl_begin();
     attention_decode_combine_impl(part_o, part_ml, out, pos0, H, D, cap, split_len, n_splits);
 }
 
 extern "C" __global__ void __launch_bounds__(ADEC_COMBINE_THREADS)
 attention_decode_combine_f16(const float* part_o, const float* part_ml, __half* out, const uint32_t* pos0,
                              uint32_t H, uint32_t D, uint32_t cap, uint32_t split_len, uint32_t n_splits) {
+    pdl_begin();
     attention_decode_combine_impl(part_o, part_ml, out, pos0, H, D, cap, split_len, n_splits);
 }

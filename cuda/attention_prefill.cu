@@ -330,11 +330,13 @@ extern "C" __global__ void __launch_bounds__(AP_THREADS)
     attention_prefill_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k_cache, const __nv_bfloat16* v_cache,
                            __nv_bfloat16* out, const uint32_t* pos0, uint32_t T, uint32_t H, uint32_t D, uint32_t cap,
                            float scale) {
+    pdl_begin();
     ap_dispatch(q, k_cache, v_cache, out, pos0, T, H, D, cap, scale);
 }
 
 extern "C" __global__ void __launch_bounds__(AP_THREADS)
     attention_prefill_f16(const __half* q, const __half* k_cache, const __half* v_cache, __half* out,
                           const uint32_t* pos0, uint32_t T, uint32_t H, uint32_t D, uint32_t cap, float scale) {
+    pdl_begin();
     ap_dispatch(q, k_cache, v_cache, out, pos0, T, H, D, cap, scale);
 }

@@ -33,10 +33,12 @@ __device__ void embedding_impl(const T* __restrict__ wte, const uint32_t* __rest
 
 extern "C" __global__ void embedding_bf16(const __nv_bfloat16* wte, const uint32_t* ids, float* out, uint32_t V,
                                           uint32_t C) {
+    pdl_begin();
     embedding_impl(wte, ids, out, V, C);
 }
 
 extern "C" __global__ void embedding_f16(const __half* wte, const uint32_t* ids, float* out, uint32_t V,
                                          uint32_t C) {
+    pdl_begin();
     embedding_impl(wte, ids, out, V, C);
 }

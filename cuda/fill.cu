@@ -27,9 +27,11 @@ __device__ void fill_uniform_impl(T* __restrict__ out, uint64_t n, uint64_t key,
 }
 
 extern "C" __global__ void fill_uniform_bf16(__nv_bfloat16* out, uint64_t n, uint64_t key, float offset, float scale) {
+    pdl_begin();
     fill_uniform_impl(out, n, key, offset, scale);
 }
 
 extern "C" __global__ void fill_uniform_f16(__half* out, uint64_t n, uint64_t key, float offset, float scale) {
+    pdl_begin();
     fill_uniform_impl(out, n, key, offset, scale);
 }

@@ -142,21 +142,25 @@ __device__ __forceinline__ void rms_impl(float* x, const float* y, const T* __re
 
 extern "C" __global__ void __launch_bounds__(RMS_BLOCK)
     rmsnorm_bf16(const float* x, const __nv_bfloat16* w, __nv_bfloat16* out, uint32_t C, float eps) {
+    pdl_begin();
     // ADD = false never writes x.
     rms_impl<__nv_bfloat16, false>(const_cast<float*>(x), nullptr, w, out, C, eps);
 }
 
 extern "C" __global__ void __launch_bounds__(RMS_BLOCK)
     rmsnorm_f16(const float* x, const __half* w, __half* out, uint32_t C, float eps) {
+    pdl_begin();
     rms_impl<__half, false>(const_cast<float*>(x), nullptr, w, out, C, eps);
 }
 
 extern "C" __global__ void __launch_bounds__(RMS_BLOCK)
     add_rmsnorm_bf16(float* x, const float* y, const __nv_bfloat16* w, __nv_bfloat16* out, uint32_t C, float eps) {
+    pdl_begin();
     rms_impl<__nv_bfloat16, true>(x, y, w, out, C, eps);
 }
 
 extern "C" __global__ void __launch_bounds__(RMS_BLOCK)
     add_rmsnorm_f16(float* x, const float* y, const __half* w, __half* out, uint32_t C, float eps) {
+    pdl_begin();
     rms_impl<__half, true>(x, y, w, out, C, eps);
 }

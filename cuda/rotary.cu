@@ -101,6 +101,7 @@ extern "C" __global__ void __launch_bounds__(ROPE_BLOCK)
     qkv_rope_append_bf16(const float* qkv, const __nv_bfloat16* bias, const float* inv_freq, const uint32_t* pos0,
                          __nv_bfloat16* q, __nv_bfloat16* k_cache, __nv_bfloat16* v_cache, uint32_t T, uint32_t H,
                          uint32_t D, uint32_t cap, uint32_t S, uint32_t use_logn) {
+    pdl_begin();
     rope_impl(qkv, bias, inv_freq, pos0, q, k_cache, v_cache, T, H, D, cap, S, use_logn);
 }
 
@@ -108,5 +109,6 @@ extern "C" __global__ void __launch_bounds__(ROPE_BLOCK)
     qkv_rope_append_f16(const float* qkv, const __half* bias, const float* inv_freq, const uint32_t* pos0,
                         __half* q, __half* k_cache, __half* v_cache, uint32_t T, uint32_t H, uint32_t D,
                         uint32_t cap, uint32_t S, uint32_t use_logn) {
+    pdl_begin();
     rope_impl(qkv, bias, inv_freq, pos0, q, k_cache, v_cache, T, H, D, cap, S, use_logn);
 }

@@ -124,6 +124,7 @@ __device__ __forceinline__ float smp_warp_sum(float v) {
 
 // flags[id] = 1 for every context id < V (duplicates write the same byte: benign).
 extern "C" __global__ void sample_mark_f32(const uint32_t* ctx_ids, uint32_t n_ctx, uint8_t* flags, uint32_t V) {
+    pdl_begin();
     const uint32_t stride = gridDim.x * blockDim.x;
     for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n_ctx; i += stride) {
         const uint32_t id = ctx_ids[i];
@@ -135,6 +136,7 @@ extern "C" __global__ void sample_mark_f32(const uint32_t* ctx_ids, uint32_t n_c
 // flag cleared, leaving the workspace zero for the next call).
 extern "C" __global__ void sample_process_f32(float* logits, uint32_t V, uint32_t vocab_len, uint8_t* flags,
                                               float penalty) {
+    pdl_begin();
     const uint32_t v = blockIdx.x * blockDim.x + threadIdx.x;
     if (v >= V) return;
     float x = logits[v];
@@ -151,6 +153,7 @@ extern "C" __global__ void sample_process_f32(float* logits, uint32_t V, uint32_
 extern "C" __global__ void __launch_bounds__(SMP_THREADS)
     sample_draw_f32(const float* logits, uint32_t V, uint32_t greedy, float temperature, uint32_t top_k,
                     float top_p, double u, float* probs, uint32_t* out_id) {
+    pdl_begin();
     __shared__ double red_d[SMP_WARPS];
     __shared__ float red_f[SMP_WARPS];
     __shared__ uint32_t red_u[SMP_WARPS];

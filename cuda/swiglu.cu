@@ -51,10 +51,12 @@ __device__ __forceinline__ void swiglu_impl(const float* __restrict__ upgate, T*
 
 extern "C" __global__ void __launch_bounds__(SWIGLU_BLOCK)
     swiglu_bf16(const float* upgate, __nv_bfloat16* out, uint32_t F, uint32_t T) {
+    pdl_begin();
     swiglu_impl(upgate, out, F, T);
 }
 
 extern "C" __global__ void __launch_bounds__(SWIGLU_BLOCK)
     swiglu_f16(const float* upgate, __half* out, uint32_t F, uint32_t T) {
+    pdl_begin();
     swiglu_impl(upgate, out, F, T);
 }

@@ -3,6 +3,7 @@
 //! K and V bytes streamed, n_keys · 2 (K, V) · P · 2 bytes, to compare with the ~3 TB/s of HBM; the
 //! partials (n_splits · H · (D + 2) · 4 bytes written and read back) and q / out are left out
 //! (< 2 % at 1024 keys).
+use crate::gpu_time;
 use criterion::{Criterion, Throughput};
 use qwen_rt::backend::cuda::device::{Gpu, GpuDType};
 use qwen_rt::backend::cuda::launch::{self, DecodeSplit};
@@ -30,26 +31,27 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
         gpu.set_u32(&gpu.stream, pos0.ptr(), (n_keys - 1) as u32).expect("pos0");
         g.throughput(Throughput::Bytes((n_keys * 2 * p * 2) as u64));
         g.bench_function(format!("bf16_H{h}_D{d}_T{t}_keys{n_keys}"), |b| {
-            b.iter(|| {
-                launch::attention_decode(
-                    gpu,
-                    &gpu.stream,
-                    dt,
-                    q.slice(),
-                    k.slice(),
-                    v.slice(),
-                    part_o.slice(),
-                    part_ml.slice(),
-                    out.slice(),
-                    pos0.slice(),
-                    t,
-                    h,
-                    d,
-                    cap,
-                    split,
-                )
-                .unwrap();
-                gpu.sync().unwrap();
+            b.iter_custom(|iters| {
+                gpu_time(gpu, iters, |_| {
+                    launch::attention_decode(
+                        gpu,
+                        &gpu.stream,
+                        dt,
+                        q.slice(),
+                        k.slice(),
+                        v.slice(),
+                        part_o.slice(),
+                        part_ml.slice(),
+                        out.slice(),
+                        pos0.slice(),
+                        t,
+                        h,
+                        d,
+                        cap,
+                        split,
+                    )
+                    .unwrap();
+                })
             })
         });
     }

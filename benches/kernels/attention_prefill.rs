@@ -3,6 +3,7 @@
 //! (query t sees t + 1 keys) number T(T+1)/2 per head, each costing D MACs for Q·Kᵀ and D for P·V,
 //! 2 flops per MAC: flops = 4 · D · H · T(T+1)/2. Criterion's elements/s is then FLOP/s
 //! (divide by 1e12 for TFLOP/s-equivalent; the softmax exps are not counted).
+use crate::gpu_time;
 use criterion::{Criterion, Throughput};
 use qwen_rt::backend::cuda::device::{Gpu, GpuDType};
 use qwen_rt::backend::cuda::launch;
@@ -28,23 +29,24 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
         let flops = 4 * d * h * (t * (t + 1) / 2);
         g.throughput(Throughput::Elements(flops as u64));
         g.bench_function(format!("bf16_H{h}_D{d}_T{t}"), |b| {
-            b.iter(|| {
-                launch::attention_prefill(
-                    gpu,
-                    &gpu.stream,
-                    dt,
-                    q.slice(),
-                    k.slice(),
-                    v.slice(),
-                    out.slice(),
-                    pos0.slice(),
-                    t,
-                    h,
-                    d,
-                    cap,
-                )
-                .unwrap();
-                gpu.sync().unwrap();
+            b.iter_custom(|iters| {
+                gpu_time(gpu, iters, |_| {
+                    launch::attention_prefill(
+                        gpu,
+                        &gpu.stream,
+                        dt,
+                        q.slice(),
+                        k.slice(),
+                        v.slice(),
+                        out.slice(),
+                        pos0.slice(),
+                        t,
+                        h,
+                        d,
+                        cap,
+                    )
+                    .unwrap();
+                })
             })
         });
     }

@@ -1,4 +1,5 @@
 //! `embedding` at Qwen-7B shape: gather T rows of C = 4096 from V = 151936 (bytes read + written).
+use crate::gpu_time;
 use criterion::{Criterion, Throughput};
 use qwen_rt::backend::cuda::device::{Gpu, GpuDType};
 use qwen_rt::backend::cuda::launch;
@@ -16,9 +17,10 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
         let out = gpu.alloc(t * cc * 4).expect("out");
         g.throughput(Throughput::Bytes((t * cc * (2 + 4)) as u64));
         g.bench_function(format!("bf16_T{t}"), |b| {
-            b.iter(|| {
-                launch::embedding(gpu, &gpu.stream, dt, wte.slice(), ids.slice(), out.slice(), t, v, cc).unwrap();
-                gpu.sync().unwrap();
+            b.iter_custom(|iters| {
+                gpu_time(gpu, iters, |_| {
+                    launch::embedding(gpu, &gpu.stream, dt, wte.slice(), ids.slice(), out.slice(), t, v, cc).unwrap();
+                })
             })
         });
     }

@@ -1,6 +1,7 @@
 //! Prefill GEMM through cuBLAS at the Qwen-7B projection shapes, T = 512 and 2048 tokens.
 //! Elements per iteration = 2·T·N·K flops (one multiply and one add per term), so the reported
 //! rate is FLOP/s.
+use crate::gpu_time;
 use criterion::{Criterion, Throughput};
 use qwen_rt::backend::cuda::device::{Gpu, GpuDType};
 use qwen_rt::backend::cuda::launch::Blas;
@@ -26,9 +27,10 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
             gpu.sync().expect("sync");
             g.throughput(Throughput::Elements((2 * t * n * k) as u64));
             g.bench_function(format!("bf16_T{t}_N{n}_K{k}"), |bch| {
-                bch.iter(|| {
-                    blas.gemm(dt, w.slice(), x.slice(), y.slice(), t, n, k).unwrap();
-                    gpu.sync().unwrap();
+                bch.iter_custom(|iters| {
+                    gpu_time(gpu, iters, |_| {
+                        blas.gemm(dt, w.slice(), x.slice(), y.slice(), t, n, k).unwrap();
+                    })
                 })
             });
         }

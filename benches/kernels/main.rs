@@ -1,11 +1,14 @@
 //! Criterion benchmarks of every CUDA kernel at Qwen-7B shapes, reporting bytes (GB/s) or flops
-//! (TFLOP/s) per iteration. The stream is synchronised inside the timed region. Without a GPU the
-//! bench prints `SKIP: no CUDA device` and registers nothing.
+//! (TFLOP/s) per iteration. Launches are enqueued back to back on one stream, as in the decode graph,
+//! and timed with CUDA events (`gpu_time`), so a figure is the kernel's time on the GPU, not the
+//! host's launch-and-wait round trip. Without a GPU the bench prints `SKIP: no CUDA device` and
+//! registers nothing.
 //!
 //! Run: `cargo bench --bench kernels` (add `-- rmsnorm` to pick a group).
 use criterion::Criterion;
 use qwen_rt::backend::cuda::device::Gpu;
 use std::sync::Arc;
+use std::time::Duration;
 
 mod attention_decode;
 mod attention_prefill;
@@ -16,6 +19,18 @@ mod rmsnorm;
 mod rotary;
 mod sampling;
 mod swiglu;
+
+/// Criterion's time for `iters` launches that `launch(i)` enqueues back to back on `gpu.stream`
+/// (no host sync between them), measured with CUDA events around them all.
+pub fn gpu_time(gpu: &Gpu, iters: u64, mut launch: impl FnMut(usize)) -> Duration {
+    let ms = gpu
+        .time_ms(&gpu.stream, || {
+            (0..iters as usize).for_each(&mut launch);
+            Ok(())
+        })
+        .expect("timing on the GPU");
+    Duration::from_secs_f64(ms / 1e3)
+}
 
 /// Every family's `register(c, gpu)` adds its groups.
 fn benches(c: &mut Criterion) {

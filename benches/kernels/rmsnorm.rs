@@ -2,6 +2,7 @@
 //! Bytes per iteration = DRAM traffic of one pass: rmsnorm reads x (4·T·C) and w (2·C) and writes
 //! out (2·T·C); add_rmsnorm also reads y (4·T·C) and writes x back (4·T·C). The second read of each
 //! row (the normalisation pass) hits L1/L2 and is not counted.
+use crate::gpu_time;
 use criterion::{Criterion, Throughput};
 use qwen_rt::backend::cuda::device::{Gpu, GpuDType};
 use qwen_rt::backend::cuda::launch;
@@ -24,17 +25,19 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
         gpu.sync().expect("sync");
         g.throughput(Throughput::Bytes((t * cc * (4 + 2) + cc * 2) as u64));
         g.bench_function(format!("bf16_T{t}"), |b| {
-            b.iter(|| {
-                launch::rmsnorm(gpu, &gpu.stream, dt, x.slice(), w.slice(), out.slice(), t, cc, eps).unwrap();
-                gpu.sync().unwrap();
+            b.iter_custom(|iters| {
+                gpu_time(gpu, iters, |_| {
+                    launch::rmsnorm(gpu, &gpu.stream, dt, x.slice(), w.slice(), out.slice(), t, cc, eps).unwrap();
+                })
             })
         });
         g.throughput(Throughput::Bytes((t * cc * (4 + 4 + 4 + 2) + cc * 2) as u64));
         g.bench_function(format!("add_bf16_T{t}"), |b| {
-            b.iter(|| {
-                launch::add_rmsnorm(gpu, &gpu.stream, dt, x.slice(), y.slice(), w.slice(), out.slice(), t, cc, eps)
-                    .unwrap();
-                gpu.sync().unwrap();
+            b.iter_custom(|iters| {
+                gpu_time(gpu, iters, |_| {
+                    launch::add_rmsnorm(gpu, &gpu.stream, dt, x.slice(), y.slice(), w.slice(), out.slice(), t, cc, eps)
+                        .unwrap();
+                })
             })
         });
     }

@@ -2,6 +2,7 @@
 //! (prefill), appending at pos0 = 0 into a 1024-row cache.
 //! Bytes per iteration = qkv read (4·T·3P) + bias (2·3P) + inv_freq (4·D/2) + q written (2·T·P)
 //! + k and v cache rows written (2·2·T·P).
+use crate::gpu_time;
 use criterion::{Criterion, Throughput};
 use qwen_rt::backend::cuda::device::{Gpu, GpuDType};
 use qwen_rt::backend::cuda::launch;
@@ -26,27 +27,28 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
         gpu.sync().expect("sync");
         g.throughput(Throughput::Bytes((t * 3 * p * 4 + 3 * p * 2 + d / 2 * 4 + t * p * 2 * 3) as u64));
         g.bench_function(format!("qkv_rope_append_bf16_T{t}"), |b| {
-            b.iter(|| {
-                launch::qkv_rope_append(
-                    gpu,
-                    &gpu.stream,
-                    dt,
-                    qkv.slice(),
-                    bias.slice(),
-                    inv.slice(),
-                    pos0.slice(),
-                    q.slice(),
-                    kc.slice(),
-                    vc.slice(),
-                    t,
-                    h,
-                    d,
-                    cap,
-                    8192,
-                    true,
-                )
-                .unwrap();
-                gpu.sync().unwrap();
+            b.iter_custom(|iters| {
+                gpu_time(gpu, iters, |_| {
+                    launch::qkv_rope_append(
+                        gpu,
+                        &gpu.stream,
+                        dt,
+                        qkv.slice(),
+                        bias.slice(),
+                        inv.slice(),
+                        pos0.slice(),
+                        q.slice(),
+                        kc.slice(),
+                        vc.slice(),
+                        t,
+                        h,
+                        d,
+                        cap,
+                        8192,
+                        true,
+                    )
+                    .unwrap();
+                })
             })
         });
     }

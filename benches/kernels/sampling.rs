@@ -7,6 +7,7 @@
 //! passes for top-p, +32 with top-k), all in one block; time per call is the number that matters
 //! next to a ~5 ms decode step. The logits buffer is rewritten in place by each call (penalty on the
 //! context ids compounds over iterations; harmless for timing).
+use crate::gpu_time;
 use criterion::{Criterion, Throughput};
 use qwen_rt::backend::cuda::device::Gpu;
 use qwen_rt::backend::cuda::launch;
@@ -34,23 +35,24 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
     g.throughput(Throughput::Bytes((v * 8) as u64));
     for (name, p) in [("qwen_defaults", qwen), ("greedy", SamplingParams::greedy()), ("top_k50_top_p0.8", topk)] {
         g.bench_function(format!("V{v}_{name}"), |b| {
-            b.iter(|| {
-                launch::sample(
-                    gpu,
-                    &gpu.stream,
-                    logits.slice(),
-                    v,
-                    151851,
-                    ctx.slice(),
-                    1000,
-                    &p,
-                    0.37,
-                    flags.slice(),
-                    probs.slice(),
-                    out.slice(),
-                )
-                .unwrap();
-                gpu.sync().unwrap();
+            b.iter_custom(|iters| {
+                gpu_time(gpu, iters, |_| {
+                    launch::sample(
+                        gpu,
+                        &gpu.stream,
+                        logits.slice(),
+                        v,
+                        151851,
+                        ctx.slice(),
+                        1000,
+                        &p,
+                        0.37,
+                        flags.slice(),
+                        probs.slice(),
+                        out.slice(),
+                    )
+                    .unwrap();
+                })
             })
         });
     }

@@ -1,5 +1,6 @@
 //! `swiglu` at Qwen-7B shape (F = 11008), T = 1 (decode) and 512 (prefill).
 //! Bytes per iteration = upgate read (4·T·2F) + out written (2·T·F).
+use crate::gpu_time;
 use criterion::{Criterion, Throughput};
 use qwen_rt::backend::cuda::device::{Gpu, GpuDType};
 use qwen_rt::backend::cuda::launch;
@@ -16,9 +17,10 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
         gpu.sync().expect("sync");
         g.throughput(Throughput::Bytes((t * 2 * f * 4 + t * f * 2) as u64));
         g.bench_function(format!("bf16_T{t}"), |b| {
-            b.iter(|| {
-                launch::swiglu(gpu, &gpu.stream, dt, upgate.slice(), out.slice(), t, f).unwrap();
-                gpu.sync().unwrap();
+            b.iter_custom(|iters| {
+                gpu_time(gpu, iters, |_| {
+                    launch::swiglu(gpu, &gpu.stream, dt, upgate.slice(), out.slice(), t, f).unwrap();
+                })
             })
         });
     }

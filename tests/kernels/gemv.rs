@@ -101,6 +101,11 @@ pub fn read_checked(gpu: &Gpu, buf: &DevBuf, vals: usize, what: &str) -> Vec<f32
 /// misaligned operands) times `w` (the oracle's W, already on the GPU), compared with the oracle.
 #[allow(clippy::too_many_arguments)]
 fn check(gpu: &Gpu, dt: GpuDType, w: DevSlice, oracle: &Oracle, n: usize, k: usize, b: usize, x_off: usize) {
+    check_with(gpu, dt, w, oracle, n, k, b, x_off, launch::GemvConfig::get());
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_with(gpu: &Gpu, dt: GpuDType, w: DevSlice, oracle: &Oracle, n: usize, k: usize, b: usize, x_off: usize, cfg: launch::GemvConfig) {
     let xv = rand_vec(b * k, 1000 + (n * 31 + k * 7 + b) as u64, 1.0);
     let bits = dt.encode(&xv);
     let x_host = dt.decode(&bits);
@@ -108,8 +113,8 @@ fn check(gpu: &Gpu, dt: GpuDType, w: DevSlice, oracle: &Oracle, n: usize, k: usi
     gpu.write(xbuf.ptr().offset(x_off), &bits).expect("upload x");
     let xs = xbuf.slice().sub(x_off, b * k * 2).unwrap();
     let (ybuf, ys) = poisoned_out(gpu, b * n);
-    let what = format!("gemv {dt:?} N{n} K{k} B{b} x+{x_off} w+{}", w.ptr.0 % 16);
-    launch::gemv(gpu, &gpu.stream, dt, w, xs, ys, n, k, b).unwrap();
+    let what = format!("gemv {dt:?} N{n} K{k} B{b} x+{x_off} w+{} {cfg:?}", w.ptr.0 % 16);
+    launch::gemv_with(gpu, &gpu.stream, dt, w, xs, ys, n, k, b, cfg).unwrap();
     let got = read_checked(gpu, &ybuf, b * n, &what);
     let (want, lim) = oracle.run(&x_host, b);
     assert_within(&what, &got, &want, &lim);
@@ -151,6 +156,26 @@ fn gemv_all_batch_sizes() {
 }
 
 #[test]
+fn gemv_every_config() {
+    let Some(gpu) = gpu("gemv_every_config") else { return };
+    // Both stage counts, one row per warp (0) and grids capped at 1 or 4 blocks per SM (each warp
+    // then streams several rows, its passes crossing row ends); vector and scalar paths.
+    let configs = [(1, 0), (2, 0), (1, 1), (2, 1), (2, 4)].map(|(stages, blocks_per_sm)| launch::GemvConfig { stages, blocks_per_sm });
+    for (n, k, bs) in [(22016, 4096, &[1usize, 2][..]), (4096, 11008, &[1][..]), (1003, 1032, &[1, 3, 4, 5, 8][..]), (1003, 129, &[3][..])] {
+        let w_f32 = rand_vec(n * k, 17 + (n + k) as u64, 1.0);
+        for dt in DTYPES {
+            let (w, w_host) = upload_dt(&gpu, dt, &w_f32);
+            let oracle = Oracle::new(&w_host, n, k);
+            for cfg in configs {
+                for &b in bs {
+                    check_with(&gpu, dt, w.slice(), &oracle, n, k, b, 0, cfg);
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn gemv_misaligned_operands() {
     let Some(gpu) = gpu("gemv_misaligned_operands") else { return };
     // K % 8 == 0 but x or W starts 2 or 8 bytes past a 16-byte boundary: the kernel must take the
@@ -185,6 +210,11 @@ fn gemv_rejects_bad_shapes() {
     for b in [0, launch::GEMV_MAX_B + 1] {
         let r = launch::gemv(&gpu, &gpu.stream, dt, w.slice(), x.slice(), y.slice(), n, k, b);
         assert!(r.is_err(), "gemv with B = {b} must be refused");
+    }
+    for stages in [0, 3] {
+        let cfg = launch::GemvConfig { stages, blocks_per_sm: 0 };
+        let r = launch::gemv_with(&gpu, &gpu.stream, dt, w.slice(), x.slice(), y.slice(), n, k, 1, cfg);
+        assert!(r.is_err(), "gemv with {stages} stages must be refused");
     }
     // y one value too small, w one row too small.
     let y_small = y.slice().sub(0, 2 * n * 4 - 4).unwrap();

@@ -120,6 +120,8 @@ def ptx_to_cpp(ptx, ops):
         return f'emu::ptx_cp_async({arg(m.group(1))}, {arg(m.group(2))}, {arg(m.group(3))}, {src_size})'
     if ptx == 'cp.async.commit_group':
         return 'emu::ptx_cp_commit()'
+    if ptx in ('griddepcontrol.wait', 'griddepcontrol.launch_dependents'):
+        return '((void)0)'  # PDL: the emulator runs kernels one after another, so there is nothing to wait for
     m = re.fullmatch(r'cp\.async\.wait_group\s+(%\d+|\d+)', ptx)
     if m:
         return f'emu::ptx_cp_wait({arg(m.group(1))})'

@@ -188,6 +188,12 @@ pub struct Gpu {
     pub name: String,
     /// Compute capability (major, minor).
     pub cc: (i32, i32),
+    /// Streaming multiprocessors (sizes persistent grids).
+    pub sms: u32,
+    /// Launch kernels with programmatic dependent launch (cuda/common.cuh: each may start while
+    /// the previous one finishes and waits for it in `pdl_wait`): compute capability 9.0+, unless
+    /// `QWEN_PDL=0`.
+    pub pdl: bool,
     _module: Arc<CudaModule>,
     functions: HashMap<&'static str, CudaFunction>,
 }
@@ -242,6 +248,10 @@ impl Gpu {
             )));
         }
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        let sms = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(cuda_err("reading the multiprocessor count"))?
+            .max(1) as u32;
         let module = ctx
             .load_module(cudarc::nvrtc::Ptx::from_binary(KERNELS_FATBIN.to_vec()))
             .map_err(cuda_err("loading the embedded kernels (fatbin sm_80/86/89/90 + compute_80 PTX)"))?;
@@ -256,7 +266,8 @@ impl Gpu {
         // SAFETY: no cudarc slice is shared between streams by this crate.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(cuda_err("creating a stream"))?;
-        Ok(Arc::new(Gpu { ctx, stream, name, cc, _module: module, functions }))
+        let pdl = cc.0 >= 9 && std::env::var("QWEN_PDL").map_or(true, |v| v != "0");
+        Ok(Arc::new(Gpu { ctx, stream, name, cc, sms, pdl, _module: module, functions }))
     }
 
     /// Device memory (free, total) in bytes.
@@ -356,26 +367,30 @@ impl Gpu {
         let bytes = (1usize << 30).min(free / 4).max(1 << 20);
         let (src, dst) = (self.alloc(bytes)?, self.alloc(bytes)?);
         let s = &self.stream;
-        let timed = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
-        let (start, end) = (
-            self.ctx.new_event(timed).map_err(cuda_err("creating an event"))?,
-            self.ctx.new_event(timed).map_err(cuda_err("creating an event"))?,
-        );
         let copy = || {
             // SAFETY: both buffers are live allocations of `bytes` bytes.
             unsafe { result::memcpy_dtod_async(dst.ptr().0, src.ptr().0, bytes, s.cu_stream()) }
                 .map_err(cuda_err("device-to-device copy"))
         };
         copy()?;
-        start.record(s).map_err(cuda_err("recording an event"))?;
         const REPS: usize = 10;
-        for _ in 0..REPS {
-            copy()?;
-        }
-        end.record(s).map_err(cuda_err("recording an event"))?;
-        end.synchronize().map_err(cuda_err("waiting for an event"))?;
-        let ms = start.elapsed_ms(&end).map_err(cuda_err("reading an event timer"))? as f64;
+        let ms = self.time_ms(s, || (0..REPS).try_for_each(|_| copy()))?;
         Ok((2 * bytes * REPS) as f64 / (ms / 1e3))
+    }
+
+    /// Milliseconds the GPU spends on the work `enqueue` puts on `stream` (events recorded before
+    /// and after it; waits for the end event).
+    pub fn time_ms(&self, stream: &CudaStream, enqueue: impl FnOnce() -> Result<()>) -> Result<f64> {
+        let timed = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let (start, end) = (
+            self.ctx.new_event(timed).map_err(cuda_err("creating an event"))?,
+            self.ctx.new_event(timed).map_err(cuda_err("creating an event"))?,
+        );
+        start.record(stream).map_err(cuda_err("recording an event"))?;
+        enqueue()?;
+        end.record(stream).map_err(cuda_err("recording an event"))?;
+        end.synchronize().map_err(cuda_err("waiting for an event"))?;
+        Ok(start.elapsed_ms(&end).map_err(cuda_err("reading an event timer"))? as f64)
     }
 
     /// The kernel `name` (an entry of `kernels::ENTRY_POINTS`).
@@ -406,8 +421,34 @@ impl Gpu {
         let f = self.function(name)?;
         let mut slots: Vec<u64> = args.iter().map(|a| a.slot()).collect();
         let mut params: Vec<*mut c_void> = slots.iter_mut().map(|s| s as *mut u64 as *mut c_void).collect();
-        result::launch_kernel(f.cu_function(), cfg.grid, cfg.block, cfg.smem, stream.cu_stream(), &mut params)
-            .map_err(|e| Error::Backend(format!("launching `{name}` (grid {:?}, block {:?}, smem {}): {e}", cfg.grid, cfg.block, cfg.smem)))
+        let failed = |e: result::DriverError| {
+            Error::Backend(format!("launching `{name}` (grid {:?}, block {:?}, smem {}): {e}", cfg.grid, cfg.block, cfg.smem))
+        };
+        if !self.pdl {
+            return result::launch_kernel(f.cu_function(), cfg.grid, cfg.block, cfg.smem, stream.cu_stream(), &mut params)
+                .map_err(failed);
+        }
+        // SAFETY: an all-zero CUlaunchAttribute is a valid value of this plain C struct/union.
+        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let config = sys::CUlaunchConfig {
+            gridDimX: cfg.grid.0,
+            gridDimY: cfg.grid.1,
+            gridDimZ: cfg.grid.2,
+            blockDimX: cfg.block.0,
+            blockDimY: cfg.block.1,
+            blockDimZ: cfg.block.2,
+            sharedMemBytes: cfg.smem,
+            hStream: stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        // SAFETY: as launch_kernel above (the caller's contract covers the arguments); `config`,
+        // `attr` and `params` outlive the call, which copies them.
+        unsafe { sys::cuLaunchKernelEx(&config, f.cu_function(), params.as_mut_ptr(), std::ptr::null_mut()) }
+            .result()
+            .map_err(failed)
     }
 }
 
