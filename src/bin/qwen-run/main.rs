@@ -517,7 +517,7 @@ fn cmd_bench(
     let t = std::time::Instant::now();
     let m = load(&margs)?;
     let secs = t.elapsed().as_secs_f64();
-    let mut report = run_bench(&m.model, m.max_seq_len, &lens, decode, decode_prompt)?;
+    let mut report = run_bench(&m.model, m.max_seq_len, &lens, decode, decode_prompt, &mut |_| Ok(()))?;
     report.load = Some((secs, "file, paged in".into()));
     print!("{}", report.table());
     println!("{}", report.json());
@@ -546,10 +546,12 @@ fn bench_cuda(margs: &ModelArgs, synth: Option<&str>, lens: &[usize], decode: us
     let gpu = cm.gpu().clone();
     let copy = gpu.copy_bandwidth()?;
     let model: Arc<dyn Model> = cm;
-    let mut report = run_bench(&model, max_seq_len, lens, decode, decode_prompt)?;
-    let (free, total) = gpu.mem_info()?;
+    let mut report = run_bench(&model, max_seq_len, lens, decode, decode_prompt, &mut |r| {
+        let (free, total) = gpu.mem_info()?;
+        r.device = Some(DeviceStats { name: gpu.name.clone(), copy_bytes_per_s: copy, mem_used_bytes: total - free });
+        Ok(())
+    })?;
     report.load = Some((secs, how.into()));
-    report.device = Some(DeviceStats { name: gpu.name.clone(), copy_bytes_per_s: copy, mem_used_bytes: total - free });
     print!("{}", report.table());
     println!("{}", report.json());
     Ok(())

@@ -215,6 +215,8 @@ pub struct BenchReport {
     pub decode_prompt: usize,
     pub decode_tokens: usize,
     pub decode_tok_s: f64,
+    /// Capacity (tokens) of the one sequence the run uses: the longest prefill or decode context.
+    pub context: usize,
     pub device: Option<DeviceStats>,
 }
 
@@ -223,7 +225,9 @@ pub struct DeviceStats {
     pub name: String,
     /// Measured device-to-device copy bandwidth, bytes read + written per second.
     pub copy_bytes_per_s: f64,
-    /// Device memory in use after the run (total - free): weights, KV cache, activations, context.
+    /// Device memory in use (total - free) at the end of the run, with its sequence still
+    /// allocated: weights, the plan and KV cache for `BenchReport::context` tokens, cuBLAS
+    /// workspace, the CUDA context.
     pub mem_used_bytes: usize,
 }
 
@@ -242,11 +246,12 @@ impl BenchReport {
         if let Some(d) = &self.device {
             let _ = writeln!(
                 s,
-                "GPU {} | device copy {:.0} GB/s | floor {:.1} tok/s | memory in use {:.2} GiB",
+                "GPU {} | device copy {:.0} GB/s | floor {:.1} tok/s | memory in use {:.2} GiB at {} tokens of context",
                 d.name,
                 d.copy_bytes_per_s / 1e9,
                 d.copy_bytes_per_s / self.bytes_per_token as f64,
-                d.mem_used_bytes as f64 / (1u64 << 30) as f64
+                d.mem_used_bytes as f64 / (1u64 << 30) as f64,
+                self.context
             );
         }
         let _ = writeln!(s, "{:<34} {:>12}", "measure", "value");
@@ -277,6 +282,7 @@ impl BenchReport {
             "gpu": self.device.as_ref().map(|d| d.name.clone()),
             "copy_gb_per_s": self.device.as_ref().map(|d| d.copy_bytes_per_s / 1e9),
             "mem_used_bytes": self.device.as_ref().map(|d| d.mem_used_bytes),
+            "context_tokens": self.context,
             "floor_fraction": self.floor_fraction(),
         })
         .to_string()
@@ -285,8 +291,16 @@ impl BenchReport {
 
 /// Prefill at each length (fresh sequence each), then decode `decode` tokens greedily (sampling on
 /// the model's backend, so on the GPU only the id crosses) after a `decode_prompt`-token prompt.
-/// Token ids are a fixed pseudo-random pattern below the vocab size.
-pub fn run_bench(model: &Arc<dyn Model>, max_seq_len: usize, prefill: &[usize], decode: usize, decode_prompt: usize) -> Result<BenchReport> {
+/// Token ids are a fixed pseudo-random pattern below the vocab size. `at_end` runs last, while the
+/// sequence is still allocated (the GPU bench reads memory in use there).
+pub fn run_bench(
+    model: &Arc<dyn Model>,
+    max_seq_len: usize,
+    prefill: &[usize],
+    decode: usize,
+    decode_prompt: usize,
+    at_end: &mut dyn FnMut(&mut BenchReport) -> Result<()>,
+) -> Result<BenchReport> {
     let cfg = model.config().clone();
     let ids = |n: usize| -> Vec<u32> { (0..n).map(|i| ((i as u64 * 7919 + 13) % cfg.vocab_size.min(151643) as u64) as u32).collect() };
     let decode_prompt = decode_prompt.max(1);
@@ -305,6 +319,7 @@ pub fn run_bench(model: &Arc<dyn Model>, max_seq_len: usize, prefill: &[usize], 
         decode_prompt,
         decode_tokens: decode,
         decode_tok_s: 0.0,
+        context: need,
         device: None,
     };
     let mut seq = model.clone().new_sequence(need)?;
@@ -333,6 +348,8 @@ pub fn run_bench(model: &Arc<dyn Model>, max_seq_len: usize, prefill: &[usize], 
         }
         report.decode_tok_s = decode as f64 / t.elapsed().as_secs_f64();
     }
+    at_end(&mut report)?;
+    drop(seq);
     Ok(report)
 }
 
