@@ -6,7 +6,7 @@
 # bench (qwen-run bench --synth 7b, then decode with each GEMV configuration: QWEN_GEMV=stages,bps),
 # gemv (the GEMV configuration sweep of the kernel bench), torch (a 7B model on disk: load path,
 # chat, tools/compare_torch.py side by side with transformers), kbench (every other kernel bench),
-# ncu (hardware counters of the decode GEMVs; Firecracker machines only).
+# ncu (every kernel's time and DRAM bytes in a short run; Firecracker machines only).
 # The whole script keeps inside BUDGET seconds (default 470): each step gets at most what is left.
 set -uo pipefail
 OUT=${OUT:-/tmp/qwen-gpu-out}; mkdir -p "$OUT"
@@ -51,8 +51,12 @@ for step in ${STEPS:-tests bench gemv torch kbench}; do case $step in
   kbench)
     run bench-kernels 150 gpu-carry/bench-kernels --bench --warm-up-time 0.5 --measurement-time 1 "^(embedding|rmsnorm|swiglu|rotary|attention|gemm/|sampling)" ;;
   ncu)
-    run ncu 90 ncu --clock-control none --graph-profiling node -k regex:gemv -c 8 --section SpeedOfLight --section MemoryWorkloadAnalysis \
-      $Q bench --backend cuda --synth 7b --prefill 1 --decode 2 --decode-prompt 4 ;;
+    # Every kernel of a short run (warm-up, prefill, two decode steps through the graph), one light
+    # metric pass each; summarised per kernel and grid by tools/ncu_summary.py.
+    run ncu 120 ncu --clock-control none --graph-profiling node --csv --page raw -c 2500 \
+      --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,launch__grid_size \
+      --log-file "$OUT/ncu.csv" $Q bench --backend cuda --synth 7b --prefill 1 --decode 2 --decode-prompt 4
+    run ncu 30 python3 tools/ncu_summary.py "$OUT/ncu.csv" --copy-gbps 4266 ;;
   *) echo "unknown step $step" ;;
 esac; done
 # A failed or hung test binary: each test alone, so one hang does not hide the others.
