@@ -9,7 +9,7 @@ Without a GPU (tiny model, both sides in f32 on the CPU; ours vs torch must agre
 Needs torch, transformers (5.x), safetensors, numpy; no internet, no tokenizer.
 
 The torch side is `transformers.Qwen2ForCausalLM` (--dtype, sdpa attention) with the Qwen v1 weights mapped
-onto it exactly as in tools/gen_model_fixtures.py: q/k/v_proj = rows 0..P, P..2P, 2P..3P of attn.c_attn
+onto it by tools/qwen_v1_map.py (as for the fixtures of tools/gen_model_fixtures.py): q/k/v_proj = rows 0..P, P..2P, 2P..3P of attn.c_attn
 (+ bias), o_proj = attn.c_proj, gate_proj = mlp.w2, up_proj = mlp.w1, down_proj = mlp.c_proj,
 input/post_attention_layernorm = ln_1/ln_2, norm = ln_f, embed_tokens = wte, lm_head = lm_head;
 rope_theta = rotary_emb_base, rms_norm_eps = layer_norm_epsilon, intermediate_size = config's // 2.
@@ -40,7 +40,6 @@ import argparse
 import inspect
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -49,6 +48,8 @@ import traceback
 
 import numpy as np
 import torch
+
+from qwen_v1_map import v1_to_qwen2
 
 GIB = float(1 << 30)
 
@@ -74,28 +75,6 @@ def qwen_v1_config(model_dir):
                 F=get("intermediate_size", "ffn_hidden_size") // 2, V=get("padded_vocab_size", "vocab_size"),
                 S=c.get("seq_length", 2048), base=float(c.get("rotary_emb_base", 10000.0)),
                 eps=float(c.get("layer_norm_epsilon", 1e-6)), rotary_pct=c.get("rotary_pct", 1.0))
-
-
-LAYER_MAP = {"attn.c_proj.weight": "self_attn.o_proj.weight", "mlp.w2.weight": "mlp.gate_proj.weight",
-             "mlp.w1.weight": "mlp.up_proj.weight", "mlp.c_proj.weight": "mlp.down_proj.weight",
-             "ln_1.weight": "input_layernorm.weight", "ln_2.weight": "post_attention_layernorm.weight"}
-TOP_MAP = {"transformer.wte.weight": "model.embed_tokens.weight", "transformer.ln_f.weight": "model.norm.weight",
-           "lm_head.weight": "lm_head.weight"}
-
-
-def v1_to_qwen2(name, t, P):
-    """[(Qwen2 parameter name, tensor)] for one Qwen v1 tensor (P = heads * head_dim)."""
-    if name in TOP_MAP:
-        return [(TOP_MAP[name], t)]
-    m = re.fullmatch(r"transformer\.h\.(\d+)\.(.+)", name)
-    if not m:
-        raise KeyError(f"unexpected tensor {name}")
-    q, rest = f"model.layers.{m[1]}.", m[2]
-    if rest in ("attn.c_attn.weight", "attn.c_attn.bias"):
-        kind = rest.rsplit(".", 1)[1]
-        return [(q + f"self_attn.{n}.{kind}", t[j * P:(j + 1) * P])
-                for j, n in enumerate(("q_proj", "k_proj", "v_proj"))]
-    return [(q + LAYER_MAP[rest], t)]
 
 
 def shard_files(model_dir):

@@ -42,6 +42,8 @@ from transformers import AttentionInterface, Qwen2Config, Qwen2ForCausalLM
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from transformers.models.qwen2.modeling_qwen2 import eager_attention_forward
 
+from qwen_v1_map import v1_to_qwen2
+
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data", "models")
 GREEDY_TOKENS = 8
 
@@ -195,22 +197,7 @@ def qwen2_reference(m, tensors, rope_theta):
                       use_sliding_window=False, tie_word_embeddings=False, hidden_act="silu")
     cfg._attn_implementation = "qwen_logn_eager"
     model = Qwen2ForCausalLM(cfg).float().eval()
-    f = {k: v.float() for k, v in tensors.items()}
-    sd = {"model.embed_tokens.weight": f["transformer.wte.weight"],
-          "model.norm.weight": f["transformer.ln_f.weight"],
-          "lm_head.weight": f["lm_head.weight"]}
-    for i in range(L):
-        p, q = f"transformer.h.{i}.", f"model.layers.{i}."
-        w, b = f[p + "attn.c_attn.weight"], f[p + "attn.c_attn.bias"]
-        for j, n in enumerate(["q_proj", "k_proj", "v_proj"]):
-            sd[q + f"self_attn.{n}.weight"] = w[j * P:(j + 1) * P]
-            sd[q + f"self_attn.{n}.bias"] = b[j * P:(j + 1) * P]
-        sd[q + "self_attn.o_proj.weight"] = f[p + "attn.c_proj.weight"]
-        sd[q + "mlp.gate_proj.weight"] = f[p + "mlp.w2.weight"]
-        sd[q + "mlp.up_proj.weight"] = f[p + "mlp.w1.weight"]
-        sd[q + "mlp.down_proj.weight"] = f[p + "mlp.c_proj.weight"]
-        sd[q + "input_layernorm.weight"] = f[p + "ln_1.weight"]
-        sd[q + "post_attention_layernorm.weight"] = f[p + "ln_2.weight"]
+    sd = {n: t for k, v in tensors.items() for n, t in v1_to_qwen2(k, v.float(), P)}
     missing, unexpected = model.load_state_dict(sd, strict=False)
     missing = [k for k in missing if "rotary_emb" not in k]
     assert not missing and not unexpected, (missing, unexpected)
