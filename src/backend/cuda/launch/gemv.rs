@@ -21,12 +21,21 @@ pub struct GemvConfig {
 }
 
 impl GemvConfig {
-    /// The default, or `QWEN_GEMV=STAGES,BLOCKS_PER_SM` (read once; for tuning runs).
+    /// The default, or `QWEN_GEMV=STAGES,BLOCKS_PER_SM` (read once; for tuning runs). A value that
+    /// does not parse is said on stderr, once, and the default used: a tuning run must not measure
+    /// the default while believing it measures something else.
     pub fn get() -> GemvConfig {
         static CFG: std::sync::OnceLock<GemvConfig> = std::sync::OnceLock::new();
-        *CFG.get_or_init(|| {
-            let env = std::env::var("QWEN_GEMV").ok();
-            env.as_deref().and_then(GemvConfig::parse).unwrap_or(GemvConfig::DEFAULT)
+        *CFG.get_or_init(|| match std::env::var("QWEN_GEMV") {
+            Err(_) => GemvConfig::DEFAULT,
+            Ok(v) => GemvConfig::parse(&v).unwrap_or_else(|| {
+                let d = GemvConfig::DEFAULT;
+                eprintln!(
+                    "warning: QWEN_GEMV={v:?} is not STAGES,BLOCKS_PER_SM with STAGES 1 or 2; using {},{}",
+                    d.stages, d.blocks_per_sm
+                );
+                d
+            }),
         })
     }
 
