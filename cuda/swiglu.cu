@@ -2,7 +2,8 @@
 //
 // What:    out[t, f] = T(up * (gate / (1 + expf(-gate)))),  up = upgate[t, f], gate = upgate[t, F + f]
 //          (up = w1(x), gate = w2(x); the executor stores w1 and w2 as one [2F, C] weight, so one
-//          matmul gives both halves). f32 math, full-precision expf (2 ulp; no __expf), IEEE divide.
+//          matmul gives both halves). f32 math, full-precision expf (2 ulp; no __expf), IEEE divide
+//          (`swiglu_one`, pointwise.cuh; gemv_swiglu in gemv.cu fuses the same math into the matmul).
 // Layout:  upgate [T, 2F] f32 (row t = up[F] ‖ gate[F]), out [T, F] T (T = bf16 / fp16).
 // Launch:  grid (T · B) with B = ceil(U / SWIGLU_BLOCK) blocks per row, block (SWIGLU_BLOCK = 256);
 //          U = F / 4 "units" of 4 values when F % 4 == 0 (then every up / gate row is 16-byte and
@@ -10,14 +11,11 @@
 //          Block b works on row t = b / B, units (b % B)·256 + threadIdx.x. The launcher
 //          (launch::swiglu, `swiglu_grid`) computes B with the same formula.
 // Oracle:  backend::cpu::swiglu (src/backend/cpu.rs); launcher launch::swiglu.
-#include "common.cuh"
+#include "pointwise.cuh"
 
 namespace {
 
 constexpr uint32_t SWIGLU_BLOCK = 256;
-
-// Exactly the CPU's expression: u * (g / (1 + exp(-g))). Large negative g: expf -> inf, g / inf = -0.
-__device__ __forceinline__ float swiglu_one(float u, float g) { return u * (g / (1.0f + expf(-g))); }
 
 template <typename T>
 __device__ __forceinline__ void swiglu_impl(const float* __restrict__ upgate, T* __restrict__ out, uint32_t F,

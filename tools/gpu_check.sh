@@ -2,8 +2,9 @@
 # Run on the GPU machine from the repository root, with gpu-carry/ built by tools/gpu_build.sh.
 # Every log goes under $OUT (the device tool brings back at most 8 files). Steps, most telling first
 # (STEPS picks and orders them): tests (kernel + whole-model parity, chat on the tiny model; tests0:
-# the tests again with programmatic dependent launch off),
-# bench (qwen-run bench --synth 7b, then decode with each GEMV configuration: QWEN_GEMV=stages,bps),
+# the tests again with programmatic dependent launch off; testsU: again with the GEMV epilogue
+# fusions off, QWEN_FUSE=0),
+# bench (qwen-run bench --synth 7b, then decode for each FUSE_MODES x PDL_MODES x GEMV_CONFIGS),
 # gemv (the GEMV configuration sweep of the kernel bench), torch (a 7B model on disk: load path,
 # chat, tools/compare_torch.py side by side with transformers), kbench (every other kernel bench),
 # ncu (every kernel's time and DRAM bytes in a short run; Firecracker machines only).
@@ -32,16 +33,20 @@ for step in ${STEPS:-tests bench gemv torch kbench}; do case $step in
     run tests 40 bash -c "printf 'Hello!\nCount to five.\n/exit\n' | $Q chat --backend cuda --max-new-tokens 24 --seed 1" ;;
   tests0)
     QWEN_PDL=0 run tests 150 gpu-carry/test-kernels --test-threads=1 ;;
+  testsU)
+    QWEN_FUSE=0 run tests 150 gpu-carry/test-kernels --test-threads=1 model ;;
   bench)
-    # The defaults, then decode with each PDL mode (QWEN_PDL) x GEMV configuration (QWEN_GEMV),
-    # REPS times over, interleaved so drift shows as spread rather than as a difference.
+    # The defaults, then decode with each fusion mode (QWEN_FUSE) x PDL mode (QWEN_PDL) x GEMV
+    # configuration (QWEN_GEMV), REPS times over, interleaved so drift shows as spread rather than
+    # as a difference.
     run bench-7b 90 $Q bench --backend cuda --synth 7b
     for pdl in ${PDL_MODES:-1}; do
       run bench-7b 60 env QWEN_PDL=$pdl $Q bench --backend cuda --synth 7b --prefill 8000 --decode-prompt 8000 --decode 128
     done
-    for rep in $(seq "${REPS:-1}"); do for pdl in ${PDL_MODES:-1}; do for cfg in ${GEMV_CONFIGS:-1,0 2,0 2,2 2,4 2,8}; do
-      run bench-7b 40 env QWEN_PDL=$pdl QWEN_GEMV=$cfg $Q bench --backend cuda --synth 7b --prefill 128,2048
-    done; done; done ;;
+    for rep in $(seq "${REPS:-1}"); do for fuse in ${FUSE_MODES:-1 0}; do for pdl in ${PDL_MODES:-1}; do
+      for cfg in ${GEMV_CONFIGS:-2,4 2,8}; do
+        run bench-7b 40 env QWEN_FUSE=$fuse QWEN_PDL=$pdl QWEN_GEMV=$cfg $Q bench --backend cuda --synth 7b --prefill 128,2048
+    done; done; done; done ;;
   gemv)
     run bench-kernels 120 gpu-carry/bench-kernels --bench --warm-up-time 0.5 --measurement-time 1 gemv ;;
   torch)

@@ -1,4 +1,5 @@
-//! `gemv` (decode, B = 1) at the Qwen-7B weight shapes, for each `GemvConfig` of the sweep. Bytes
+//! `gemv` (decode, B = 1) at the Qwen-7B weight shapes, for each `GemvConfig` of the sweep; then the
+//! fused epilogues (`gemv_swiglu`, `gemv_qkv_rope`) against the two launches they replace. Bytes
 //! per launch: W read once (N·K·2), plus x (K·2) and y written (N·4). The kernel is bound by
 //! streaming W, so GB/s against the device's DRAM bandwidth is the figure of merit.
 //!
@@ -23,15 +24,7 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
     let mut g = c.benchmark_group("gemv");
     // attn c_proj, c_attn (q‖k‖v), fused w1‖w2, mlp c_proj, lm_head.
     for (n, k) in [(4096usize, 4096usize), (12288, 4096), (22016, 4096), (4096, 11008), (151936, 4096)] {
-        let copies = ROTATE_BYTES.div_ceil(n * k * 2).max(1);
-        let ws: Vec<DevBuf> = (0..copies)
-            .map(|_| {
-                let w = gpu.alloc(n * k * 2).expect("alloc w");
-                // 0x3C3C: 1.18 in bf16 (1.05 in f16): finite values, the speed does not depend on them.
-                gpu.memset(&gpu.stream, w.ptr(), 0x3C, n * k * 2).expect("memset w");
-                w
-            })
-            .collect();
+        let (ws, copies) = weight_copies(gpu, n, k);
         let x = gpu.alloc(b * k * 2).expect("alloc x");
         gpu.memset(&gpu.stream, x.ptr(), 0x3C, b * k * 2).expect("memset x");
         let y = gpu.alloc(b * n * 4).expect("alloc y");
@@ -49,5 +42,90 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
             });
         }
     }
+    g.finish();
+    register_fused(c, gpu);
+}
+
+/// Copies of a [N, K] bf16 W totalling at least ROTATE_BYTES, and their count.
+fn weight_copies(gpu: &Gpu, n: usize, k: usize) -> (Vec<DevBuf>, usize) {
+    let copies = ROTATE_BYTES.div_ceil(n * k * 2).max(1);
+    let ws = (0..copies)
+        .map(|_| {
+            let w = gpu.alloc(n * k * 2).expect("alloc w");
+            // 0x3C3C: 1.18 in bf16 (1.05 in f16): finite values, the speed does not depend on them.
+            gpu.memset(&gpu.stream, w.ptr(), 0x3C, n * k * 2).expect("memset w");
+            w
+        })
+        .collect();
+    (ws, copies)
+}
+
+/// The decode step's two fusions at 7B shapes, default GemvConfig: "fused" is one launch,
+/// "unfused" the GEMV into f32 plus the pointwise kernel (what QWEN_FUSE=0 runs). Throughput is
+/// the weight bytes (what both must read).
+fn register_fused(c: &mut Criterion, gpu: &Arc<Gpu>) {
+    let (dt, cfg) = (GpuDType::BF16, GemvConfig::get());
+    let (h, d, k, f, cap) = (32usize, 128usize, 4096usize, 11008usize, 4096usize);
+    let p = h * d;
+    let mut g = c.benchmark_group("gemv_fused");
+    let buf = |bytes: usize| {
+        let b = gpu.alloc(bytes).expect("alloc");
+        gpu.memset(&gpu.stream, b.ptr(), 0x3C, bytes).expect("memset");
+        b
+    };
+    let x = buf(k * 2);
+    // w1‖w2 + SwiGLU: [2F, K] -> g [F].
+    let (ws, copies) = weight_copies(gpu, 2 * f, k);
+    let (upgate, gact) = (buf(2 * f * 4), buf(f * 2));
+    g.throughput(Throughput::Bytes((2 * f * k * 2) as u64));
+    g.bench_function("swiglu_bf16_F11008_K4096_fused", |bch| {
+        bch.iter_custom(|iters| {
+            gpu_time(gpu, iters, |i| {
+                let w = ws[i % copies].slice();
+                launch::gemv_swiglu(gpu, &gpu.stream, dt, w, x.slice(), gact.slice(), f, k, 1, cfg).unwrap();
+            })
+        })
+    });
+    g.bench_function("swiglu_bf16_F11008_K4096_unfused", |bch| {
+        bch.iter_custom(|iters| {
+            gpu_time(gpu, iters, |i| {
+                let w = ws[i % copies].slice();
+                launch::gemv_with(gpu, &gpu.stream, dt, w, x.slice(), upgate.slice(), 2 * f, k, 1, cfg).unwrap();
+                launch::swiglu(gpu, &gpu.stream, dt, upgate.slice(), gact.slice(), 1, f).unwrap();
+            })
+        })
+    });
+    drop(ws);
+    // c_attn + bias + RoPE + KV append: [3P, K] -> q, cache row 100.
+    let (ws, copies) = weight_copies(gpu, 3 * p, k);
+    let (bias, inv, pos) = (buf(3 * p * 2), buf(d / 2 * 4), gpu.alloc(4).expect("alloc pos0"));
+    gpu.set_u32(&gpu.stream, pos.ptr(), 100).expect("pos0");
+    let (qkv, q, kc, vc) = (buf(3 * p * 4), buf(p * 2), buf(cap * p * 2), buf(cap * p * 2));
+    g.throughput(Throughput::Bytes((3 * p * k * 2) as u64));
+    g.bench_function("qkv_rope_bf16_H32_D128_K4096_fused", |bch| {
+        bch.iter_custom(|iters| {
+            gpu_time(gpu, iters, |i| {
+                let w = ws[i % copies].slice();
+                launch::gemv_qkv_rope(
+                    gpu, &gpu.stream, dt, w, x.slice(), bias.slice(), inv.slice(), pos.slice(), q.slice(), kc.slice(),
+                    vc.slice(), k, h, d, cap, 8192, true, cfg,
+                )
+                .unwrap();
+            })
+        })
+    });
+    g.bench_function("qkv_rope_bf16_H32_D128_K4096_unfused", |bch| {
+        bch.iter_custom(|iters| {
+            gpu_time(gpu, iters, |i| {
+                let w = ws[i % copies].slice();
+                launch::gemv_with(gpu, &gpu.stream, dt, w, x.slice(), qkv.slice(), 3 * p, k, 1, cfg).unwrap();
+                launch::qkv_rope_append(
+                    gpu, &gpu.stream, dt, qkv.slice(), bias.slice(), inv.slice(), pos.slice(), q.slice(), kc.slice(),
+                    vc.slice(), 1, h, d, cap, 8192, true,
+                )
+                .unwrap();
+            })
+        })
+    });
     g.finish();
 }

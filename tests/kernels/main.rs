@@ -11,6 +11,7 @@ mod embedding;
 mod fill;
 mod gemm;
 mod gemv;
+mod gemv_fused;
 mod model;
 mod rmsnorm;
 mod rotary;

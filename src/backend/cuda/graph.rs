@@ -5,10 +5,12 @@
 //! A pass runs the tokens in the plan's `ids` at positions `pos0..` (both device scalars/buffers):
 //! embedding → L × [c_attn · qkv_rope_append · attention · c_proj · add_rmsnorm · w12 · swiglu ·
 //! mlp.c_proj · add_rmsnorm] → lm_head. The residual add is fused into the next norm (the last one
-//! is ln_f). A one-token pass (decode) is captured once as a CUDA graph and replayed: everything
-//! that changes between steps (the id, pos0, the NTK inverse frequencies) lives in device memory.
+//! is ln_f); at decode qkv_rope_append and swiglu run in the epilogue of the GEMV before them
+//! (`gemv_qkv_rope`, `gemv_swiglu`; swiglu also for prefill chunks of up to 8 tokens). A one-token
+//! pass (decode) is captured once as a CUDA graph and replayed: everything that changes between
+//! steps (the id, pos0, the NTK inverse frequencies) lives in device memory.
 use super::device::{cuda_err, gib, set_current, DevBuf, DevSlice, Gpu, GpuDType};
-use super::launch::{self, Blas, GEMV_MAX_B};
+use super::launch::{self, Blas, GemvConfig, GEMV_MAX_B};
 use super::plan::{Plan, Region, FALLBACK_ROWS, LOGIT_ROWS};
 use super::upload::{synth_weights, upload_weights, GpuWeights};
 use crate::synth::SynthPreset;
@@ -151,6 +153,9 @@ pub struct CudaSequence {
     alpha: f64,
     /// Capture failed once (or QWEN_CUDA_GRAPH=0): decode launches kernel by kernel.
     no_graph: bool,
+    /// The pointwise kernels after a GEMV run in its epilogue (`gemv_qkv_rope` at decode,
+    /// `gemv_swiglu` up to 8 tokens); QWEN_FUSE=0 launches them separately (same bits; for A/B runs).
+    fuse: bool,
     /// QWEN_ATTN=splitk: prefill attention on the split-K kernel too (a debugging aid).
     splitk_prefill: bool,
     /// The context ids currently in `plan.ctx_ids` (for the repetition penalty on the GPU).
@@ -197,6 +202,7 @@ impl CudaSequence {
             alpha: 1.0,
             graph: None,
             no_graph: std::env::var("QWEN_CUDA_GRAPH").is_ok_and(|v| v == "0"),
+            fuse: !std::env::var("QWEN_FUSE").is_ok_and(|v| v == "0"),
             splitk_prefill: std::env::var("QWEN_ATTN").is_ok_and(|v| v == "splitk"),
             ctx_on_device: Vec::new(),
         };
@@ -303,15 +309,27 @@ impl CudaSequence {
         launch::rmsnorm(g, s, dt, x, m.w.layers[0].ln_1, a, t, c, eps)?;
         for (l, lw) in m.w.layers.iter().enumerate() {
             let (kc, vc) = self.kv(l)?;
-            self.matmul(lw.c_attn_w, a, qkv, t, 3 * p, c)?;
-            launch::qkv_rope_append(
-                g, s, dt, qkv, lw.c_attn_b, inv_freq, pos, q, kc, vc, t, h, d, pl.cap, cfg.seq_length, cfg.use_logn_attn,
-            )?;
+            if t == 1 && self.fuse {
+                launch::gemv_qkv_rope(
+                    g, s, dt, lw.c_attn_w, a, lw.c_attn_b, inv_freq, pos, q, kc, vc, c, h, d, pl.cap, cfg.seq_length,
+                    cfg.use_logn_attn, GemvConfig::get(),
+                )?;
+            } else {
+                self.matmul(lw.c_attn_w, a, qkv, t, 3 * p, c)?;
+                launch::qkv_rope_append(
+                    g, s, dt, qkv, lw.c_attn_b, inv_freq, pos, q, kc, vc, t, h, d, pl.cap, cfg.seq_length,
+                    cfg.use_logn_attn,
+                )?;
+            }
             self.attention(q, kc, vc, att, t, pos0)?;
             self.matmul(lw.c_proj, att, y, t, c, p)?;
             launch::add_rmsnorm(g, s, dt, x, y, lw.ln_2, a, t, c, eps)?;
-            self.matmul(lw.w12, a, upgate, t, 2 * f, c)?;
-            launch::swiglu(g, s, dt, upgate, gact, t, f)?;
+            if t <= GEMV_MAX_B && self.fuse {
+                launch::gemv_swiglu(g, s, dt, lw.w12, a, gact, f, c, t, GemvConfig::get())?;
+            } else {
+                self.matmul(lw.w12, a, upgate, t, 2 * f, c)?;
+                launch::swiglu(g, s, dt, upgate, gact, t, f)?;
+            }
             self.matmul(lw.mlp_c_proj, gact, y, t, c, f)?;
             let next = m.w.layers.get(l + 1).map_or(m.w.ln_f, |n| n.ln_1);
             launch::add_rmsnorm(g, s, dt, x, y, next, a, t, c, eps)?;

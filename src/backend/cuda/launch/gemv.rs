@@ -1,5 +1,8 @@
 //! `gemv_{bf16,f16}` (cuda/gemv.cu): the decode matmul for B <= 8 rows; oracle `cpu::matmul`.
-use super::dim_u32;
+//! `gemv_swiglu_*` and `gemv_qkv_rope_*`: the same matmul with swiglu.cu / rotary.cu fused into its
+//! epilogue (oracle: `cpu::matmul`, then `cpu::swiglu` / `cpu::rope` + `model::logn_scale`).
+use super::rotary::QKV_ROPE_MAX_D;
+use super::{dim_u32, f32_bytes};
 use crate::backend::cuda::device::{Arg, DevSlice, Gpu, GpuDType, Launch};
 use crate::error::{Error, Result};
 use cudarc::driver::CudaStream;
@@ -49,7 +52,8 @@ impl GemvConfig {
         Some(GemvConfig { stages, blocks_per_sm: b.trim().parse().ok()? })
     }
 
-    /// Blocks for N rows on a device with `sms` multiprocessors.
+    /// Blocks for `n` items (rows, or row pairs of a fused epilogue) on a device with `sms`
+    /// multiprocessors.
     fn grid(self, n: usize, sms: u32) -> usize {
         let one_row_per_warp = n.div_ceil(GEMV_WARPS as usize);
         match self.blocks_per_sm {
@@ -91,42 +95,167 @@ pub fn gemv_with(
     b: usize,
     cfg: GemvConfig,
 ) -> Result<()> {
-    if b == 0 || b > GEMV_MAX_B {
-        return Err(Error::Backend(format!("internal: gemv batch B = {b}, supported 1..={GEMV_MAX_B}")));
-    }
-    if !(1..=2).contains(&cfg.stages) {
-        return Err(Error::Backend(format!("internal: gemv stages = {}, supported 1 or 2", cfg.stages)));
-    }
-    let (n32, k32, b32) = (dim_u32(n, "gemv N")?, dim_u32(k, "gemv K")?, dim_u32(b, "gemv B")?);
-    // u32 · u32 · small constant: no overflow in usize (64-bit).
-    w.need(n * k * dt.size(), "gemv w [N, K]")?;
-    x.need(b * k * dt.size(), "gemv x [B, K]")?;
-    y.need(b * n * 4, "gemv y [B, N]")?;
-    if n == 0 {
-        return Ok(());
-    }
-    let grid = cfg.grid(n, gpu.sms);
-    // The kernel counts one warp's rows x passes in u32 (at most ceil(N / warps) x ceil(K / 256)).
-    let warps = grid as u64 * GEMV_WARPS;
-    if (n as u64).div_ceil(warps) * (k as u64).div_ceil(256).max(1) > u32::MAX as u64 {
-        return Err(Error::Backend(format!("internal: gemv N {n} x K {k} is too large for {grid} blocks")));
-    }
-    let grid = dim_u32(grid, "gemv grid")?;
+    let Some(launch) = gemv_grid(gpu, "gemv", w, x, n, 1, k, b, dt, cfg)? else { return Ok(()) };
+    y.need(f32_bytes(b * n), "gemv y [B, N]")?;
     let name = format!("gemv_{}", dt.suffix());
-    let launch = Launch::new((grid, 1, 1), GEMV_BLOCK, 0);
     let args = [
         Arg::Ptr(w.ptr),
         Arg::Ptr(x.ptr),
         Arg::Ptr(y.ptr),
-        Arg::U32(n32),
-        Arg::U32(k32),
-        Arg::U32(b32),
+        Arg::U32(dim_u32(n, "gemv N")?),
+        Arg::U32(dim_u32(k, "gemv K")?),
+        Arg::U32(dim_u32(b, "gemv B")?),
         Arg::U32(cfg.stages),
     ];
-    // SAFETY: w holds [N, K] T, x [B, K] T, y [B, N] f32 (checked above), 1 <= B <= 8; the kernel
-    // (warp g takes rows g, g + warps, ... < N) reads w rows n < N at k < K (loads past a row's end
-    // are clamped into the row), x rows b < B at k < K, and writes y[b, n] for b < B, n < N only.
+    // SAFETY: w holds [N, K] T, x [B, K] T (gemv_grid), y [B, N] f32 (above), 1 <= B <= 8; the
+    // kernel (warp g takes rows g, g + warps, ... < N) reads w rows n < N at k < K (loads past a
+    // row's end are clamped into the row), x rows b < B at k < K, and writes y[b, n] for b < B,
+    // n < N only.
     unsafe { gpu.launch(s, &name, launch, &args) }
+}
+
+/// The matmul with SwiGLU fused into its epilogue: `out[b, f] = T(up · silu(gate))` with
+/// up = `w[f] · x[b]`, gate = `w[F + f] · x[b]` (f32 sums, exactly `gemv` + `swiglu`'s bits):
+/// w `[2F, K]` T (the executor's w1 ‖ w2), x `[B, K]` T, out `[B, F]` T, B in 1..=`GEMV_MAX_B`;
+/// `cfg` as `gemv_with` (the executor passes `GemvConfig::get()`).
+#[allow(clippy::too_many_arguments)]
+pub fn gemv_swiglu(
+    gpu: &Gpu,
+    s: &CudaStream,
+    dt: GpuDType,
+    w: DevSlice,
+    x: DevSlice,
+    out: DevSlice,
+    f: usize,
+    k: usize,
+    b: usize,
+    cfg: GemvConfig,
+) -> Result<()> {
+    let Some(launch) = gemv_grid(gpu, "gemv_swiglu", w, x, f, 2, k, b, dt, cfg)? else { return Ok(()) };
+    out.need(b * f * dt.size(), "gemv_swiglu out [B, F]")?;
+    let name = format!("gemv_swiglu_{}", dt.suffix());
+    let args = [
+        Arg::Ptr(w.ptr),
+        Arg::Ptr(x.ptr),
+        Arg::Ptr(out.ptr),
+        Arg::U32(dim_u32(f, "gemv_swiglu F")?),
+        Arg::U32(dim_u32(k, "gemv_swiglu K")?),
+        Arg::U32(dim_u32(b, "gemv_swiglu B")?),
+        Arg::U32(cfg.stages),
+    ];
+    // SAFETY: w holds [2F, K] T, x [B, K] T (gemv_grid), out [B, F] T (above), 1 <= B <= 8; warp g
+    // takes items f = g, g + warps, ... < F, reads w rows f and F + f (< 2F) at k < K (clamped into
+    // the row) and x rows b < B, and writes out[b, f] for b < B, f < F only.
+    unsafe { gpu.launch(s, &name, launch, &args) }
+}
+
+/// The QKV matmul with `qkv_rope_append` fused into its epilogue, for one token (decode): bias add,
+/// rotate-half RoPE at p = `*pos0`, logN on q, q → `q` `[1, P]` T, k / v → row p of `k_cache` /
+/// `v_cache` `[cap, P]` T (nothing at all when p >= cap). w `[3P, K]` T (c_attn), x `[1, K]` T,
+/// bias `[3P]` T, inv_freq `[D/2]` f32, pos0 `[1]` u32 (device scalar); P = H·D, D even, <= 256.
+/// Stores exactly what `gemv` + `qkv_rope_append` store; `cfg` as `gemv_with`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemv_qkv_rope(
+    gpu: &Gpu,
+    s: &CudaStream,
+    dt: GpuDType,
+    w: DevSlice,
+    x: DevSlice,
+    bias: DevSlice,
+    inv_freq: DevSlice,
+    pos0: DevSlice,
+    q: DevSlice,
+    k_cache: DevSlice,
+    v_cache: DevSlice,
+    k: usize,
+    h: usize,
+    d: usize,
+    cap: usize,
+    seq_length: usize,
+    use_logn: bool,
+    cfg: GemvConfig,
+) -> Result<()> {
+    if h == 0 || d == 0 || d % 2 != 0 || d > QKV_ROPE_MAX_D {
+        return Err(Error::Backend(format!(
+            "internal: gemv_qkv_rope needs H >= 1 and an even head dim 2..={QKV_ROPE_MAX_D}, got H = {h}, D = {d}"
+        )));
+    }
+    let p = h * d;
+    // Items: the 3P/2 pairs (x[j], x[j + D/2]) of q, k and v; one token (the kernel instantiates B = 1).
+    let Some(launch) = gemv_grid(gpu, "gemv_qkv_rope", w, x, 3 * p / 2, 2, k, 1, dt, cfg)? else { return Ok(()) };
+    bias.need(3 * p * dt.size(), "gemv_qkv_rope bias [3P]")?;
+    inv_freq.need(f32_bytes(d / 2), "gemv_qkv_rope inv_freq [D/2]")?;
+    pos0.need(4, "gemv_qkv_rope pos0 [1]")?;
+    q.need(p * dt.size(), "gemv_qkv_rope q [1, P]")?;
+    k_cache.need(cap * p * dt.size(), "gemv_qkv_rope k_cache [cap, P]")?;
+    v_cache.need(cap * p * dt.size(), "gemv_qkv_rope v_cache [cap, P]")?;
+    let name = format!("gemv_qkv_rope_{}", dt.suffix());
+    let args = [
+        Arg::Ptr(w.ptr),
+        Arg::Ptr(x.ptr),
+        Arg::Ptr(bias.ptr),
+        Arg::Ptr(inv_freq.ptr),
+        Arg::Ptr(pos0.ptr),
+        Arg::Ptr(q.ptr),
+        Arg::Ptr(k_cache.ptr),
+        Arg::Ptr(v_cache.ptr),
+        Arg::U32(dim_u32(k, "gemv_qkv_rope K")?),
+        Arg::U32(1),
+        Arg::U32(cfg.stages),
+        Arg::U32(dim_u32(h, "H")?),
+        Arg::U32(dim_u32(d, "D")?),
+        Arg::U32(dim_u32(cap, "cap")?),
+        Arg::U32(dim_u32(seq_length, "seq_length")?),
+        Arg::U32(use_logn as u32),
+    ];
+    // SAFETY: w holds [3P, K] T and x [1, K] T (gemv_grid), bias [3P] T, inv_freq [D/2] f32, pos0 one
+    // u32, q [1, P] T, both caches [cap, P] T (above). Warp g takes pairs i = g, g + warps, ... < 3P/2,
+    // reads w rows (i / (D/2))·D + i % (D/2) and that + D/2 (< 3P) at k < K, bias at those rows,
+    // inv_freq[i % (D/2)] and pos0; it writes only when p = *pos0 < cap (64-bit): two columns of
+    // head (i / (D/2)) % H in q, or in row p of the k or v cache.
+    unsafe { gpu.launch(s, &name, launch, &args) }
+}
+
+/// The checks every gemv-family launch shares, and its launch shape: `items` work items of
+/// `rows_per_item` weight rows each (w `[items · rows_per_item, K]` T), x `[B, K]` T, B in
+/// 1..=`GEMV_MAX_B`, a valid configuration, and one warp's items × rows × passes within the
+/// kernel's u32 step counter. None when there are no items (nothing to launch).
+#[allow(clippy::too_many_arguments)]
+fn gemv_grid(
+    gpu: &Gpu,
+    what: &str,
+    w: DevSlice,
+    x: DevSlice,
+    items: usize,
+    rows_per_item: usize,
+    k: usize,
+    b: usize,
+    dt: GpuDType,
+    cfg: GemvConfig,
+) -> Result<Option<Launch>> {
+    if b == 0 || b > GEMV_MAX_B {
+        return Err(Error::Backend(format!("internal: {what} batch B = {b}, supported 1..={GEMV_MAX_B}")));
+    }
+    if !(1..=2).contains(&cfg.stages) {
+        return Err(Error::Backend(format!("internal: {what} stages = {}, supported 1 or 2", cfg.stages)));
+    }
+    let rows = items * rows_per_item;
+    dim_u32(rows, "gemv rows")?;
+    dim_u32(k, "gemv K")?;
+    // u32 · u32 · small constant: no overflow in usize (64-bit).
+    w.need(rows * k * dt.size(), &format!("{what} w [rows, K]"))?;
+    x.need(b * k * dt.size(), &format!("{what} x [B, K]"))?;
+    if items == 0 {
+        return Ok(None);
+    }
+    let grid = cfg.grid(items, gpu.sms);
+    // The kernel counts one warp's items x rows x passes in u32 (passes <= ceil(K / 256)).
+    let warps = grid as u64 * GEMV_WARPS;
+    let steps = (items as u64).div_ceil(warps) * rows_per_item as u64 * (k as u64).div_ceil(256).max(1);
+    if steps > u32::MAX as u64 {
+        return Err(Error::Backend(format!("internal: {what} of {rows} x {k} is too large for {grid} blocks")));
+    }
+    Ok(Some(Launch::new((dim_u32(grid, "gemv grid")?, 1, 1), GEMV_BLOCK, 0)))
 }
 
 #[cfg(test)]
