@@ -27,33 +27,40 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
     let pos0 = alloc(4, 0);
     gpu.sync().expect("sync");
     let mut g = c.benchmark_group("attention_decode");
+    let counters = alloc(t * h * 4, 0);
     for n_keys in [1024usize, 4096, 8192] {
         gpu.set_u32(&gpu.stream, pos0.ptr(), (n_keys - 1) as u32).expect("pos0");
         g.throughput(Throughput::Bytes((n_keys * 2 * p * 2) as u64));
-        g.bench_function(format!("bf16_H{h}_D{d}_T{t}_keys{n_keys}"), |b| {
-            b.iter_custom(|iters| {
-                gpu_time(gpu, iters, |_| {
-                    launch::attention_decode(
-                        gpu,
-                        &gpu.stream,
-                        dt,
-                        q.slice(),
-                        k.slice(),
-                        v.slice(),
-                        part_o.slice(),
-                        part_ml.slice(),
-                        out.slice(),
-                        pos0.slice(),
-                        t,
-                        h,
-                        d,
-                        cap,
-                        split,
-                    )
-                    .unwrap();
+        // Separate combine kernel, then the combine fused into the split kernel (the executor's default).
+        for fused in [false, true] {
+            let c = fused.then(|| counters.slice());
+            let name = format!("bf16_H{h}_D{d}_T{t}_keys{n_keys}{}", if fused { "_fused" } else { "" });
+            g.bench_function(name, |b| {
+                b.iter_custom(|iters| {
+                    gpu_time(gpu, iters, |_| {
+                        launch::attention_decode(
+                            gpu,
+                            &gpu.stream,
+                            dt,
+                            q.slice(),
+                            k.slice(),
+                            v.slice(),
+                            part_o.slice(),
+                            part_ml.slice(),
+                            out.slice(),
+                            pos0.slice(),
+                            t,
+                            h,
+                            d,
+                            cap,
+                            split,
+                            c,
+                        )
+                        .unwrap();
+                    })
                 })
-            })
-        });
+            });
+        }
     }
     g.finish();
 }

@@ -1,5 +1,7 @@
 //! `attention_decode_{bf16,f16}` + `attention_decode_combine_{bf16,f16}` vs `cpu::attention`, and
-//! the split partials against their definition.
+//! the split partials against their definition; the fused combine (tickets in a counter buffer, the
+//! last split block merges) against the same oracle, launched twice on the same counters (which must
+//! be back at zero after each launch) with identical results.
 //!
 //! Tolerance of the attention output: it is a convex combination of V rows (|out| <= max|v|),
 //! computed in f32 and rounded once to T. The rounding is at most half an ulp of T, inside
@@ -56,6 +58,7 @@ fn run(
     d: usize,
     cap: usize,
     split: DecodeSplit,
+    fused: bool,
 ) -> Run {
     let p = h * d;
     let (o_bytes, ml_bytes) = launch::decode_workspace_bytes(t, h, d, split);
@@ -63,25 +66,40 @@ fn run(
     let part_ml = poisoned(gpu, ml_bytes + OUT_GUARD * 4);
     let out = poisoned(gpu, (t * p + OUT_GUARD) * 2);
     let pos0_buf = upload_u32(gpu, &[pos0]);
-    launch::attention_decode(
-        gpu,
-        &gpu.stream,
-        dt,
-        q,
-        k,
-        v,
-        part_o.slice(),
-        part_ml.slice(),
-        out.slice(),
-        pos0_buf.slice(),
-        t,
-        h,
-        d,
-        cap,
-        split,
-    )
-    .expect("launch attention_decode");
-    let out_bits = gpu.read::<u16>(out.ptr(), t * p + OUT_GUARD).expect("read out");
+    // Fused: [T, H] u32 counters, zero, then a poisoned guard tail.
+    let counters = poisoned(gpu, (t * h + OUT_GUARD) * 4);
+    gpu.memset(&gpu.stream, counters.ptr(), 0, t * h * 4).expect("zero counters");
+    let launch_once = || {
+        let c = fused.then(|| counters.slice().sub(0, t * h * 4).unwrap());
+        launch::attention_decode(
+            gpu,
+            &gpu.stream,
+            dt,
+            q,
+            k,
+            v,
+            part_o.slice(),
+            part_ml.slice(),
+            out.slice(),
+            pos0_buf.slice(),
+            t,
+            h,
+            d,
+            cap,
+            split,
+            c,
+        )
+        .expect("launch attention_decode");
+        let c = read_u32(gpu, counters.slice(), t * h + OUT_GUARD);
+        assert!(c[..t * h].iter().all(|&x| x == 0), "the combine counters were not left at zero: {:?}", &c[..t * h]);
+        assert!(c[t * h..].iter().all(|&b| b == u32::MAX), "counters guard tail was written");
+        gpu.read::<u16>(out.ptr(), t * p + OUT_GUARD).expect("read out")
+    };
+    let out_bits = launch_once();
+    if fused {
+        // Again on the counters the first launch left: the same result.
+        assert!(launch_once() == out_bits, "a second fused launch gave a different output");
+    }
     assert!(out_bits[t * p..].iter().all(|&b| b == 0xFFFF), "out guard tail was written");
     let po = read_u32(gpu, part_o.slice(), o_bytes / 4 + OUT_GUARD);
     let pml = read_u32(gpu, part_ml.slice(), ml_bytes / 4 + OUT_GUARD);
@@ -143,9 +161,12 @@ fn attention_decode_matches_cpu() {
             let cases = [0u32, 1, 63, 64, 127, 128, 255, 256, 1000, 8191].map(|p0| (1usize, p0)).into_iter().chain([(7, 100)]);
             for (t, pos0) in cases {
                 let (_qb, q, q_host) = upload_q(&gpu, dt, &rand_vec(t * p, 13 + pos0 as u64, Q_SCALE), false);
-                let got = run(&gpu, dt, q, k.slice(), v.slice(), pos0, t, h, d, cap, split);
                 let want = oracle(&q_host, &k_host, &v_host, pos0 as u64, h, d, cap);
-                assert_close(&format!("attention_decode {dt:?} H{h} D{d} T{t} pos0 {pos0}"), &got.out, &want, atol, tol(dt));
+                for fused in [false, true] {
+                    let got = run(&gpu, dt, q, k.slice(), v.slice(), pos0, t, h, d, cap, split, fused);
+                    let what = format!("attention_decode {dt:?} H{h} D{d} T{t} pos0 {pos0} fused {fused}");
+                    assert_close(&what, &got.out, &want, atol, tol(dt));
+                }
             }
         }
     }
@@ -180,10 +201,14 @@ fn attention_decode_ragged_shapes_match_cpu() {
             // from position 0 (the fallback for D the flash kernel does not support).
             for (t, pos0) in [(5usize, 0usize), (5, cap / 2), (5, cap - 5), (cap.min(129), 0)] {
                 let (_qb, q, q_host) = upload_q(&gpu, dt, &rand_vec(t * p, 23 + pos0 as u64, Q_SCALE), shift);
-                let got = run(&gpu, dt, q, k.slice(), v.slice(), pos0 as u32, t, h, d, cap, split);
                 let want = oracle(&q_host, &k_host, &v_host, pos0 as u64, h, d, cap);
-                let what = format!("attention_decode {dt:?} H{h} D{d} cap {cap} split {split:?} shift {shift} T{t} pos0 {pos0}");
-                assert_close(&what, &got.out, &want, atol, tol(dt));
+                for fused in [false, true] {
+                    let got = run(&gpu, dt, q, k.slice(), v.slice(), pos0 as u32, t, h, d, cap, split, fused);
+                    let what = format!(
+                        "attention_decode {dt:?} H{h} D{d} cap {cap} split {split:?} shift {shift} T{t} pos0 {pos0} fused {fused}"
+                    );
+                    assert_close(&what, &got.out, &want, atol, tol(dt));
+                }
             }
         }
     }
@@ -206,9 +231,12 @@ fn attention_decode_pos0_past_cap_reads_only_cap_rows() {
             for pos0 in [cap as u32 - 1, cap as u32, cap as u32 + 5, u32::MAX - 1] {
                 let t = 3;
                 let (_qb, q, q_host) = upload_q(&gpu, dt, &rand_vec(t * p, 33 + pos0 as u64, Q_SCALE), false);
-                let got = run(&gpu, dt, q, k.slice(), v.slice(), pos0, t, h, d, cap, split);
                 let want = oracle(&q_host, &k_host, &v_host, pos0 as u64, h, d, cap);
-                assert_close(&format!("attention_decode past cap {dt:?} H{h} D{d} cap {cap} pos0 {pos0}"), &got.out, &want, atol, tol(dt));
+                for fused in [false, true] {
+                    let got = run(&gpu, dt, q, k.slice(), v.slice(), pos0, t, h, d, cap, split, fused);
+                    let what = format!("attention_decode past cap {dt:?} H{h} D{d} cap {cap} pos0 {pos0} fused {fused}");
+                    assert_close(&what, &got.out, &want, atol, tol(dt));
+                }
             }
         }
     }
@@ -235,7 +263,7 @@ fn attention_decode_partials_follow_the_contract() {
             let (k, k_host) = upload_cache(&gpu, dt, &k_vals, p);
             let (v, v_host) = upload_cache(&gpu, dt, &v_vals, p);
             let (_qb, q, q_host) = upload_q(&gpu, dt, &rand_vec(t * p, 43, Q_SCALE), false);
-            let got = run(&gpu, dt, q, k.slice(), v.slice(), pos0 as u32, t, h, d, cap, split);
+            let got = run(&gpu, dt, q, k.slice(), v.slice(), pos0 as u32, t, h, d, cap, split, false);
             let mut worst = 0f64;
             for ti in 0..t {
                 let n_keys = pos0 + ti + 1;
@@ -297,7 +325,7 @@ fn attention_decode_rejects_bad_shapes() {
     let s = buf.slice();
     // T = 0 checks every shape and buffer but launches nothing (the buffer holds no real data).
     let call = |t: usize, d: usize, cap: usize, split: DecodeSplit, q: DevSlice| {
-        launch::attention_decode(&gpu, &gpu.stream, dt, q, s, s, s, s, s, s, t, h, d, cap, split)
+        launch::attention_decode(&gpu, &gpu.stream, dt, q, s, s, s, s, s, s, t, h, d, cap, split, None)
     };
     assert!(call(0, d, cap, split, s).is_ok());
     assert!(call(0, 258, cap, split, s).is_err(), "D > 256");
@@ -307,6 +335,9 @@ fn attention_decode_rejects_bad_shapes() {
     assert!(call(0, d, cap, DecodeSplit { split_len: 0, n_splits: 3 }, s).is_err(), "split_len 0");
     let small_q = s.sub(0, t * p * 2 - 2).unwrap();
     assert!(call(t, d, cap, split, small_q).is_err(), "q too small");
+    let small_counters = s.sub(0, t * h * 4 - 4).unwrap();
+    let r = launch::attention_decode(&gpu, &gpu.stream, dt, s, s, s, s, s, s, s, t, h, d, cap, split, Some(small_counters));
+    assert!(r.is_err(), "counters [T, H] too small");
     gpu.sync().expect("sync");
 }
 

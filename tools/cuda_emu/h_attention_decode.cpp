@@ -1,4 +1,5 @@
-// h_attention_decode.cpp — cuda/attention_decode.cu (attention_decode_* then attention_decode_combine_*)
+// h_attention_decode.cpp — cuda/attention_decode.cu (attention_decode_* then attention_decode_combine_*,
+// and attention_decode_* with the combine fused in, counters checked back at zero)
 // against a double-precision softmax attention over keys 0..min(pos0 + t, cap - 1); the per-split
 // partials (m, l, o) are checked against their definition too, and splits past the last key must be
 // exactly (-inf, 0, 0). Split lengths as launch::attention_decode picks them and forced odd ones,
@@ -10,7 +11,9 @@ template <class T> struct K;
 template <> struct K<__nv_bfloat16> { static constexpr auto dec = attention_decode_bf16; static constexpr auto comb = attention_decode_combine_bf16; };
 template <> struct K<__half> { static constexpr auto dec = attention_decode_f16; static constexpr auto comb = attention_decode_combine_f16; };
 static int split_len_for(int cap) { return cap <= 1024 ? 64 : cap <= 16384 ? 128 : 256; }
-template <class T> void run(int t, int h, int d, uint32_t pos0, int cap, bool shift_q, uint64_t seed, int split_len = 0, int n_splits = 0) {
+// fused: the combine inside attention_decode (counters [T, H], zero before, checked zero after);
+// else the separate combine kernel.
+template <class T> void run(int t, int h, int d, uint32_t pos0, int cap, bool shift_q, uint64_t seed, int split_len = 0, int n_splits = 0, bool fused = false) {
     rng_state = seed;
     const size_t P = (size_t)h * d;
     if (!split_len) { split_len = split_len_for(cap); n_splits = std::max(1, (cap + split_len - 1) / split_len); }
@@ -22,12 +25,19 @@ template <class T> void run(int t, int h, int d, uint32_t pos0, int cap, bool sh
     for (size_t i = 0; i < cap * P; ++i) vc[i] = hto<T>(rnd(1.0f));
     pz[0] = pos0;
     const float scale = (float)(1.0 / std::sqrt((double)d));
-    emu::launch({(unsigned)n_splits, (unsigned)h, (unsigned)t}, 256, [&] { K<T>::dec(q, kc.p, vc.p, po.p, pml.p, pz.p, h, d, cap, split_len, n_splits, scale); });
-    char what[160]; snprintf(what, sizeof what, "adec %s T%d H%d D%d pos0 %u cap %d split %dx%d%s", DT<T>::name, t, h, d, pos0, cap, n_splits, split_len, shift_q ? " q+2B" : "");
+    Buf<uint32_t> counters((size_t)t * h);
+    for (size_t i = 0; i < (size_t)t * h; ++i) counters[i] = 0;
+    emu::launch({(unsigned)n_splits, (unsigned)h, (unsigned)t}, 256, [&] { K<T>::dec(q, kc.p, vc.p, po.p, pml.p, pz.p, h, d, cap, split_len, n_splits, scale, out.p, fused ? counters.p : nullptr); });
+    char what[160]; snprintf(what, sizeof what, "adec %s T%d H%d D%d pos0 %u cap %d split %dx%d%s%s", DT<T>::name, t, h, d, pos0, cap, n_splits, split_len, shift_q ? " q+2B" : "", fused ? " fused" : "");
     long fl = emu::take_flags((std::string(what) + " decode").c_str());
-    emu::launch({(unsigned)h, (unsigned)t, 1}, 512, [&] { K<T>::comb(po.p, pml.p, out.p, pz.p, h, d, cap, split_len, n_splits); });
-    fl += emu::take_flags((std::string(what) + " combine").c_str());
+    if (!fused) {
+        emu::launch({(unsigned)h, (unsigned)t, 1}, 512, [&] { K<T>::comb(po.p, pml.p, out.p, pz.p, h, d, cap, split_len, n_splits); });
+        fl += emu::take_flags((std::string(what) + " combine").c_str());
+    }
     CHECK(fl == 0, "%s: emulator flags (see EMU lines)", what);
+    long cbad = 0;
+    for (size_t i = 0; i < (size_t)t * h; ++i) cbad += counters[i] != 0;
+    CHECK(cbad == 0 && counters.guard_ok(), "%s: %ld counters not left at zero", what, cbad);
     float maxv = 0; for (size_t i = 0; i < cap * P; ++i) maxv = std::max(maxv, std::fabs(hf32(vc[i])));
     Stat so; long pbad = 0; double pworst = 0;
     for (int ti = 0; ti < t; ++ti)
@@ -51,6 +61,7 @@ template <class T> void run(int t, int h, int d, uint32_t pos0, int cap, bool sh
                 const uint64_t b = (uint64_t)sp * split_len, e_ = std::min<uint64_t>(b + split_len, nk);
                 const float gm = pml[part * 2], gl = pml[part * 2 + 1];
                 if (b >= nk) {
+                    if (fused) continue;  // not written: nothing reads it
                     bool ok = gm == -INFINITY && gl == 0.0f;
                     for (int c = 0; c < d; ++c) ok &= po[part * d + c] == 0.0f;
                     if (!ok) ++pbad;
@@ -89,6 +100,10 @@ int main(int argc, char** argv) {
     // quick (1) = the whole list (~9 s on 2 cores); the 7B shape (2) takes ~40 s
     if (mode == 2) cs = {{1, 32, 128, 8191, 8192, false}};
     uint64_t s = 1;
-    for (auto& c : cs) { run<__nv_bfloat16>(c.t, c.h, c.d, c.pos0, c.cap, c.shift, s++, c.sl, c.ns); run<__half>(c.t, c.h, c.d, c.pos0, c.cap, c.shift, s++, c.sl, c.ns); }
+    for (bool fused : {false, true})
+        for (auto& c : cs) {
+            run<__nv_bfloat16>(c.t, c.h, c.d, c.pos0, c.cap, c.shift, s++, c.sl, c.ns, fused);
+            run<__half>(c.t, c.h, c.d, c.pos0, c.cap, c.shift, s++, c.sl, c.ns, fused);
+        }
     return finish("attention_decode");
 }

@@ -154,7 +154,8 @@ pub struct CudaSequence {
     /// Capture failed once (or QWEN_CUDA_GRAPH=0): decode launches kernel by kernel.
     no_graph: bool,
     /// The pointwise kernels after a GEMV run in its epilogue (`gemv_qkv_rope` at decode,
-    /// `gemv_swiglu` up to 8 tokens); QWEN_FUSE=0 launches them separately (same bits; for A/B runs).
+    /// `gemv_swiglu` up to 8 tokens) and the split-K attention combines in its own last block;
+    /// QWEN_FUSE=0 launches them separately (for A/B runs; the GEMV epilogues give the same bits).
     fuse: bool,
     /// QWEN_ATTN=splitk: prefill attention on the split-K kernel too (a debugging aid).
     splitk_prefill: bool,
@@ -206,8 +207,9 @@ impl CudaSequence {
             splitk_prefill: std::env::var("QWEN_ATTN").is_ok_and(|v| v == "splitk"),
             ctx_on_device: Vec::new(),
         };
-        // The sampling flags must start zeroed (the kernels leave them zeroed).
+        // The sampling flags and the attention tickets must start zeroed (the kernels leave them zeroed).
         gpu.memset(&seq.stream, seq.r(seq.plan.flags).ptr, 0, seq.plan.flags.bytes)?;
+        gpu.memset(&seq.stream, seq.r(seq.plan.adec_counters).ptr, 0, seq.plan.adec_counters.bytes)?;
         seq.write_inv_freq(1.0)?;
         seq.stream.synchronize().map_err(cuda_err("initialising a sequence"))?;
         Ok(seq)
@@ -264,9 +266,12 @@ impl CudaSequence {
         let (g, s, dt) = (&*self.model.gpu, &*self.stream, self.model.dt);
         let (h, d, cap) = (cfg.num_heads, cfg.head_dim, self.plan.cap);
         let (part_o, part_ml) = (self.r(self.plan.part_o), self.r(self.plan.part_ml));
+        let counters = self.fuse.then(|| self.r(self.plan.adec_counters));
         if t == 1 {
             let pos = self.r(self.plan.pos0);
-            return launch::attention_decode(g, s, dt, q, kc, vc, part_o, part_ml, att, pos, 1, h, d, cap, self.plan.split);
+            return launch::attention_decode(
+                g, s, dt, q, kc, vc, part_o, part_ml, att, pos, 1, h, d, cap, self.plan.split, counters,
+            );
         }
         if launch::attention_prefill_supports(d) && !self.splitk_prefill {
             let pos = self.r(self.plan.pos0);
@@ -280,7 +285,9 @@ impl CudaSequence {
             let m = FALLBACK_ROWS.min(t - r0);
             g.set_u32(s, pos_sub.ptr, (pos0 + r0) as u32)?;
             let (qs, os) = (q.sub(r0 * row, m * row)?, att.sub(r0 * row, m * row)?);
-            launch::attention_decode(g, s, dt, qs, kc, vc, part_o, part_ml, os, pos_sub, m, h, d, cap, self.plan.split)?;
+            launch::attention_decode(
+                g, s, dt, qs, kc, vc, part_o, part_ml, os, pos_sub, m, h, d, cap, self.plan.split, counters,
+            )?;
             r0 += m;
         }
         Ok(())

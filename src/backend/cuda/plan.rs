@@ -67,6 +67,9 @@ pub struct Plan {
     /// rows = FALLBACK_ROWS.
     pub part_o: Region,
     pub part_ml: Region,
+    /// `[rows, H]` u32 tickets of the fused decode-attention combine, rows = FALLBACK_ROWS (zeroed
+    /// at allocation, left zeroed by the kernel).
+    pub adec_counters: Region,
     /// `[cap]` u32 ids of the sequence so far (repetition penalty context).
     pub ctx_ids: Region,
     /// `[V]` u8 sampling flags (zeroed at allocation, left zeroed by the kernels).
@@ -120,6 +123,7 @@ impl Plan {
         let logits = k.take(LOGIT_ROWS.min(chunk) * v * 4);
         let part_o = k.take(po);
         let part_ml = k.take(pml);
+        let adec_counters = k.take(FALLBACK_ROWS * h * 4);
         let ctx_ids = k.take(cap * 4);
         let flags = k.take(super::launch::sample_workspace_bytes(v));
         let probs = k.take(v * 4);
@@ -145,6 +149,7 @@ impl Plan {
             logits,
             part_o,
             part_ml,
+            adec_counters,
             ctx_ids,
             flags,
             probs,

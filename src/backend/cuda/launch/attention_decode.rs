@@ -2,7 +2,7 @@
 //! split-K causal attention (FlashDecoding) for decode steps and as the any-`D` prefill fallback;
 //! oracle `cpu::attention`.
 use super::{dim_u32, f32_bytes};
-use crate::backend::cuda::device::{Arg, DevSlice, Gpu, GpuDType, Launch};
+use crate::backend::cuda::device::{Arg, DevPtr, DevSlice, Gpu, GpuDType, Launch};
 use crate::error::{Error, Result};
 use cudarc::driver::CudaStream;
 
@@ -52,7 +52,9 @@ pub fn decode_workspace_bytes(t: usize, h: usize, d: usize, split: DecodeSplit) 
 /// `cap` rows: query i sees keys `0 .. min(*pos0 + i + 1, cap)` (a position past the cache clamps
 /// to all `cap` rows). q `[T, P]` T, k_cache / v_cache `[cap, P]` T, part_o / part_ml the split
 /// partials (sizes from [`decode_workspace_bytes`]), out `[T, P]` T, pos0 `[1]` u32 on the device;
-/// P = H·D, scale 1/√D. Launches the split kernel then the combine on `s`.
+/// P = H·D, scale 1/√D. With `counters` (`[T, H]` u32, all zero; left zero) one launch: the last
+/// split block of each (query, head) does the combine (splits without keys are not written). Without
+/// them, the split kernel then the combine kernel (every split's partial written).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_decode(
     gpu: &Gpu,
@@ -70,6 +72,7 @@ pub fn attention_decode(
     d: usize,
     cap: usize,
     split: DecodeSplit,
+    counters: Option<DevSlice>,
 ) -> Result<()> {
     if h == 0 || d == 0 || d > DECODE_MAX_D {
         return Err(Error::Backend(format!(
@@ -100,6 +103,9 @@ pub fn attention_decode(
     part_ml.need(ml_bytes, "attention_decode part_ml [T, H, n_splits, 2]")?;
     out.need(t * row, "attention_decode out [T, P]")?;
     pos0.need(4, "attention_decode pos0 [1]")?;
+    if let Some(c) = counters {
+        c.need(t * h * 4, "attention_decode counters [T, H]")?;
+    }
     if t == 0 {
         return Ok(());
     }
@@ -126,12 +132,19 @@ pub fn attention_decode(
         Arg::U32(len32),
         Arg::U32(ns32),
         Arg::F32(scale),
+        Arg::Ptr(out.ptr),
+        Arg::Ptr(counters.map_or(DevPtr(0), |c| c.ptr)),
     ];
     // SAFETY: q holds [T, P] T, k/v_cache [cap, P] T, part_o [T, H, n_splits, D] f32, part_ml
-    // [T, H, n_splits, 2] f32, pos0 one u32 (all checked above). Block (split, h, t) reads q row t,
-    // cache rows < min(*pos0 + t + 1, cap) <= cap (clamped in the kernel whatever *pos0 holds),
-    // columns h*D..h*D+D < P, and writes only its own partial (t, h, split).
+    // [T, H, n_splits, 2] f32, pos0 one u32, out [T, P] T, counters (when given) [T, H] u32 (all
+    // checked above). Block (split, h, t) reads q row t, cache rows < min(*pos0 + t + 1, cap) <= cap
+    // (clamped in the kernel whatever *pos0 holds), columns h*D..h*D+D < P, and writes only its own
+    // partial (t, h, split); with counters it also updates counters[t, h] and, as the last block of
+    // (t, h), reads the partials (t, h, i < n_splits) and writes out row t, columns h*D..h*D+D.
     unsafe { gpu.launch(s, &name, cfg, &args) }?;
+    if counters.is_some() {
+        return Ok(());
+    }
 
     let name = format!("attention_decode_combine_{}", dt.suffix());
     let cfg = Launch::new((h32, t32, 1), COMBINE_THREADS, 0);
