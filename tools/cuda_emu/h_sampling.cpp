@@ -38,11 +38,14 @@ static void reference(std::vector<float> x, uint32_t vocab_len, const std::vecto
     double c = 0; id = UINT32_MAX; for (size_t v = 0; v < V; ++v) { c += p[v]; if (u < c) { id = (uint32_t)v; break; } }
     if (id == UINT32_MAX) for (size_t v = V; v-- > 0;) if (p[v] > 0) { id = (uint32_t)v; break; }
 }
-void run(uint32_t V, uint32_t vocab_len, int n_ctx, float pen, bool greedy, float temp, uint32_t top_k, float top_p, double u, uint64_t seed, bool spikes = false) {
+// quant > 0: logits rounded to multiples of 1/quant, so many ids tie (at the top-k cut, across the
+// top-p cut, in the search passes' bins).
+void run(uint32_t V, uint32_t vocab_len, int n_ctx, float pen, bool greedy, float temp, uint32_t top_k, float top_p, double u, uint64_t seed, bool spikes = false, float quant = 0) {
     rng_state = seed;
     Buf<float> logits(V), probs(V); Buf<uint8_t> flags(V); Buf<uint32_t> ctx(std::max(n_ctx, 1)), out(1);
     memset(flags.p, 0, V);
     std::vector<float> xh(V); for (auto& v : xh) v = rnd(4.0f);
+    if (quant > 0) for (auto& v : xh) v = std::round(v * quant) / quant;
     if (spikes) { xh[3] = NAN; xh[V / 2] = 9.0f; xh[V / 3] = 9.0f; xh[1] = -INFINITY; }
     memcpy(logits.p, xh.data(), 4 * V);
     std::vector<uint32_t> ch(n_ctx); for (auto& c : ch) c = (uint32_t)((rnd(1) + 1) * 0.5f * (V + 10)); // some ids >= V
@@ -55,7 +58,7 @@ void run(uint32_t V, uint32_t vocab_len, int n_ctx, float pen, bool greedy, floa
     std::vector<double> p; uint32_t id;
     reference(xh, std::min(vocab_len, V), penalise ? ch : std::vector<uint32_t>{}, pen, greedy, temp, top_k, top_p, u, p, id);
     double perr = 0; for (uint32_t v = 0; v < V; ++v) perr = std::max(perr, std::fabs(probs[v] - p[v]) / (1e-6 + 1e-4 * p[v]));
-    char what[160]; snprintf(what, sizeof what, "sample V%u vl%u ctx%d pen%.2f greedy%d t%.2f k%u p%.2f u%.3f%s", V, vocab_len, n_ctx, pen, greedy, temp, top_k, top_p, u, spikes ? " spikes" : "");
+    char what[160]; snprintf(what, sizeof what, "sample V%u vl%u ctx%d pen%.2f greedy%d t%.2f k%u p%.3f u%.3f%s q%g", V, vocab_len, n_ctx, pen, greedy, temp, top_k, top_p, u, spikes ? " spikes" : "", quant);
     printf("%-64s id %u (ref %u), probs worst %.3g of (1e-6 + 1e-4 p), flags left %ld\n", what, out[0], id, perr, fl);
     CHECK(out[0] == id && perr <= 1 && fl == 0, "%s", what);
     CHECK(logits.guard_ok() && probs.guard_ok() && flags.guard_ok() && out.guard_ok(), "%s guard", what);
@@ -72,5 +75,14 @@ int main(int argc, char** argv) {
     run(1, 1, 1, 1.2f, false, 1.0f, 0, 0.5f, 0.1, s++);
     run(2049, 2000, 10, 1.0f, true, 1.0f, 0, 1.0f, 0.0, s++, true);
     run(4097, 4097, 1000, 1.05f, false, 1.5f, 1, 1.0f, 0.5, s++);
+    // The radix searches of top-k / top-p: Qwen's defaults at the real vocabulary, ties (quantised
+    // logits) at the k-th value and across the top-p cut, top_k = V - 1, a tiny and a near-1 top_p.
+    run(151936, 151851, 200, 1.1f, false, 1.0f, 0, 0.8f, 0.42, s++);
+    run(6000, 6000, 0, 1.0f, false, 1.0f, 37, 1.0f, 0.6, s++, false, 2.0f);
+    run(6000, 6000, 0, 1.0f, false, 0.9f, 0, 0.7f, 0.35, s++, false, 4.0f);
+    run(6000, 6000, 0, 1.0f, false, 1.0f, 500, 0.9f, 0.9, s++, false, 8.0f);
+    run(3000, 3000, 0, 1.0f, false, 1.0f, 2999, 0.99f, 0.7, s++);
+    run(3000, 3000, 0, 1.0f, false, 1.0f, 0, 0.001f, 0.5, s++);
+    run(3000, 3000, 0, 1.0f, false, 2.0f, 0, 0.999f, 0.999, s++);
     return finish("sampling");
 }
