@@ -33,9 +33,10 @@
 //          L = ⌈V/1024⌉, one coalesced 128-byte row per warp load; every pass reads back only what
 //          the same thread wrote, the final walk reads after a __syncthreads.
 //          Cost at V = 151936: each pass reads 600 KB from L2 on one SM (~8 us on an H200). The
-//          bisections of the first version (30 passes for top-p, 32 for top-k) took 290 us per token with Qwen's defaults
-//          (top-p 0.8) on the H200; the radix searches need 14 passes for top-p (predicted ~120 us,
-//          not yet measured). Next: a multi-block first pass, or compacting the candidates.
+//          bisections of the first version (30 passes for top-p, 32 for top-k) took 290 us per token
+//          with Qwen's defaults (top-p 0.8) on the H200; the radix searches need 14 passes in all for
+//          top-p (predicted ~120 us, not yet measured). Next: a multi-block first pass, or compacting
+//          the candidates.
 //          Numerics: per-thread f32 sums, combined across threads in f64 in a fixed order: the result
 //          is deterministic run to run (no atomics).
 // Oracle:  sampler::Sampler::probabilities (the distribution) and the walk of Sampler::sample with the
