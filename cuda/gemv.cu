@@ -19,14 +19,16 @@
 //          so the B accumulators and the loads fit 64 registers without spills.) Scalar path
 //          otherwise (ragged K such as 7 or 127, or a misaligned sub-slice). fp32 partial sums per
 //          lane, reduced with a butterfly of warp shuffles at each row's end; lane b stores y[b, n].
-//          No shared memory, no __syncthreads; warps without a row exit before any load. With PDL
+//          No shared memory, no __syncthreads (except gemv_residual_rmsnorm's finalisation, below);
+//          warps without a row exit before any load. With PDL
 //          (common.cuh) a warp requests its first pass of W before waiting for the previous kernel.
 // Fused:   the same stream walks ITEMS of R weight rows instead of single rows (warp g takes items
 //          g, g + W, ...; an item's R rows follow each other in the warp's stream, so the double
 //          buffering crosses from one to the next), and at the item's end lane b applies the
 //          epilogue to the item's R row sums of batch row b. The sums are the plain kernel's bits
 //          (same passes, same butterfly), and the epilogues are pointwise.cuh's math, so a fused
-//          launch stores exactly what the plain gemv + the standalone kernel would.
+//          launch stores exactly what the plain gemv + the standalone kernel would (the RMSNorm one:
+//          up to its sum of squares' order).
 //            gemv        R 1, item n:  y[b, n] = sum (f32).
 //            gemv_swiglu R 2: rows (f, F + f) of w = [w1; w2] (2F x K), item f < F:
 //                        out[b, f] = T(swiglu_one(up, gate)) — swiglu.cu without the [B, 2F] f32 trip.
@@ -35,8 +37,13 @@
 //                        p = *pos0 + b (logN on q), stores q[b] and cache rows p of k and v —
 //                        rotary.cu's qkv_rope_append without the [B, 3P] f32 trip; p >= cap writes
 //                        nothing (as rotary.cu).
-// Oracle:  backend::cpu::matmul (src/backend/cpu.rs), then cpu::swiglu / cpu::rope + logn_scale;
-//          launchers launch::gemv, launch::gemv_swiglu, launch::gemv_qkv_rope.
+//            gemv_residual_rmsnorm R 1, B = 1: x[n] += sum (the residual stream, f32), then the last
+//                        block (atomic ticket) turns the new x into a = RMSNorm(x) · w_ln —
+//                        add_rmsnorm.cu without its launch and the [C] f32 y trip; x has the same
+//                        bits, a may differ by an ulp of T (Σ x² in another order).
+// Oracle:  backend::cpu::matmul (src/backend/cpu.rs), then cpu::swiglu / cpu::rope + logn_scale /
+//          cpu::add + cpu::rmsnorm; launchers launch::gemv, launch::gemv_swiglu, launch::gemv_qkv_rope,
+//          launch::gemv_residual_rmsnorm.
 #include "pointwise.cuh"
 
 namespace {
@@ -88,11 +95,13 @@ __device__ __forceinline__ float gemv_warp_sum(float v) {
 // Epilogues. Each names R (weight rows per item), n_items(), row(item, r) (the weight row of the
 // item's r-th sum; reads only kernel parameters, so it may run before pdl_wait), and
 // store(item, b, s0, s1): run by lane b < B after pdl_wait with the item's row sums of batch row b
-// (R = 1: s0 = s1).
+// (R = 1: s0 = s1). FINALIZE: every thread of every block (warps without items too) then calls
+// finalize() once the block's stream is done (block-wide work: barriers allowed there).
 
 // Plain: y[b, n] = sum. y [B, N] f32.
 struct GemvPlain {
     static constexpr int R = 1;
+    static constexpr bool FINALIZE = false;
     float* y;
     uint32_t N;
     __device__ __forceinline__ uint64_t n_items() const { return N; }
@@ -102,9 +111,73 @@ struct GemvPlain {
     }
 };
 
+// Residual add + RMSNorm (B = 1): x[n] += sum (f32, stored: add_rmsnorm's add, the same bits), then
+// the last block to finish normalises the whole new x into a = rms_apply(x, inv, w_ln) (rmsnorm.cu's
+// expression) with inv = rms_inv(Σ x², C, eps). Σ x² is summed per warp (lane 0, over its rows in
+// stream order), per block (warp order) into partials[block], then by the last block over the
+// blocks in block order (deterministic; rmsnorm.cu sums in another order, so a may differ from
+// add_rmsnorm's by an ulp of T). The last block is found with an atomic ticket in `counter` (zero
+// between launches; reset by the last block), as the fused attention combine does.
+// x [C] f32, w_ln [C] T, a [C] T, partials [gridDim.x] f32, counter [1] u32.
+template <typename T> struct GemvResidualNorm {
+    static constexpr int R = 1;
+    static constexpr bool FINALIZE = true;
+    float* x;
+    const T* w_ln;
+    T* a;
+    float* partials;
+    uint32_t* counter;
+    uint32_t C;
+    float eps;
+    float ss;  // lane 0 of each warp: Σ of its new x² so far
+    __device__ __forceinline__ uint64_t n_items() const { return C; }
+    __device__ __forceinline__ uint64_t row(uint64_t item, uint32_t) const { return item; }
+    __device__ __forceinline__ void store(uint64_t item, uint32_t, float s0, float) {
+        const float v = x[item] + s0;
+        x[item] = v;
+        ss = fmaf(v, v, ss);
+    }
+    __device__ void finalize() {
+        __shared__ float warp_ss[GEMV_WARPS];
+        __shared__ float inv_s;
+        __shared__ uint32_t is_last;
+        const uint32_t tid = threadIdx.x, lane = tid & 31u, warp = tid >> 5;
+        pdl_begin();      // warps without items have not waited yet; below x is read
+        __threadfence();  // this thread's x stores are visible device-wide before the ticket
+        if (lane == 0) warp_ss[warp] = ss;
+        __syncthreads();
+        if (tid == 0) {
+            float bs = 0.0f;
+            for (uint32_t w = 0; w < GEMV_WARPS; ++w) bs += warp_ss[w];
+            partials[blockIdx.x] = bs;
+            __threadfence();
+            is_last = atomicAdd(counter, 1u) + 1u == gridDim.x ? 1u : 0u;
+            if (is_last) *counter = 0u;  // every other block has counted
+        }
+        __syncthreads();
+        if (is_last == 0u) return;  // block-uniform
+        __threadfence();
+        // Σ over the blocks: thread i takes blocks i, i + 256, ... in order, then a fixed tree.
+        float s = 0.0f;
+        for (uint32_t i = tid; i < gridDim.x; i += GEMV_THREADS) s += __ldcg(partials + i);
+        s = gemv_warp_sum(s);
+        if (lane == 0) warp_ss[warp] = s;
+        __syncthreads();
+        if (tid == 0) {
+            float tot = 0.0f;
+            for (uint32_t w = 0; w < GEMV_WARPS; ++w) tot += warp_ss[w];
+            inv_s = rms_inv(tot, C, eps);
+        }
+        __syncthreads();
+        const float inv = inv_s;
+        for (uint32_t c = tid; c < C; c += GEMV_THREADS) a[c] = rms_apply(__ldcg(x + c), inv, w_ln[c]);
+    }
+};
+
 // SwiGLU: rows f (w1: up) and F + f (w2: gate); out [B, F] T.
 template <typename T> struct GemvSwiglu {
     static constexpr int R = 2;
+    static constexpr bool FINALIZE = false;
     T* out;
     uint32_t F;
     __device__ __forceinline__ uint64_t n_items() const { return F; }
@@ -119,6 +192,7 @@ template <typename T> struct GemvSwiglu {
 // k_cache / v_cache [cap, P] T. Lane b's token sits at p = *pos0 + b.
 template <typename T> struct GemvQkvRope {
     static constexpr int R = 2;
+    static constexpr bool FINALIZE = false;
     const T* bias;
     const float* inv_freq;
     const uint32_t* pos0;
@@ -269,14 +343,10 @@ __device__ __forceinline__ void gemv_stream(E& e, const uint4* w4, const uint4* 
     }
 }
 
+// The stream of one warp: items g, g + W, ... < n_items.
 template <typename T, int B, class E>
-__device__ __forceinline__ void gemv_impl(E& e, const T* __restrict__ w, const T* __restrict__ x, uint32_t K,
-                                          uint32_t stages) {
-    const uint32_t lane = threadIdx.x & 31u;
-    const uint64_t g = (uint64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);  // 64-bit: no wrap near 2^32
-    const uint64_t W = (uint64_t)gridDim.x * GEMV_WARPS;                        // warps in the grid
-    const uint64_t n_items = e.n_items();
-    if (g >= n_items) return;  // the whole warp leaves together (g is warp-uniform)
+__device__ __forceinline__ void gemv_warp(E& e, const T* __restrict__ w, const T* __restrict__ x, uint32_t K,
+                                          uint32_t stages, uint64_t g, uint64_t W, uint64_t n_items, uint32_t lane) {
     const uint32_t items = (uint32_t)((n_items - 1u - g) / W + 1u);  // items g, g + W, ... < n_items
 
     const bool vec = (K % 8u == 0) && ((reinterpret_cast<uintptr_t>(w) | reinterpret_cast<uintptr_t>(x)) & 15u) == 0;
@@ -308,6 +378,18 @@ __device__ __forceinline__ void gemv_impl(E& e, const T* __restrict__ w, const T
             gemv_row_end<B>(e, acc, first, item, r, lane);
         }
     }
+}
+
+template <typename T, int B, class E>
+__device__ __forceinline__ void gemv_impl(E& e, const T* __restrict__ w, const T* __restrict__ x, uint32_t K,
+                                          uint32_t stages) {
+    const uint32_t lane = threadIdx.x & 31u;
+    const uint64_t g = (uint64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);  // 64-bit: no wrap near 2^32
+    const uint64_t W = (uint64_t)gridDim.x * GEMV_WARPS;                        // warps in the grid
+    const uint64_t n_items = e.n_items();
+    if (g < n_items) gemv_warp<T, B>(e, w, x, K, stages, g, W, n_items, lane);
+    // Without FINALIZE a warp without items simply leaves (g is warp-uniform).
+    if constexpr (E::FINALIZE) e.finalize();
 }
 
 // B in 1..=MAX_B (the launcher rejects anything else; other B write nothing). The QKV + RoPE epilogue
@@ -373,4 +455,21 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 4)
                       uint32_t stages, uint32_t H, uint32_t D, uint32_t cap, uint32_t S, uint32_t use_logn) {
     gemv_dispatch<1>(GemvQkvRope<__half>{bias, inv_freq, pos0, q, k_cache, v_cache, H, D, cap, S, use_logn}, w, x, K, B,
                   stages);
+}
+
+// x [C] f32 += x_in [1, K] · wᵀ (w [C, K]), then a [C] T = RMSNorm(x) · w_ln by the last block;
+// partials [grid] f32 and counter [1] u32 (zero) are its workspace. B = 1 only.
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 4)
+    gemv_residual_rmsnorm_bf16(const __nv_bfloat16* w, const __nv_bfloat16* x_in, float* x,
+                               const __nv_bfloat16* w_ln, __nv_bfloat16* a, float* partials, uint32_t* counter,
+                               uint32_t C, uint32_t K, uint32_t stages, float eps) {
+    gemv_dispatch<1>(GemvResidualNorm<__nv_bfloat16>{x, w_ln, a, partials, counter, C, eps, 0.0f}, w, x_in, K, 1u,
+                     stages);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 4)
+    gemv_residual_rmsnorm_f16(const __half* w, const __half* x_in, float* x, const __half* w_ln, __half* a,
+                              float* partials, uint32_t* counter, uint32_t C, uint32_t K, uint32_t stages,
+                              float eps) {
+    gemv_dispatch<1>(GemvResidualNorm<__half>{x, w_ln, a, partials, counter, C, eps, 0.0f}, w, x_in, K, 1u, stages);
 }

@@ -1,5 +1,6 @@
-// pointwise.cuh — Qwen's elementwise math, shared by the standalone kernels (swiglu.cu, rotary.cu)
-// and the GEMV epilogues that fuse them (gemv.cu), so a fused and an unfused step give the same bits.
+// pointwise.cuh — Qwen's elementwise math, shared by the standalone kernels (swiglu.cu, rotary.cu,
+// rmsnorm.cu) and the GEMV epilogues that fuse them (gemv.cu), so a fused and an unfused step give
+// the same bits (RMSNorm: the same expression; its sum of squares is taken in another order).
 // Every product and sum that the CPU oracle rounds separately is written with __fmul_rn / __fadd_rn /
 // __fsub_rn (nvcc may not contract them into FMAs); expf / cosf / sinf are the full-precision CUDA
 // functions (max 2 ulp), not the __ intrinsics.
@@ -29,4 +30,15 @@ __device__ __forceinline__ float2 rope_rotate(float x1, float x2, float2 cs) {
 __device__ __forceinline__ float logn_factor(uint64_t p64, uint32_t S, uint32_t use_logn) {
     if (use_logn != 0 && p64 + 1 > (uint64_t)S) return (float)(log((double)p64 + 1.0) / log((double)S));
     return 1.0f;
+}
+
+// RMSNorm's inverse scale from the sum of squares of a row of C values: IEEE 1 / sqrtf (no rsqrtf),
+// as the CPU.
+__device__ __forceinline__ float rms_inv(float sum_sq, uint32_t C, float eps) {
+    return 1.0f / sqrtf(sum_sq / (float)C + eps);
+}
+
+// One normalised element: T((x · inv) · w).
+template <typename T> __device__ __forceinline__ T rms_apply(float x, float inv, T w) {
+    return from_f32<T>((x * inv) * to_f32(w));
 }

@@ -60,7 +60,7 @@ fn weight_copies(gpu: &Gpu, n: usize, k: usize) -> (Vec<DevBuf>, usize) {
     (ws, copies)
 }
 
-/// The decode step's two fusions at 7B shapes, default GemvConfig: "fused" is one launch,
+/// The decode step's GEMV fusions at 7B shapes, default GemvConfig: "fused" is one launch,
 /// "unfused" the GEMV into f32 plus the pointwise kernel (what QWEN_FUSE=0 runs). Throughput is
 /// the weight bytes (what both must read).
 fn register_fused(c: &mut Criterion, gpu: &Arc<Gpu>) {
@@ -124,6 +124,34 @@ fn register_fused(c: &mut Criterion, gpu: &Arc<Gpu>) {
                     vc.slice(), 1, h, d, cap, 8192, true,
                 )
                 .unwrap();
+            })
+        })
+    });
+    drop(ws);
+    // c_proj + residual add + RMSNorm: [C, K] -> x (in place), a.
+    let c = 4096usize;
+    let (ws, copies) = weight_copies(gpu, c, k);
+    let (xr, y, ln, a) = (buf(c * 4), buf(c * 4), buf(c * 2), buf(c * 2));
+    let norm_ws = gpu.alloc(launch::residual_norm_workspace_bytes(c)).expect("alloc");
+    gpu.memset(&gpu.stream, norm_ws.ptr(), 0, launch::residual_norm_workspace_bytes(c)).expect("memset");
+    g.throughput(Throughput::Bytes((c * k * 2) as u64));
+    g.bench_function("residual_rmsnorm_bf16_C4096_K4096_fused", |bch| {
+        bch.iter_custom(|iters| {
+            gpu_time(gpu, iters, |i| {
+                let w = ws[i % copies].slice();
+                launch::gemv_residual_rmsnorm(
+                    gpu, &gpu.stream, dt, w, x.slice(), xr.slice(), ln.slice(), a.slice(), norm_ws.slice(), c, k, 1e-6, cfg,
+                )
+                .unwrap();
+            })
+        })
+    });
+    g.bench_function("residual_rmsnorm_bf16_C4096_K4096_unfused", |bch| {
+        bch.iter_custom(|iters| {
+            gpu_time(gpu, iters, |i| {
+                let w = ws[i % copies].slice();
+                launch::gemv_with(gpu, &gpu.stream, dt, w, x.slice(), y.slice(), c, k, 1, cfg).unwrap();
+                launch::add_rmsnorm(gpu, &gpu.stream, dt, xr.slice(), y.slice(), ln.slice(), a.slice(), 1, c, 1e-6).unwrap();
             })
         })
     });

@@ -36,6 +36,8 @@ pub const ENTRY_POINTS: &[&str] = &[
     "gemv_swiglu_f16",
     "gemv_qkv_rope_bf16",
     "gemv_qkv_rope_f16",
+    "gemv_residual_rmsnorm_bf16",
+    "gemv_residual_rmsnorm_f16",
     "sample_mark_f32",
     "sample_process_f32",
     "sample_draw_f32",

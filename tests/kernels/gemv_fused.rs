@@ -1,8 +1,10 @@
-//! The GEMVs with a fused epilogue, `gemv_swiglu_*` and `gemv_qkv_rope_*` (cuda/gemv.cu):
-//! bit for bit what the unfused chain stores (`gemv` into f32, then `swiglu` / `qkv_rope_append`,
-//! each tested against its CPU oracle in gemv.rs, swiglu.rs and rotary.rs), and `gemv_swiglu`
-//! also within tolerance of the CPU oracle itself (`cpu::matmul` then `cpu::swiglu`). Every output
-//! buffer is poisoned with a guard tail; rows the kernel must not write stay poison.
+//! The GEMVs with a fused epilogue, `gemv_swiglu_*`, `gemv_qkv_rope_*` and `gemv_residual_rmsnorm_*`
+//! (cuda/gemv.cu): bit for bit what the unfused chain stores (`gemv` into f32, then `swiglu` /
+//! `qkv_rope_append` / `add_rmsnorm`, each tested against its CPU oracle in gemv.rs, swiglu.rs,
+//! rotary.rs and rmsnorm.rs) — except the normalised output of `gemv_residual_rmsnorm`, whose sum
+//! of squares is taken in another order: within one ulp of T of the chain's — and `gemv_swiglu` and
+//! `gemv_residual_rmsnorm` also within tolerance of the CPU oracle itself. Every output buffer is
+//! poisoned with a guard tail; rows the kernel must not write stay poison.
 //!
 //! Why bit for bit: a fused launch computes each row's f32 sum with the same passes and the same
 //! shuffle tree as `gemv` with the same configuration (only which warp takes which row changes),
@@ -194,5 +196,80 @@ fn gemv_fused_rejects_bad_shapes() {
     assert!(rope(2, 7, 1).is_err(), "an odd head dim must be refused");
     assert!(rope(1, 258, 1).is_err(), "a head dim over 256 must be refused");
     assert!(rope(2, 8, 1000).is_err(), "caches larger than their buffers must be refused");
+    let ws_small = o.slice().sub(0, launch::residual_norm_workspace_bytes(64) - 4).unwrap();
+    let rn = |ws| {
+        launch::gemv_residual_rmsnorm(&gpu, &gpu.stream, dt, w.slice(), x.slice(), o.slice(), o.slice(), o.slice(), ws, 64, 16, 1e-6, cfg)
+    };
+    assert!(rn(ws_small).is_err(), "a workspace without room for the counter must be refused");
     gpu.stream.synchronize().unwrap();
+}
+
+/// One gemv_residual_rmsnorm case: x [C] f32 += w [C, K] · h, a [C] = RMSNorm(x) · w_ln; launched
+/// twice on the same workspace (its counter must be back at zero each time).
+fn resnorm_case(gpu: &Gpu, dt: GpuDType, c: usize, k: usize, cfg: GemvConfig) {
+    let what = format!("gemv_residual_rmsnorm {dt:?} C{c} K{k} {cfg:?}");
+    let eps = 1e-6f32;
+    let seed = (c * 3 + k) as u64;
+    let (w, w_host) = upload_dt(gpu, dt, &rand_vec(c * k, seed, 1.0));
+    let (h, h_host) = upload_dt(gpu, dt, &rand_vec(k, seed + 1, 1.0));
+    let ln: Vec<f32> = rand_vec(c, seed + 2, 0.5).iter().map(|v| 1.0 + v).collect();
+    let (w_ln, ln_host) = upload_dt(gpu, dt, &ln);
+    let x0 = rand_vec(c, seed + 3, 3.0);
+    let ws_bytes = launch::residual_norm_workspace_bytes(c);
+    let ws = gpu.alloc(ws_bytes).unwrap();
+    gpu.memset(&gpu.stream, ws.ptr(), 0, ws_bytes).unwrap();
+    let run_fused = || -> (Vec<f32>, Vec<u16>) {
+        let x = upload_f32(gpu, &x0);
+        let a = poisoned(gpu, (c + 8) * 2);
+        let a_s = a.slice().sub(0, c * 2).unwrap();
+        launch::gemv_residual_rmsnorm(gpu, &gpu.stream, dt, w.slice(), h.slice(), x.slice(), w_ln.slice(), a_s, ws.slice(), c, k, eps, cfg)
+            .unwrap();
+        let counter = gpu.read::<u32>(ws.ptr().offset(ws_bytes - 4), 1).unwrap()[0];
+        assert_eq!(counter, 0, "{what}: the ticket counter was left at {counter}");
+        let a_bits = bits(gpu, &a, c + 8);
+        assert!(a_bits[c..].iter().all(|&v| v == POISON), "{what}: the guard after a was written");
+        (read_f32(gpu, x.slice(), c), a_bits[..c].to_vec())
+    };
+    let (x_got, a_got) = run_fused();
+    let (x_again, a_again) = run_fused();
+    assert!(x_again == x_got && a_again == a_got, "{what}: a second launch on the same workspace differs");
+
+    // The chain: gemv into y, then add_rmsnorm.
+    let (x2, y, a2) = (upload_f32(gpu, &x0), poisoned(gpu, c * 4), poisoned(gpu, c * 2));
+    launch::gemv_with(gpu, &gpu.stream, dt, w.slice(), h.slice(), y.slice(), c, k, 1, cfg).unwrap();
+    launch::add_rmsnorm(gpu, &gpu.stream, dt, x2.slice(), y.slice(), w_ln.slice(), a2.slice(), 1, c, eps).unwrap();
+    let x_chain = read_f32(gpu, x2.slice(), c);
+    let a_chain = bits(gpu, &a2, c);
+    let xd = (0..c).filter(|&i| x_got[i].to_bits() != x_chain[i].to_bits()).count();
+    assert_eq!(xd, 0, "{what}: {xd} values of x differ from gemv + add_rmsnorm");
+    // One ulp of T at most (the order of Σ x² can move inv by an ulp of f32).
+    let key = |b: u16| if b & 0x8000 != 0 { -((b & 0x7fff) as i32) } else { b as i32 };
+    let worst = (0..c).map(|i| (key(a_got[i]) - key(a_chain[i])).abs()).max().unwrap_or(0);
+    assert!(worst <= 1, "{what}: a is {worst} ulps of T from gemv + add_rmsnorm");
+
+    // The CPU oracle: cpu::matmul (with its summation bound), cpu::add, cpu::rmsnorm.
+    let (y_want, y_lim) = Oracle::new(&w_host, c, k).run(&h_host, 1);
+    let mut x_want = x0.clone();
+    cpu::add(&mut x_want, &y_want);
+    assert_within(&format!("{what} x"), &x_got, &x_want, &y_lim.iter().map(|l| l + 1e-6).collect::<Vec<_>>());
+    let mut a_want = vec![0f32; c];
+    cpu::rmsnorm(&x_want, &ln_host, eps, &mut a_want);
+    let inv = 1.0 / (x_want.iter().map(|v| v * v).sum::<f32>() / c as f32 + eps).sqrt();
+    let a_lim: Vec<f32> =
+        (0..c).map(|i| y_lim[i] * inv * ln_host[i].abs() * 2.0 + tol(dt) * a_want[i].abs() + 1e-5).collect();
+    assert_within(&format!("{what} a"), &dt.decode(&a_got), &a_want, &a_lim);
+}
+
+#[test]
+fn gemv_residual_rmsnorm_matches_chain_and_cpu() {
+    let Some(gpu) = gpu("gemv_residual_rmsnorm_matches_chain_and_cpu") else { return };
+    for dt in DTYPES {
+        // 7B: attn c_proj (K 4096) and mlp c_proj (K 11008); ragged C, K 7 (scalar path).
+        resnorm_case(&gpu, dt, 4096, 4096, GemvConfig::get());
+        resnorm_case(&gpu, dt, 4096, 11008, GemvConfig::get());
+        resnorm_case(&gpu, dt, 300, 7, GemvConfig::get());
+        for cfg in CONFIGS {
+            resnorm_case(&gpu, dt, 1003, 1032, cfg);
+        }
+    }
 }

@@ -8,18 +8,23 @@
 // the same emulator (gemv, then swiglu.cu / rotary.cu, each checked against its own host reference
 // in h_gemv / h_simple / h_rotary), and within tolerance of a double-precision host reference;
 // every cache row not targeted keeps its pattern, a position >= cap writes nothing at all.
+// gemv_residual_rmsnorm_*: x bit-exact against gemv + add_rmsnorm, a within one ulp of T of it
+// (Σ x² in another order) and within tolerance of a double reference; the ticket counter back at 0.
 #include "util.h"
 #include "gemv_emu.cu"
 #include "swiglu_emu.cu"
 #include "rotary_emu.cu"
+#include "rmsnorm_emu.cu"
 template <class T> struct K;
 template <> struct K<__nv_bfloat16> {
     static constexpr auto f = gemv_bf16; static constexpr auto sw = gemv_swiglu_bf16; static constexpr auto rope = gemv_qkv_rope_bf16;
     static constexpr auto sw_alone = swiglu_bf16; static constexpr auto rope_alone = qkv_rope_append_bf16;
+    static constexpr auto resnorm = gemv_residual_rmsnorm_bf16; static constexpr auto addnorm = add_rmsnorm_bf16;
 };
 template <> struct K<__half> {
     static constexpr auto f = gemv_f16; static constexpr auto sw = gemv_swiglu_f16; static constexpr auto rope = gemv_qkv_rope_f16;
     static constexpr auto sw_alone = swiglu_f16; static constexpr auto rope_alone = qkv_rope_append_f16;
+    static constexpr auto resnorm = gemv_residual_rmsnorm_f16; static constexpr auto addnorm = add_rmsnorm_f16;
 };
 // Double-precision W · x[b] of row n, and the tolerance scale 1e-5 sqrt(K) Σ|w x| of its f32 sum.
 template <class T> std::pair<double, double> dot_ref(const T* w, const T* x, int n, int k, int b) {
@@ -54,6 +59,46 @@ template <class T> void run_swiglu(int f, int k, int b, int shift, unsigned stag
     s.print(what); printf("%-56s bits differing from gemv + swiglu: %ld\n", what, differ);
     CHECK(s.ok() && differ == 0, "%s", what);
     CHECK(out.guard_ok() && wb.guard_ok() && xb.guard_ok(), "%s guard", what); case_done(what, s.worst);
+}
+
+// gemv_residual_rmsnorm (B = 1): x [C] += W [C, K] · h, a = RMSNorm(x) · w_ln.
+template <class T> void run_resnorm(int c, int k, int shift, unsigned stages, unsigned grid, uint64_t seed) {
+    rng_state = seed;
+    const float eps = 1e-6f;
+    Buf<T> wb((size_t)c * k + 1, 8), hb((size_t)k + 1, 8), wln(c), a(c), a2(c);
+    Buf<float> x(c), x2(c), y(c), ws((size_t)(c + 7) / 8 + 1);
+    T* w = wb.p + shift; T* h = hb.p + shift;
+    for (size_t i = 0; i < (size_t)c * k; ++i) w[i] = hto<T>(rnd(1.0f));
+    for (int i = 0; i < k; ++i) h[i] = hto<T>(rnd(1.0f));
+    for (int i = 0; i < c; ++i) { wln[i] = hto<T>(1.0f + rnd(0.5f)); x[i] = x2[i] = rnd(3.0f); }
+    std::vector<float> x0(x.p, x.p + c);
+    uint32_t* counter = (uint32_t*)(ws.p + (c + 7) / 8);
+    *counter = 0;
+    emu::launch({grid, 1, 1}, 256, [&] { K<T>::resnorm(w, h, x.p, wln.p, a.p, ws.p, counter, c, k, stages, eps); });
+    // The unfused chain: gemv into y, then add_rmsnorm (x2 += y, a2 = RMSNorm(x2) · w_ln).
+    emu::launch({(unsigned)((c + 7) / 8), 1, 1}, 256, [&] { K<T>::f(w, h, y.p, c, k, 1, stages); });
+    emu::launch({1, 1, 1}, 256, [&] { K<T>::addnorm(x2.p, y.p, wln.p, a2.p, c, eps); });
+    long xdiff = 0, aulp = 0;
+    for (int i = 0; i < c; ++i) {
+        xdiff += memcmp(&x[i], &x2[i], 4) != 0;
+        aulp = std::max(aulp, std::labs(ulp_key16(a[i].b) - ulp_key16(a2[i].b)));
+    }
+    // Double reference.
+    std::vector<double> xr(c); double ss = 0;
+    double sx = 0;  // tolerance scale of x
+    for (int n = 0; n < c; ++n) { const auto [yy, e] = dot_ref(w, h, n, k, 0); xr[n] = x0[n] + yy; ss += xr[n] * xr[n]; sx = std::max(sx, e); }
+    const double inv = 1.0 / std::sqrt(ss / c + eps);
+    Stat sxs, sas;
+    for (int n = 0; n < c; ++n) {
+        sxs.add(n, x[n], (float)xr[n], (float)(dot_ref(w, h, n, k, 0).second + 1e-6 * std::fabs(xr[n])), 0.0f);
+        sas.add_t<T>(n, a[n], (float)(xr[n] * inv * hf32(wln[n])), (float)(1e-5 + sx * inv * 2), DT<T>::tol);
+    }
+    char what[128]; snprintf(what, sizeof what, "gemv_residual_rmsnorm %s C%d K%d stages %u grid %u%s", DT<T>::name, c, k, stages, grid, shift ? " misaligned" : "");
+    sxs.print(std::string(what) + " x"); sas.print(std::string(what) + " a");
+    printf("%-56s x differing from gemv + add_rmsnorm: %ld, a max ulp from it: %ld, counter %u\n", what, xdiff, aulp, *counter);
+    CHECK(sxs.ok() && sas.ok() && xdiff == 0 && aulp <= 1 && *counter == 0, "%s", what);
+    CHECK(x.guard_ok() && a.guard_ok() && ws.guard_ok() && wb.guard_ok() && hb.guard_ok(), "%s guard", what);
+    case_done(what, std::max(sxs.worst, sas.worst));
 }
 
 // gemv_qkv_rope (B = 1): q, k cache row p, v cache row p of one token at p = pos0.
@@ -146,12 +191,19 @@ int main(int argc, char** argv) {
     std::vector<RP> rps = {{2, 16, 64, 0, 0, 4, 8, true}, {3, 6, 40, 0, 9, 12, 4, true}, {4, 128, 256, 0, 7, 8, 8192, true},
                            {1, 256, 72, 0, 30, 40, 8, true}, {2, 16, 33, 1, 2, 4, 2, false}, {2, 16, 64, 0, 4, 4, 8, true},
                            {2, 8, 16, 0, 0xFFFFFFFFu, 4, 8, true}};
-    if (mode == 2) { sws = {{11008 / 16, 4096, 1, 0}}; rps = {{32, 128, 4096, 0, 100, 128, 8192, true}}; }
+    struct RN { int c, k, shift; };
+    std::vector<RN> rns = {{8, 16, 0}, {37, 264, 0}, {300, 129, 0}, {64, 520, 1}, {1000, 64, 0}};
+    if (mode == 2) { sws = {{11008 / 16, 4096, 1, 0}}; rps = {{32, 128, 4096, 0, 100, 128, 8192, true}}; rns = {{4096, 4096, 0}}; }
     for (unsigned stages : {1u, 2u}) {
         for (auto& c : sws) {
             const unsigned one = (unsigned)((c.f + 7) / 8), few = std::min(one, 1u + (unsigned)(s % 3));
             run_swiglu<__nv_bfloat16>(c.f, c.k, c.b, c.shift, stages, one, s++); run_swiglu<__half>(c.f, c.k, c.b, c.shift, stages, one, s++);
             if (few != one) { run_swiglu<__nv_bfloat16>(c.f, c.k, c.b, c.shift, stages, few, s++); run_swiglu<__half>(c.f, c.k, c.b, c.shift, stages, few, s++); }
+        }
+        for (auto& c : rns) {
+            const unsigned one = (unsigned)((c.c + 7) / 8), few = std::min(one, 1u + (unsigned)(s % 3));
+            run_resnorm<__nv_bfloat16>(c.c, c.k, c.shift, stages, one, s++); run_resnorm<__half>(c.c, c.k, c.shift, stages, one, s++);
+            if (few != one) { run_resnorm<__nv_bfloat16>(c.c, c.k, c.shift, stages, few, s++); run_resnorm<__half>(c.c, c.k, c.shift, stages, few, s++); }
         }
         for (auto& c : rps) {
             const unsigned one = (unsigned)((3 * c.h * c.d / 2 + 7) / 8), few = std::min(one, 1u + (unsigned)(s % 3));

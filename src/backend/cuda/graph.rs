@@ -5,10 +5,11 @@
 //! A pass runs the tokens in the plan's `ids` at positions `pos0..` (both device scalars/buffers):
 //! embedding → L × [c_attn · qkv_rope_append · attention · c_proj · add_rmsnorm · w12 · swiglu ·
 //! mlp.c_proj · add_rmsnorm] → lm_head. The residual add is fused into the next norm (the last one
-//! is ln_f); at decode qkv_rope_append and swiglu run in the epilogue of the GEMV before them
-//! (`gemv_qkv_rope`, `gemv_swiglu`; swiglu also for prefill chunks of up to 8 tokens). A one-token
-//! pass (decode) is captured once as a CUDA graph and replayed: everything that changes between
-//! steps (the id, pos0, the NTK inverse frequencies) lives in device memory.
+//! is ln_f); at decode qkv_rope_append, swiglu and add_rmsnorm run in the epilogue of the GEMV
+//! before them (`gemv_qkv_rope`, `gemv_swiglu`, `gemv_residual_rmsnorm`; swiglu also for prefill
+//! chunks of up to 8 tokens), so a decode layer is 5 launches. A one-token pass (decode) is
+//! captured once as a CUDA graph and replayed: everything that changes between steps (the id,
+//! pos0, the NTK inverse frequencies) lives in device memory.
 use super::device::{cuda_err, gib, set_current, DevBuf, DevSlice, Gpu, GpuDType};
 use super::launch::{self, Blas, GemvConfig, GEMV_MAX_B};
 use super::plan::{Plan, Region, FALLBACK_ROWS, LOGIT_ROWS};
@@ -153,9 +154,9 @@ pub struct CudaSequence {
     alpha: f64,
     /// Capture failed once (or QWEN_CUDA_GRAPH=0): decode launches kernel by kernel.
     no_graph: bool,
-    /// The pointwise kernels after a GEMV run in its epilogue (`gemv_qkv_rope` at decode,
-    /// `gemv_swiglu` up to 8 tokens) and the split-K attention combines in its own last block;
-    /// QWEN_FUSE=0 launches them separately (for A/B runs; the GEMV epilogues give the same bits).
+    /// The pointwise kernels after a GEMV run in its epilogue (`gemv_qkv_rope` and
+    /// `gemv_residual_rmsnorm` at decode, `gemv_swiglu` up to 8 tokens) and the split-K attention
+    /// combines in its own last block; QWEN_FUSE=0 launches them separately (for A/B runs).
     fuse: bool,
     /// QWEN_ATTN=splitk: prefill attention on the split-K kernel too (a debugging aid).
     splitk_prefill: bool,
@@ -210,6 +211,7 @@ impl CudaSequence {
         // The sampling flags and the attention tickets must start zeroed (the kernels leave them zeroed).
         gpu.memset(&seq.stream, seq.r(seq.plan.flags).ptr, 0, seq.plan.flags.bytes)?;
         gpu.memset(&seq.stream, seq.r(seq.plan.adec_counters).ptr, 0, seq.plan.adec_counters.bytes)?;
+        gpu.memset(&seq.stream, seq.r(seq.plan.norm_ws).ptr, 0, seq.plan.norm_ws.bytes)?;
         seq.write_inv_freq(1.0)?;
         seq.stream.synchronize().map_err(cuda_err("initialising a sequence"))?;
         Ok(seq)
@@ -293,6 +295,23 @@ impl CudaSequence {
         Ok(())
     }
 
+    /// `x += h · wᵀ` (the residual stream, `[t, C]` f32; h `[t, K]` T), then `a = RMSNorm(x) · w_ln`:
+    /// at decode with fusion one `gemv_residual_rmsnorm`, else the matmul into y and `add_rmsnorm`.
+    fn project_residual_norm(&self, w: DevSlice, h: DevSlice, w_ln: DevSlice, t: usize, k: usize) -> Result<()> {
+        let cfg = &self.model.config;
+        let (g, s, dt) = (&*self.model.gpu, &*self.stream, self.model.dt);
+        let (c, eps, pl) = (cfg.hidden_size, cfg.layer_norm_epsilon, &self.plan);
+        let x = self.rows(pl.x, 0, t, c * 4)?; // [t, C] f32
+        let a = self.rows(pl.a, 0, t, c * dt.size())?; // [t, C] T
+        if t == 1 && self.fuse {
+            let ws = self.r(pl.norm_ws);
+            return launch::gemv_residual_rmsnorm(g, s, dt, w, h, x, w_ln, a, ws, c, k, eps, GemvConfig::get());
+        }
+        let y = self.rows(pl.y, 0, t, c * 4)?; // [t, C] f32
+        self.matmul(w, h, y, t, c, k)?;
+        launch::add_rmsnorm(g, s, dt, x, y, w_ln, a, t, c, eps)
+    }
+
     /// The transformer on the `t` tokens in `ids` at positions `pos0..` (host copy `pos0`):
     /// ends with the ln_f-normed rows in `a`.
     fn layers(&self, t: usize, pos0: usize) -> Result<()> {
@@ -304,7 +323,6 @@ impl CudaSequence {
         let pl = &self.plan;
         let ids = self.rows(pl.ids, 0, t, 4)?; // [t] u32
         let x = self.rows(pl.x, 0, t, c * 4)?; // [t, C] f32
-        let y = self.rows(pl.y, 0, t, c * 4)?; // [t, C] f32
         let a = self.rows(pl.a, 0, t, c * es)?; // [t, C] T
         let qkv = self.rows(pl.qkv, 0, t, 3 * p * 4)?; // [t, 3P] f32
         let q = self.rows(pl.q, 0, t, p * es)?; // [t, P] T
@@ -329,17 +347,15 @@ impl CudaSequence {
                 )?;
             }
             self.attention(q, kc, vc, att, t, pos0)?;
-            self.matmul(lw.c_proj, att, y, t, c, p)?;
-            launch::add_rmsnorm(g, s, dt, x, y, lw.ln_2, a, t, c, eps)?;
+            self.project_residual_norm(lw.c_proj, att, lw.ln_2, t, p)?;
             if t <= GEMV_MAX_B && self.fuse {
                 launch::gemv_swiglu(g, s, dt, lw.w12, a, gact, f, c, t, GemvConfig::get())?;
             } else {
                 self.matmul(lw.w12, a, upgate, t, 2 * f, c)?;
                 launch::swiglu(g, s, dt, upgate, gact, t, f)?;
             }
-            self.matmul(lw.mlp_c_proj, gact, y, t, c, f)?;
             let next = m.w.layers.get(l + 1).map_or(m.w.ln_f, |n| n.ln_1);
-            launch::add_rmsnorm(g, s, dt, x, y, next, a, t, c, eps)?;
+            self.project_residual_norm(lw.mlp_c_proj, gact, next, t, f)?;
         }
         Ok(())
     }

@@ -70,6 +70,9 @@ pub struct Plan {
     /// `[rows, H]` u32 tickets of the fused decode-attention combine, rows = FALLBACK_ROWS (zeroed
     /// at allocation, left zeroed by the kernel).
     pub adec_counters: Region,
+    /// Workspace of the decode step's fused residual + RMSNorm GEMV (`residual_norm_workspace_bytes`;
+    /// zeroed at allocation, its counter left zero by the kernel).
+    pub norm_ws: Region,
     /// `[cap]` u32 ids of the sequence so far (repetition penalty context).
     pub ctx_ids: Region,
     /// `[V]` u8 sampling flags (zeroed at allocation, left zeroed by the kernels).
@@ -124,6 +127,7 @@ impl Plan {
         let part_o = k.take(po);
         let part_ml = k.take(pml);
         let adec_counters = k.take(FALLBACK_ROWS * h * 4);
+        let norm_ws = k.take(super::launch::residual_norm_workspace_bytes(c));
         let ctx_ids = k.take(cap * 4);
         let flags = k.take(super::launch::sample_workspace_bytes(v));
         let probs = k.take(v * 4);
@@ -150,6 +154,7 @@ impl Plan {
             part_o,
             part_ml,
             adec_counters,
+            norm_ws,
             ctx_ids,
             flags,
             probs,

@@ -1,6 +1,7 @@
 //! `gemv_{bf16,f16}` (cuda/gemv.cu): the decode matmul for B <= 8 rows; oracle `cpu::matmul`.
-//! `gemv_swiglu_*` and `gemv_qkv_rope_*`: the same matmul with swiglu.cu / rotary.cu fused into its
-//! epilogue (oracle: `cpu::matmul`, then `cpu::swiglu` / `cpu::rope` + `model::logn_scale`).
+//! `gemv_swiglu_*`, `gemv_qkv_rope_*` and `gemv_residual_rmsnorm_*`: the same matmul with swiglu.cu /
+//! rotary.cu / rmsnorm.cu's add_rmsnorm fused into its epilogue (oracle: `cpu::matmul`, then
+//! `cpu::swiglu` / `cpu::rope` + `model::logn_scale` / `cpu::add` + `cpu::rmsnorm`).
 use super::rotary::QKV_ROPE_MAX_D;
 use super::{dim_u32, f32_bytes};
 use crate::backend::cuda::device::{Arg, DevSlice, Gpu, GpuDType, Launch};
@@ -213,6 +214,65 @@ pub fn gemv_qkv_rope(
     // reads w rows (i / (D/2))·D + i % (D/2) and that + D/2 (< 3P) at k < K, bias at those rows,
     // inv_freq[i % (D/2)] and pos0; it writes only when p = *pos0 < cap (64-bit): two columns of
     // head (i / (D/2)) % H in q, or in row p of the k or v cache.
+    unsafe { gpu.launch(s, &name, launch, &args) }
+}
+
+/// Bytes of `gemv_residual_rmsnorm`'s workspace for C rows: the per-block partial sums of squares
+/// (`[blocks]` f32, at most ⌈C / 8⌉ blocks) and, after them at a 4-byte boundary, the ticket counter
+/// (one u32, zero on entry and on exit).
+pub fn residual_norm_workspace_bytes(c: usize) -> usize {
+    f32_bytes(c.div_ceil(GEMV_WARPS as usize)) + 4
+}
+
+/// The output projection of a layer with the residual add and the next RMSNorm fused in, for one
+/// token (decode): `x[n] += Σ_k w[n, k] · x_in[k]` (the f32 residual stream `[C]`, same bits as
+/// `gemv` + `add_rmsnorm`'s add), then `a = T((x · inv) · w_ln)` with `inv = 1 / sqrt(Σ x² / C +
+/// eps)`, done by the last block to finish (`add_rmsnorm`'s expression; Σ x² in another order, so
+/// `a` may differ from it by an ulp of T). w `[C, K]` T, x_in `[1, K]` T, w_ln `[C]` T, a `[C]` T;
+/// `workspace`: `residual_norm_workspace_bytes(C)`, its counter zero (left zero).
+#[allow(clippy::too_many_arguments)]
+pub fn gemv_residual_rmsnorm(
+    gpu: &Gpu,
+    s: &CudaStream,
+    dt: GpuDType,
+    w: DevSlice,
+    x_in: DevSlice,
+    x: DevSlice,
+    w_ln: DevSlice,
+    a: DevSlice,
+    workspace: DevSlice,
+    c: usize,
+    k: usize,
+    eps: f32,
+    cfg: GemvConfig,
+) -> Result<()> {
+    let Some(launch) = gemv_grid(gpu, "gemv_residual_rmsnorm", w, x_in, c, 1, k, 1, dt, cfg)? else { return Ok(()) };
+    x.need(f32_bytes(c), "gemv_residual_rmsnorm x [C]")?;
+    w_ln.need(c * dt.size(), "gemv_residual_rmsnorm w_ln [C]")?;
+    a.need(c * dt.size(), "gemv_residual_rmsnorm a [C]")?;
+    workspace.need(residual_norm_workspace_bytes(c), "gemv_residual_rmsnorm workspace")?;
+    let blocks = launch.grid.0 as usize;
+    debug_assert!(blocks <= c.div_ceil(GEMV_WARPS as usize));
+    let counter = workspace.ptr.offset(f32_bytes(c.div_ceil(GEMV_WARPS as usize)));
+    let name = format!("gemv_residual_rmsnorm_{}", dt.suffix());
+    let args = [
+        Arg::Ptr(w.ptr),
+        Arg::Ptr(x_in.ptr),
+        Arg::Ptr(x.ptr),
+        Arg::Ptr(w_ln.ptr),
+        Arg::Ptr(a.ptr),
+        Arg::Ptr(workspace.ptr),
+        Arg::Ptr(counter),
+        Arg::U32(dim_u32(c, "gemv_residual_rmsnorm C")?),
+        Arg::U32(dim_u32(k, "gemv_residual_rmsnorm K")?),
+        Arg::U32(cfg.stages),
+        Arg::F32(eps),
+    ];
+    // SAFETY: w holds [C, K] T and x_in [1, K] T (gemv_grid), x [C] f32, w_ln and a [C] T, and the
+    // workspace ⌈C/8⌉ f32 partials (>= the grid's blocks) + the u32 counter (above). Warp g takes rows
+    // n = g, g + warps, ... < C: reads w row n (k < K, clamped into the row) and x_in, reads and writes
+    // x[n]; block i writes partials[i] and updates the counter; the last block reads every partial
+    // and x[0..C], w_ln[0..C], writes a[0..C] and resets the counter.
     unsafe { gpu.launch(s, &name, launch, &args) }
 }
 
