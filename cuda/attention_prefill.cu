@@ -12,9 +12,10 @@
 //          does nothing (the launcher refuses it). Every row is 16-byte aligned (P*2 % 32 == 0 and the
 //          launcher checks the base pointers), so all global traffic is 16-byte cp.async / stores.
 //          Cache rows > the block's last needed position (and all rows >= cap) are never read.
-// Launch:  grid (⌈T/64⌉, H), block 128 (4 warps), dynamic smem ap_smem_bytes(D) =
+// Launch:  grid (H, ⌈T/64⌉), block 128 (4 warps), dynamic smem ap_smem_bytes(D) =
 //          2·64·(D+8)·2 (K and V tiles) + 64·68·4 (S/P) + 3·64·4 (m, l, α) bytes: 52992 at D = 128
-//          (> 48 KiB: the launcher raises the limit). A block owns 64 query rows of one head, warp w
+//          (> 48 KiB: the launcher raises the limit). Block (h, y) owns query tile ⌈T/64⌉ - 1 - y of
+//          head h (the heaviest tiles are dispatched first). A block owns 64 query rows of one head, warp w
 //          rows 16w..16w+15; Q (as WMMA fragments) and O (f32 accumulator fragments) stay in registers.
 //          Per 64-key tile: S = Q·Kᵀ (WMMA, f32) → per-row online softmax → O = O·α + P̃·V (WMMA, f32);
 //          key tiles past the block's last position are skipped, and inside a tile each warp skips
@@ -99,8 +100,12 @@ __device__ __forceinline__ void ap_impl(const T* __restrict__ q, const T* __rest
     float* l_s = m_s + AP_BQ;          // [64] running sum of P̃ per query row
     float* a_s = l_s + AP_BQ;          // [64] rescale factor exp(m_old - m_new) of the current tile
 
-    const uint32_t t0 = blockIdx.x * AP_BQ;
-    const uint32_t h = blockIdx.y;
+    // Heaviest first: blocks are dispatched in blockIdx order (x fastest), and query tile i of a
+    // causal prefill costs i + 1 key tiles, so y counts the tiles from the last one down and x runs
+    // over the heads: every head's last tile, then every head's second-to-last, ... (longest job
+    // first, so the final wave holds the short tiles).
+    const uint32_t t0 = (gridDim.y - 1u - blockIdx.y) * AP_BQ;
+    const uint32_t h = blockIdx.x;
     if (t0 >= Tn || h >= H || cap == 0 || blockDim.x != AP_THREADS) return;  // block-uniform
     const int warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
     const uint32_t P = H * D;

@@ -31,7 +31,7 @@ template <typename T> void run(const Case& c, uint64_t seed) {
     pos0[0] = (uint32_t)c.pos0;
     const float scale = (float)(1.0 / std::sqrt((double)c.d));
     const size_t smem = ap_smem_bytes(c.d);
-    emu::launch({(unsigned)(c.t + 63) / 64, (unsigned)c.h, 1}, 128,
+    emu::launch({(unsigned)c.h, (unsigned)(c.t + 63) / 64, 1}, 128,
                 [&] { Kern<T>::fn(q.p, k.p, v.p, out.p, pos0.p, c.t, c.h, c.d, c.cap, scale); }, smem);
 
     // Reference (as cpu::attention, f32).
