@@ -21,7 +21,8 @@
 //          lane, reduced with a butterfly of warp shuffles at each row's end; lane b stores y[b, n].
 //          No shared memory, no __syncthreads (except gemv_residual_rmsnorm's finalisation, below);
 //          warps without a row exit before any load. With PDL
-//          (common.cuh) a warp requests its first pass of W before waiting for the previous kernel.
+//          (common.cuh) a warp requests its first pass of W (two with `stages` = 2) before waiting
+//          for the previous kernel.
 // Fused:   the same stream walks ITEMS of R weight rows instead of single rows (warp g takes items
 //          g, g + W, ...; an item's R rows follow each other in the warp's stream, so the double
 //          buffering crosses from one to the next), and at the item's end lane b applies the
@@ -320,24 +321,28 @@ __device__ __forceinline__ void gemv_stream(E& e, const uint4* w4, const uint4* 
     for (int b = 0; b < B; ++b) acc[b] = 0.0f;
     float first = 0.0f;
     uint4 a[U], c[U];
-    // The first pass's weights are requested before waiting for the previous kernel (PDL): W is
+    // The first passes' weights are requested before waiting for the previous kernel (PDL): W is
     // never written by a kernel; x, the outputs and the epilogue's inputs are touched only after
     // pdl_begin(). (row() reads only kernel parameters.)
     gemv_issue<U>(e, w4, a, 0, P, g, W, K8, lane);
-    pdl_begin();
     if constexpr (!PIPE) {
+        pdl_begin();
         for (uint32_t s = 0; s < steps; ++s) {
             if (s > 0) gemv_issue<U>(e, w4, a, s, P, g, W, K8, lane);
             gemv_consume<T, B, U>(e, a, acc, first, x4, s, P, g, W, K8, lane);
         }
     } else {
-        // Two buffers: a holds even steps, c odd ones; step s + 1 is in flight while s is multiplied.
+        // Two buffers: a holds even steps, c odd ones; step s + 1 is in flight while s is
+        // multiplied. Both are filled before the wait, so two passes stream in while the previous
+        // kernel drains. (Issue and multiply order: i0 i1 | m0 i2 m1 i3 m2 i4 ...)
+        if (1u < steps) gemv_issue<U>(e, w4, c, 1u, P, g, W, K8, lane);
+        pdl_begin();
         for (uint32_t s = 0; s < steps; s += 2u) {
-            if (s + 1u < steps) gemv_issue<U>(e, w4, c, s + 1u, P, g, W, K8, lane);
             gemv_consume<T, B, U>(e, a, acc, first, x4, s, P, g, W, K8, lane);
+            if (s + 2u < steps) gemv_issue<U>(e, w4, a, s + 2u, P, g, W, K8, lane);
             if (s + 1u < steps) {
-                if (s + 2u < steps) gemv_issue<U>(e, w4, a, s + 2u, P, g, W, K8, lane);
                 gemv_consume<T, B, U>(e, c, acc, first, x4, s + 1u, P, g, W, K8, lane);
+                if (s + 3u < steps) gemv_issue<U>(e, w4, c, s + 3u, P, g, W, K8, lane);
             }
         }
     }
