@@ -22,7 +22,8 @@
 //          No shared memory, no __syncthreads (except gemv_residual_rmsnorm's finalisation, below);
 //          warps without a row exit before any load. With PDL
 //          (common.cuh) a warp requests its first pass of W (two with `stages` = 2) before waiting
-//          for the previous kernel.
+//          for the previous kernel; optionally (GemvConfig::prefetch_mb, off by default, an
+//          experiment) the grid's first warps also ask for the rest of their first item in L2 then.
 // Fused:   the same stream walks ITEMS of R weight rows instead of single rows (warp g takes items
 //          g, g + W, ...; an item's R rows follow each other in the warp's stream, so the double
 //          buffering crosses from one to the next), and at the item's end lane b applies the
@@ -66,6 +67,11 @@ __device__ __forceinline__ uint4 gemv_ld_stream(const uint4* p) {
                  : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                  : "l"(p));
     return v;
+}
+
+// Ask for one 128-byte line of W into L2 (no register, no completion to wait for).
+__device__ __forceinline__ void gemv_prefetch_l2(const void* p) {
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
 }
 
 // Two packed T values (low half first = lower address) to two floats, exactly.
@@ -313,7 +319,7 @@ __device__ __forceinline__ void gemv_consume(E& e, const uint4 (&wv)[U], float (
 // Vector path of one warp: `steps` = items of this warp x R rows x P passes, as one stream.
 template <typename T, int B, int U, bool PIPE, class E>
 __device__ __forceinline__ void gemv_stream(E& e, const uint4* w4, const uint4* x4, uint32_t K8, uint64_t g,
-                                            uint64_t W, uint32_t items, uint32_t lane) {
+                                            uint64_t W, uint32_t items, uint32_t lane, bool prefetch) {
     const uint32_t P = (K8 + 32u * U - 1u) / (32u * U);  // passes per row (>= 1)
     const uint32_t steps = items * (uint32_t)E::R * P;   // fits u32 (checked by the launcher)
     float acc[B];
@@ -325,6 +331,13 @@ __device__ __forceinline__ void gemv_stream(E& e, const uint4* w4, const uint4* 
     // never written by a kernel; x, the outputs and the epilogue's inputs are touched only after
     // pdl_begin(). (row() reads only kernel parameters.)
     gemv_issue<U>(e, w4, a, 0, P, g, W, K8, lane);
+    if (prefetch) {  // the rest of the warp's first item into L2 while the previous kernel drains
+#pragma unroll 1
+        for (uint32_t r = 0; r < (uint32_t)E::R; ++r) {
+            const char* row = reinterpret_cast<const char*>(w4 + e.row(g, r) * K8);  // [K8 · 16 bytes]
+            for (uint32_t off = lane * 128u; off < K8 * 16u; off += 32u * 128u) gemv_prefetch_l2(row + off);
+        }
+    }
     if constexpr (!PIPE) {
         pdl_begin();
         for (uint32_t s = 0; s < steps; ++s) {
@@ -351,7 +364,9 @@ __device__ __forceinline__ void gemv_stream(E& e, const uint4* w4, const uint4* 
 // The stream of one warp: items g, g + W, ... < n_items.
 template <typename T, int B, class E>
 __device__ __forceinline__ void gemv_warp(E& e, const T* __restrict__ w, const T* __restrict__ x, uint32_t K,
-                                          uint32_t stages, uint64_t g, uint64_t W, uint64_t n_items, uint32_t lane) {
+                                          uint32_t cfg, uint64_t g, uint64_t W, uint64_t n_items, uint32_t lane) {
+    const uint32_t stages = cfg & 0xFFu;
+    const bool prefetch = g < (cfg >> 8);  // the first cfg >> 8 warps of the grid prefetch
     const uint32_t items = (uint32_t)((n_items - 1u - g) / W + 1u);  // items g, g + W, ... < n_items
 
     const bool vec = (K % 8u == 0) && ((reinterpret_cast<uintptr_t>(w) | reinterpret_cast<uintptr_t>(x)) & 15u) == 0;
@@ -360,9 +375,9 @@ __device__ __forceinline__ void gemv_warp(E& e, const T* __restrict__ w, const T
         const uint4* w4 = reinterpret_cast<const uint4*>(w);
         const uint4* x4 = reinterpret_cast<const uint4*>(x);
         if (stages >= 2) {
-            gemv_stream<T, B, gemv_loads_in_flight(B) / 2, true>(e, w4, x4, K / 8u, g, W, items, lane);
+            gemv_stream<T, B, gemv_loads_in_flight(B) / 2, true>(e, w4, x4, K / 8u, g, W, items, lane, prefetch);
         } else {
-            gemv_stream<T, B, gemv_loads_in_flight(B), false>(e, w4, x4, K / 8u, g, W, items, lane);
+            gemv_stream<T, B, gemv_loads_in_flight(B), false>(e, w4, x4, K / 8u, g, W, items, lane, prefetch);
         }
         return;
     }
@@ -387,12 +402,12 @@ __device__ __forceinline__ void gemv_warp(E& e, const T* __restrict__ w, const T
 
 template <typename T, int B, class E>
 __device__ __forceinline__ void gemv_impl(E& e, const T* __restrict__ w, const T* __restrict__ x, uint32_t K,
-                                          uint32_t stages) {
+                                          uint32_t cfg) {
     const uint32_t lane = threadIdx.x & 31u;
     const uint64_t g = (uint64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);  // 64-bit: no wrap near 2^32
     const uint64_t W = (uint64_t)gridDim.x * GEMV_WARPS;                        // warps in the grid
     const uint64_t n_items = e.n_items();
-    if (g < n_items) gemv_warp<T, B>(e, w, x, K, stages, g, W, n_items, lane);
+    if (g < n_items) gemv_warp<T, B>(e, w, x, K, cfg, g, W, n_items, lane);
     // Without FINALIZE a warp without items simply leaves (g is warp-uniform).
     if constexpr (E::FINALIZE) e.finalize();
 }
@@ -401,17 +416,17 @@ __device__ __forceinline__ void gemv_impl(E& e, const T* __restrict__ w, const T
 // instantiates only B = 1 (decode): with all eight B in one kernel ptxas spills ~90 bytes at 64
 // registers, with B = 1 alone none in the streaming loop.
 template <int MAX_B, typename T, class E>
-__device__ __forceinline__ void gemv_dispatch(E e, const T* w, const T* x, uint32_t K, uint32_t B, uint32_t stages) {
+__device__ __forceinline__ void gemv_dispatch(E e, const T* w, const T* x, uint32_t K, uint32_t B, uint32_t cfg) {
     static_assert(MAX_B >= 1 && MAX_B <= GEMV_MAX_B && GEMV_MAX_B <= 32, "lane b stores batch row b");
     switch (B) {
-        case 1: gemv_impl<T, 1>(e, w, x, K, stages); break;
-        case 2: if constexpr (MAX_B >= 2) gemv_impl<T, 2>(e, w, x, K, stages); break;
-        case 3: if constexpr (MAX_B >= 3) gemv_impl<T, 3>(e, w, x, K, stages); break;
-        case 4: if constexpr (MAX_B >= 4) gemv_impl<T, 4>(e, w, x, K, stages); break;
-        case 5: if constexpr (MAX_B >= 5) gemv_impl<T, 5>(e, w, x, K, stages); break;
-        case 6: if constexpr (MAX_B >= 6) gemv_impl<T, 6>(e, w, x, K, stages); break;
-        case 7: if constexpr (MAX_B >= 7) gemv_impl<T, 7>(e, w, x, K, stages); break;
-        case 8: if constexpr (MAX_B >= 8) gemv_impl<T, 8>(e, w, x, K, stages); break;
+        case 1: gemv_impl<T, 1>(e, w, x, K, cfg); break;
+        case 2: if constexpr (MAX_B >= 2) gemv_impl<T, 2>(e, w, x, K, cfg); break;
+        case 3: if constexpr (MAX_B >= 3) gemv_impl<T, 3>(e, w, x, K, cfg); break;
+        case 4: if constexpr (MAX_B >= 4) gemv_impl<T, 4>(e, w, x, K, cfg); break;
+        case 5: if constexpr (MAX_B >= 5) gemv_impl<T, 5>(e, w, x, K, cfg); break;
+        case 6: if constexpr (MAX_B >= 6) gemv_impl<T, 6>(e, w, x, K, cfg); break;
+        case 7: if constexpr (MAX_B >= 7) gemv_impl<T, 7>(e, w, x, K, cfg); break;
+        case 8: if constexpr (MAX_B >= 8) gemv_impl<T, 8>(e, w, x, K, cfg); break;
         default: break;
     }
 }
@@ -419,47 +434,49 @@ __device__ __forceinline__ void gemv_dispatch(E e, const T* w, const T* x, uint3
 }  // namespace
 
 // __launch_bounds__(256, 4): at most 64 registers, so 4 blocks (32 warps) fit per SM for every B.
+// cfg: bits 0-7 the stage count (1 or 2), bits 8-31 how many leading warps of the grid prefetch their
+// first item's rows into L2 before waiting for the previous kernel (0: none; GemvConfig::word).
 // y [B, N] f32 = x [B, K] · w [N, K]ᵀ.
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 4)
     gemv_bf16(const __nv_bfloat16* w, const __nv_bfloat16* x, float* y, uint32_t N, uint32_t K, uint32_t B,
-              uint32_t stages) {
-    gemv_dispatch<GEMV_MAX_B>(GemvPlain{y, N}, w, x, K, B, stages);
+              uint32_t cfg) {
+    gemv_dispatch<GEMV_MAX_B>(GemvPlain{y, N}, w, x, K, B, cfg);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 4)
-    gemv_f16(const __half* w, const __half* x, float* y, uint32_t N, uint32_t K, uint32_t B, uint32_t stages) {
-    gemv_dispatch<GEMV_MAX_B>(GemvPlain{y, N}, w, x, K, B, stages);
+    gemv_f16(const __half* w, const __half* x, float* y, uint32_t N, uint32_t K, uint32_t B, uint32_t cfg) {
+    gemv_dispatch<GEMV_MAX_B>(GemvPlain{y, N}, w, x, K, B, cfg);
 }
 
 // out [B, F] T = swiglu(x · w[0:F]ᵀ, x · w[F:2F]ᵀ), w [2F, K].
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 4)
     gemv_swiglu_bf16(const __nv_bfloat16* w, const __nv_bfloat16* x, __nv_bfloat16* out, uint32_t F, uint32_t K,
-                     uint32_t B, uint32_t stages) {
-    gemv_dispatch<GEMV_MAX_B>(GemvSwiglu<__nv_bfloat16>{out, F}, w, x, K, B, stages);
+                     uint32_t B, uint32_t cfg) {
+    gemv_dispatch<GEMV_MAX_B>(GemvSwiglu<__nv_bfloat16>{out, F}, w, x, K, B, cfg);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 4)
     gemv_swiglu_f16(const __half* w, const __half* x, __half* out, uint32_t F, uint32_t K, uint32_t B,
-                    uint32_t stages) {
-    gemv_dispatch<GEMV_MAX_B>(GemvSwiglu<__half>{out, F}, w, x, K, B, stages);
+                    uint32_t cfg) {
+    gemv_dispatch<GEMV_MAX_B>(GemvSwiglu<__half>{out, F}, w, x, K, B, cfg);
 }
 
 // q [B, P] T, k_cache / v_cache rows *pos0 + b = qkv_rope_append(x · wᵀ), w [3P, K], P = H·D; B = 1 only.
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 4)
     gemv_qkv_rope_bf16(const __nv_bfloat16* w, const __nv_bfloat16* x, const __nv_bfloat16* bias,
                        const float* inv_freq, const uint32_t* pos0, __nv_bfloat16* q, __nv_bfloat16* k_cache,
-                       __nv_bfloat16* v_cache, uint32_t K, uint32_t B, uint32_t stages, uint32_t H, uint32_t D,
+                       __nv_bfloat16* v_cache, uint32_t K, uint32_t B, uint32_t cfg, uint32_t H, uint32_t D,
                        uint32_t cap, uint32_t S, uint32_t use_logn) {
     gemv_dispatch<1>(GemvQkvRope<__nv_bfloat16>{bias, inv_freq, pos0, q, k_cache, v_cache, H, D, cap, S, use_logn}, w, x,
-                  K, B, stages);
+                  K, B, cfg);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 4)
     gemv_qkv_rope_f16(const __half* w, const __half* x, const __half* bias, const float* inv_freq,
                       const uint32_t* pos0, __half* q, __half* k_cache, __half* v_cache, uint32_t K, uint32_t B,
-                      uint32_t stages, uint32_t H, uint32_t D, uint32_t cap, uint32_t S, uint32_t use_logn) {
+                      uint32_t cfg, uint32_t H, uint32_t D, uint32_t cap, uint32_t S, uint32_t use_logn) {
     gemv_dispatch<1>(GemvQkvRope<__half>{bias, inv_freq, pos0, q, k_cache, v_cache, H, D, cap, S, use_logn}, w, x, K, B,
-                  stages);
+                  cfg);
 }
 
 // x [C] f32 += x_in [1, K] · wᵀ (w [C, K]), then a [C] T = RMSNorm(x) · w_ln by the last block;
@@ -467,14 +484,14 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 4)
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 4)
     gemv_residual_rmsnorm_bf16(const __nv_bfloat16* w, const __nv_bfloat16* x_in, float* x,
                                const __nv_bfloat16* w_ln, __nv_bfloat16* a, float* partials, uint32_t* counter,
-                               uint32_t C, uint32_t K, uint32_t stages, float eps) {
+                               uint32_t C, uint32_t K, uint32_t cfg, float eps) {
     gemv_dispatch<1>(GemvResidualNorm<__nv_bfloat16>{x, w_ln, a, partials, counter, C, eps, 0.0f}, w, x_in, K, 1u,
-                     stages);
+                     cfg);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 4)
     gemv_residual_rmsnorm_f16(const __half* w, const __half* x_in, float* x, const __half* w_ln, __half* a,
-                              float* partials, uint32_t* counter, uint32_t C, uint32_t K, uint32_t stages,
+                              float* partials, uint32_t* counter, uint32_t C, uint32_t K, uint32_t cfg,
                               float eps) {
-    gemv_dispatch<1>(GemvResidualNorm<__half>{x, w_ln, a, partials, counter, C, eps, 0.0f}, w, x_in, K, 1u, stages);
+    gemv_dispatch<1>(GemvResidualNorm<__half>{x, w_ln, a, partials, counter, C, eps, 0.0f}, w, x_in, K, 1u, cfg);
 }

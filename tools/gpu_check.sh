@@ -44,7 +44,7 @@ for step in ${STEPS:-tests bench gemv torch kbench}; do case $step in
       run bench-7b 60 env QWEN_PDL=$pdl $Q bench --backend cuda --synth 7b --prefill 8000 --decode-prompt 8000 --decode 128
     done
     for rep in $(seq "${REPS:-1}"); do for fuse in ${FUSE_MODES:-1 0}; do for pdl in ${PDL_MODES:-1}; do
-      for cfg in ${GEMV_CONFIGS:-2,4 2,8}; do
+      for cfg in ${GEMV_CONFIGS:-2,8 2,8,24}; do
         run bench-7b 40 env QWEN_FUSE=$fuse QWEN_PDL=$pdl QWEN_GEMV=$cfg $Q bench --backend cuda --synth 7b --prefill 128,2048
     done; done; done; done ;;
   gemv)

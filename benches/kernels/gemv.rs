@@ -20,7 +20,9 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
     let b = 1usize;
     // (stages, blocks per SM): the old kernel (1, 0), double buffered with one row per warp, and
     // persistent grids of 2, 4 and 8 blocks per SM.
-    let sweep = [(1, 0), (2, 0), (2, 2), (2, 4), (2, 8)].map(|(stages, blocks_per_sm)| GemvConfig { stages, blocks_per_sm });
+    let mut sweep = [(1, 0), (2, 0), (2, 2), (2, 4), (2, 8)].map(|(stages, blocks_per_sm)| GemvConfig::new(stages, blocks_per_sm)).to_vec();
+    // The L2-prefetch experiment (GemvConfig::prefetch_mb): back to back, the next launch's first rows.
+    sweep.push(GemvConfig { stages: 2, blocks_per_sm: 8, prefetch_mb: 24 });
     let mut g = c.benchmark_group("gemv");
     // attn c_proj, c_attn (q‖k‖v), fused w1‖w2, mlp c_proj, lm_head.
     for (n, k) in [(4096usize, 4096usize), (12288, 4096), (22016, 4096), (4096, 11008), (151936, 4096)] {
@@ -30,8 +32,8 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
         let y = gpu.alloc(b * n * 4).expect("alloc y");
         gpu.sync().expect("sync");
         g.throughput(Throughput::Bytes((n * k * 2 + b * k * 2 + b * n * 4) as u64));
-        for cfg in sweep {
-            let name = format!("bf16_N{n}_K{k}_B{b}_stages{}_bps{}", cfg.stages, cfg.blocks_per_sm);
+        for &cfg in &sweep {
+            let name = format!("bf16_N{n}_K{k}_B{b}_stages{}_bps{}_pf{}", cfg.stages, cfg.blocks_per_sm, cfg.prefetch_mb);
             g.bench_function(name, |bch| {
                 bch.iter_custom(|iters| {
                     gpu_time(gpu, iters, |i| {

@@ -160,13 +160,15 @@ fn gemv_every_config() {
     let Some(gpu) = gpu("gemv_every_config") else { return };
     // Both stage counts, one row per warp (0) and grids capped at 1 or 4 blocks per SM (each warp
     // then streams several rows, its passes crossing row ends); vector and scalar paths.
-    let configs = [(1, 0), (2, 0), (1, 1), (2, 1), (2, 4)].map(|(stages, blocks_per_sm)| launch::GemvConfig { stages, blocks_per_sm });
+    // Also the L2-prefetch experiment (only hints: the results must not change).
+    let mut configs = [(1, 0), (2, 0), (1, 1), (2, 1), (2, 4)].map(|(stages, blocks_per_sm)| launch::GemvConfig::new(stages, blocks_per_sm)).to_vec();
+    configs.push(launch::GemvConfig { stages: 2, blocks_per_sm: 8, prefetch_mb: 4 });
     for (n, k, bs) in [(22016, 4096, &[1usize, 2][..]), (4096, 11008, &[1][..]), (1003, 1032, &[1, 3, 4, 5, 8][..]), (1003, 129, &[3][..])] {
         let w_f32 = rand_vec(n * k, 17 + (n + k) as u64, 1.0);
         for dt in DTYPES {
             let (w, w_host) = upload_dt(&gpu, dt, &w_f32);
             let oracle = Oracle::new(&w_host, n, k);
-            for cfg in configs {
+            for &cfg in &configs {
                 for &b in bs {
                     check_with(&gpu, dt, w.slice(), &oracle, n, k, b, 0, cfg);
                 }
@@ -212,7 +214,7 @@ fn gemv_rejects_bad_shapes() {
         assert!(r.is_err(), "gemv with B = {b} must be refused");
     }
     for stages in [0, 3] {
-        let cfg = launch::GemvConfig { stages, blocks_per_sm: 0 };
+        let cfg = launch::GemvConfig::new(stages, 0);
         let r = launch::gemv_with(&gpu, &gpu.stream, dt, w.slice(), x.slice(), y.slice(), n, k, 1, cfg);
         assert!(r.is_err(), "gemv with {stages} stages must be refused");
     }

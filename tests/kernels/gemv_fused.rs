@@ -18,12 +18,13 @@ use qwen_rt::backend::cuda::launch::{self, GemvConfig};
 const POISON: u16 = 0xFFFF;
 
 /// Stage counts and grid caps: one item per warp (0) and 1 or 4 blocks per SM (warps stream
-/// several items, the double buffering crossing item ends).
-const CONFIGS: [GemvConfig; 4] = [
-    GemvConfig { stages: 1, blocks_per_sm: 0 },
-    GemvConfig { stages: 2, blocks_per_sm: 0 },
-    GemvConfig { stages: 2, blocks_per_sm: 1 },
-    GemvConfig { stages: 2, blocks_per_sm: 4 },
+/// several items, the double buffering crossing item ends); and the L2-prefetch experiment.
+const CONFIGS: [GemvConfig; 5] = [
+    GemvConfig::new(1, 0),
+    GemvConfig::new(2, 0),
+    GemvConfig::new(2, 1),
+    GemvConfig::new(2, 4),
+    GemvConfig { stages: 2, blocks_per_sm: 8, prefetch_mb: 1 },
 ];
 
 fn bits(gpu: &Gpu, b: &DevBuf, n: usize) -> Vec<u16> {
@@ -184,7 +185,7 @@ fn gemv_fused_rejects_bad_shapes() {
     };
     assert!(sw(8, 16, 9, cfg).is_err(), "B = 9 must be refused");
     assert!(sw(8, 16, 0, cfg).is_err(), "B = 0 must be refused");
-    assert!(sw(8, 16, 1, GemvConfig { stages: 3, blocks_per_sm: 0 }).is_err(), "3 stages must be refused");
+    assert!(sw(8, 16, 1, GemvConfig::new(3, 0)).is_err(), "3 stages must be refused");
     assert!(sw(2048, 16, 1, cfg).is_err(), "w [2F, K] larger than its buffer must be refused");
     assert!(sw(8, 16, 1, cfg).is_ok());
     let rope = |h: usize, d: usize, cap: usize| {

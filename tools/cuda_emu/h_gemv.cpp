@@ -153,6 +153,7 @@ template <class T> void run(int n, int k, int b, int shift, unsigned stages, uns
     T* w = wb.p + shift; T* x = xb.p + shift;
     for (size_t i = 0; i < (size_t)n * k; ++i) w[i] = hto<T>(rnd(1.0f));
     for (size_t i = 0; i < (size_t)b * k; ++i) x[i] = hto<T>(rnd(2.0f));
+    // stages >> 8: the L2-prefetch field of the cfg word (cache hints only; must not change y).
     emu::launch({grid, 1, 1}, 256, [&] { K<T>::f(w, x, y.p, n, k, b, stages); });
     Stat s;
     for (int bi = 0; bi < b; ++bi) for (int ni = 0; ni < n; ++ni) {
@@ -160,7 +161,7 @@ template <class T> void run(int n, int k, int b, int shift, unsigned stages, uns
         for (int ki = 0; ki < k; ++ki) { double p = (double)hf32(w[(size_t)ni * k + ki]) * hf32(x[(size_t)bi * k + ki]); acc += p; aabs += std::fabs(p); }
         s.add((size_t)bi * n + ni, y[(size_t)bi * n + ni], (float)acc, (float)(1e-5 * std::sqrt((double)k) * aabs + 1e-30), 0.0f);
     }
-    char what[128]; snprintf(what, sizeof what, "gemv %s N%d K%d B%d stages %u grid %u%s", DT<T>::name, n, k, b, stages, grid, shift ? " misaligned" : "");
+    char what[128]; snprintf(what, sizeof what, "gemv %s N%d K%d B%d stages %u pf %u grid %u%s", DT<T>::name, n, k, b, stages & 0xFF, stages >> 8, grid, shift ? " misaligned" : "");
     s.print(what); CHECK(s.ok(), "%s", what); CHECK(y.guard_ok() && wb.guard_ok() && xb.guard_ok(), "%s guard", what); case_done(what, s.worst);
 }
 int main(int argc, char** argv) {
@@ -173,7 +174,7 @@ int main(int argc, char** argv) {
     uint64_t s = 1;
     for (auto& c : cs) {
         const unsigned one_row = (unsigned)((c.n + 7) / 8);
-        for (unsigned stages : {1u, 2u}) {
+        for (unsigned stages : {1u, 2u, 2u | (3u << 8)}) {
             // One row per warp, and a grid of (at most) 1-3 blocks: warps stream several rows.
             const unsigned few = std::min(one_row, 1u + (unsigned)(s % 3));
             for (int gi = 0; gi < 2; ++gi) {

@@ -122,6 +122,9 @@ def ptx_to_cpp(ptx, ops):
         return 'emu::ptx_cp_commit()'
     if ptx in ('griddepcontrol.wait', 'griddepcontrol.launch_dependents'):
         return '((void)0)'  # PDL: the emulator runs kernels one after another, so there is nothing to wait for
+    m = re.fullmatch(r'prefetch\.global\.L2\s+\[(%\d+)\]', ptx)
+    if m:
+        return f'((void){arg(m.group(1))})'  # a cache hint: nothing to emulate
     m = re.fullmatch(r'cp\.async\.wait_group\s+(%\d+|\d+)', ptx)
     if m:
         return f'emu::ptx_cp_wait({arg(m.group(1))})'

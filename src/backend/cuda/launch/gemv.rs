@@ -17,11 +17,14 @@ const GEMV_WARPS: u64 = 8;
 
 /// How `gemv` runs (cuda/gemv.cu's header): `stages` 1 (load a pass, then multiply it) or 2 (the
 /// next pass's loads in flight while this one is multiplied); `blocks_per_sm` caps the grid at that
-/// many blocks per multiprocessor so each warp streams several rows (0: no cap, one row per warp).
+/// many blocks per multiprocessor so each warp streams several rows (0: no cap, one row per warp);
+/// `prefetch_mb` (an experiment, 0 = off): up to that many MB of the grid's first items are asked
+/// into L2 before the kernel waits for the previous one (PDL), to keep DRAM busy across the boundary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GemvConfig {
     pub stages: u32,
     pub blocks_per_sm: u32,
+    pub prefetch_mb: u32,
 }
 
 impl GemvConfig {
@@ -35,8 +38,8 @@ impl GemvConfig {
             Ok(v) => GemvConfig::parse(&v).unwrap_or_else(|| {
                 let d = GemvConfig::DEFAULT;
                 eprintln!(
-                    "warning: QWEN_GEMV={v:?} is not STAGES,BLOCKS_PER_SM with STAGES 1 or 2; using {},{}",
-                    d.stages, d.blocks_per_sm
+                    "warning: QWEN_GEMV={v:?} is not STAGES,BLOCKS_PER_SM[,PREFETCH_MB] with STAGES 1 or 2; using {},{},{}",
+                    d.stages, d.blocks_per_sm, d.prefetch_mb
                 );
                 d
             }),
@@ -44,13 +47,39 @@ impl GemvConfig {
     }
 
     /// Chosen by the sweep in benches/kernels/gemv.rs (BENCHMARKS.md).
-    pub const DEFAULT: GemvConfig = GemvConfig { stages: 2, blocks_per_sm: 8 };
+    pub const DEFAULT: GemvConfig = GemvConfig { stages: 2, blocks_per_sm: 8, prefetch_mb: 0 };
 
-    /// "STAGES,BLOCKS_PER_SM", e.g. "2,4"; None if malformed.
+    /// `stages` and `blocks_per_sm`, no prefetch.
+    pub const fn new(stages: u32, blocks_per_sm: u32) -> GemvConfig {
+        GemvConfig { stages, blocks_per_sm, prefetch_mb: 0 }
+    }
+
+    /// "STAGES,BLOCKS_PER_SM" or "STAGES,BLOCKS_PER_SM,PREFETCH_MB", e.g. "2,4" or "2,8,24"; None if
+    /// malformed.
     pub fn parse(s: &str) -> Option<GemvConfig> {
-        let (a, b) = s.split_once(',')?;
-        let stages = a.trim().parse().ok().filter(|s| (1..=2).contains(s))?;
-        Some(GemvConfig { stages, blocks_per_sm: b.trim().parse().ok()? })
+        let mut it = s.split(',').map(str::trim);
+        let stages = it.next()?.parse().ok().filter(|s| (1..=2).contains(s))?;
+        let blocks_per_sm = it.next()?.parse().ok()?;
+        let prefetch_mb = match it.next() {
+            None => 0,
+            Some(p) => p.parse().ok()?,
+        };
+        if it.next().is_some() {
+            return None;
+        }
+        Some(GemvConfig { stages, blocks_per_sm, prefetch_mb })
+    }
+
+    /// The kernel's `cfg` word for a grid of `grid` blocks over items of `item_bytes` bytes of W:
+    /// bits 0-7 the stage count, bits 8-31 how many leading warps prefetch their first item.
+    fn word(self, grid: usize, item_bytes: usize) -> u32 {
+        let warps = grid * GEMV_WARPS as usize;
+        let prefetch = if self.prefetch_mb == 0 || item_bytes == 0 {
+            0
+        } else {
+            ((self.prefetch_mb as usize) << 20).div_ceil(item_bytes).min(warps).min((1 << 24) - 1)
+        };
+        self.stages | ((prefetch as u32) << 8)
     }
 
     /// Blocks for `n` items (rows, or row pairs of a fused epilogue) on a device with `sms`
@@ -96,7 +125,7 @@ pub fn gemv_with(
     b: usize,
     cfg: GemvConfig,
 ) -> Result<()> {
-    let Some(launch) = gemv_grid(gpu, "gemv", w, x, n, 1, k, b, dt, cfg)? else { return Ok(()) };
+    let Some((launch, word)) = gemv_grid(gpu, "gemv", w, x, n, 1, k, b, dt, cfg)? else { return Ok(()) };
     y.need(f32_bytes(b * n), "gemv y [B, N]")?;
     let name = format!("gemv_{}", dt.suffix());
     let args = [
@@ -106,7 +135,7 @@ pub fn gemv_with(
         Arg::U32(dim_u32(n, "gemv N")?),
         Arg::U32(dim_u32(k, "gemv K")?),
         Arg::U32(dim_u32(b, "gemv B")?),
-        Arg::U32(cfg.stages),
+        Arg::U32(word),
     ];
     // SAFETY: w holds [N, K] T, x [B, K] T (gemv_grid), y [B, N] f32 (above), 1 <= B <= 8; the
     // kernel (warp g takes rows g, g + warps, ... < N) reads w rows n < N at k < K (loads past a
@@ -132,7 +161,7 @@ pub fn gemv_swiglu(
     b: usize,
     cfg: GemvConfig,
 ) -> Result<()> {
-    let Some(launch) = gemv_grid(gpu, "gemv_swiglu", w, x, f, 2, k, b, dt, cfg)? else { return Ok(()) };
+    let Some((launch, word)) = gemv_grid(gpu, "gemv_swiglu", w, x, f, 2, k, b, dt, cfg)? else { return Ok(()) };
     out.need(b * f * dt.size(), "gemv_swiglu out [B, F]")?;
     let name = format!("gemv_swiglu_{}", dt.suffix());
     let args = [
@@ -142,7 +171,7 @@ pub fn gemv_swiglu(
         Arg::U32(dim_u32(f, "gemv_swiglu F")?),
         Arg::U32(dim_u32(k, "gemv_swiglu K")?),
         Arg::U32(dim_u32(b, "gemv_swiglu B")?),
-        Arg::U32(cfg.stages),
+        Arg::U32(word),
     ];
     // SAFETY: w holds [2F, K] T, x [B, K] T (gemv_grid), out [B, F] T (above), 1 <= B <= 8; warp g
     // takes items f = g, g + warps, ... < F, reads w rows f and F + f (< 2F) at k < K (clamped into
@@ -183,7 +212,7 @@ pub fn gemv_qkv_rope(
     }
     let p = h * d;
     // Items: the 3P/2 pairs (x[j], x[j + D/2]) of q, k and v; one token (the kernel instantiates B = 1).
-    let Some(launch) = gemv_grid(gpu, "gemv_qkv_rope", w, x, 3 * p / 2, 2, k, 1, dt, cfg)? else { return Ok(()) };
+    let Some((launch, word)) = gemv_grid(gpu, "gemv_qkv_rope", w, x, 3 * p / 2, 2, k, 1, dt, cfg)? else { return Ok(()) };
     bias.need(3 * p * dt.size(), "gemv_qkv_rope bias [3P]")?;
     inv_freq.need(f32_bytes(d / 2), "gemv_qkv_rope inv_freq [D/2]")?;
     pos0.need(4, "gemv_qkv_rope pos0 [1]")?;
@@ -202,7 +231,7 @@ pub fn gemv_qkv_rope(
         Arg::Ptr(v_cache.ptr),
         Arg::U32(dim_u32(k, "gemv_qkv_rope K")?),
         Arg::U32(1),
-        Arg::U32(cfg.stages),
+        Arg::U32(word),
         Arg::U32(dim_u32(h, "H")?),
         Arg::U32(dim_u32(d, "D")?),
         Arg::U32(dim_u32(cap, "cap")?),
@@ -246,13 +275,12 @@ pub fn gemv_residual_rmsnorm(
     eps: f32,
     cfg: GemvConfig,
 ) -> Result<()> {
-    let Some(launch) = gemv_grid(gpu, "gemv_residual_rmsnorm", w, x_in, c, 1, k, 1, dt, cfg)? else { return Ok(()) };
+    let Some((launch, word)) = gemv_grid(gpu, "gemv_residual_rmsnorm", w, x_in, c, 1, k, 1, dt, cfg)? else { return Ok(()) };
     x.need(f32_bytes(c), "gemv_residual_rmsnorm x [C]")?;
     w_ln.need(c * dt.size(), "gemv_residual_rmsnorm w_ln [C]")?;
     a.need(c * dt.size(), "gemv_residual_rmsnorm a [C]")?;
     workspace.need(residual_norm_workspace_bytes(c), "gemv_residual_rmsnorm workspace")?;
-    let blocks = launch.grid.0 as usize;
-    debug_assert!(blocks <= c.div_ceil(GEMV_WARPS as usize));
+    debug_assert!(launch.grid.0 as usize <= c.div_ceil(GEMV_WARPS as usize));
     let counter = workspace.ptr.offset(f32_bytes(c.div_ceil(GEMV_WARPS as usize)));
     let name = format!("gemv_residual_rmsnorm_{}", dt.suffix());
     let args = [
@@ -265,7 +293,7 @@ pub fn gemv_residual_rmsnorm(
         Arg::Ptr(counter),
         Arg::U32(dim_u32(c, "gemv_residual_rmsnorm C")?),
         Arg::U32(dim_u32(k, "gemv_residual_rmsnorm K")?),
-        Arg::U32(cfg.stages),
+        Arg::U32(word),
         Arg::F32(eps),
     ];
     // SAFETY: w holds [C, K] T and x_in [1, K] T (gemv_grid), x [C] f32, w_ln and a [C] T, and the
@@ -279,7 +307,8 @@ pub fn gemv_residual_rmsnorm(
 /// The checks every gemv-family launch shares, and its launch shape: `items` work items of
 /// `rows_per_item` weight rows each (w `[items · rows_per_item, K]` T), x `[B, K]` T, B in
 /// 1..=`GEMV_MAX_B`, a valid configuration, and one warp's items × rows × passes within the
-/// kernel's u32 step counter. None when there are no items (nothing to launch).
+/// kernel's u32 step counter; with the kernel's `cfg` word. None when there are no items (nothing
+/// to launch).
 #[allow(clippy::too_many_arguments)]
 fn gemv_grid(
     gpu: &Gpu,
@@ -292,7 +321,7 @@ fn gemv_grid(
     b: usize,
     dt: GpuDType,
     cfg: GemvConfig,
-) -> Result<Option<Launch>> {
+) -> Result<Option<(Launch, u32)>> {
     if b == 0 || b > GEMV_MAX_B {
         return Err(Error::Backend(format!("internal: {what} batch B = {b}, supported 1..={GEMV_MAX_B}")));
     }
@@ -315,7 +344,8 @@ fn gemv_grid(
     if steps > u32::MAX as u64 {
         return Err(Error::Backend(format!("internal: {what} of {rows} x {k} is too large for {grid} blocks")));
     }
-    Ok(Some(Launch::new((dim_u32(grid, "gemv grid")?, 1, 1), GEMV_BLOCK, 0)))
+    let launch = Launch::new((dim_u32(grid, "gemv grid")?, 1, 1), GEMV_BLOCK, 0);
+    Ok(Some((launch, cfg.word(grid, rows_per_item * k * dt.size()))))
 }
 
 #[cfg(test)]
@@ -324,15 +354,24 @@ mod tests {
 
     #[test]
     fn gemv_config_parses_and_sizes_the_grid() {
-        assert_eq!(GemvConfig::parse("1,0"), Some(GemvConfig { stages: 1, blocks_per_sm: 0 }));
-        assert_eq!(GemvConfig::parse(" 2 , 4"), Some(GemvConfig { stages: 2, blocks_per_sm: 4 }));
+        assert_eq!(GemvConfig::parse("1,0"), Some(GemvConfig::new(1, 0)));
+        assert_eq!(GemvConfig::parse(" 2 , 4"), Some(GemvConfig::new(2, 4)));
+        assert_eq!(GemvConfig::parse("2,8,24"), Some(GemvConfig { stages: 2, blocks_per_sm: 8, prefetch_mb: 24 }));
         assert_eq!(GemvConfig::parse("3,4"), None);
         assert_eq!(GemvConfig::parse("2"), None);
         assert_eq!(GemvConfig::parse("x,1"), None);
-        let one_row = GemvConfig { stages: 2, blocks_per_sm: 0 };
+        assert_eq!(GemvConfig::parse("2,8,x"), None);
+        assert_eq!(GemvConfig::parse("2,8,1,1"), None);
+        // The kernel word: stages in the low byte, prefetching warps above (24 MB of 8 KB rows = 3072
+        // warps; never more than the grid has).
+        assert_eq!(GemvConfig::new(2, 8).word(512, 8192), 2);
+        let p = GemvConfig { stages: 2, blocks_per_sm: 8, prefetch_mb: 24 };
+        assert_eq!(p.word(512, 8192), 2 | (3072 << 8));
+        assert_eq!(p.word(100, 8192), 2 | (800 << 8));
+        let one_row = GemvConfig::new(2, 0);
         assert_eq!(one_row.grid(4096, 132), 512);
         assert_eq!(one_row.grid(1, 132), 1);
-        let capped = GemvConfig { stages: 2, blocks_per_sm: 4 };
+        let capped = GemvConfig::new(2, 4);
         assert_eq!(capped.grid(12288, 132), 528);
         assert_eq!(capped.grid(4096, 132), 512);
         assert_eq!(capped.grid(7, 132), 1);
