@@ -20,10 +20,11 @@
 //          otherwise (ragged K such as 7 or 127, or a misaligned sub-slice). fp32 partial sums per
 //          lane, reduced with a butterfly of warp shuffles at each row's end; lane b stores y[b, n].
 //          No shared memory, no __syncthreads (except gemv_residual_rmsnorm's finalisation, below);
-//          warps without a row exit before any load. With PDL
-//          (common.cuh) a warp requests its first pass of W (two with `stages` = 2) before waiting
-//          for the previous kernel; optionally (GemvConfig::prefetch_mb, off by default, an
-//          experiment) the grid's first warps also ask for the rest of their first item in L2 then.
+//          warps without a row exit before any load. With PDL (common.cuh) a warp requests its
+//          first pass of W (two with `stages` = 2) before waiting for the previous kernel;
+//          optionally (GemvConfig::prefetch_mb, off by default, an experiment) the grid's first
+//          warps also ask for the rest of their first item in L2 then. The stage count and the
+//          number of prefetching warps travel in one `cfg` word (bits 0-7, 8-31).
 // Fused:   the same stream walks ITEMS of R weight rows instead of single rows (warp g takes items
 //          g, g + W, ...; an item's R rows follow each other in the warp's stream, so the double
 //          buffering crosses from one to the next), and at the item's end lane b applies the
