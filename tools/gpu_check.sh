@@ -40,9 +40,11 @@ for step in ${STEPS:-tests bench gemv torch kbench}; do case $step in
     # configuration (QWEN_GEMV), REPS times over, interleaved so drift shows as spread rather than
     # as a difference.
     run bench-7b 90 $Q bench --backend cuda --synth 7b
-    for pdl in ${PDL_MODES:-1}; do
-      run bench-7b 60 env QWEN_PDL=$pdl $Q bench --backend cuda --synth 7b --prefill 8000 --decode-prompt 8000 --decode 128
-    done
+    # Decode at an 8K context, for each PDL mode and decode-attention split length (ADEC_SPLITS,
+    # e.g. "128 256 512"; empty: the default for the capacity).
+    for pdl in ${PDL_MODES:-1}; do for sl in ${ADEC_SPLITS:-default}; do
+      run bench-7b 60 env QWEN_PDL=$pdl $( [ "$sl" = default ] || echo QWEN_ADEC_SPLIT=$sl ) $Q bench --backend cuda --synth 7b --prefill 8000 --decode-prompt 8000 --decode 128
+    done; done
     for rep in $(seq "${REPS:-1}"); do for fuse in ${FUSE_MODES:-1 0}; do for pdl in ${PDL_MODES:-1}; do
       for cfg in ${GEMV_CONFIGS:-2,8 2,8,24}; do
         run bench-7b 40 env QWEN_FUSE=$fuse QWEN_PDL=$pdl QWEN_GEMV=$cfg $Q bench --backend cuda --synth 7b --prefill 128,2048

@@ -108,7 +108,7 @@ impl Plan {
         let p = h * d;
         let es = dt.size();
         let chunk = cap.clamp(1, PREFILL_CHUNK);
-        let split = DecodeSplit::for_capacity(cap);
+        let split = DecodeSplit::for_sequence(cap);
         let (po, pml) = decode_workspace_bytes(FALLBACK_ROWS, h, d, split);
         let mut k = Carver { next: 0 };
         let plan_ids = k.take(chunk * 4);

@@ -37,7 +37,29 @@ impl DecodeSplit {
         } else {
             256
         };
+        DecodeSplit::with_len(cap, split_len)
+    }
+
+    /// `split_len` keys per split over a cache of `cap` rows (`split_len` >= 1).
+    pub fn with_len(cap: usize, split_len: usize) -> DecodeSplit {
         DecodeSplit { split_len, n_splits: cap.div_ceil(split_len).max(1) }
+    }
+
+    /// What a sequence uses: `for_capacity`, or `QWEN_ADEC_SPLIT=KEYS` (a tuning aid, read once; a
+    /// value that is not a positive multiple of 16 is said on stderr and ignored).
+    pub fn for_sequence(cap: usize) -> DecodeSplit {
+        static OVERRIDE: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+        let keys = *OVERRIDE.get_or_init(|| {
+            let v = std::env::var("QWEN_ADEC_SPLIT").ok()?;
+            match v.trim().parse::<usize>() {
+                Ok(n) if n > 0 && n % 16 == 0 => Some(n),
+                _ => {
+                    eprintln!("warning: QWEN_ADEC_SPLIT={v:?} is not a positive multiple of 16; using the default split");
+                    None
+                }
+            }
+        });
+        keys.map_or_else(|| DecodeSplit::for_capacity(cap), |n| DecodeSplit::with_len(cap, n))
     }
 }
 
