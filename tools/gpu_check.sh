@@ -7,7 +7,8 @@
 # bench (qwen-run bench --synth 7b, then decode for each FUSE_MODES x PDL_MODES x GEMV_CONFIGS),
 # gemv (the GEMV configuration sweep of the kernel bench), torch (a 7B model on disk: load path,
 # chat, tools/compare_torch.py side by side with transformers), kbench (every other kernel bench),
-# ncu (every kernel's time and DRAM bytes in a short run; Firecracker machines only).
+# ncu (every kernel's time and DRAM bytes in a short run; Firecracker machines only), profile
+# (per-kernel times of a decode step from qwen-run's own event timing: works without ncu).
 # The whole script keeps inside BUDGET seconds (default 470): each step gets at most what is left.
 set -uo pipefail
 OUT=${OUT:-/tmp/qwen-gpu-out}; mkdir -p "$OUT"
@@ -49,6 +50,12 @@ for step in ${STEPS:-tests bench gemv torch kbench}; do case $step in
       for cfg in ${GEMV_CONFIGS:-2,8 2,8,24}; do
         run bench-7b 40 env QWEN_FUSE=$fuse QWEN_PDL=$pdl QWEN_GEMV=$cfg $Q bench --backend cuda --synth 7b --prefill 128,2048
     done; done; done; done ;;
+  profile)
+    # Every kernel of 16 decode steps after 128 tokens, one by one with events (no graph, no ncu
+    # needed), fused and unfused.
+    for fuse in ${FUSE_MODES:-1 0}; do
+      run bench-7b 60 env QWEN_FUSE=$fuse QWEN_PROFILE=16 $Q bench --backend cuda --synth 7b --prefill 1 --decode 1 --decode-prompt 128
+    done ;;
   gemv)
     run bench-kernels 120 gpu-carry/bench-kernels --bench --warm-up-time 0.5 --measurement-time 1 gemv ;;
   torch)

@@ -6,7 +6,7 @@
 //! with no event bookkeeping, and a stream capture records exactly the kernels we launch.
 use super::super::kernels::{ENTRY_POINTS, KERNELS_BUILT, KERNELS_FATBIN};
 use crate::error::{Error, Result};
-use cudarc::driver::{result, sys, CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::driver::{result, sys, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream};
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::Arc;
@@ -196,6 +196,17 @@ pub struct Gpu {
     pub pdl: bool,
     _module: Arc<CudaModule>,
     functions: HashMap<&'static str, CudaFunction>,
+    /// While `Some`, every launch is bracketed by a pair of timed events (`profile_start` /
+    /// `profile_take`; a measuring aid for `qwen-run bench`, never on during graph capture).
+    profile: std::sync::Mutex<Option<Vec<(&'static str, CudaEvent, CudaEvent)>>>,
+}
+
+/// One kernel's share of a profiled run: launches and total milliseconds (from event pairs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KernelTime {
+    pub name: &'static str,
+    pub launches: usize,
+    pub ms: f64,
 }
 
 /// Why CUDA cannot be used here, or the number of devices.
@@ -267,7 +278,8 @@ impl Gpu {
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(cuda_err("creating a stream"))?;
         let pdl = cc.0 >= 9 && std::env::var("QWEN_PDL").map_or(true, |v| v != "0");
-        Ok(Arc::new(Gpu { ctx, stream, name, cc, sms, pdl, _module: module, functions }))
+        let profile = std::sync::Mutex::new(None);
+        Ok(Arc::new(Gpu { ctx, stream, name, cc, sms, pdl, _module: module, functions, profile }))
     }
 
     /// Device memory (free, total) in bytes.
@@ -393,6 +405,32 @@ impl Gpu {
         Ok(start.elapsed_ms(&end).map_err(cuda_err("reading an event timer"))? as f64)
     }
 
+    /// Start timing every launch (each gets a start and an end event on its stream). Launches of
+    /// other threads on this `Gpu` are timed too; use from one thread, outside graph capture.
+    pub fn profile_start(&self) {
+        *self.profile.lock().unwrap_or_else(|e| e.into_inner()) = Some(Vec::new());
+    }
+
+    /// Stop timing; wait for the recorded events and return each kernel's launches and total time,
+    /// longest first.
+    pub fn profile_take(&self) -> Result<Vec<KernelTime>> {
+        let recs = self.profile.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
+        let mut out: Vec<KernelTime> = Vec::new();
+        for (name, start, end) in recs {
+            end.synchronize().map_err(cuda_err("waiting for a profiling event"))?;
+            let ms = start.elapsed_ms(&end).map_err(cuda_err("reading a profiling event"))? as f64;
+            match out.iter_mut().find(|k| k.name == name) {
+                Some(k) => {
+                    k.launches += 1;
+                    k.ms += ms;
+                }
+                None => out.push(KernelTime { name, launches: 1, ms }),
+            }
+        }
+        out.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+        Ok(out)
+    }
+
     /// The kernel `name` (an entry of `kernels::ENTRY_POINTS`).
     pub fn function(&self, name: &str) -> Result<&CudaFunction> {
         self.functions
@@ -418,6 +456,30 @@ impl Gpu {
     /// and those buffers must stay alive until the stream has run the kernel. Each launcher in
     /// `launch/` checks its shapes and states what it checked in a `// SAFETY:` line.
     pub unsafe fn launch(&self, stream: &CudaStream, name: &str, cfg: Launch, args: &[Arg]) -> Result<()> {
+        let mut profile = self.profile.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(recs) = profile.as_mut() else {
+            drop(profile);
+            // SAFETY: the caller's contract, passed on.
+            return unsafe { self.launch_now(stream, name, cfg, args) };
+        };
+        let timed = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let start = self.ctx.new_event(timed).map_err(cuda_err("creating a profiling event"))?;
+        let end = self.ctx.new_event(timed).map_err(cuda_err("creating a profiling event"))?;
+        start.record(stream).map_err(cuda_err("recording a profiling event"))?;
+        // SAFETY: the caller's contract, passed on.
+        unsafe { self.launch_now(stream, name, cfg, args) }?;
+        end.record(stream).map_err(cuda_err("recording a profiling event"))?;
+        if let Some((&key, _)) = self.functions.get_key_value(name) {
+            recs.push((key, start, end));  // always found: launch_now resolved the name
+        }
+        Ok(())
+    }
+
+    /// `launch` without the profiling hook.
+    ///
+    /// # Safety
+    /// As `launch`.
+    unsafe fn launch_now(&self, stream: &CudaStream, name: &str, cfg: Launch, args: &[Arg]) -> Result<()> {
         let f = self.function(name)?;
         let mut slots: Vec<u64> = args.iter().map(|a| a.slot()).collect();
         let mut params: Vec<*mut c_void> = slots.iter_mut().map(|s| s as *mut u64 as *mut c_void).collect();

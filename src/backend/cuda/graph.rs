@@ -10,7 +10,7 @@
 //! chunks of up to 8 tokens), so a decode layer is 5 launches. A one-token pass (decode) is
 //! captured once as a CUDA graph and replayed: everything that changes between steps (the id,
 //! pos0, the NTK inverse frequencies) lives in device memory.
-use super::device::{cuda_err, gib, set_current, DevBuf, DevSlice, Gpu, GpuDType};
+use super::device::{cuda_err, gib, set_current, DevBuf, DevSlice, Gpu, GpuDType, KernelTime};
 use super::launch::{self, Blas, GemvConfig, GEMV_MAX_B};
 use super::plan::{Plan, Region, FALLBACK_ROWS, LOGIT_ROWS};
 use super::upload::{synth_weights, upload_weights, GpuWeights};
@@ -94,6 +94,25 @@ impl CudaModel {
     /// Device bytes held by the weights.
     pub fn weight_bytes(&self) -> usize {
         self.w.bytes
+    }
+
+    /// Every kernel of `steps` decode steps after a `context`-token prompt, launched one by one (no
+    /// graph; the same fusion and GEMV settings as decoding) and each bracketed by timed events: a
+    /// measuring aid (`qwen-run bench` with `QWEN_PROFILE=STEPS`) that needs no profiler. The events
+    /// serialise the launches, so this is each kernel's own duration, not its overlap with the next.
+    pub fn profile_decode(self: &Arc<Self>, context: usize, steps: usize) -> Result<Vec<KernelTime>> {
+        let v = self.config.vocab_size.max(1);
+        let id = |i: usize| ((i * 7919 + 13) % v) as u32;
+        let mut seq = CudaSequence::new(self.clone(), context.max(1) + steps + 1)?;
+        seq.no_graph = true;
+        let prompt: Vec<u32> = (0..context.max(1)).map(id).collect();
+        seq.run(&prompt, false)?;
+        seq.run(&[id(1)], false)?; // one untimed step
+        self.gpu.profile_start();
+        let ran = (0..steps).try_for_each(|i| seq.run(&[id(i + 2)], false).map(|_| ()));
+        let times = self.gpu.profile_take();
+        ran?;
+        times
     }
 }
 

@@ -545,6 +545,7 @@ fn bench_cuda(margs: &ModelArgs, synth: Option<&str>, lens: &[usize], decode: us
     let max_seq_len = cm.config().resolve_max_seq_len(margs.max_seq_len, "--max-seq-len")?;
     let gpu = cm.gpu().clone();
     let copy = gpu.copy_bandwidth()?;
+    let profiled = cm.clone();
     let model: Arc<dyn Model> = cm;
     let mut report = run_bench(&model, max_seq_len, lens, decode, decode_prompt, &mut |r| {
         let (free, total) = gpu.mem_info()?;
@@ -554,5 +555,53 @@ fn bench_cuda(margs: &ModelArgs, synth: Option<&str>, lens: &[usize], decode: us
     report.load = Some((secs, how.into()));
     print!("{}", report.table());
     println!("{}", report.json());
+    if let Ok(v) = std::env::var("QWEN_PROFILE") {
+        let steps: usize = v.trim().parse().ok().filter(|&n| n > 0).ok_or_else(|| {
+            Error::invalid(format!("QWEN_PROFILE={v:?}: expected the number of decode steps to profile"))
+        })?;
+        print!("{}", profile_table(&profiled.profile_decode(decode_prompt, steps)?, steps, decode_prompt));
+    }
     Ok(())
+}
+
+/// Per-kernel times of a profiled decode (`CudaModel::profile_decode`), per token.
+fn profile_table(times: &[qwen_rt::backend::cuda::device::KernelTime], steps: usize, context: usize) -> String {
+    let total: f64 = times.iter().map(|k| k.ms).sum();
+    let mut s = format!(
+        "decode profile, {steps} steps after {context} tokens, kernel by kernel with events (no graph; sum {:.1} us/token)\n",
+        total * 1e3 / steps as f64
+    );
+    s += &format!("{:<34} {:>9} {:>12} {:>12} {:>7}\n", "kernel", "per token", "us/token", "us/launch", "share");
+    for k in times {
+        let per_tok = k.ms * 1e3 / steps as f64;
+        s += &format!(
+            "{:<34} {:>9.1} {:>12.1} {:>12.2} {:>6.1}%\n",
+            k.name,
+            k.launches as f64 / steps as f64,
+            per_tok,
+            k.ms * 1e3 / k.launches as f64,
+            100.0 * k.ms / total.max(1e-12)
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qwen_rt::backend::cuda::device::KernelTime;
+
+    #[test]
+    fn profile_table_is_per_token() {
+        let times = [
+            KernelTime { name: "gemv_bf16", launches: 8, ms: 0.4 },
+            KernelTime { name: "attention_decode_bf16", launches: 4, ms: 0.1 },
+        ];
+        let t = profile_table(&times, 4, 128);
+        // 0.5 ms over 4 steps = 125 us per token; gemv: 2 launches and 100 us per token, 50 us each, 80 %.
+        assert!(t.contains("4 steps after 128 tokens") && t.contains("sum 125.0 us/token"), "{t}");
+        let gemv = t.lines().find(|l| l.starts_with("gemv_bf16")).expect("a gemv row");
+        let cols: Vec<&str> = gemv.split_whitespace().collect();
+        assert_eq!(cols, ["gemv_bf16", "2.0", "100.0", "50.00", "80.0%"], "{t}");
+    }
 }
