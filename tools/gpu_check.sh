@@ -8,7 +8,8 @@
 # gemv (the GEMV configuration sweep of the kernel bench), torch (a 7B model on disk: load path,
 # chat, tools/compare_torch.py side by side with transformers), kbench (every other kernel bench),
 # ncu (every kernel's time and DRAM bytes in a short run; Firecracker machines only), profile
-# (per-kernel times of a decode step from qwen-run's own event timing: works without ncu).
+# (per-kernel times of a decode step from qwen-run's own event timing: works without ncu),
+# sanitize (compute-sanitizer memcheck and racecheck on the fused kernels' tests).
 # The whole script keeps inside BUDGET seconds (default 470): each step gets at most what is left.
 set -uo pipefail
 OUT=${OUT:-/tmp/qwen-gpu-out}; mkdir -p "$OUT"
@@ -50,6 +51,11 @@ for step in ${STEPS:-tests bench gemv torch kbench}; do case $step in
       for cfg in ${GEMV_CONFIGS:-2,8 2,8,24}; do
         run bench-7b 40 env QWEN_FUSE=$fuse QWEN_PDL=$pdl QWEN_GEMV=$cfg $Q bench --backend cuda --synth 7b --prefill 128,2048
     done; done; done; done ;;
+  sanitize)
+    # The fused kernels (tickets across blocks, epilogues) under compute-sanitizer: memcheck for
+    # out-of-bounds / misaligned accesses, then racecheck for shared-memory races (Firecracker only).
+    run tests 150 compute-sanitizer --tool memcheck --error-exitcode 99 gpu-carry/test-kernels --test-threads=1 gemv_fused attention_decode_matches sampling_qwen
+    run tests 120 compute-sanitizer --tool racecheck --error-exitcode 99 gpu-carry/test-kernels --test-threads=1 gemv_residual attention_decode_ragged sampling_top_k_matches ;;
   profile)
     # Every kernel of 16 decode steps after 128 tokens, one by one with events (no graph, no ncu
     # needed), fused and unfused.
