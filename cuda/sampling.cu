@@ -24,6 +24,8 @@
 //          kernel's scratch: x / t, then e, then p), out_id [1] u32.
 // Launch:  sample_mark_f32:    grid (min(⌈n_ctx/256⌉, 1024)), block 256 (grid-stride over n_ctx).
 //          sample_process_f32: grid (⌈V/256⌉), block 256, one id per thread.
+//          sample_greedy_f32:  greedy decoding: process + argmax + one-hot in one pass, grid
+//          (⌈V/256⌉), block 256, the last block (atomic ticket) reduces the blocks' results.
 //          sample_draw_f32:    grid (1), block (SMP_THREADS = 1024), ~36 KB static smem. Each step
 //          is a pass of the block over [V] with block-wide reductions: x / t and the max; top-k: a
 //          radix search on the 32-bit order key of x, 3 bits a pass (11 counting passes, per-thread
@@ -174,6 +176,74 @@ extern "C" __global__ void sample_process_f32(float* logits, uint32_t V, uint32_
         x = x < 0.0f ? x * penalty : x / penalty;
     }
     logits[v] = x;
+}
+
+// Steps 0-2 for greedy decoding in one multi-block pass (instead of sample_process_f32 +
+// sample_draw_f32's one-block argmax): each thread processes its logit in place exactly as
+// sample_process_f32 (and clears its flag), zeroes probs[v], and the block takes the argmax of the
+// packed key (order key of x << 32 | ~v: the largest x, then the lowest id; all -inf gives id 0, as
+// the draw kernel); block results go to part[block] (u64), and the last block to take a ticket from
+// `counter` (zero between launches; it resets it) reduces them, writes out_id and probs[id] = 1.
+// Grid (⌈V/256⌉), block 256. part [grid] u64, counter [1] u32 (sample_workspace_bytes's tail).
+extern "C" __global__ void __launch_bounds__(256)
+    sample_greedy_f32(float* logits, uint32_t V, uint32_t vocab_len, uint8_t* flags, float penalty, float* probs,
+                      uint32_t* out_id, unsigned long long* part, uint32_t* counter) {
+    pdl_begin();
+    __shared__ unsigned long long warp_best[8];
+    __shared__ uint32_t is_last;
+    const uint32_t tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const uint32_t v = blockIdx.x * blockDim.x + tid;
+    unsigned long long best = 0ull;  // below every real key (a key of -inf is 0x007FFFFF...)
+    if (v < V) {
+        float x = logits[v];
+        if (isnan(x) || v >= vocab_len) x = -INFINITY;
+        if (flags[v] != 0) {
+            flags[v] = 0;
+            x = x < 0.0f ? x * penalty : x / penalty;
+        }
+        logits[v] = x;
+        probs[v] = 0.0f;
+        best = ((unsigned long long)smp_key(x) << 32) | (unsigned long long)(~v);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const unsigned long long other = __shfl_xor_sync(SMP_FULL, best, o);
+        best = other > best ? other : best;
+    }
+    if (lane == 0) warp_best[warp] = best;
+    __threadfence();  // this thread's logits / probs / flags stores are visible before the ticket
+    __syncthreads();
+    if (tid == 0) {
+        unsigned long long b = warp_best[0];
+        for (uint32_t w = 1; w < blockDim.x / 32; ++w) b = warp_best[w] > b ? warp_best[w] : b;
+        part[blockIdx.x] = b;
+        __threadfence();
+        is_last = atomicAdd(counter, 1u) + 1u == gridDim.x ? 1u : 0u;
+        if (is_last) *counter = 0u;
+    }
+    __syncthreads();
+    if (is_last == 0u) return;  // block-uniform
+    __threadfence();
+    best = 0ull;
+    for (uint32_t i = tid; i < gridDim.x; i += blockDim.x) {
+        const unsigned long long b = __ldcg(part + i);
+        best = b > best ? b : best;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const unsigned long long other = __shfl_xor_sync(SMP_FULL, best, o);
+        best = other > best ? other : best;
+    }
+    __syncthreads();  // warp_best is reused
+    if (lane == 0) warp_best[warp] = best;
+    __syncthreads();
+    if (tid == 0) {
+        unsigned long long b = warp_best[0];
+        for (uint32_t w = 1; w < blockDim.x / 32; ++w) b = warp_best[w] > b ? warp_best[w] : b;
+        const uint32_t id = ~(uint32_t)(b & 0xFFFFFFFFull);  // < V: every block had a v < V
+        *out_id = id;
+        probs[id] = 1.0f;
+    }
 }
 
 // Steps 2-6 in one block of SMP_THREADS threads (see the header). `u` in [0, 1) is the host's draw

@@ -41,4 +41,5 @@ pub const ENTRY_POINTS: &[&str] = &[
     "sample_mark_f32",
     "sample_process_f32",
     "sample_draw_f32",
+    "sample_greedy_f32",
 ];

@@ -65,7 +65,9 @@ fn run(gpu: &Gpu, logits: &[f32], ctx: &[u32], p: &SamplingParams, u: f64) -> Gp
     let probs = read_f32(gpu, probs.slice(), v);
     let id = read_u32(gpu, out.slice(), 1)[0];
     let fl = gpu.read::<u8>(flags.ptr(), wbytes).expect("read flags");
-    assert!(fl.iter().all(|&b| b == 0), "the flag workspace is not clean after the call");
+    assert!(fl[..v].iter().all(|&b| b == 0), "the penalty flags are not clean after the call");
+    let c = launch::sample_counter_offset(v);
+    assert!(fl[c..c + 4].iter().all(|&b| b == 0), "the greedy ticket counter is not zero after the call");
     GpuOut { probs, id }
 }
 

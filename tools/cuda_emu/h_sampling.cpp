@@ -57,6 +57,21 @@ void run(uint32_t V, uint32_t vocab_len, int n_ctx, float pen, bool greedy, floa
     emu::launch({1, 1, 1}, 1024, [&] { sample_draw_f32(logits.p, V, greedy, temp, top_k, top_p, u, probs.p, out.p); });
     std::vector<double> p; uint32_t id;
     reference(xh, std::min(vocab_len, V), penalise ? ch : std::vector<uint32_t>{}, pen, greedy, temp, top_k, top_p, u, p, id);
+    if (greedy) {
+        // sample_greedy_f32 (process + argmax + one-hot in one multi-block pass) on fresh copies, as
+        // launch::sample runs it for greedy: the same id, the same processed logits, the one-hot probs,
+        // flags and ticket counter left zero.
+        const unsigned blocks = (V + 255) / 256;
+        Buf<float> lg(V), pg(V); Buf<uint8_t> fg(V); Buf<unsigned long long> part(blocks); Buf<uint32_t> og(1), counter(1);
+        memcpy(lg.p, xh.data(), 4 * V); memset(fg.p, 0, V); counter[0] = 0;
+        if (penalise) emu::launch({(unsigned)std::min((n_ctx + 255) / 256, 1024), 1, 1}, 256, [&] { sample_mark_f32(ctx.p, n_ctx, fg.p, V); });
+        emu::launch({blocks, 1, 1}, 256, [&] { sample_greedy_f32(lg.p, V, std::min(vocab_len, V), fg.p, penalise ? pen : 1.0f, pg.p, og.p, part.p, counter.p); });
+        long bad = 0;
+        for (uint32_t v = 0; v < V; ++v) bad += memcmp(&lg[v], &logits[v], 4) != 0 || pg[v] != (v == id ? 1.0f : 0.0f) || fg[v] != 0;
+        printf("%-64s greedy kernel id %u (ref %u), %ld logits / probs / flags wrong, counter %u\n", "", og[0], id, bad, counter[0]);
+        CHECK(og[0] == id && bad == 0 && counter[0] == 0, "sample_greedy_f32 V%u", V);
+        CHECK(lg.guard_ok() && pg.guard_ok() && fg.guard_ok() && part.guard_ok(), "sample_greedy_f32 V%u guard", V);
+    }
     double perr = 0; for (uint32_t v = 0; v < V; ++v) perr = std::max(perr, std::fabs(probs[v] - p[v]) / (1e-6 + 1e-4 * p[v]));
     char what[160]; snprintf(what, sizeof what, "sample V%u vl%u ctx%d pen%.2f greedy%d t%.2f k%u p%.3f u%.3f%s q%g", V, vocab_len, n_ctx, pen, greedy, temp, top_k, top_p, u, spikes ? " spikes" : "", quant);
     printf("%-64s id %u (ref %u), probs worst %.3g of (1e-6 + 1e-4 p), flags left %ld\n", what, out[0], id, perr, fl);
@@ -75,6 +90,10 @@ int main(int argc, char** argv) {
     run(1, 1, 1, 1.2f, false, 1.0f, 0, 0.5f, 0.1, s++);
     run(2049, 2000, 10, 1.0f, true, 1.0f, 0, 1.0f, 0.0, s++, true);
     run(4097, 4097, 1000, 1.05f, false, 1.5f, 1, 1.0f, 0.5, s++);
+    // Greedy at the real vocabulary with the penalty, ties at the top (quantised logits), all -inf.
+    run(151936, 151851, 300, 1.3f, true, 1.0f, 0, 1.0f, 0.0, s++);
+    run(5000, 5000, 0, 1.0f, true, 1.0f, 0, 1.0f, 0.0, s++, false, 1.0f);
+    run(600, 0, 0, 1.0f, true, 1.0f, 0, 1.0f, 0.0, s++);
     // The radix searches of top-k / top-p: Qwen's defaults at the real vocabulary, ties (quantised
     // logits) at the k-th value and across the top-p cut, top_k = V - 1, a tiny and a near-1 top_p.
     run(151936, 151851, 200, 1.1f, false, 1.0f, 0, 0.8f, 0.42, s++);

@@ -75,7 +75,8 @@ pub struct Plan {
     pub norm_ws: Region,
     /// `[cap]` u32 ids of the sequence so far (repetition penalty context).
     pub ctx_ids: Region,
-    /// `[V]` u8 sampling flags (zeroed at allocation, left zeroed by the kernels).
+    /// Sampling workspace: `[V]` u8 flags and the greedy kernel's block results and counter
+    /// (`sample_workspace_bytes`; zeroed at allocation, flags and counter left zeroed by the kernels).
     pub flags: Region,
     /// `[V]` f32 sampling distribution.
     pub probs: Region,

@@ -1,4 +1,4 @@
-//! `sample_mark_f32`, `sample_process_f32`, `sample_draw_f32` (cuda/sampling.cu); oracle
+//! `sample_mark_f32`, `sample_process_f32`, `sample_draw_f32`, `sample_greedy_f32` (cuda/sampling.cu); oracle
 //! `sampler::Sampler` (`probabilities` for the distribution, the walk of `sample` for the id).
 use super::{dim_u32, f32_bytes};
 use crate::backend::cuda::device::{Arg, DevSlice, Gpu, Launch};
@@ -17,11 +17,24 @@ const MAX_DIM: usize = 1 << 31;
 /// Below this temperature the pipeline is greedy (`sampler.rs` MIN_TEMPERATURE; the kernel checks it too).
 const MIN_TEMPERATURE: f32 = 1e-5;
 
-/// Workspace bytes for V logits: the repetition-penalty flag array, `[V]` u8. The caller zeroes it
-/// ONCE at allocation; every `sample` call leaves it zero again (`sample_process_f32` clears each flag
-/// it consumes), so it must not be shared by two sampling calls in flight at the same time.
+/// Workspace bytes for V logits: the repetition-penalty flag array `[V]` u8, then (at the next
+/// 8-byte boundary) the greedy kernel's per-block results `[⌈V/256⌉]` u64 and its ticket counter (one
+/// u32). The caller zeroes it ONCE at allocation; every `sample` call leaves the flags and the counter
+/// zero again (`sample_process_f32` / `sample_greedy_f32` clear each flag they consume, the last
+/// greedy block resets the counter), so it must not be shared by two sampling calls in flight.
 pub fn sample_workspace_bytes(v: usize) -> usize {
-    v
+    greedy_part_offset(v) + 8 * v.div_ceil(BLOCK as usize) + 8
+}
+
+/// Byte offset of the greedy per-block results in the workspace (after the flags, 8-aligned).
+fn greedy_part_offset(v: usize) -> usize {
+    v.div_ceil(8) * 8
+}
+
+/// Byte offset of the greedy kernel's ticket counter (u32) in the workspace: with the `[V]` flags
+/// before it, what must be zero between calls (the block results in between are scratch).
+pub fn sample_counter_offset(v: usize) -> usize {
+    greedy_part_offset(v) + 8 * v.div_ceil(BLOCK as usize)
 }
 
 /// Steps 0-6 of `Sampler` on `logits` `[V]` f32 (modified in place by steps 0-1: NaN and ids
@@ -57,7 +70,7 @@ pub fn sample(
         return Err(Error::Backend(format!("internal: GPU sampling needs a uniform draw in [0, 1), got {u}")));
     }
     logits.need(f32_bytes(v), "sample logits [V]")?;
-    flags.need(sample_workspace_bytes(v), "sample flags [V] u8")?;
+    flags.need(sample_workspace_bytes(v), "sample workspace (flags [V] u8, greedy results)")?;
     probs.need(f32_bytes(v), "sample probs [V]")?;
     out_id.need(4, "sample out_id [1] u32")?;
     let vu = dim_u32(v, "V")?;
@@ -77,7 +90,29 @@ pub fn sample(
 
     // Without the mark launch the flags are all zero; penalty 1 keeps even a stale flag harmless.
     let penalty = if penalise { params.repetition_penalty } else { 1.0 };
-    let cfg = Launch::new((dim_u32(v.div_ceil(BLOCK as usize), "process blocks")?, 1, 1), BLOCK, 0);
+    let blocks = dim_u32(v.div_ceil(BLOCK as usize), "process blocks")?;
+    if greedy {
+        let part = flags.ptr.offset(greedy_part_offset(v));
+        let counter = flags.ptr.offset(sample_counter_offset(v));
+        let cfg = Launch::new((blocks, 1, 1), BLOCK, 0);
+        let args = [
+            Arg::Ptr(logits.ptr),
+            Arg::U32(vu),
+            Arg::U32(vocab),
+            Arg::Ptr(flags.ptr),
+            Arg::F32(penalty),
+            Arg::Ptr(probs.ptr),
+            Arg::Ptr(out_id.ptr),
+            Arg::Ptr(part),
+            Arg::Ptr(counter),
+        ];
+        // SAFETY: logits and probs hold [V] f32, out_id one u32, and the workspace (checked above:
+        // sample_workspace_bytes(V)) the [V] u8 flags, ⌈V/256⌉ u64 block results and the u32 counter
+        // at the offsets used here; thread v < V touches index v of logits, flags and probs, block b
+        // writes part[b], the last block reads every part, writes out_id and probs[id < V].
+        return unsafe { gpu.launch(s, "sample_greedy_f32", cfg, &args) };
+    }
+    let cfg = Launch::new((blocks, 1, 1), BLOCK, 0);
     let args = [Arg::Ptr(logits.ptr), Arg::U32(vu), Arg::U32(vocab), Arg::Ptr(flags.ptr), Arg::F32(penalty)];
     // SAFETY: logits holds [V] f32 and flags [V] u8 (checked above); thread v < V touches index v only.
     unsafe { gpu.launch(s, "sample_process_f32", cfg, &args)? };
