@@ -198,8 +198,11 @@ pub struct Gpu {
     functions: HashMap<&'static str, CudaFunction>,
     /// While `Some`, every launch is bracketed by a pair of timed events (`profile_start` /
     /// `profile_take`; a measuring aid for `qwen-run bench`, never on during graph capture).
-    profile: std::sync::Mutex<Option<Vec<(&'static str, CudaEvent, CudaEvent)>>>,
+    profile: std::sync::Mutex<Option<Vec<LaunchEvents>>>,
 }
+
+/// A profiled launch: the kernel's name and the events recorded before and after it.
+type LaunchEvents = (&'static str, CudaEvent, CudaEvent);
 
 /// One kernel's share of a profiled run: launches and total milliseconds (from event pairs).
 #[derive(Debug, Clone, PartialEq)]
