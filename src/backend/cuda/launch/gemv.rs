@@ -2,7 +2,7 @@
 //! `gemv_swiglu_*`, `gemv_qkv_rope_*` and `gemv_residual_rmsnorm_*`: the same matmul with swiglu.cu /
 //! rotary.cu / rmsnorm.cu's add_rmsnorm fused into its epilogue (oracle: `cpu::matmul`, then
 //! `cpu::swiglu` / `cpu::rope` + `model::logn_scale` / `cpu::add` + `cpu::rmsnorm`).
-use super::rotary::QKV_ROPE_MAX_D;
+use super::rotary::check_rope_operands;
 use super::{dim_u32, f32_bytes};
 use crate::backend::cuda::device::{Arg, DevSlice, Gpu, GpuDType, Launch};
 use crate::error::{Error, Result};
@@ -205,20 +205,10 @@ pub fn gemv_qkv_rope(
     use_logn: bool,
     cfg: GemvConfig,
 ) -> Result<()> {
-    if h == 0 || d == 0 || d % 2 != 0 || d > QKV_ROPE_MAX_D {
-        return Err(Error::Backend(format!(
-            "internal: gemv_qkv_rope needs H >= 1 and an even head dim 2..={QKV_ROPE_MAX_D}, got H = {h}, D = {d}"
-        )));
-    }
-    let p = h * d;
-    // Items: the 3P/2 pairs (x[j], x[j + D/2]) of q, k and v; one token (the kernel instantiates B = 1).
+    // One token (the kernel instantiates B = 1).
+    let p = check_rope_operands("gemv_qkv_rope", dt, bias, inv_freq, pos0, q, k_cache, v_cache, 1, h, d, cap)?;
+    // Items: the 3P/2 pairs (x[j], x[j + D/2]) of q, k and v.
     let Some((launch, word)) = gemv_grid(gpu, "gemv_qkv_rope", w, x, 3 * p / 2, 2, k, 1, dt, cfg)? else { return Ok(()) };
-    bias.need(3 * p * dt.size(), "gemv_qkv_rope bias [3P]")?;
-    inv_freq.need(f32_bytes(d / 2), "gemv_qkv_rope inv_freq [D/2]")?;
-    pos0.need(4, "gemv_qkv_rope pos0 [1]")?;
-    q.need(p * dt.size(), "gemv_qkv_rope q [1, P]")?;
-    k_cache.need(cap * p * dt.size(), "gemv_qkv_rope k_cache [cap, P]")?;
-    v_cache.need(cap * p * dt.size(), "gemv_qkv_rope v_cache [cap, P]")?;
     let name = format!("gemv_qkv_rope_{}", dt.suffix());
     let args = [
         Arg::Ptr(w.ptr),

@@ -46,23 +46,12 @@ pub fn qkv_rope_append(
     seq_length: usize,
     use_logn: bool,
 ) -> Result<()> {
-    if h == 0 || d == 0 || d % 2 != 0 || d > QKV_ROPE_MAX_D {
-        return Err(Error::Backend(format!(
-            "internal: qkv_rope_append needs H >= 1 and an even head dim 2..={QKV_ROPE_MAX_D}, got H = {h}, D = {d}"
-        )));
-    }
-    let p = h * d;
+    let p = check_rope_operands("qkv_rope_append", dt, bias, inv_freq, pos0, q, k_cache, v_cache, t, h, d, cap)?;
     dim_u32(3 * p, "3P")?;
     let (t32, h32, d32) = (dim_u32(t, "T")?, dim_u32(h, "H")?, dim_u32(d, "D")?);
     let cap32 = dim_u32(cap, "cap")?;
     let s32 = dim_u32(seq_length, "seq_length")?;
     qkv.need(f32_bytes(t * 3 * p), "qkv_rope_append qkv [T, 3P]")?;
-    bias.need(3 * p * dt.size(), "qkv_rope_append bias [3P]")?;
-    inv_freq.need(f32_bytes(d / 2), "qkv_rope_append inv_freq [D/2]")?;
-    pos0.need(4, "qkv_rope_append pos0 [1]")?;
-    q.need(t * p * dt.size(), "qkv_rope_append q [T, P]")?;
-    k_cache.need(cap * p * dt.size(), "qkv_rope_append k_cache [cap, P]")?;
-    v_cache.need(cap * p * dt.size(), "qkv_rope_append v_cache [cap, P]")?;
     if t == 0 {
         return Ok(());
     }
@@ -88,4 +77,37 @@ pub fn qkv_rope_append(
     // of qkv and of bias, inv_freq[..D/2] and pos0, and writes only when p = *pos0 + t < cap
     // (computed in 64 bits): head h's columns of row t of q and of row p of each cache.
     unsafe { gpu.launch(s, &name, cfg, &args) }
+}
+
+/// The checks `qkv_rope_append` and `gemv_qkv_rope` (`what`) share: H >= 1 and an even head dim
+/// 2..=QKV_ROPE_MAX_D, then bias `[3P]` T, inv_freq `[D/2]` f32, pos0 one u32, q `[T, P]` T and both
+/// caches `[cap, P]` T big enough. Returns P = H·D.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn check_rope_operands(
+    what: &str,
+    dt: GpuDType,
+    bias: DevSlice,
+    inv_freq: DevSlice,
+    pos0: DevSlice,
+    q: DevSlice,
+    k_cache: DevSlice,
+    v_cache: DevSlice,
+    t: usize,
+    h: usize,
+    d: usize,
+    cap: usize,
+) -> Result<usize> {
+    if h == 0 || d == 0 || d % 2 != 0 || d > QKV_ROPE_MAX_D {
+        return Err(Error::Backend(format!(
+            "internal: {what} needs H >= 1 and an even head dim 2..={QKV_ROPE_MAX_D}, got H = {h}, D = {d}"
+        )));
+    }
+    let p = h * d;
+    bias.need(3 * p * dt.size(), &format!("{what} bias [3P]"))?;
+    inv_freq.need(f32_bytes(d / 2), &format!("{what} inv_freq [D/2]"))?;
+    pos0.need(4, &format!("{what} pos0 [1]"))?;
+    q.need(t * p * dt.size(), &format!("{what} q [T, P]"))?;
+    k_cache.need(cap * p * dt.size(), &format!("{what} k_cache [cap, P]"))?;
+    v_cache.need(cap * p * dt.size(), &format!("{what} v_cache [cap, P]"))?;
+    Ok(p)
 }
