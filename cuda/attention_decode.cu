@@ -15,9 +15,9 @@
 //            out = T( Σ_i w_i o_i / Σ_i w_i l_i ).
 //          Fused combine (counters != null, the executor's default): attention_decode does the
 //            combine itself — splits without keys exit at once (nothing reads them), each other
-//            block writes its partial, __threadfence, and takes a ticket from counters[t, H + h]
-//            (atomicAdd); the block drawing the last of the `used` tickets resets the counter to 0
-//            and merges the partials (read through L2) into out, with the same arithmetic as the
+//            block writes its partial and takes a ticket from counters[t, H + h]
+//            (last_block_arrives, common.cuh); the block drawing the last of the `used` tickets
+//            resets the counter to 0 and merges the partials (read through L2) into out, with the same arithmetic as the
 //            combine kernel (adec_combine) on its 256 threads. One launch instead of two.
 // Layout:  q [T, P] T, k_cache / v_cache [cap, P] T (head h = columns h·D .. h·D+D of a row, P = H·D),
 //          part_o [T, H, n_splits, D] f32, part_ml [T, H, n_splits, 2] f32 (m, l), out [T, P] T,
@@ -282,7 +282,6 @@ __device__ void attention_decode_impl(const T* __restrict__ q, const T* __restri
                                       T* __restrict__ out, uint32_t* __restrict__ counters) {
     __shared__ AdecShared sh;
     __shared__ float red[ADEC_THREADS / 32];
-    __shared__ uint32_t is_last;
     const uint32_t split = blockIdx.x, h = blockIdx.y, t = blockIdx.z;
     const uint32_t P = H * D;
     const uint32_t n_keys = adec_n_keys(pos0, t, cap);
@@ -315,19 +314,10 @@ __device__ void attention_decode_impl(const T* __restrict__ q, const T* __restri
         adec_split<T, 1, 2>(q_row, k_head, v_head, po, pml, (uint32_t)begin, end, P, D, scale, sh);
     if (counters == nullptr) return;
 
-    // Fused combine (threadFenceReduction pattern): each block publishes its partial, then takes a
-    // ticket for (t, h); the block that takes the last of the `used` tickets merges all partials
-    // and resets the counter to 0 for the next launch.
-    __threadfence();  // this thread's partial writes are visible device-wide before the ticket
-    __syncthreads();  // (also: adec_split's readers of sh are done; the combine reuses sh.o)
-    if (threadIdx.x == 0) {
-        const uint32_t ticket = atomicAdd(counters + (size_t)t * H + h, 1u);
-        is_last = ticket + 1u == used ? 1u : 0u;
-        if (is_last) counters[(size_t)t * H + h] = 0u;  // every other block of (t, h) has counted
-    }
-    __syncthreads();
-    if (is_last == 0u) return;  // block-uniform
-    __threadfence();
+    // Fused combine: the block that takes the last of the `used` tickets of (t, h) merges all the
+    // partials (last_block_arrives' barriers also let adec_split's readers of sh finish: the combine
+    // reuses sh.o).
+    if (!last_block_arrives(counters + (size_t)t * H + h, used)) return;  // block-uniform
     adec_combine<T, ADEC_THREADS>(part_o + part0 * D, part_ml + part0 * 2, out + (size_t)t * P + (size_t)h * D, used, D,
                                   red, sh.o);
 }

@@ -28,6 +28,28 @@ __device__ __forceinline__ void pdl_begin() {
     pdl_launch_dependents();
 }
 
+// The hand-off of the kernels where the last block to finish completes the job (the decode
+// attention's fused combine, gemv_residual_rmsnorm, sample_greedy_f32; CUDA's threadFenceReduction
+// pattern). Call from every thread of the block (it has barriers) once the block's results are
+// stored: each thread makes its stores visible device-wide, thread 0 takes a ticket from *counter,
+// and the block that takes the last of `n` tickets resets the counter to 0 (zero between launches)
+// and gets true in every thread, after a fence that orders its later reads after every other
+// block's stores (read those through L2: __ldcg). The other blocks get false.
+__device__ __forceinline__ bool last_block_arrives(uint32_t* counter, uint32_t n) {
+    __shared__ uint32_t last_block_flag;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0) {
+        const uint32_t last = atomicAdd(counter, 1u) + 1u == n ? 1u : 0u;
+        if (last != 0u) *counter = 0u;  // every other block has counted
+        last_block_flag = last;
+    }
+    __syncthreads();
+    const bool last = last_block_flag != 0u;
+    if (last) __threadfence();
+    return last;
+}
+
 // Conversions to/from fp32 for the two compute dtypes.
 __device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }

@@ -148,23 +148,17 @@ template <typename T> struct GemvResidualNorm {
     __device__ void finalize() {
         __shared__ float warp_ss[GEMV_WARPS];
         __shared__ float inv_s;
-        __shared__ uint32_t is_last;
         const uint32_t tid = threadIdx.x, lane = tid & 31u, warp = tid >> 5;
-        pdl_begin();      // warps without items have not waited yet; below x is read
-        __threadfence();  // this thread's x stores are visible device-wide before the ticket
+        pdl_begin();  // warps without items have not waited yet; below x is read
         if (lane == 0) warp_ss[warp] = ss;
         __syncthreads();
         if (tid == 0) {
             float bs = 0.0f;
             for (uint32_t w = 0; w < GEMV_WARPS; ++w) bs += warp_ss[w];
             partials[blockIdx.x] = bs;
-            __threadfence();
-            is_last = atomicAdd(counter, 1u) + 1u == gridDim.x ? 1u : 0u;
-            if (is_last) *counter = 0u;  // every other block has counted
         }
-        __syncthreads();
-        if (is_last == 0u) return;  // block-uniform
-        __threadfence();
+        // The x stores of this block's rows and its partial, then the ticket (common.cuh).
+        if (!last_block_arrives(counter, gridDim.x)) return;  // block-uniform
         // Σ over the blocks: thread i takes blocks i, i + 256, ... in order, then a fixed tree.
         float s = 0.0f;
         for (uint32_t i = tid; i < gridDim.x; i += GEMV_THREADS) s += __ldcg(partials + i);

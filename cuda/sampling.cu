@@ -78,13 +78,16 @@ struct SmpMinU {
 struct SmpMaxU {
     __device__ uint32_t operator()(uint32_t a, uint32_t b) const { return a > b ? a : b; }
 };
+struct SmpMaxU64 {
+    __device__ unsigned long long operator()(unsigned long long a, unsigned long long b) const { return a > b ? a : b; }
+};
 
-// Reduce `v` over the SMP_THREADS threads of the block with the commutative `op`; every thread gets
+// Reduce `v` over the NW · 32 threads of the block (default SMP_THREADS) with the commutative `op`; every thread gets
 // the same bits (xor butterfly inside a warp — commutative, so all lanes agree — then the 32 warp
-// values combined in warp order by every thread). `red` [SMP_WARPS] shared; the leading
+// values combined in warp order by every thread). `red` [NW] shared; the leading
 // __syncthreads lets the previous reduction's readers finish before it is overwritten. Must be
 // called by every thread of the block (uniform control flow).
-template <typename T, typename Op>
+template <uint32_t NW = SMP_WARPS, typename T, typename Op>
 __device__ __forceinline__ T smp_block_reduce(T v, Op op, T* red) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(SMP_FULL, v, o));
@@ -93,7 +96,7 @@ __device__ __forceinline__ T smp_block_reduce(T v, Op op, T* red) {
     __syncthreads();
     T r = red[0];
 #pragma unroll 8
-    for (uint32_t w = 1; w < SMP_WARPS; ++w) r = op(r, red[w]);
+    for (uint32_t w = 1; w < NW; ++w) r = op(r, red[w]);
     return r;
 }
 
@@ -162,13 +165,11 @@ extern "C" __global__ void sample_mark_f32(const uint32_t* ctx_ids, uint32_t n_c
     }
 }
 
-// Steps 0-1 in place: NaN and ids >= vocab_len → -inf, then the penalty where flags[v] != 0 (and the
-// flag cleared, leaving the workspace zero for the next call).
-extern "C" __global__ void sample_process_f32(float* logits, uint32_t V, uint32_t vocab_len, uint8_t* flags,
-                                              float penalty) {
-    pdl_begin();
-    const uint32_t v = blockIdx.x * blockDim.x + threadIdx.x;
-    if (v >= V) return;
+// Steps 0-1 for id v < V, in place: NaN and ids >= vocab_len → -inf, then the penalty where
+// flags[v] != 0 (and the flag cleared, leaving the workspace zero for the next call). Returns the
+// processed logit.
+__device__ __forceinline__ float smp_process(float* logits, uint32_t v, uint32_t vocab_len, uint8_t* flags,
+                                             float penalty) {
     float x = logits[v];
     if (isnan(x) || v >= vocab_len) x = -INFINITY;
     if (flags[v] != 0) {
@@ -176,6 +177,15 @@ extern "C" __global__ void sample_process_f32(float* logits, uint32_t V, uint32_
         x = x < 0.0f ? x * penalty : x / penalty;
     }
     logits[v] = x;
+    return x;
+}
+
+// Steps 0-1 in place over [V] (smp_process), one id per thread.
+extern "C" __global__ void sample_process_f32(float* logits, uint32_t V, uint32_t vocab_len, uint8_t* flags,
+                                              float penalty) {
+    pdl_begin();
+    const uint32_t v = blockIdx.x * blockDim.x + threadIdx.x;
+    if (v < V) smp_process(logits, v, vocab_len, flags, penalty);
 }
 
 // Steps 0-2 for greedy decoding in one multi-block pass (instead of sample_process_f32 +
@@ -189,58 +199,24 @@ extern "C" __global__ void __launch_bounds__(256)
     sample_greedy_f32(float* logits, uint32_t V, uint32_t vocab_len, uint8_t* flags, float penalty, float* probs,
                       uint32_t* out_id, unsigned long long* part, uint32_t* counter) {
     pdl_begin();
-    __shared__ unsigned long long warp_best[8];
-    __shared__ uint32_t is_last;
-    const uint32_t tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    __shared__ unsigned long long red[256 / 32];
+    const uint32_t tid = threadIdx.x;
     const uint32_t v = blockIdx.x * blockDim.x + tid;
     unsigned long long best = 0ull;  // below every real key (a key of -inf is 0x007FFFFF...)
     if (v < V) {
-        float x = logits[v];
-        if (isnan(x) || v >= vocab_len) x = -INFINITY;
-        if (flags[v] != 0) {
-            flags[v] = 0;
-            x = x < 0.0f ? x * penalty : x / penalty;
-        }
-        logits[v] = x;
+        const float x = smp_process(logits, v, vocab_len, flags, penalty);
         probs[v] = 0.0f;
         best = ((unsigned long long)smp_key(x) << 32) | (unsigned long long)(~v);
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const unsigned long long other = __shfl_xor_sync(SMP_FULL, best, o);
-        best = other > best ? other : best;
-    }
-    if (lane == 0) warp_best[warp] = best;
-    __threadfence();  // this thread's logits / probs / flags stores are visible before the ticket
-    __syncthreads();
-    if (tid == 0) {
-        unsigned long long b = warp_best[0];
-        for (uint32_t w = 1; w < blockDim.x / 32; ++w) b = warp_best[w] > b ? warp_best[w] : b;
-        part[blockIdx.x] = b;
-        __threadfence();
-        is_last = atomicAdd(counter, 1u) + 1u == gridDim.x ? 1u : 0u;
-        if (is_last) *counter = 0u;
-    }
-    __syncthreads();
-    if (is_last == 0u) return;  // block-uniform
-    __threadfence();
+    best = smp_block_reduce<256 / 32>(best, SmpMaxU64(), red);
+    if (tid == 0) part[blockIdx.x] = best;
+    // This block's logits / probs / flags stores and its result, then the ticket (common.cuh).
+    if (!last_block_arrives(counter, gridDim.x)) return;  // block-uniform
     best = 0ull;
-    for (uint32_t i = tid; i < gridDim.x; i += blockDim.x) {
-        const unsigned long long b = __ldcg(part + i);
-        best = b > best ? b : best;
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const unsigned long long other = __shfl_xor_sync(SMP_FULL, best, o);
-        best = other > best ? other : best;
-    }
-    __syncthreads();  // warp_best is reused
-    if (lane == 0) warp_best[warp] = best;
-    __syncthreads();
+    for (uint32_t i = tid; i < gridDim.x; i += blockDim.x) best = SmpMaxU64()(best, __ldcg(part + i));
+    best = smp_block_reduce<256 / 32>(best, SmpMaxU64(), red);
     if (tid == 0) {
-        unsigned long long b = warp_best[0];
-        for (uint32_t w = 1; w < blockDim.x / 32; ++w) b = warp_best[w] > b ? warp_best[w] : b;
-        const uint32_t id = ~(uint32_t)(b & 0xFFFFFFFFull);  // < V: every block had a v < V
+        const uint32_t id = ~(uint32_t)(best & 0xFFFFFFFFull);  // < V: every block had a v < V
         *out_id = id;
         probs[id] = 1.0f;
     }
