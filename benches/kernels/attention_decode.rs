@@ -3,7 +3,7 @@
 //! K and V bytes streamed, n_keys · 2 (K, V) · P · 2 bytes, to compare with the ~3 TB/s of HBM; the
 //! partials (n_splits · H · (D + 2) · 4 bytes written and read back) and q / out are left out
 //! (< 2 % at 1024 keys).
-use crate::gpu_time;
+use crate::{filled, gpu_time};
 use criterion::{Criterion, Throughput};
 use qwen_rt::backend::cuda::device::{Gpu, GpuDType};
 use qwen_rt::backend::cuda::launch::{self, DecodeSplit};
@@ -15,19 +15,14 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
     let dt = GpuDType::BF16;
     let split = DecodeSplit::for_capacity(cap);
     let (o_bytes, ml_bytes) = launch::decode_workspace_bytes(t, h, d, split);
-    let alloc = |bytes: usize, fill: u8| {
-        let b = gpu.alloc(bytes).expect("alloc");
-        gpu.memset(&gpu.stream, b.ptr(), fill, bytes).expect("memset");
-        b
-    };
     // 0x3C3C: a finite non-zero value in bf16 (~0.0115) and f16 (~1.06).
-    let (k, v) = (alloc(cap * p * 2, 0x3C), alloc(cap * p * 2, 0x3C));
-    let q = alloc(t * p * 2, 0x3C);
-    let (part_o, part_ml, out) = (alloc(o_bytes, 0), alloc(ml_bytes, 0), alloc(t * p * 2, 0));
-    let pos0 = alloc(4, 0);
+    let (k, v) = (filled(gpu, cap * p * 2, 0x3C), filled(gpu, cap * p * 2, 0x3C));
+    let q = filled(gpu, t * p * 2, 0x3C);
+    let (part_o, part_ml, out) = (filled(gpu, o_bytes, 0), filled(gpu, ml_bytes, 0), filled(gpu, t * p * 2, 0));
+    let pos0 = filled(gpu, 4, 0);
     gpu.sync().expect("sync");
     let mut g = c.benchmark_group("attention_decode");
-    let counters = alloc(t * h * 4, 0);
+    let counters = filled(gpu, t * h * 4, 0);
     for n_keys in [1024usize, 4096, 8192] {
         gpu.set_u32(&gpu.stream, pos0.ptr(), (n_keys - 1) as u32).expect("pos0");
         g.throughput(Throughput::Bytes((n_keys * 2 * p * 2) as u64));

@@ -3,7 +3,7 @@
 //! (query t sees t + 1 keys) number T(T+1)/2 per head, each costing D MACs for Q·Kᵀ and D for P·V,
 //! 2 flops per MAC: flops = 4 · D · H · T(T+1)/2. Criterion's elements/s is then FLOP/s
 //! (divide by 1e12 for TFLOP/s-equivalent; the softmax exps are not counted).
-use crate::gpu_time;
+use crate::{filled, gpu_time};
 use criterion::{Criterion, Throughput};
 use qwen_rt::backend::cuda::device::{Gpu, GpuDType};
 use qwen_rt::backend::cuda::launch;
@@ -13,18 +13,13 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
     let (h, d) = (32usize, 128usize);
     let p = h * d;
     let dt = GpuDType::BF16;
-    let alloc = |bytes: usize, fill: u8| {
-        let b = gpu.alloc(bytes).expect("alloc");
-        gpu.memset(&gpu.stream, b.ptr(), fill, bytes).expect("memset");
-        b
-    };
     let mut g = c.benchmark_group("attention_prefill");
     for t in [512usize, 2048] {
         let cap = t;
         // 0x3C3C: a finite non-zero value in bf16 (~0.0115); every exp is computed all the same.
-        let (q, k, v) = (alloc(t * p * 2, 0x3C), alloc(cap * p * 2, 0x3C), alloc(cap * p * 2, 0x3C));
-        let out = alloc(t * p * 2, 0);
-        let pos0 = alloc(4, 0);
+        let (q, k, v) = (filled(gpu, t * p * 2, 0x3C), filled(gpu, cap * p * 2, 0x3C), filled(gpu, cap * p * 2, 0x3C));
+        let out = filled(gpu, t * p * 2, 0);
+        let pos0 = filled(gpu, 4, 0);
         gpu.sync().expect("sync");
         let flops = 4 * d * h * (t * (t + 1) / 2);
         g.throughput(Throughput::Elements(flops as u64));

@@ -6,7 +6,7 @@
 //! Timed as the decode step runs it: launches back to back on one stream (no host sync between
 //! them), measured with events, each launch on the next of several copies of W that together are
 //! larger than the L2 cache (60 MB on an H200), so W comes from DRAM as it does in the model.
-use crate::gpu_time;
+use crate::{filled, gpu_time};
 use criterion::{Criterion, Throughput};
 use qwen_rt::backend::cuda::device::{DevBuf, Gpu, GpuDType};
 use qwen_rt::backend::cuda::launch::{self, GemvConfig};
@@ -27,8 +27,7 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
     // attn c_proj, c_attn (q‖k‖v), fused w1‖w2, mlp c_proj, lm_head.
     for (n, k) in [(4096usize, 4096usize), (12288, 4096), (22016, 4096), (4096, 11008), (151936, 4096)] {
         let (ws, copies) = weight_copies(gpu, n, k);
-        let x = gpu.alloc(b * k * 2).expect("alloc x");
-        gpu.memset(&gpu.stream, x.ptr(), 0x3C, b * k * 2).expect("memset x");
+        let x = filled(gpu, b * k * 2, 0x3C);
         let y = gpu.alloc(b * n * 4).expect("alloc y");
         gpu.sync().expect("sync");
         g.throughput(Throughput::Bytes((n * k * 2 + b * k * 2 + b * n * 4) as u64));
@@ -51,14 +50,7 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
 /// Copies of a [N, K] bf16 W totalling at least ROTATE_BYTES, and their count.
 fn weight_copies(gpu: &Gpu, n: usize, k: usize) -> (Vec<DevBuf>, usize) {
     let copies = ROTATE_BYTES.div_ceil(n * k * 2).max(1);
-    let ws = (0..copies)
-        .map(|_| {
-            let w = gpu.alloc(n * k * 2).expect("alloc w");
-            // 0x3C3C: 1.18 in bf16 (1.05 in f16): finite values, the speed does not depend on them.
-            gpu.memset(&gpu.stream, w.ptr(), 0x3C, n * k * 2).expect("memset w");
-            w
-        })
-        .collect();
+    let ws = (0..copies).map(|_| filled(gpu, n * k * 2, 0x3C)).collect();
     (ws, copies)
 }
 
@@ -70,11 +62,7 @@ fn register_fused(c: &mut Criterion, gpu: &Arc<Gpu>) {
     let (h, d, k, f, cap) = (32usize, 128usize, 4096usize, 11008usize, 4096usize);
     let p = h * d;
     let mut g = c.benchmark_group("gemv_fused");
-    let buf = |bytes: usize| {
-        let b = gpu.alloc(bytes).expect("alloc");
-        gpu.memset(&gpu.stream, b.ptr(), 0x3C, bytes).expect("memset");
-        b
-    };
+    let buf = |bytes: usize| filled(gpu, bytes, 0x3C);
     let x = buf(k * 2);
     // w1‖w2 + SwiGLU: [2F, K] -> g [F].
     let (ws, copies) = weight_copies(gpu, 2 * f, k);
@@ -134,8 +122,7 @@ fn register_fused(c: &mut Criterion, gpu: &Arc<Gpu>) {
     let c = 4096usize;
     let (ws, copies) = weight_copies(gpu, c, k);
     let (xr, y, ln, a) = (buf(c * 4), buf(c * 4), buf(c * 2), buf(c * 2));
-    let norm_ws = gpu.alloc(launch::residual_norm_workspace_bytes(c)).expect("alloc");
-    gpu.memset(&gpu.stream, norm_ws.ptr(), 0, launch::residual_norm_workspace_bytes(c)).expect("memset");
+    let norm_ws = filled(gpu, launch::residual_norm_workspace_bytes(c), 0);
     g.throughput(Throughput::Bytes((c * k * 2) as u64));
     g.bench_function("residual_rmsnorm_bf16_C4096_K4096_fused", |bch| {
         bch.iter_custom(|iters| {
