@@ -528,6 +528,13 @@ fn cmd_bench(
 /// common run plus device copy bandwidth, % of the bandwidth floor and memory in use.
 fn bench_cuda(margs: &ModelArgs, synth: Option<&str>, lens: &[usize], decode: usize, decode_prompt: usize) -> Result<()> {
     let dtype = margs.dtype.parse::<ComputeDType>()?;
+    // QWEN_PROFILE=STEPS: checked before the run, so a bad value costs no benchmark.
+    let profile_steps = match std::env::var("QWEN_PROFILE") {
+        Err(_) => None,
+        Ok(v) => Some(v.trim().parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| {
+            Error::invalid(format!("QWEN_PROFILE={v:?}: expected the number of decode steps to profile"))
+        })?),
+    };
     let t = std::time::Instant::now();
     let (cm, how) = match synth {
         Some(preset) => {
@@ -555,10 +562,7 @@ fn bench_cuda(margs: &ModelArgs, synth: Option<&str>, lens: &[usize], decode: us
     report.load = Some((secs, how.into()));
     print!("{}", report.table());
     println!("{}", report.json());
-    if let Ok(v) = std::env::var("QWEN_PROFILE") {
-        let steps: usize = v.trim().parse().ok().filter(|&n| n > 0).ok_or_else(|| {
-            Error::invalid(format!("QWEN_PROFILE={v:?}: expected the number of decode steps to profile"))
-        })?;
+    if let Some(steps) = profile_steps {
         print!("{}", profile_table(&profiled.profile_decode(decode_prompt, steps)?, steps, decode_prompt));
     }
     Ok(())
