@@ -4,7 +4,8 @@
 # (STEPS picks and orders them): tests (kernel + whole-model parity, chat on the tiny model; tests0:
 # the tests again with programmatic dependent launch off; testsU: again with the GEMV epilogue
 # fusions off, QWEN_FUSE=0),
-# bench (qwen-run bench --synth 7b, then decode for each FUSE_MODES x PDL_MODES x GEMV_CONFIGS),
+# bench (qwen-run bench --synth 7b, prefill for each PREFILL_ATTNS (QWEN_ATTN), then decode for each
+# FUSE_MODES x PDL_MODES x GEMV_CONFIGS),
 # gemv (the GEMV configuration sweep of the kernel bench), torch (a 7B model on disk: load path,
 # chat, tools/compare_torch.py side by side with transformers), kbench (every other kernel bench),
 # ncu (every kernel's time and DRAM bytes in a short run; Firecracker machines only), profile
@@ -42,6 +43,10 @@ for step in ${STEPS:-tests bench gemv torch kbench}; do case $step in
     # configuration (QWEN_GEMV), REPS times over, interleaved so drift shows as spread rather than
     # as a difference.
     run bench-7b 90 $Q bench --backend cuda --synth 7b
+    # Prefill attention A/B in one run: the mma.sync kernel (default) against its WMMA fallback.
+    for attn in ${PREFILL_ATTNS:-mma wmma}; do
+      run bench-7b 50 env QWEN_ATTN=$attn $Q bench --backend cuda --synth 7b --prefill 512,2048,8000 --decode 1
+    done
     # Decode at an 8K context, for each PDL mode and decode-attention split length (ADEC_SPLITS,
     # e.g. "128 256 512"; empty: the default for the capacity).
     for pdl in ${PDL_MODES:-1}; do for sl in ${ADEC_SPLITS:-default}; do
@@ -52,10 +57,11 @@ for step in ${STEPS:-tests bench gemv torch kbench}; do case $step in
         run bench-7b 40 env QWEN_FUSE=$fuse QWEN_PDL=$pdl QWEN_GEMV=$cfg $Q bench --backend cuda --synth 7b --prefill 128,2048
     done; done; done; done ;;
   sanitize)
-    # The fused kernels (tickets across blocks, epilogues) under compute-sanitizer: memcheck for
+    # The fused kernels (tickets across blocks, epilogues) and the mma.sync prefill attention
+    # (cp.async, ldmatrix) under compute-sanitizer: memcheck for
     # out-of-bounds / misaligned accesses, then racecheck for shared-memory races (Firecracker only).
-    run tests 150 compute-sanitizer --tool memcheck --error-exitcode 99 gpu-carry/test-kernels --test-threads=1 gemv_fused attention_decode_matches sampling_qwen
-    run tests 120 compute-sanitizer --tool racecheck --error-exitcode 99 gpu-carry/test-kernels --test-threads=1 gemv_residual attention_decode_ragged sampling_top_k_matches ;;
+    run tests 150 compute-sanitizer --tool memcheck --error-exitcode 99 gpu-carry/test-kernels --test-threads=1 gemv_fused attention_decode_matches sampling_qwen attention_prefill_offset
+    run tests 120 compute-sanitizer --tool racecheck --error-exitcode 99 gpu-carry/test-kernels --test-threads=1 gemv_residual attention_decode_ragged sampling_top_k_matches attention_prefill_offset ;;
   profile)
     # Every kernel of 16 decode steps after 128 tokens, one by one with events (no graph, no ncu
     # needed), fused and unfused.

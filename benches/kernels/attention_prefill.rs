@@ -2,11 +2,12 @@
 //! tokens at pos0 = 0 (cap = T). Compute-bound, so the throughput is flops: the causal pairs
 //! (query t sees t + 1 keys) number T(T+1)/2 per head, each costing D MACs for Q·Kᵀ and D for P·V,
 //! 2 flops per MAC: flops = 4 · D · H · T(T+1)/2. Criterion's elements/s is then FLOP/s
-//! (divide by 1e12 for TFLOP/s-equivalent; the softmax exps are not counted).
+//! (divide by 1e12 for TFLOP/s-equivalent; the softmax exps are not counted). Both kernels, one
+//! after the other in the same run: `mma` (the default) and `wmma` (the previous kernel).
 use crate::{filled, gpu_time};
 use criterion::{Criterion, Throughput};
 use qwen_rt::backend::cuda::device::{Gpu, GpuDType};
-use qwen_rt::backend::cuda::launch;
+use qwen_rt::backend::cuda::launch::{self, PrefillKernel};
 use std::sync::Arc;
 
 pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
@@ -23,27 +24,17 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
         gpu.sync().expect("sync");
         let flops = 4 * d * h * (t * (t + 1) / 2);
         g.throughput(Throughput::Elements(flops as u64));
-        g.bench_function(format!("bf16_H{h}_D{d}_T{t}"), |b| {
-            b.iter_custom(|iters| {
-                gpu_time(gpu, iters, |_| {
-                    launch::attention_prefill(
-                        gpu,
-                        &gpu.stream,
-                        dt,
-                        q.slice(),
-                        k.slice(),
-                        v.slice(),
-                        out.slice(),
-                        pos0.slice(),
-                        t,
-                        h,
-                        d,
-                        cap,
-                    )
-                    .unwrap();
+        for kernel in PrefillKernel::ALL {
+            let name = format!("{}_bf16_H{h}_D{d}_T{t}", format!("{kernel:?}").to_lowercase());
+            g.bench_function(name, |b| {
+                b.iter_custom(|iters| {
+                    gpu_time(gpu, iters, |_| {
+                        let (q, k, v, o, p0) = (q.slice(), k.slice(), v.slice(), out.slice(), pos0.slice());
+                        launch::attention_prefill(gpu, &gpu.stream, kernel, dt, q, k, v, o, p0, t, h, d, cap).unwrap();
+                    })
                 })
-            })
-        });
+            });
+        }
     }
     g.finish();
 }

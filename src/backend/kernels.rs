@@ -26,6 +26,8 @@ pub const ENTRY_POINTS: &[&str] = &[
     "qkv_rope_append_f16",
     "attention_prefill_bf16",
     "attention_prefill_f16",
+    "attention_prefill_wmma_bf16",
+    "attention_prefill_wmma_f16",
     "attention_decode_bf16",
     "attention_decode_f16",
     "attention_decode_combine_bf16",

@@ -1,4 +1,5 @@
-//! `attention_prefill_{bf16,f16}` vs `cpu::attention`.
+//! `attention_prefill_{bf16,f16}` (mma.sync) and `attention_prefill_wmma_{bf16,f16}` (its WMMA
+//! fallback) vs `cpu::attention`: every case runs on both kernels (`PrefillKernel::ALL`).
 //!
 //! Tolerance. The kernel rounds the probabilities P = exp(s - m) to T before P·V (FlashAttention's
 //! choice) and divides by the sum of those rounded values, so its weights are w̃_j = w_j(1+δ_j)/(1+δ̄)
@@ -15,7 +16,7 @@
 use crate::common::*;
 use qwen_rt::backend::cpu;
 use qwen_rt::backend::cuda::device::{DevBuf, Gpu, GpuDType};
-use qwen_rt::backend::cuda::launch;
+use qwen_rt::backend::cuda::launch::{self, PrefillKernel};
 use qwen_rt::error::Error;
 
 /// Poisoned rows after each KV cache's `cap` rows: a kernel reading past row cap - 1 gets NaN.
@@ -53,8 +54,15 @@ fn upload_cache(gpu: &Gpu, dt: GpuDType, vals: &[f32], cap: usize, p: usize) -> 
     (buf, dt.decode(&bits))
 }
 
-/// Run `c` in `dt` on poisoned output and compare with the oracle; checks the output guard.
+/// Run `c` in `dt` on each kernel, on poisoned output, and compare with the oracle; checks the
+/// output guard.
 fn check(gpu: &Gpu, dt: GpuDType, c: Case, seed: u64) {
+    for kernel in PrefillKernel::ALL {
+        check_kernel(gpu, kernel, dt, c, seed);
+    }
+}
+
+fn check_kernel(gpu: &Gpu, kernel: PrefillKernel, dt: GpuDType, c: Case, seed: u64) {
     let Case { h, d, t, pos0, cap, k_growth } = c;
     let p = h * d;
     let filled = pos0 + t;
@@ -74,6 +82,7 @@ fn check(gpu: &Gpu, dt: GpuDType, c: Case, seed: u64) {
     launch::attention_prefill(
         gpu,
         &gpu.stream,
+        kernel,
         dt,
         q.slice(),
         cap_slice,
@@ -88,14 +97,14 @@ fn check(gpu: &Gpu, dt: GpuDType, c: Case, seed: u64) {
     .unwrap();
     let all = gpu.read::<u16>(out.ptr(), t * p + OUT_GUARD).expect("read out");
     let touched = all[t * p..].iter().filter(|&&b| b != 0xFFFF).count();
-    assert_eq!(touched, 0, "attention_prefill {dt:?} {c:?}: {touched} guard elements after out [T, P] were written");
+    assert_eq!(touched, 0, "attention_prefill {kernel:?} {dt:?} {c:?}: {touched} guard elements after out [T, P] were written");
     let got = dt.decode(&all[..t * p]);
 
     let mut want = vec![0f32; t * p];
     cpu::attention(&q_host, &k_host, &v_host, pos0, h, d, &mut want);
     let max_v = v_host.iter().fold(0f32, |m, x| m.max(x.abs()));
     let atol = 0.75 * tol(dt) * max_v;
-    assert_close(&format!("attention_prefill {dt:?} {c:?}"), &got, &want, atol, tol(dt));
+    assert_close(&format!("attention_prefill {kernel:?} {dt:?} {c:?}"), &got, &want, atol, tol(dt));
 }
 
 #[test]
@@ -156,10 +165,10 @@ fn attention_prefill_rejects_bad_shapes() {
     let buf = poisoned(&gpu, cap * h * 256 * 2);
     let pos0 = upload_u32(&gpu, &[0]);
     let s = buf.slice();
-    for dt in DTYPES {
+    for (dt, k) in DTYPES.into_iter().flat_map(|dt| PrefillKernel::ALL.map(|k| (dt, k))) {
         // Unsupported head dims are refused, naming D.
         for d in [8, 48, 96, 256] {
-            match launch::attention_prefill(&gpu, &gpu.stream, dt, s, s, s, s, pos0.slice(), t, h, d, cap) {
+            match launch::attention_prefill(&gpu, &gpu.stream, k, dt, s, s, s, s, pos0.slice(), t, h, d, cap) {
                 Err(Error::Backend(msg)) => assert!(msg.contains(&format!("D = {d}")), "message `{msg}`"),
                 other => panic!("D = {d}: expected Error::Backend, got {other:?}"),
             }
@@ -167,9 +176,9 @@ fn attention_prefill_rejects_bad_shapes() {
         // A cache smaller than cap rows, and T > cap, are refused too.
         let d = 128;
         let short = s.sub(0, (cap - 1) * h * d * 2).unwrap();
-        let r = launch::attention_prefill(&gpu, &gpu.stream, dt, s, short, s, s, pos0.slice(), t, h, d, cap);
+        let r = launch::attention_prefill(&gpu, &gpu.stream, k, dt, s, short, s, s, pos0.slice(), t, h, d, cap);
         assert!(matches!(r, Err(Error::Backend(_))), "short k_cache: {r:?}");
-        let r = launch::attention_prefill(&gpu, &gpu.stream, dt, s, s, s, s, pos0.slice(), cap + 1, h, d, cap);
+        let r = launch::attention_prefill(&gpu, &gpu.stream, k, dt, s, s, s, s, pos0.slice(), cap + 1, h, d, cap);
         assert!(matches!(r, Err(Error::Backend(_))), "T > cap: {r:?}");
     }
     gpu.sync().unwrap();

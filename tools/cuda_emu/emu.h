@@ -20,6 +20,9 @@
 //     is shared memory.
 //   * nvcuda::wmma 16x16x16 fragments with a deliberately scrambled (seeded-shuffle) element layout,
 //     so a kernel that assumes a fragment layout fails; pointer / ldm alignment checked.
+//   * ldmatrix (.x1/.x2/.x4, .trans) and mma.sync m16n8k16 (bf16 / f16 in, f32 accumulate) with the
+//     PTX ISA's documented fragment layouts (a kernel must assume them: they are the contract);
+//     ldmatrix row addresses travel as a collective, its reads are real shared-memory reads.
 // Problems that are not wrong numbers (misaligned cast, barrier after exit, cp.async left pending at
 // exit, smem written past the dynamic size) are counted in emu::flags; harnesses fail on them.
 #pragma once
@@ -303,6 +306,67 @@ template <class... O> inline void ptx_ld_global(const void* p, O&... outs) {
     const unsigned char* b = (const unsigned char*)p;
     size_t i = 0;
     ((memcpy(&outs, b + 4 * i++, 4)), ...);
+}
+// ldmatrix.sync.aligned.m8n8.x{1,2,4}[.trans].shared.b16: lane 8i + r gives the shared address of row r
+// of matrix i (16-byte aligned, 8 b16 values); lane l receives in its i-th register the elements
+// (l / 4, 2 (l % 4)) and (l / 4, 2 (l % 4) + 1) of matrix i, or with .trans (2 (l % 4), l / 4) and
+// (2 (l % 4) + 1, l / 4), the first in the low half (PTX ISA, "Warp-level matrix load instruction").
+// A collective: the addresses travel like shuffles (no happens-before), the reads are real shared-
+// memory reads, so a missing barrier before them is a TSan report.
+template <class... O> inline void ptx_ldmatrix(bool trans, uint64_t addr, O&... outs) {
+    constexpr int N = (int)sizeof...(O);
+    static_assert(N == 1 || N == 2 || N == 4, "ldmatrix .x1, .x2 or .x4");
+    static_assert(((sizeof(O) == 4) && ...), "32-bit destinations only");
+    if (addr % 16) complain(flags.misaligned, "ldmatrix row address %#llx not 16-byte aligned", (unsigned long long)addr);
+    const uint32_t g = publish(addr);
+    const int l = lane();
+    uint32_t r[4] = {};
+    for (int i = 0; i < N; ++i) {
+        uint16_t e[2];
+        for (int h = 0; h < 2; ++h) {
+            const int row = trans ? 2 * (l % 4) + h : l / 4, colm = trans ? l / 4 : 2 * (l % 4) + h;
+            const uint64_t a = fetch<uint64_t>(g, 8 * i + row);
+            memcpy(&e[h], from_shared(a + 2 * colm), 2);
+        }
+        r[i] = (uint32_t)e[0] | ((uint32_t)e[1] << 16);
+    }
+    int i = 0;
+    ((memcpy(&outs, &r[i++], 4)), ...);
+}
+// mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}: D (16x8 f32) = A (16x16) · B (16x8) + C with the
+// PTX ISA's fragment layout (g = lane / 4, c = lane % 4): A registers r = 0..3 hold rows g + 8 (r & 1),
+// columns 2c, 2c + 1 (+ 8 when r >= 2); B registers r = 0, 1 hold rows (k) 2c, 2c + 1 (+ 8 r), column
+// g; C / D element e = 0..3 is row g + 8 (e >> 1), column 2c + (e & 1). Every lane publishes its
+// operands, gathers the matrices and computes its own four outputs (f32, k in order from C).
+inline float b16_to_f32(uint16_t v, bool bf16) {
+    return bf16 ? __bfloat162float(__nv_bfloat16{v}) : __half2float(__half{v});
+}
+template <bool BF16>
+inline void ptx_mma_m16n8k16(float& d0, float& d1, float& d2, float& d3, uint32_t a0, uint32_t a1, uint32_t a2,
+                             uint32_t a3, uint32_t b0, uint32_t b1, float c0, float c1, float c2, float c3) {
+    uint32_t mine[10] = {a0, a1, a2, a3, b0, b1};
+    memcpy(&mine[6], &c0, 4); memcpy(&mine[7], &c1, 4); memcpy(&mine[8], &c2, 4); memcpy(&mine[9], &c3, 4);
+    const uint32_t g = publish_bytes(mine, sizeof mine);
+    float A[16][16], B[16][8], C[16][8];
+    for (int L = 0; L < 32; ++L) {
+        uint32_t th[10];
+        fetch_bytes(g, L, th, sizeof th);
+        const int gr = L / 4, cc = L % 4;
+        for (int r = 0; r < 4; ++r)
+            for (int h = 0; h < 2; ++h)
+                A[gr + 8 * (r & 1)][2 * cc + h + 8 * (r >> 1)] = b16_to_f32((uint16_t)(th[r] >> (16 * h)), BF16);
+        for (int r = 0; r < 2; ++r)
+            for (int h = 0; h < 2; ++h) B[2 * cc + h + 8 * r][gr] = b16_to_f32((uint16_t)(th[4 + r] >> (16 * h)), BF16);
+        for (int e = 0; e < 4; ++e) memcpy(&C[gr + 8 * (e >> 1)][2 * cc + (e & 1)], &th[6 + e], 4);
+    }
+    const int gr = lane() / 4, cc = lane() % 4;
+    float* d[4] = {&d0, &d1, &d2, &d3};
+    for (int e = 0; e < 4; ++e) {
+        const int row = gr + 8 * (e >> 1), cn = 2 * cc + (e & 1);
+        float s = C[row][cn];
+        for (int k = 0; k < 16; ++k) s += A[row][k] * B[k][cn];
+        *d[e] = s;
+    }
 }
 }  // namespace emu
 

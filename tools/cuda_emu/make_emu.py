@@ -136,6 +136,23 @@ def ptx_to_cpp(ptx, ops):
         if len(dsts) != int(m.group(1) or 1):
             raise Unsupported(f'"{ptx}": vector width and destination count differ')
         return f'emu::ptx_ld_global((const void*){arg(m.group(3))}, {", ".join(dsts)})'
+    m = re.fullmatch(r'ldmatrix\.sync\.aligned\.m8n8\.x([124])(\.trans)?\.shared(?:::cta)?\.b16\s+\{([^}]*)\},\s*\[(%\d+)\]', ptx)
+    if m:
+        dsts = [arg(t) for t in m.group(3).split(',')]
+        if len(dsts) != int(m.group(1)):
+            raise Unsupported(f'"{ptx}": matrix count and destination count differ')
+        trans = 'true' if m.group(2) else 'false'
+        return f'emu::ptx_ldmatrix({trans}, {arg(m.group(4))}, {", ".join(dsts)})'
+    m = re.fullmatch(r'mma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.(bf16|f16)\.(bf16|f16)\.f32\s+'
+                     r'\{([^}]*)\},\s*\{([^}]*)\},\s*\{([^}]*)\},\s*\{([^}]*)\}', ptx)
+    if m:
+        if m.group(1) != m.group(2):
+            raise Unsupported(f'"{ptx}": mixed input types')
+        groups = [[arg(t) for t in m.group(k).split(',')] for k in (3, 4, 5, 6)]
+        if [len(x) for x in groups] != [4, 4, 2, 4]:
+            raise Unsupported(f'"{ptx}": operand counts must be 4, 4, 2, 4')
+        tag = 'true' if m.group(1) == 'bf16' else 'false'
+        return f'emu::ptx_mma_m16n8k16<{tag}>({", ".join(sum(groups, []))})'
     raise Unsupported(f'inline PTX "{ptx}" has no emulation (add it to make_emu.py and emu.h)')
 
 

@@ -41,6 +41,23 @@ fn gpu_dtype(d: ComputeDType) -> Result<GpuDType> {
     }
 }
 
+/// QWEN_ATTN: unset or "mma" the mma.sync prefill kernel, "wmma" its WMMA fallback, "splitk" (None)
+/// the split-K decode kernel for prefill too. Anything else is said on stderr, once, and the default
+/// used (an A/B run must not measure the default while believing it measures something else).
+fn prefill_kernel_from_env() -> Option<launch::PrefillKernel> {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    match std::env::var("QWEN_ATTN").as_deref() {
+        Err(_) | Ok("mma") => Some(launch::PrefillKernel::Mma),
+        Ok("wmma") => Some(launch::PrefillKernel::Wmma),
+        Ok("splitk") => None,
+        Ok(v) => {
+            let v = v.to_string();
+            WARNED.call_once(|| eprintln!("warning: QWEN_ATTN={v:?} is not mma, wmma or splitk; using mma"));
+            Some(launch::PrefillKernel::Mma)
+        }
+    }
+}
+
 /// A Qwen v1 model whose weights live on one GPU.
 pub struct CudaModel {
     gpu: Arc<Gpu>,
@@ -177,8 +194,9 @@ pub struct CudaSequence {
     /// `gemv_residual_rmsnorm` at decode, `gemv_swiglu` up to 8 tokens) and the split-K attention
     /// combines in its own last block; QWEN_FUSE=0 launches them separately (for A/B runs).
     fuse: bool,
-    /// QWEN_ATTN=splitk: prefill attention on the split-K kernel too (a debugging aid).
-    splitk_prefill: bool,
+    /// Prefill attention: the mma.sync flash kernel (default), QWEN_ATTN=wmma its WMMA fallback,
+    /// QWEN_ATTN=splitk (None) the split-K decode kernel on slices of the queries (a debugging aid).
+    prefill_kernel: Option<launch::PrefillKernel>,
     /// The context ids currently in `plan.ctx_ids` (for the repetition penalty on the GPU).
     ctx_on_device: Vec<u32>,
 }
@@ -224,7 +242,7 @@ impl CudaSequence {
             graph: None,
             no_graph: std::env::var("QWEN_CUDA_GRAPH").is_ok_and(|v| v == "0"),
             fuse: !std::env::var("QWEN_FUSE").is_ok_and(|v| v == "0"),
-            splitk_prefill: std::env::var("QWEN_ATTN").is_ok_and(|v| v == "splitk"),
+            prefill_kernel: prefill_kernel_from_env(),
             ctx_on_device: Vec::new(),
         };
         // The sampling flags and the attention tickets must start zeroed (the kernels leave them zeroed).
@@ -294,9 +312,9 @@ impl CudaSequence {
                 g, s, dt, q, kc, vc, part_o, part_ml, att, pos, 1, h, d, cap, self.plan.split, counters,
             );
         }
-        if launch::attention_prefill_supports(d) && !self.splitk_prefill {
+        if let Some(kernel) = self.prefill_kernel.filter(|_| launch::attention_prefill_supports(d)) {
             let pos = self.r(self.plan.pos0);
-            return launch::attention_prefill(g, s, dt, q, kc, vc, att, pos, t, h, d, cap);
+            return launch::attention_prefill(g, s, kernel, dt, q, kc, vc, att, pos, t, h, d, cap);
         }
         // Split-K kernel for the queries in slices of FALLBACK_ROWS, each with its own pos0.
         let row = h * d * dt.size();

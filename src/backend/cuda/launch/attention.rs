@@ -1,5 +1,6 @@
-//! `attention_prefill_{bf16,f16}` (cuda/attention_prefill.cu): causal flash attention over the KV
-//! cache for a chunk of T query rows; oracle `cpu::attention`.
+//! `attention_prefill_{bf16,f16}` (cuda/attention_prefill.cu, mma.sync) and its fallback
+//! `attention_prefill_wmma_{bf16,f16}` (cuda/attention_prefill_wmma.cu): causal flash attention over
+//! the KV cache for a chunk of T query rows; oracle `cpu::attention`.
 use super::dim_u32;
 use crate::backend::cuda::device::{Arg, DevSlice, Gpu, GpuDType, Launch};
 use crate::error::{Error, Result};
@@ -16,10 +17,36 @@ pub fn attention_prefill_supports(d: usize) -> bool {
     matches!(d, 16 | 32 | 64 | 128)
 }
 
-/// Dynamic shared memory of the kernel at head dim `d`, as `ap_smem_bytes(D)` in the .cu: K and V
-/// tiles `[64, D + 8]` T, S `[64, 68]` f32 (P aliased on it), 3 × 64 f32 softmax statistics.
-fn smem_bytes(d: usize) -> usize {
-    2 * 64 * (d + 8) * 2 + 64 * 68 * 4 + 3 * 64 * 4
+/// Which of the two prefill attention kernels (same contract, same oracle, same grid).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrefillKernel {
+    /// `attention_prefill_*`: mma.sync m16n8k16 with S, P and O in registers (the default).
+    Mma,
+    /// `attention_prefill_wmma_*`: the previous WMMA kernel, S and P through shared memory (the
+    /// fallback, and the A/B baseline of the benches).
+    Wmma,
+}
+
+impl PrefillKernel {
+    pub const ALL: [PrefillKernel; 2] = [PrefillKernel::Mma, PrefillKernel::Wmma];
+
+    fn entry(self, dt: GpuDType) -> String {
+        match self {
+            PrefillKernel::Mma => format!("attention_prefill_{}", dt.suffix()),
+            PrefillKernel::Wmma => format!("attention_prefill_wmma_{}", dt.suffix()),
+        }
+    }
+
+    /// Dynamic shared memory at head dim `d`, as `ap_smem_bytes(D)` in each .cu. Mma: one K and one
+    /// V tile `[64, D + 8]` T. Wmma: the same plus S `[64, 68]` f32 (P aliased on it) and 3 × 64 f32
+    /// softmax statistics.
+    fn smem_bytes(self, d: usize) -> usize {
+        let tiles = 2 * 64 * (d + 8) * 2;
+        match self {
+            PrefillKernel::Mma => tiles,
+            PrefillKernel::Wmma => tiles + 64 * 68 * 4 + 3 * 64 * 4,
+        }
+    }
 }
 
 /// Causal attention of T query rows against the cache: query row t is at position `*pos0 + t` and
@@ -30,6 +57,7 @@ fn smem_bytes(d: usize) -> usize {
 pub fn attention_prefill(
     gpu: &Gpu,
     s: &CudaStream,
+    kernel: PrefillKernel,
     dt: GpuDType,
     q: DevSlice,
     k_cache: DevSlice,
@@ -72,8 +100,8 @@ pub fn attention_prefill(
     if t == 0 {
         return Ok(());
     }
-    let name = format!("attention_prefill_{}", dt.suffix());
-    let smem = smem_bytes(d);
+    let name = kernel.entry(dt);
+    let smem = kernel.smem_bytes(d);
     if smem > SMEM_DEFAULT {
         gpu.allow_smem(&name, dim_u32(smem, "attention_prefill shared memory")?)?;
     }
@@ -98,7 +126,7 @@ pub fn attention_prefill(
         Arg::F32(scale),
     ];
     // SAFETY: q and out hold [T, P] T, k_cache and v_cache [cap, P] T, pos0 one u32 (checked above),
-    // all 16-byte aligned; D is one the kernel is instantiated for and the block is the 128 threads
+    // all 16-byte aligned; D is one either kernel is instantiated for and the block is the 128 threads
     // and `smem` bytes it expects (raised above 48 KiB first). The kernel reads q rows < T, cache rows
     // <= min(pos0 + T - 1, cap - 1) and writes out rows < T, columns h·D..h·D+D of head h < H only.
     unsafe { gpu.launch(s, &name, cfg, &args) }
