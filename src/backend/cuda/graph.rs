@@ -113,23 +113,48 @@ impl CudaModel {
         self.w.bytes
     }
 
+    /// A sequence with room for `steps` more tokens after a `context`-token prompt (prefilled, then
+    /// one decode step, untimed: the graph is captured there unless `graph` is false). Ids are a
+    /// fixed spread over the vocabulary (`spread_id`).
+    fn warm_sequence(self: &Arc<Self>, context: usize, steps: usize, graph: bool) -> Result<CudaSequence> {
+        let mut seq = CudaSequence::new(self.clone(), context.max(1) + steps + 1)?;
+        seq.no_graph |= !graph;
+        let prompt: Vec<u32> = (0..context.max(1)).map(|i| self.spread_id(i)).collect();
+        seq.run(&prompt, false)?;
+        seq.run(&[self.spread_id(1)], false)?;
+        Ok(seq)
+    }
+
+    fn spread_id(&self, i: usize) -> u32 {
+        ((i * 7919 + 13) % self.config.vocab_size.max(1)) as u32
+    }
+
     /// Every kernel of `steps` decode steps after a `context`-token prompt, launched one by one (no
     /// graph; the same fusion and GEMV settings as decoding) and each bracketed by timed events: a
     /// measuring aid (`qwen-run bench` with `QWEN_PROFILE=STEPS`) that needs no profiler. The events
     /// serialise the launches, so this is each kernel's own duration, not its overlap with the next.
     pub fn profile_decode(self: &Arc<Self>, context: usize, steps: usize) -> Result<Vec<KernelTime>> {
-        let v = self.config.vocab_size.max(1);
-        let id = |i: usize| ((i * 7919 + 13) % v) as u32;
-        let mut seq = CudaSequence::new(self.clone(), context.max(1) + steps + 1)?;
-        seq.no_graph = true;
-        let prompt: Vec<u32> = (0..context.max(1)).map(id).collect();
-        seq.run(&prompt, false)?;
-        seq.run(&[id(1)], false)?; // one untimed step
+        let mut seq = self.warm_sequence(context, steps, false)?;
         self.gpu.profile_start();
-        let ran = (0..steps).try_for_each(|i| seq.run(&[id(i + 2)], false).map(|_| ()));
+        let ran = (0..steps).try_for_each(|i| seq.run(&[self.spread_id(i + 2)], false).map(|_| ()));
         let times = self.gpu.profile_take();
         ran?;
         times
+    }
+
+    /// GPU milliseconds of one decode step alone: the captured graph replayed `steps` times back to
+    /// back between two events, after a `context`-token prompt (every replay rewrites the same
+    /// position). No sampling and no host round trip between steps, so the bench's decode time per
+    /// token minus this is what those cost (`qwen-run bench --backend cuda` prints both).
+    pub fn time_decode_graph(self: &Arc<Self>, context: usize, steps: usize) -> Result<f64> {
+        let seq = self.warm_sequence(context, 0, true)?;
+        let Some(gr) = seq.graph.as_ref() else {
+            return Err(Error::Backend("the decode step was not captured as a graph (QWEN_CUDA_GRAPH=0 or capture failed)".into()));
+        };
+        let s = &*seq.stream;
+        gr.launch(s)?; // warm
+        let ms = self.gpu.time_ms(s, || (0..steps).try_for_each(|_| gr.launch(s)))?;
+        Ok(ms / steps.max(1) as f64)
     }
 }
 

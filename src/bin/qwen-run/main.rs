@@ -562,6 +562,19 @@ fn bench_cuda(margs: &ModelArgs, synth: Option<&str>, lens: &[usize], decode: us
     report.load = Some((secs, how.into()));
     print!("{}", report.table());
     println!("{}", report.json());
+    if decode > 0 {
+        // The decode step alone on the GPU, so the table's decode splits into GPU step time and what
+        // sampling + the host round trip add (a note, not a failure, when there is no graph).
+        match profiled.time_decode_graph(decode_prompt, 64) {
+            Ok(ms) => println!(
+                "decode step alone (graph replayed back to back): {:.1} us/token ({:.1} tok/s); sampling and the host round trip add {:.1} us/token",
+                ms * 1e3,
+                1e3 / ms,
+                1e6 / report.decode_tok_s - ms * 1e3
+            ),
+            Err(e) => println!("decode step alone: not measured ({e})"),
+        }
+    }
     if let Some(steps) = profile_steps {
         print!("{}", profile_table(&profiled.profile_decode(decode_prompt, steps)?, steps, decode_prompt));
     }
