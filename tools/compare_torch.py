@@ -25,7 +25,8 @@ The numbers:
   load s           ours: `qwen-run bench` load (file streamed to the device); torch: build + fill from the
                    safetensors (page cache warm after our run).
   prefill tok/s    n / time of one forward of an n-token prompt into a fresh cache (torch: logits_to_keep=1,
-                   like ours, which computes the last position's logits only). One untimed warm-up first.
+                   like ours, which computes the last position's logits only). One untimed warm-up first;
+                   on a GPU also an untimed pass at each length and the median of 3 timed ones (both).
   decode tok/s     after a --decode-prompt prompt, --decode greedy steps (1-token forward through the
                    cache, argmax on the device), only the steps timed.
   memory GiB       ours: device memory in use (total - free) after the bench; torch: max_memory_allocated
@@ -40,6 +41,7 @@ import argparse
 import inspect
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,6 +49,8 @@ import time
 import traceback
 
 import numpy as np
+
+PREFILL_REPS = 3  # timed prefill passes per length on a GPU (qwen-run bench: GPU_PREFILL_REPS)
 import torch
 
 from qwen_v1_map import v1_to_qwen2
@@ -152,12 +156,20 @@ def torch_bench(model, device, vocab, prefill, decode, decode_prompt):
     steps(prompt(min(prefill or [decode_prompt])), 4)  # warm-up, untimed: prefill + a few decode steps
     sync(device)
     r = {"prefill": []}
+    # As `qwen-run bench`: on a GPU each length gets an untimed pass of its own, then the median of
+    # PREFILL_REPS timed passes; on the CPU one timed pass.
+    reps = PREFILL_REPS if str(device).startswith("cuda") else 1
     for n in prefill:
-        sync(device)
-        t = time.perf_counter()
-        prompt(n)
-        sync(device)
-        r["prefill"].append({"tokens": n, "tok_per_s": n / (time.perf_counter() - t)})
+        if reps > 1:
+            prompt(n)
+        rates = []
+        for _ in range(reps):
+            sync(device)
+            t = time.perf_counter()
+            prompt(n)
+            sync(device)
+            rates.append(n / (time.perf_counter() - t))
+        r["prefill"].append({"tokens": n, "tok_per_s": statistics.median(rates)})
         log(f"  torch prefill {n}: {r['prefill'][-1]['tok_per_s']:.1f} tok/s")
     if decode > 0:
         out = prompt(decode_prompt)

@@ -517,12 +517,15 @@ fn cmd_bench(
     let t = std::time::Instant::now();
     let m = load(&margs)?;
     let secs = t.elapsed().as_secs_f64();
-    let mut report = run_bench(&m.model, m.max_seq_len, &lens, decode, decode_prompt, &mut |_| Ok(()))?;
+    let mut report = run_bench(&m.model, m.max_seq_len, &lens, decode, decode_prompt, 1, &mut |_| Ok(()))?;
     report.load = Some((secs, "file, paged in".into()));
     print!("{}", report.table());
     println!("{}", report.json());
     Ok(())
 }
+
+/// Timed prefill passes per length on the GPU (median reported, after an untimed pass of that length).
+const GPU_PREFILL_REPS: usize = 3;
 
 /// The GPU benchmark: weights generated on the GPU (`--synth`) or streamed from `--model`, then the
 /// common run plus device copy bandwidth, % of the bandwidth floor and memory in use.
@@ -554,7 +557,7 @@ fn bench_cuda(margs: &ModelArgs, synth: Option<&str>, lens: &[usize], decode: us
     let copy = gpu.copy_bandwidth()?;
     let profiled = cm.clone();
     let model: Arc<dyn Model> = cm;
-    let mut report = run_bench(&model, max_seq_len, lens, decode, decode_prompt, &mut |r| {
+    let mut report = run_bench(&model, max_seq_len, lens, decode, decode_prompt, GPU_PREFILL_REPS, &mut |r| {
         let (free, total) = gpu.mem_info()?;
         r.device = Some(DeviceStats { name: gpu.name.clone(), copy_bytes_per_s: copy, mem_used_bytes: total - free });
         Ok(())

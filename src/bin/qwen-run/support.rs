@@ -211,7 +211,9 @@ pub struct BenchReport {
     pub bytes_per_token: usize,
     /// Seconds from start to weights ready, and what was loaded ("file" or "generated on GPU").
     pub load: Option<(f64, String)>,
+    /// (tokens, tok/s): the median of `prefill_reps` timed passes.
     pub prefill: Vec<(usize, f64)>,
+    pub prefill_reps: usize,
     pub decode_prompt: usize,
     pub decode_tokens: usize,
     pub decode_tok_s: f64,
@@ -258,8 +260,9 @@ impl BenchReport {
         if let Some((secs, how)) = &self.load {
             let _ = writeln!(s, "{:<34} {:>10.2} s  ({:.2} GB/s)", format!("load ({how})"), secs, self.weight_bytes as f64 / secs / 1e9);
         }
+        let of = if self.prefill_reps > 1 { format!(" (median of {})", self.prefill_reps) } else { String::new() };
         for (n, tps) in &self.prefill {
-            let _ = writeln!(s, "{:<34} {:>12.1} tok/s", format!("prefill {n} tokens"), tps);
+            let _ = writeln!(s, "{:<34} {:>12.1} tok/s", format!("prefill {n} tokens{of}"), tps);
         }
         let _ = writeln!(
             s,
@@ -278,6 +281,7 @@ impl BenchReport {
             "backend": self.backend, "model": self.model, "weight_bytes": self.weight_bytes, "bytes_per_token": self.bytes_per_token,
             "load_s": self.load.as_ref().map(|l| l.0), "load_source": self.load.as_ref().map(|l| l.1.clone()),
             "prefill": self.prefill.iter().map(|(n, t)| serde_json::json!({"tokens": n, "tok_per_s": t})).collect::<Vec<_>>(),
+            "prefill_reps": self.prefill_reps,
             "decode_prompt": self.decode_prompt, "decode_tokens": self.decode_tokens, "decode_tok_per_s": self.decode_tok_s,
             "gpu": self.device.as_ref().map(|d| d.name.clone()),
             "copy_gb_per_s": self.device.as_ref().map(|d| d.copy_bytes_per_s / 1e9),
@@ -289,9 +293,20 @@ impl BenchReport {
     }
 }
 
-/// Prefill at each length (fresh sequence each), then decode `decode` tokens greedily (sampling on
-/// the model's backend, so on the GPU only the id crosses) after a `decode_prompt`-token prompt.
-/// Token ids are a fixed pseudo-random pattern below the vocab size. `at_end` runs last, while the
+/// The median of `v` (the mean of the middle two for an even count); `v` is sorted in place.
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+/// Prefill at each length (the sequence reset before each pass), then decode `decode` tokens
+/// greedily (sampling on the model's backend, so on the GPU only the id crosses) after a
+/// `decode_prompt`-token prompt. With `prefill_reps` > 1 each length gets an untimed pass of its
+/// own first (a GEMM shape's first call pays for cuBLAS's heuristics and lazy kernel loading, which
+/// a steady state does not) and the median of `prefill_reps` timed passes is reported; with 1 (the
+/// CPU, where a 7B pass takes seconds) one timed pass after the shortest length's warm-up. Token
+/// ids are a fixed pseudo-random pattern below the vocab size. `at_end` runs last, while the
 /// sequence is still allocated (the GPU bench reads memory in use there).
 pub fn run_bench(
     model: &Arc<dyn Model>,
@@ -299,6 +314,7 @@ pub fn run_bench(
     prefill: &[usize],
     decode: usize,
     decode_prompt: usize,
+    prefill_reps: usize,
     at_end: &mut dyn FnMut(&mut BenchReport) -> Result<()>,
 ) -> Result<BenchReport> {
     let cfg = model.config().clone();
@@ -316,6 +332,7 @@ pub fn run_bench(
         bytes_per_token: (cfg.num_params() - if cfg.tie_word_embeddings { 0 } else { (cfg.vocab_size - 1) * cfg.hidden_size }) * 2,
         load: None,
         prefill: vec![],
+        prefill_reps: prefill_reps.max(1),
         decode_prompt,
         decode_tokens: decode,
         decode_tok_s: 0.0,
@@ -330,11 +347,20 @@ pub fn run_bench(
         seq.reset();
         seq.forward(&ids(n), false)?;
     }
+    let reps = report.prefill_reps;
     for &n in prefill {
-        seq.reset();
-        let t = Instant::now();
-        seq.forward(&ids(n), false)?;
-        report.prefill.push((n, n as f64 / t.elapsed().as_secs_f64()));
+        if reps > 1 {
+            seq.reset();
+            seq.forward(&ids(n), false)?;
+        }
+        let mut rates = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            seq.reset();
+            let t = Instant::now();
+            seq.forward(&ids(n), false)?;
+            rates.push(n as f64 / t.elapsed().as_secs_f64());
+        }
+        report.prefill.push((n, median(&mut rates)));
     }
     if decode > 0 {
         let mut sampler = Sampler::new(SamplingParams::greedy())?;
@@ -374,6 +400,13 @@ mod tests {
         assert!(parse_ids("1,x").unwrap_err().to_string().contains("`x`"));
         assert!(parse_ids("-1").is_err());
         assert!(parse_ids("99999999999").is_err());
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&mut [7.0]), 7.0);
     }
 
     #[test]
