@@ -44,7 +44,33 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
         }
     }
     g.finish();
+    register_ramp(c, gpu);
     register_fused(c, gpu);
+}
+
+/// The default configuration at K = 4096 over N = 1024 .. 65536 rows: time = fixed + bytes / rate,
+/// so a straight-line fit of time against N splits a launch's fixed cost (launch, ramp, tail) from
+/// its streaming rate. (At 7B shapes the N = 4096 matrices ran ~5 µs above their bytes at copy
+/// speed and lm_head ~1 µs: this says whether that is per launch or per row.)
+fn register_ramp(c: &mut Criterion, gpu: &Arc<Gpu>) {
+    let (dt, cfg, k) = (GpuDType::BF16, GemvConfig::get(), 4096usize);
+    let mut g = c.benchmark_group("gemv_ramp");
+    for n in [1024usize, 2048, 4096, 8192, 16384, 32768, 65536] {
+        let (ws, copies) = weight_copies(gpu, n, k);
+        let x = filled(gpu, k * 2, 0x3C);
+        let y = gpu.alloc(n * 4).expect("alloc y");
+        gpu.sync().expect("sync");
+        g.throughput(Throughput::Bytes((n * k * 2 + k * 2 + n * 4) as u64));
+        g.bench_function(format!("bf16_N{n}_K{k}"), |bch| {
+            bch.iter_custom(|iters| {
+                gpu_time(gpu, iters, |i| {
+                    let w = ws[i % copies].slice();
+                    launch::gemv_with(gpu, &gpu.stream, dt, w, x.slice(), y.slice(), n, k, 1, cfg).unwrap();
+                })
+            })
+        });
+    }
+    g.finish();
 }
 
 /// Copies of a [N, K] bf16 W totalling at least ROTATE_BYTES, and their count.
