@@ -41,6 +41,8 @@ for step in ${STEPS:-tests bench gemv torch kbench}; do case $step in
       export QWEN_ATTN=wmma; echo "attention_prefill tests failed: QWEN_ATTN=wmma from here on" | tee -a "$OUT/fallbacks.txt" ;; esac
     case " $failed " in *" gemv_fused "*|*" attention_decode "*)
       export QWEN_FUSE=0; echo "fused-kernel tests failed: QWEN_FUSE=0 from here on" | tee -a "$OUT/fallbacks.txt" ;; esac
+    case " $failed " in *" sampling "*)
+      export QWEN_SAMPLER=block; echo "sampling tests failed: QWEN_SAMPLER=block from here on" | tee -a "$OUT/fallbacks.txt" ;; esac
     run tests 40 bash -c "printf 'Hello!\nCount to five.\n/exit\n' | $Q chat --backend cuda --max-new-tokens 24 --seed 1" ;;
   tests0)
     QWEN_PDL=0 run tests 150 gpu-carry/test-kernels --test-threads=1 ;;
@@ -69,7 +71,7 @@ for step in ${STEPS:-tests bench gemv torch kbench}; do case $step in
     # (cp.async, ldmatrix) under compute-sanitizer: memcheck for
     # out-of-bounds / misaligned accesses, then racecheck for shared-memory races (Firecracker only).
     run tests 150 compute-sanitizer --tool memcheck --error-exitcode 99 gpu-carry/test-kernels --test-threads=1 gemv_fused attention_decode_matches sampling_qwen attention_prefill_offset
-    run tests 120 compute-sanitizer --tool racecheck --error-exitcode 99 gpu-carry/test-kernels --test-threads=1 gemv_residual attention_decode_ragged sampling_top_k_matches attention_prefill_offset ;;
+    run tests 120 compute-sanitizer --tool racecheck --error-exitcode 99 gpu-carry/test-kernels --test-threads=1 gemv_residual attention_decode_ragged sampling_top_k_matches sampling_top_p attention_prefill_offset ;;
   profile)
     # Every kernel of 16 decode steps after 128 tokens, one by one with events (no graph, no ncu
     # needed), fused and unfused.

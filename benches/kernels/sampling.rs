@@ -1,5 +1,6 @@
 //! `sampling` (launch::sample: mark + process + draw) at V = 151936, Qwen-7B's defaults (top_p 0.8,
-//! repetition penalty 1.1 over a 1000-id context), greedy, and top-k 50 + top-p 0.8.
+//! repetition penalty 1.1 over a 1000-id context) on both draw paths (the multi-block top-p kernels,
+//! the default, and the one-block draw), greedy, and top-k 50 + top-p 0.8.
 //!
 //! Throughput::Bytes counts one read of the f32 logits plus one write of the distribution (V·8
 //! bytes): the useful traffic, so GB/s here is "how far from a single streaming pass" rather than
@@ -10,7 +11,7 @@
 use crate::gpu_time;
 use criterion::{Criterion, Throughput};
 use qwen_rt::backend::cuda::device::Gpu;
-use qwen_rt::backend::cuda::launch;
+use qwen_rt::backend::cuda::launch::{self, SampleDraw};
 use qwen_rt::sampler::SamplingParams;
 use std::sync::Arc;
 
@@ -33,25 +34,18 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
     let topk = SamplingParams { top_k: 50, ..qwen.clone() };
     let mut g = c.benchmark_group("sampling");
     g.throughput(Throughput::Bytes((v * 8) as u64));
-    for (name, p) in [("qwen_defaults", qwen), ("greedy", SamplingParams::greedy()), ("top_k50_top_p0.8", topk)] {
+    let runs = [
+        ("qwen_defaults_multi_block", qwen.clone(), SampleDraw::MultiBlock),
+        ("qwen_defaults_one_block", qwen, SampleDraw::OneBlock),
+        ("greedy", SamplingParams::greedy(), SampleDraw::OneBlock),
+        ("top_k50_top_p0.8", topk, SampleDraw::OneBlock),
+    ];
+    for (name, p, draw) in runs {
         g.bench_function(format!("V{v}_{name}"), |b| {
             b.iter_custom(|iters| {
                 gpu_time(gpu, iters, |_| {
-                    launch::sample(
-                        gpu,
-                        &gpu.stream,
-                        logits.slice(),
-                        v,
-                        151851,
-                        ctx.slice(),
-                        1000,
-                        &p,
-                        0.37,
-                        flags.slice(),
-                        probs.slice(),
-                        out.slice(),
-                    )
-                    .unwrap();
+                    let (l, c, f, pr, o) = (logits.slice(), ctx.slice(), flags.slice(), probs.slice(), out.slice());
+                    launch::sample_with(gpu, &gpu.stream, draw, l, v, 151851, c, 1000, &p, 0.37, f, pr, o).unwrap();
                 })
             })
         });

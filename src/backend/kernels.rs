@@ -44,4 +44,8 @@ pub const ENTRY_POINTS: &[&str] = &[
     "sample_process_f32",
     "sample_draw_f32",
     "sample_greedy_f32",
+    "sample_prep_f32",
+    "sample_exp_f32",
+    "sample_cut_f32",
+    "sample_walk_f32",
 ];

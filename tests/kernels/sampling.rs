@@ -1,7 +1,10 @@
-//! `sample_{mark,process,draw}_f32` through `launch::sample` vs `sampler::Sampler`: the distribution the
-//! GPU writes against `Sampler::probabilities`, the id against the CPU's walk (the loop of
-//! `Sampler::sample`) over the CPU distribution with the same u. Logits are f32 end to end (no dtype
-//! rounding), so both sides see identical inputs.
+//! `sample_{mark,process,draw,greedy}_f32` and the multi-block top-p path (`sample_{prep,exp,cut,walk}_f32`)
+//! through `launch::sample_with` vs `sampler::Sampler`: the distribution the GPU writes against
+//! `Sampler::probabilities`, the id against the CPU's walk (the loop of `Sampler::sample`) over the CPU
+//! distribution with the same u. Logits are f32 end to end (no dtype rounding), so both sides see
+//! identical inputs. `check_case` runs every case on both draw paths when top_k is 0 (the multi-block
+//! one sums Z and the search masses as fixed-point integers, ~1e-9 relative, and each block's mass of
+//! 1024 p in f64: within the bounds below).
 //!
 //! Tolerances (`check_probs`): p = expf(x - max) / Z. The GPU's expf is within 2 ulp, the f32 division
 //! 0.5 ulp, and Z is summed in a different order (per-thread f32 partials of ≤ 149 terms combined in
@@ -19,7 +22,7 @@
 //! to compare at V = 151936, where neighbouring boundaries are ~1e-5 apart.
 use crate::common::*;
 use qwen_rt::backend::cuda::device::Gpu;
-use qwen_rt::backend::cuda::launch;
+use qwen_rt::backend::cuda::launch::{self, SampleDraw};
 use qwen_rt::sampler::{Sampler, SamplingParams};
 use qwen_rt::tokenizer::VOCAB_LEN;
 
@@ -35,10 +38,15 @@ struct GpuOut {
     id: u32,
 }
 
-/// One `launch::sample` on fresh buffers: logits uploaded as they are, the flag workspace zeroed (as
-/// the executor does once), probs and out_id poisoned (NaN / 0xFFFFFFFF). Asserts the workspace is
-/// all zero again afterwards (the launcher's contract).
+/// One `launch::sample` (the path it picks for `p`) on fresh buffers: see `run_on`.
 fn run(gpu: &Gpu, logits: &[f32], ctx: &[u32], p: &SamplingParams, u: f64) -> GpuOut {
+    run_on(gpu, SampleDraw::for_params(p, logits.len()), logits, ctx, p, u)
+}
+
+/// One `launch::sample_with` on fresh buffers: logits uploaded as they are, the flag workspace zeroed
+/// (as the executor does once), probs and out_id poisoned (NaN / 0xFFFFFFFF). Asserts the flags and
+/// the ticket counter are zero again afterwards (the launcher's contract).
+fn run_on(gpu: &Gpu, draw: SampleDraw, logits: &[f32], ctx: &[u32], p: &SamplingParams, u: f64) -> GpuOut {
     let v = logits.len();
     let l = upload_f32(gpu, logits);
     let ctx_buf = upload_u32(gpu, ctx);
@@ -47,9 +55,10 @@ fn run(gpu: &Gpu, logits: &[f32], ctx: &[u32], p: &SamplingParams, u: f64) -> Gp
     gpu.memset(&gpu.stream, flags.ptr(), 0, wbytes).expect("zero flags");
     let probs = poisoned(gpu, v * 4);
     let out = poisoned(gpu, 4);
-    launch::sample(
+    launch::sample_with(
         gpu,
         &gpu.stream,
+        draw,
         l.slice(),
         v,
         VOCAB_LEN as usize,
@@ -61,7 +70,7 @@ fn run(gpu: &Gpu, logits: &[f32], ctx: &[u32], p: &SamplingParams, u: f64) -> Gp
         probs.slice(),
         out.slice(),
     )
-    .expect("launch::sample");
+    .expect("launch::sample_with");
     let probs = read_f32(gpu, probs.slice(), v);
     let id = read_u32(gpu, out.slice(), 1)[0];
     let fl = gpu.read::<u8>(flags.ptr(), wbytes).expect("read flags");
@@ -130,14 +139,16 @@ fn check_probs(what: &str, got: &[f32], want: &[f32]) -> (f64, Vec<usize>) {
     (mass, diff)
 }
 
-/// Run `logits` through the GPU with each u of `us`: the distribution against the CPU every time, the
-/// id against the CPU walk where u is clear of a boundary. Returns how many draws were compared.
+/// Run `logits` through the GPU with each u of `us`, on every draw path that can take `p` (the
+/// multi-block top-p kernels and the one-block draw when top_k is 0): the distribution against the
+/// CPU every time, the id against the CPU walk where u is clear of a boundary. Returns how many
+/// draws were compared.
 fn check_case(gpu: &Gpu, what: &str, logits: &[f32], ctx: &[u32], p: &SamplingParams, us: &[f64]) -> usize {
     let want = cpu_probs(logits, ctx, p);
     let mut compared = 0;
-    for &u in us {
-        let out = run(gpu, logits, ctx, p, u);
-        let w = format!("{what} u={u}");
+    for (draw, &u) in SampleDraw::all_for(p, logits.len()).into_iter().flat_map(|d| us.iter().map(move |u| (d, u))) {
+        let out = run_on(gpu, draw, logits, ctx, p, u);
+        let w = format!("{what} {draw:?} u={u}");
         let (mass, diff) = check_probs(&w, &out.probs, &want);
         assert!((out.id as usize) < logits.len(), "{w}: id {} out of range", out.id);
         let (cpu_id, margin) = cpu_walk(&want, u);

@@ -108,6 +108,7 @@ inline uint32_t __float_as_uint(float f) { uint32_t u; memcpy(&u, &f, 4); return
 inline float __uint_as_float(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 inline int __float_as_int(float f) { int u; memcpy(&u, &f, 4); return u; }
 inline float __int_as_float(int u) { float f; memcpy(&f, &u, 4); return f; }
+inline unsigned long long __double2ull_rn(double x) { return (unsigned long long)nearbyint(x); }  // default mode: to nearest even
 inline double __longlong_as_double(long long u) { double f; memcpy(&f, &u, 8); return f; }
 inline long long __double_as_longlong(double f) { long long u; memcpy(&u, &f, 8); return u; }
 template <typename T> inline T __ldg(const T* p) { return *p; }
@@ -115,6 +116,7 @@ template <typename T> inline T __ldcg(const T* p) { return *p; }
 // Device-scope atomics and fences. Blocks run one after another here, so these only order the
 // threads of one block (inter-block ordering is not checked: see the README).
 inline uint32_t atomicAdd(uint32_t* p, uint32_t v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
 inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 inline int __popc(uint32_t x) { return __builtin_popcount(x); }
 inline int __popcll(uint64_t x) { return __builtin_popcountll(x); }

@@ -1,4 +1,5 @@
-// h_sampling.cpp — cuda/sampling.cu (sample_mark_f32, sample_process_f32, sample_draw_f32) against a
+// h_sampling.cpp — cuda/sampling.cu (sample_mark_f32, sample_process_f32, sample_draw_f32; for greedy
+// also sample_greedy_f32, for top_k = 0 also the multi-block sample_prep/exp/cut/walk_f32) against a
 // host re-implementation of steps 0-6 of the kernel's header (HF order: NaN / ids >= vocab_len -> -inf,
 // repetition penalty on context ids (ids >= V ignored), greedy argmax with lowest-id ties, temperature,
 // top-k, top-p keeping ties and the max, softmax, inverse-CDF draw with the host's u): the drawn id must
@@ -40,13 +41,15 @@ static void reference(std::vector<float> x, uint32_t vocab_len, const std::vecto
 }
 // quant > 0: logits rounded to multiples of 1/quant, so many ids tie (at the top-k cut, across the
 // top-p cut, in the search passes' bins).
-void run(uint32_t V, uint32_t vocab_len, int n_ctx, float pen, bool greedy, float temp, uint32_t top_k, float top_p, double u, uint64_t seed, bool spikes = false, float quant = 0) {
+// infs: two +inf logits (every p goes to them, 1/2 each).
+void run(uint32_t V, uint32_t vocab_len, int n_ctx, float pen, bool greedy, float temp, uint32_t top_k, float top_p, double u, uint64_t seed, bool spikes = false, float quant = 0, bool infs = false) {
     rng_state = seed;
     Buf<float> logits(V), probs(V); Buf<uint8_t> flags(V); Buf<uint32_t> ctx(std::max(n_ctx, 1)), out(1);
     memset(flags.p, 0, V);
     std::vector<float> xh(V); for (auto& v : xh) v = rnd(4.0f);
     if (quant > 0) for (auto& v : xh) v = std::round(v * quant) / quant;
     if (spikes) { xh[3] = NAN; xh[V / 2] = 9.0f; xh[V / 3] = 9.0f; xh[1] = -INFINITY; }
+    if (infs) { xh[V / 5] = INFINITY; xh[V - 2] = INFINITY; }
     memcpy(logits.p, xh.data(), 4 * V);
     std::vector<uint32_t> ch(n_ctx); for (auto& c : ch) c = (uint32_t)((rnd(1) + 1) * 0.5f * (V + 10)); // some ids >= V
     if (n_ctx) memcpy(ctx.p, ch.data(), 4 * n_ctx);
@@ -71,6 +74,28 @@ void run(uint32_t V, uint32_t vocab_len, int n_ctx, float pen, bool greedy, floa
         printf("%-64s greedy kernel id %u (ref %u), %ld logits / probs / flags wrong, counter %u\n", "", og[0], id, bad, counter[0]);
         CHECK(og[0] == id && bad == 0 && counter[0] == 0, "sample_greedy_f32 V%u", V);
         CHECK(lg.guard_ok() && pg.guard_ok() && fg.guard_ok() && part.guard_ok(), "sample_greedy_f32 V%u guard", V);
+    }
+    if (!greedy && (top_k == 0 || top_k >= V)) {
+        // The multi-block top-p path (launch::sample runs it when top_k is 0) on fresh copies: the
+        // same id, the distribution within the same tolerance, flags and ticket counter left zero, the
+        // search state's per-pass bins zero again.
+        const unsigned blocks = (V + 1023) / 1024;
+        Buf<float> lg(V), pg(V); Buf<uint8_t> fg(V); Buf<double> part(blocks); Buf<uint32_t> og(1), counter(1); Buf<SmpState> st(1);
+        memcpy(lg.p, xh.data(), 4 * V); memset(fg.p, 0, V); counter[0] = 0;
+        memset((void*)st.p, 0xA5, sizeof(SmpState));  // garbage: sample_prep_f32 must initialise it
+        if (penalise) emu::launch({(unsigned)std::min((n_ctx + 255) / 256, 1024), 1, 1}, 256, [&] { sample_mark_f32(ctx.p, n_ctx, fg.p, V); });
+        emu::launch({blocks, 1, 1}, 256, [&] { sample_prep_f32(lg.p, V, std::min(vocab_len, V), fg.p, penalise ? pen : 1.0f, temp, pg.p, (float*)part.p, st.p, counter.p); });
+        emu::launch({blocks, 1, 1}, 256, [&] { sample_exp_f32(pg.p, V, st.p); });
+        const float thr = (float)(1.0 - (double)top_p);
+        if (top_p < 1.0f) for (int pass = 0; pass < 4; ++pass) emu::launch({blocks, 1, 1}, 256, [&] { sample_cut_f32(pg.p, V, thr, st.p, counter.p); });
+        emu::launch({blocks, 1, 1}, 256, [&] { sample_walk_f32(pg.p, V, u, st.p, og.p, part.p, counter.p); });
+        double merr = 0; for (uint32_t v = 0; v < V; ++v) merr = std::max(merr, std::fabs(pg[v] - p[v]) / (1e-6 + 1e-4 * p[v]));
+        long bad = 0; for (uint32_t v = 0; v < V; ++v) bad += memcmp(&lg[v], &logits[v], 4) != 0 || fg[v] != 0;
+        long dirty = st[0].below != 0; for (uint32_t b = 0; b < 256; ++b) dirty += st[0].hist[b] != 0;
+        printf("%-64s multi-block id %u (ref %u), probs worst %.3g, %ld logits / flags wrong, counter %u, search bins left %ld, done %u\n", "",
+               og[0], id, merr, bad, counter[0], dirty, st[0].done);
+        CHECK(og[0] == id && merr <= 1 && bad == 0 && counter[0] == 0 && dirty == 0, "multi-block top-p V%u", V);
+        CHECK(lg.guard_ok() && pg.guard_ok() && fg.guard_ok() && part.guard_ok() && og.guard_ok(), "multi-block top-p V%u guard", V);
     }
     double perr = 0; for (uint32_t v = 0; v < V; ++v) perr = std::max(perr, std::fabs(probs[v] - p[v]) / (1e-6 + 1e-4 * p[v]));
     char what[160]; snprintf(what, sizeof what, "sample V%u vl%u ctx%d pen%.2f greedy%d t%.2f k%u p%.3f u%.3f%s q%g", V, vocab_len, n_ctx, pen, greedy, temp, top_k, top_p, u, spikes ? " spikes" : "", quant);
@@ -103,5 +128,14 @@ int main(int argc, char** argv) {
     run(3000, 3000, 0, 1.0f, false, 1.0f, 2999, 0.99f, 0.7, s++);
     run(3000, 3000, 0, 1.0f, false, 1.0f, 0, 0.001f, 0.5, s++);
     run(3000, 3000, 0, 1.0f, false, 2.0f, 0, 0.999f, 0.999, s++);
+    // The multi-block path's own corners: top_p so small that nothing passes (thr rounds to 1), ties
+    // at the cut at the real vocabulary, pure temperature sampling (no cut), several blocks with u
+    // near the end, every logit padding (-inf).
+    run(3000, 3000, 0, 1.0f, false, 1.0f, 0, 1e-9f, 0.5, s++);
+    run(151936, 151851, 100, 1.1f, false, 0.8f, 0, 0.8f, 0.999, s++, false, 2.0f);
+    run(10000, 10000, 0, 1.0f, false, 1.3f, 0, 1.0f, 0.9999, s++);
+    run(5000, 0, 0, 1.0f, false, 1.0f, 0, 0.8f, 0.5, s++);
+    run(5000, 5000, 0, 1.0f, false, 1.0f, 0, 0.8f, 0.7, s++, false, 0, true);
+    run(5000, 5000, 0, 1.0f, false, 1.0f, 40, 0.8f, 0.2, s++, false, 0, true);
     return finish("sampling");
 }

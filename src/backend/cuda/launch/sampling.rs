@@ -1,5 +1,6 @@
-//! `sample_mark_f32`, `sample_process_f32`, `sample_draw_f32`, `sample_greedy_f32` (cuda/sampling.cu); oracle
-//! `sampler::Sampler` (`probabilities` for the distribution, the walk of `sample` for the id).
+//! `sample_mark_f32`, `sample_process_f32`, `sample_draw_f32`, `sample_greedy_f32` and the multi-block
+//! top-p path `sample_prep_f32`, `sample_exp_f32`, `sample_cut_f32`, `sample_walk_f32` (cuda/sampling.cu);
+//! oracle `sampler::Sampler` (`probabilities` for the distribution, the walk of `sample` for the id).
 use super::{dim_u32, f32_bytes};
 use crate::backend::cuda::device::{Arg, DevSlice, Gpu, Launch};
 use crate::error::{Error, Result};
@@ -17,13 +18,64 @@ const MAX_DIM: usize = 1 << 31;
 /// Below this temperature the pipeline is greedy (`sampler.rs` MIN_TEMPERATURE; the kernel checks it too).
 const MIN_TEMPERATURE: f32 = 1e-5;
 
+/// Ids per block of the multi-block top-p kernels (`SMP_MB_IDS`; blocks of `BLOCK` threads).
+const MB_IDS: usize = 1024;
+/// Radix passes of `sample_cut_f32`: 30 bits of e, 8 a pass.
+const CUT_PASSES: usize = 4;
+/// Bytes reserved for the multi-block path's `SmpState` (2104 in sampling.cu).
+const STATE_BYTES: usize = 2112;
+
 /// Workspace bytes for V logits: the repetition-penalty flag array `[V]` u8, then (at the next
-/// 8-byte boundary) the greedy kernel's per-block results `[⌈V/256⌉]` u64 and its ticket counter (one
-/// u32). The caller zeroes it ONCE at allocation; every `sample` call leaves the flags and the counter
-/// zero again (`sample_process_f32` / `sample_greedy_f32` clear each flag they consume, the last
-/// greedy block resets the counter), so it must not be shared by two sampling calls in flight.
+/// 8-byte boundary) the per-block results `[⌈V/256⌉]` u64 (greedy; the multi-block path uses the
+/// first ⌈V/1024⌉ as f32 / f64), the ticket counter (one u32) and the multi-block path's search state.
+/// The caller zeroes it ONCE at allocation; every `sample` call leaves the flags and the counter
+/// zero again (`sample_process_f32` / `sample_greedy_f32` / `sample_prep_f32` clear each flag they
+/// consume, every last block resets the counter; `sample_prep_f32` initialises the state), so it
+/// must not be shared by two sampling calls in flight.
 pub fn sample_workspace_bytes(v: usize) -> usize {
-    greedy_part_offset(v) + 8 * v.div_ceil(BLOCK as usize) + 8
+    state_offset(v) + STATE_BYTES
+}
+
+/// Byte offset of the multi-block path's `SmpState` (after the counter, 8-aligned).
+fn state_offset(v: usize) -> usize {
+    (sample_counter_offset(v) + 4).div_ceil(8) * 8
+}
+
+/// How a sampled (not greedy) draw runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SampleDraw {
+    /// `sample_prep_f32`, `sample_exp_f32`, 4 × `sample_cut_f32`, `sample_walk_f32`: each pass over
+    /// the whole GPU. Top-k 0 only (Qwen's defaults).
+    MultiBlock,
+    /// `sample_process_f32` + the one-block `sample_draw_f32`: any parameters.
+    OneBlock,
+}
+
+impl SampleDraw {
+    /// What `sample` runs for `params`: MultiBlock when no top-k cut applies, unless `QWEN_SAMPLER=block`
+    /// (read once: the one-block kernel for everything, a fallback and A/B aid).
+    pub fn for_params(params: &SamplingParams, v: usize) -> SampleDraw {
+        static ONE_BLOCK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let forced = *ONE_BLOCK.get_or_init(|| std::env::var("QWEN_SAMPLER").is_ok_and(|s| s == "block"));
+        if !forced && Self::multi_block_can(params, v) {
+            SampleDraw::MultiBlock
+        } else {
+            SampleDraw::OneBlock
+        }
+    }
+
+    /// Every path that can run `params` (for tests and benches that compare them).
+    pub fn all_for(params: &SamplingParams, v: usize) -> Vec<SampleDraw> {
+        if Self::multi_block_can(params, v) {
+            vec![SampleDraw::MultiBlock, SampleDraw::OneBlock]
+        } else {
+            vec![SampleDraw::OneBlock]
+        }
+    }
+
+    fn multi_block_can(params: &SamplingParams, v: usize) -> bool {
+        params.top_k == 0 || params.top_k >= v
+    }
 }
 
 /// Byte offset of the greedy per-block results in the workspace (after the flags, 8-aligned).
@@ -42,11 +94,33 @@ pub fn sample_counter_offset(v: usize) -> usize {
 /// chosen id lands in `out_id` (one u32) and the final distribution in `probs` `[V]` f32 (one-hot when
 /// greedy). `u` in [0, 1) is the host's uniform draw (`Sampler::next_uniform`; ignored when greedy).
 /// `flags`: `sample_workspace_bytes(V)`, all zero on entry (and on exit). `ctx_ids` is not read (and
-/// may be empty) when the penalty is 1 or `n_ctx` is 0.
+/// may be empty) when the penalty is 1 or `n_ctx` is 0. The draw runs as `SampleDraw::for_params`.
 #[allow(clippy::too_many_arguments)]
 pub fn sample(
     gpu: &Gpu,
     s: &CudaStream,
+    logits: DevSlice,
+    v: usize,
+    vocab_len: usize,
+    ctx_ids: DevSlice,
+    n_ctx: usize,
+    params: &SamplingParams,
+    u: f64,
+    flags: DevSlice,
+    probs: DevSlice,
+    out_id: DevSlice,
+) -> Result<()> {
+    let draw = SampleDraw::for_params(params, v);
+    sample_with(gpu, s, draw, logits, v, vocab_len, ctx_ids, n_ctx, params, u, flags, probs, out_id)
+}
+
+/// `sample` with the draw path chosen by the caller (greedy ignores it); MultiBlock with a top-k
+/// cut is refused.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_with(
+    gpu: &Gpu,
+    s: &CudaStream,
+    draw: SampleDraw,
     logits: DevSlice,
     v: usize,
     vocab_len: usize,
@@ -70,7 +144,10 @@ pub fn sample(
         return Err(Error::Backend(format!("internal: GPU sampling needs a uniform draw in [0, 1), got {u}")));
     }
     logits.need(f32_bytes(v), "sample logits [V]")?;
-    flags.need(sample_workspace_bytes(v), "sample workspace (flags [V] u8, greedy results)")?;
+    flags.need(sample_workspace_bytes(v), "sample workspace (flags [V] u8, block results, counter, search state)")?;
+    if draw == SampleDraw::MultiBlock && !SampleDraw::multi_block_can(params, v) {
+        return Err(Error::Backend(format!("internal: the multi-block sampler has no top-k cut (top_k = {})", params.top_k)));
+    }
     probs.need(f32_bytes(v), "sample probs [V]")?;
     out_id.need(4, "sample out_id [1] u32")?;
     let vu = dim_u32(v, "V")?;
@@ -112,6 +189,9 @@ pub fn sample(
         // writes part[b], the last block reads every part, writes out_id and probs[id < V].
         return unsafe { gpu.launch(s, "sample_greedy_f32", cfg, &args) };
     }
+    if draw == SampleDraw::MultiBlock {
+        return sample_multi_block(gpu, s, logits, vu, vocab, penalty, params, u, flags, probs, out_id);
+    }
     let cfg = Launch::new((blocks, 1, 1), BLOCK, 0);
     let args = [Arg::Ptr(logits.ptr), Arg::U32(vu), Arg::U32(vocab), Arg::Ptr(flags.ptr), Arg::F32(penalty)];
     // SAFETY: logits holds [V] f32 and flags [V] u8 (checked above); thread v < V touches index v only.
@@ -134,4 +214,85 @@ pub fn sample(
     // SAFETY: logits [V] f32 is read, probs [V] f32 written (scratch, then the distribution) and
     // out_id [1] u32 written (all checked above); one block of 1024 threads, indices < V only.
     unsafe { gpu.launch(s, "sample_draw_f32", cfg, &args) }
+}
+
+/// Steps 0-6 without a top-k cut on ⌈V/1024⌉ blocks per pass (cuda/sampling.cu, "Multi-block
+/// top-p"): prep (steps 0-1, temperature, max), exp (e, Z), the top-p search (4 passes; none when
+/// top_p >= 1) and the walk. Buffers checked by `sample_with`.
+#[allow(clippy::too_many_arguments)]
+fn sample_multi_block(
+    gpu: &Gpu,
+    s: &CudaStream,
+    logits: DevSlice,
+    v: u32,
+    vocab: u32,
+    penalty: f32,
+    params: &SamplingParams,
+    u: f64,
+    flags: DevSlice,
+    probs: DevSlice,
+    out_id: DevSlice,
+) -> Result<()> {
+    let vs = v as usize;
+    let grid = (dim_u32(vs.div_ceil(MB_IDS), "sampling blocks")?, 1, 1);
+    let cfg = Launch::new(grid, BLOCK, 0);
+    let part = flags.ptr.offset(greedy_part_offset(vs));
+    let counter = flags.ptr.offset(sample_counter_offset(vs));
+    let state = flags.ptr.offset(state_offset(vs));
+    let prep = [
+        Arg::Ptr(logits.ptr),
+        Arg::U32(v),
+        Arg::U32(vocab),
+        Arg::Ptr(flags.ptr),
+        Arg::F32(penalty),
+        Arg::F32(params.temperature),
+        Arg::Ptr(probs.ptr),
+        Arg::Ptr(part),
+        Arg::Ptr(state),
+        Arg::Ptr(counter),
+    ];
+    // SAFETY: logits and probs hold [V] f32, out_id one u32, and the workspace
+    // (sample_workspace_bytes(V), checked by sample_with) the [V] u8 flags, ⌈V/256⌉ ≥ ⌈V/1024⌉ u64
+    // block results, the u32 counter and STATE_BYTES ≥ sizeof(SmpState) at the offsets used here;
+    // thread ids index [V] only below V, block b writes part[b] only, the last blocks read part[..grid].
+    unsafe { gpu.launch(s, "sample_prep_f32", cfg, &prep)? };
+    let exp = [Arg::Ptr(probs.ptr), Arg::U32(v), Arg::Ptr(state)];
+    // SAFETY: as above (reads and writes probs [V], atomics on the state).
+    unsafe { gpu.launch(s, "sample_exp_f32", cfg, &exp)? };
+    if params.top_p < 1.0 {
+        let thr = (1.0 - params.top_p as f64) as f32; // as the CPU and sample_draw_f32
+        let cut = [Arg::Ptr(probs.ptr), Arg::U32(v), Arg::F32(thr), Arg::Ptr(state), Arg::Ptr(counter)];
+        for _ in 0..CUT_PASSES {
+            // SAFETY: as above (reads probs [V], atomics on the state, the last block updates it).
+            unsafe { gpu.launch(s, "sample_cut_f32", cfg, &cut)? };
+        }
+    }
+    let walk = [
+        Arg::Ptr(probs.ptr),
+        Arg::U32(v),
+        Arg::U64(u.to_bits()), // the kernel's `double u`: the same 8 bytes
+        Arg::Ptr(state),
+        Arg::Ptr(out_id.ptr),
+        Arg::Ptr(part),
+        Arg::Ptr(counter),
+    ];
+    // SAFETY: as above (writes probs [V] and part[..grid], the last block reads them and writes out_id).
+    unsafe { gpu.launch(s, "sample_walk_f32", cfg, &walk) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workspace_layout_holds_every_region() {
+        for v in [1usize, 7, 1000, 1023, 1024, 1025, 151936, 1 << 20] {
+            let (part, counter, state) = (greedy_part_offset(v), sample_counter_offset(v), state_offset(v));
+            assert!(part >= v && part % 8 == 0, "V {v}: block results after the flags, 8-aligned");
+            // The multi-block path keeps ⌈V/1024⌉ f64 there, the greedy kernel ⌈V/256⌉ u64.
+            assert!(part + 8 * v.div_ceil(MB_IDS) <= counter && part + 8 * v.div_ceil(BLOCK as usize) <= counter);
+            assert!(state >= counter + 4 && state % 8 == 0, "V {v}: the state after the counter, 8-aligned");
+            assert_eq!(sample_workspace_bytes(v), state + STATE_BYTES);
+        }
+    }
 }
