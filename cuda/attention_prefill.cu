@@ -35,7 +35,7 @@
 // Oracle:  backend::cpu::attention (src/backend/cpu.rs); launcher launch::attention_prefill.
 #include "attention_tile.cuh"
 
-// Internals in their own namespace (attention_prefill_wmma.cu has its own ap_impl / ap_dispatch).
+// Internals in their own namespace (attention_prefill_wmma.cu has its own ap_impl).
 namespace ap_mma {
 
 // Dynamic shared memory of the kernel at head dim D (the launcher computes the same number).
@@ -269,18 +269,15 @@ __device__ __forceinline__ void ap_impl(const T* __restrict__ q, const T* __rest
     }
 }
 
-template <typename T>
-__device__ __forceinline__ void ap_dispatch(const T* q, const T* k_cache, const T* v_cache, T* out,
-                                            const uint32_t* pos0, uint32_t Tn, uint32_t H, uint32_t D, uint32_t cap,
-                                            float scale) {
-    switch (D) {
-        case 16: ap_impl<T, 16>(q, k_cache, v_cache, out, pos0, Tn, H, cap, scale); break;
-        case 32: ap_impl<T, 32>(q, k_cache, v_cache, out, pos0, Tn, H, cap, scale); break;
-        case 64: ap_impl<T, 64>(q, k_cache, v_cache, out, pos0, Tn, H, cap, scale); break;
-        case 128: ap_impl<T, 128>(q, k_cache, v_cache, out, pos0, Tn, H, cap, scale); break;
-        default: break;  // unsupported head dim: the launcher refuses it before launching
+// ap_impl for attention_tile.cuh's head-dim switch.
+struct Impl {
+    template <typename T, int D>
+    static __device__ __forceinline__ void run(const T* q, const T* k_cache, const T* v_cache, T* out,
+                                               const uint32_t* pos0, uint32_t Tn, uint32_t H, uint32_t cap,
+                                               float scale) {
+        ap_impl<T, D>(q, k_cache, v_cache, out, pos0, Tn, H, cap, scale);
     }
-}
+};
 
 }  // namespace ap_mma
 
@@ -289,12 +286,12 @@ extern "C" __global__ void __launch_bounds__(AP_THREADS)
                            __nv_bfloat16* out, const uint32_t* pos0, uint32_t T, uint32_t H, uint32_t D, uint32_t cap,
                            float scale) {
     pdl_begin();
-    ap_mma::ap_dispatch(q, k_cache, v_cache, out, pos0, T, H, D, cap, scale);
+    ap_dispatch<ap_mma::Impl>(q, k_cache, v_cache, out, pos0, T, H, D, cap, scale);
 }
 
 extern "C" __global__ void __launch_bounds__(AP_THREADS)
     attention_prefill_f16(const __half* q, const __half* k_cache, const __half* v_cache, __half* out,
                           const uint32_t* pos0, uint32_t T, uint32_t H, uint32_t D, uint32_t cap, float scale) {
     pdl_begin();
-    ap_mma::ap_dispatch(q, k_cache, v_cache, out, pos0, T, H, D, cap, scale);
+    ap_dispatch<ap_mma::Impl>(q, k_cache, v_cache, out, pos0, T, H, D, cap, scale);
 }

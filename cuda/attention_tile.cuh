@@ -95,3 +95,17 @@ __device__ __forceinline__ bool ap_block(ApBlock& b, const uint32_t* pos0_ptr, u
     b.warp_last = b.pos_of(16 * b.warp + 15);
     return true;
 }
+
+// The head-dim switch of both kernels: Impl::run<T, D>(...) (a struct wrapping the file's ap_impl) for
+// D ∈ {16, 32, 64, 128}; another D does nothing (the launcher refuses it before launching).
+template <class Impl, typename T>
+__device__ __forceinline__ void ap_dispatch(const T* q, const T* k_cache, const T* v_cache, T* out, const uint32_t* pos0,
+                                            uint32_t Tn, uint32_t H, uint32_t D, uint32_t cap, float scale) {
+    switch (D) {
+        case 16: Impl::template run<T, 16>(q, k_cache, v_cache, out, pos0, Tn, H, cap, scale); break;
+        case 32: Impl::template run<T, 32>(q, k_cache, v_cache, out, pos0, Tn, H, cap, scale); break;
+        case 64: Impl::template run<T, 64>(q, k_cache, v_cache, out, pos0, Tn, H, cap, scale); break;
+        case 128: Impl::template run<T, 128>(q, k_cache, v_cache, out, pos0, Tn, H, cap, scale); break;
+        default: break;
+    }
+}

@@ -157,6 +157,34 @@ __device__ __forceinline__ float smp_warp_sum(float v) {
     return v;
 }
 
+
+// Warp 0's walk over the ids [s0, s1) in increasing order from the cumulative `base` (f64), 32 ids a
+// step with an inclusive f64 scan of p: the first id with p > 0 and u < base + Σ p up to it; forced
+// (u is past the rounded total): the last id with p > 0; none at all: 0. Every lane of the warp calls
+// it (uniform loop) and gets the same id. p is read through L2 (__ldcg): other blocks may have
+// written it.
+__device__ __forceinline__ uint32_t smp_walk(const float* probs, uint32_t s0, uint32_t s1, double base, double u,
+                                             bool forced) {
+    const uint32_t lane = threadIdx.x & 31;
+    double acc = base;
+    uint32_t last = SMP_NONE;
+    for (uint32_t v0 = s0; v0 < s1; v0 += 32u) {  // uniform across the warp
+        const uint32_t v = v0 + lane;
+        const float p = v < s1 ? __ldcg(probs + v) : 0.0f;
+        double sc = (double)p;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const double y = __shfl_up_sync(SMP_FULL, sc, o);
+            if (lane >= (uint32_t)o) sc += y;
+        }
+        const unsigned pos = __ballot_sync(SMP_FULL, p > 0.0f);
+        const unsigned hits = __ballot_sync(SMP_FULL, p > 0.0f && !forced && u < acc + sc);
+        if (hits != 0) return v0 + (uint32_t)(__ffs(hits) - 1);
+        if (pos != 0) last = v0 + 31u - (uint32_t)__clz(pos);
+        acc += __shfl_sync(SMP_FULL, sc, 31);
+    }
+    return last != SMP_NONE ? last : 0u;
+}
 }  // namespace
 
 // flags[id] = 1 for every context id < V (duplicates write the same byte: benign).
@@ -459,32 +487,12 @@ extern "C" __global__ void __launch_bounds__(SMP_THREADS)
     if (tid == walker) walk_base = E;
     __syncthreads();  // walk_base, and every p stored above, visible to warp 0
     if (warp != 0) return;
-    // Warp 0 walks the walker's segment [s0, s1) 32 ids at a time: inclusive f64 scan of p, the first
-    // lane with p > 0 and u < acc wins. The segment has mass, so `last` is set when nothing hits.
+    // Warp 0 walks the walker's segment [s0, s1) (it has mass, so a forced walk finds an id).
     const uint32_t sw = walker >> 5, sg = walker & 31;
     const uint32_t s0 = sw * L * 32u + sg * G * 32u;
     const uint32_t s1 = min(sw * L * 32u + min((sg + 1u) * G, L) * 32u, V);
-    double acc = walk_base;
-    uint32_t id = SMP_NONE, last = SMP_NONE;
-    for (uint32_t v0 = s0; v0 < s1; v0 += 32u) {  // uniform across the warp
-        const uint32_t v = v0 + lane;
-        const float p = v < s1 ? probs[v] : 0.0f;
-        double sc = (double)p;
-#pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {
-            const double y = __shfl_up_sync(SMP_FULL, sc, o);
-            if (lane >= (uint32_t)o) sc += y;
-        }
-        const unsigned pos = __ballot_sync(SMP_FULL, p > 0.0f);
-        const unsigned hits = __ballot_sync(SMP_FULL, p > 0.0f && !forced && u < acc + sc);
-        if (hits != 0) {
-            id = v0 + (uint32_t)(__ffs(hits) - 1);
-            break;
-        }
-        if (pos != 0) last = v0 + 31u - (uint32_t)__clz(pos);
-        acc += __shfl_sync(SMP_FULL, sc, 31);
-    }
-    if (lane == 0) *out_id = id != SMP_NONE ? id : (last != SMP_NONE ? last : 0u);
+    const uint32_t id = smp_walk(probs, s0, s1, walk_base, u, forced);
+    if (lane == 0) *out_id = id;
 }
 
 // ---- Multi-block top-p (top_k = 0: Qwen's defaults), instead of the one-block sample_draw_f32.
@@ -750,28 +758,8 @@ extern "C" __global__ void __launch_bounds__(SMP_MB_THREADS)
         walker = last;
         walk_base = last_base;
     }
-    // Walk the walker's ids in order: the first with p > 0 and u < E + Σ p up to it; forced: the
-    // last with p > 0 (the block has mass, so one exists).
-    const uint32_t s0 = walker * SMP_MB_IDS, s1 = min(s0 + SMP_MB_IDS, V);
-    double run = walk_base;
-    uint32_t id = SMP_NONE, lastp = SMP_NONE;
-    for (uint32_t v0 = s0; v0 < s1; v0 += 32u) {  // uniform across the warp
-        const uint32_t v = v0 + lane;
-        const float p = v < s1 ? __ldcg(probs + v) : 0.0f;
-        double sc = (double)p;
-#pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {
-            const double y = __shfl_up_sync(SMP_FULL, sc, o);
-            if (lane >= (uint32_t)o) sc += y;
-        }
-        const unsigned pos = __ballot_sync(SMP_FULL, p > 0.0f);
-        const unsigned hits = __ballot_sync(SMP_FULL, p > 0.0f && !forced && u < run + sc);
-        if (hits != 0) {
-            id = v0 + (uint32_t)(__ffs(hits) - 1);
-            break;
-        }
-        if (pos != 0) lastp = v0 + 31u - (uint32_t)__clz(pos);
-        run += __shfl_sync(SMP_FULL, sc, 31);
-    }
-    if (lane == 0) *out_id = id != SMP_NONE ? id : (lastp != SMP_NONE ? lastp : 0u);
+    // Walk the walker block's ids (it has mass, so a forced walk finds an id).
+    const uint32_t s0 = walker * SMP_MB_IDS;
+    const uint32_t id = smp_walk(probs, s0, min(s0 + SMP_MB_IDS, V), walk_base, u, forced);
+    if (lane == 0) *out_id = id;
 }
