@@ -6,7 +6,8 @@
 # fusions off, QWEN_FUSE=0),
 # bench (qwen-run bench --synth 7b, prefill for each PREFILL_ATTNS (QWEN_ATTN), then decode for each
 # FUSE_MODES x PDL_MODES x GEMV_CONFIGS),
-# gemv (the GEMV configuration sweep of the kernel bench), torch (a 7B model on disk: load path,
+# gemv (the GEMV configuration sweep of the kernel bench, and the gemv_ramp fit: fixed cost per launch
+# vs streaming rate), torch (a 7B model on disk: load path,
 # chat, tools/compare_torch.py side by side with transformers), kbench (every other kernel bench),
 # ncu (every kernel's time and DRAM bytes in a short run; Firecracker machines only), profile
 # (per-kernel times of a decode step from qwen-run's own event timing: works without ncu),
@@ -28,6 +29,8 @@ run() { local log=$1 limit=$2; shift 2
   echo "== $* (<= ${limit}s)" | tee -a "$OUT/$log.log"; local t0=$(date +%s)
   timeout "$limit" "$@" >>"$OUT/$log.log" 2>&1; local rc=$?
   echo "   rc=$rc ($(( $(date +%s) - t0 )) s)" | tee -a "$OUT/$log.log"; tail -3 "$OUT/$log.log"; return $rc; }
+# The copy bandwidth this card measured in the bench step (GB/s; H200 ~4266, an H100 less), for % columns.
+copy_gbps() { local c; c=$(grep -ho 'device copy [0-9]*' "$OUT/bench-7b.log" 2>/dev/null | tail -1 | awk '{print $3}'); echo "${c:-4266}"; }
 Q=gpu-carry/qwen-run
 tests_rc=0
 for step in ${STEPS:-tests bench gemv torch kbench}; do case $step in
@@ -79,7 +82,8 @@ for step in ${STEPS:-tests bench gemv torch kbench}; do case $step in
       run bench-7b 60 env QWEN_FUSE=$fuse QWEN_PROFILE=16 $Q bench --backend cuda --synth 7b --prefill 1 --decode 1 --decode-prompt 128
     done ;;
   gemv)
-    run bench-kernels 120 gpu-carry/bench-kernels --bench --warm-up-time 0.5 --measurement-time 1 gemv ;;
+    run bench-kernels 120 gpu-carry/bench-kernels --bench --warm-up-time 0.5 --measurement-time 1 gemv
+    run bench-kernels 10 python3 tools/gemv_ramp_fit.py "$OUT/bench-kernels.log" --copy-gbps "$(copy_gbps)" ;;
   torch)
     run load-7b 60 bash -c "t0=\$(date +%s); $Q synth --preset 7b --out /tmp/q7b && echo \"synth: \$(( \$(date +%s) - t0 )) s\""
     run load-7b 40 bash -c "printf 'Hello!\nCount to five.\n/exit\n' | $Q chat --backend cuda --model /tmp/q7b --max-new-tokens 16 --seed 1"
@@ -92,9 +96,7 @@ for step in ${STEPS:-tests bench gemv torch kbench}; do case $step in
     run ncu 120 ncu --clock-control none --graph-profiling node --csv --page raw -c 2500 \
       --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,launch__grid_size \
       --log-file "$OUT/ncu.csv" $Q bench --backend cuda --synth 7b --prefill 1 --decode 2 --decode-prompt 4
-    # % of the copy bandwidth this card measured in the bench step (H200: ~4266 GB/s; H100 less).
-    copy=$(grep -ho 'device copy [0-9]*' "$OUT/bench-7b.log" 2>/dev/null | tail -1 | awk '{print $3}')
-    run ncu 30 python3 tools/ncu_summary.py "$OUT/ncu.csv" --copy-gbps "${copy:-4266}" ;;
+    run ncu 30 python3 tools/ncu_summary.py "$OUT/ncu.csv" --copy-gbps "$(copy_gbps)" ;;
   *) echo "unknown step $step" ;;
 esac; done
 # A failed or hung test binary: each test alone, so one hang does not hide the others.
