@@ -79,10 +79,7 @@ __device__ __forceinline__ void ap_mma<__half>(float (&d)[4], const uint32_t (&a
 }
 
 // Two T values as one 32-bit word (the first in the low half = the lower column).
-__device__ __forceinline__ uint32_t ap_pack2(__nv_bfloat16 a, __nv_bfloat16 b) {
-    return (uint32_t)ap_bits(a) | ((uint32_t)ap_bits(b) << 16);
-}
-__device__ __forceinline__ uint32_t ap_pack2(__half a, __half b) {
+template <typename T> __device__ __forceinline__ uint32_t ap_pack2(T a, T b) {
     return (uint32_t)ap_bits(a) | ((uint32_t)ap_bits(b) << 16);
 }
 

@@ -592,7 +592,7 @@ extern "C" __global__ void __launch_bounds__(SMP_MB_THREADS) sample_exp_f32(floa
     if (mode == 0) return;  // grid-uniform
     const float m = st->m;
     const double scale = ldexp(1.0, (int)smp_shift(V));
-    unsigned long long z = 0ull;
+    unsigned long long sum = 0ull;  // mode 2: Σ e (fixed point); mode 1: the +inf count
 #pragma unroll
     for (uint32_t j = 0; j < 4; ++j) {
         const uint32_t v = blockIdx.x * SMP_MB_IDS + threadIdx.x + j * SMP_MB_THREADS;
@@ -601,16 +601,16 @@ extern "C" __global__ void __launch_bounds__(SMP_MB_THREADS) sample_exp_f32(floa
             if (mode == 2) {
                 const float e = expf(x - m);  // in [0, 1]; 1 exactly at the max
                 probs[v] = e;
-                z += smp_fixed(e, scale);
+                sum += smp_fixed(e, scale);
             } else {
-                z += x == INFINITY ? 1ull : 0ull;
+                sum += x == INFINITY ? 1ull : 0ull;
             }
         }
     }
-    z = smp_block_reduce<SMP_MB_WARPS>(z, SmpSumU64(), red);
-    if (threadIdx.x == 0 && z != 0ull) {
-        if (mode == 2) atomicAdd(&st->z, z);
-        else atomicAdd(&st->n_inf, (uint32_t)z);
+    sum = smp_block_reduce<SMP_MB_WARPS>(sum, SmpSumU64(), red);
+    if (threadIdx.x == 0 && sum != 0ull) {
+        if (mode == 2) atomicAdd(&st->z, sum);
+        else atomicAdd(&st->n_inf, (uint32_t)sum);
     }
 }
 

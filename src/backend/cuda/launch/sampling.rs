@@ -53,10 +53,19 @@ pub enum SampleDraw {
 
 impl SampleDraw {
     /// What `sample` runs for `params`: MultiBlock when no top-k cut applies, unless `QWEN_SAMPLER=block`
-    /// (read once: the one-block kernel for everything, a fallback and A/B aid).
+    /// (read once: the one-block kernel for everything, a fallback and A/B aid). Any other value is said
+    /// on stderr, once, and the default used (as QWEN_GEMV / QWEN_ATTN: an A/B run must not measure the
+    /// default while believing it measures something else).
     pub fn for_params(params: &SamplingParams, v: usize) -> SampleDraw {
         static ONE_BLOCK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let forced = *ONE_BLOCK.get_or_init(|| std::env::var("QWEN_SAMPLER").is_ok_and(|s| s == "block"));
+        let forced = *ONE_BLOCK.get_or_init(|| match std::env::var("QWEN_SAMPLER").as_deref() {
+            Err(_) | Ok("auto") => false,
+            Ok("block") => true,
+            Ok(s) => {
+                eprintln!("warning: QWEN_SAMPLER={s:?} is not block or auto; using auto (multi-block top-p when top_k is 0)");
+                false
+            }
+        });
         if !forced && Self::multi_block_can(params, v) {
             SampleDraw::MultiBlock
         } else {
