@@ -280,7 +280,7 @@ impl Gpu {
         // SAFETY: no cudarc slice is shared between streams by this crate.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(cuda_err("creating a stream"))?;
-        let pdl = cc.0 >= 9 && std::env::var("QWEN_PDL").map_or(true, |v| v != "0");
+        let pdl = cc.0 >= 9 && super::switches::on_off("QWEN_PDL", true);
         let profile = std::sync::Mutex::new(None);
         Ok(Arc::new(Gpu { ctx, stream, name, cc, sms, pdl, _module: module, functions, profile }))
     }

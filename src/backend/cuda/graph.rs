@@ -12,6 +12,7 @@
 //! pos0, the NTK inverse frequencies) lives in device memory.
 use super::device::{cuda_err, gib, set_current, DevBuf, DevSlice, Gpu, GpuDType, KernelTime};
 use super::launch::{self, Blas, GemvConfig, GEMV_MAX_B};
+use super::switches;
 use super::plan::{Plan, Region, FALLBACK_ROWS, LOGIT_ROWS};
 use super::upload::{synth_weights, upload_weights, GpuWeights};
 use crate::synth::SynthPreset;
@@ -42,20 +43,10 @@ fn gpu_dtype(d: ComputeDType) -> Result<GpuDType> {
 }
 
 /// QWEN_ATTN: unset or "mma" the mma.sync prefill kernel, "wmma" its WMMA fallback, "splitk" (None)
-/// the split-K decode kernel for prefill too. Anything else is said on stderr, once, and the default
-/// used (an A/B run must not measure the default while believing it measures something else).
+/// the split-K decode kernel for prefill too (anything else is said, and mma used).
 fn prefill_kernel_from_env() -> Option<launch::PrefillKernel> {
-    static WARNED: std::sync::Once = std::sync::Once::new();
-    match std::env::var("QWEN_ATTN").as_deref() {
-        Err(_) | Ok("mma") => Some(launch::PrefillKernel::Mma),
-        Ok("wmma") => Some(launch::PrefillKernel::Wmma),
-        Ok("splitk") => None,
-        Ok(v) => {
-            let v = v.to_string();
-            WARNED.call_once(|| eprintln!("warning: QWEN_ATTN={v:?} is not mma, wmma or splitk; using mma"));
-            Some(launch::PrefillKernel::Mma)
-        }
-    }
+    use launch::PrefillKernel::{Mma, Wmma};
+    switches::choice("QWEN_ATTN", &[("mma", Some(Mma)), ("wmma", Some(Wmma)), ("splitk", None)], "mma").unwrap_or(Some(Mma))
 }
 
 /// A Qwen v1 model whose weights live on one GPU.
@@ -265,8 +256,8 @@ impl CudaSequence {
             len: 0,
             alpha: 1.0,
             graph: None,
-            no_graph: std::env::var("QWEN_CUDA_GRAPH").is_ok_and(|v| v == "0"),
-            fuse: !std::env::var("QWEN_FUSE").is_ok_and(|v| v == "0"),
+            no_graph: !switches::on_off("QWEN_CUDA_GRAPH", true),
+            fuse: switches::on_off("QWEN_FUSE", true),
             prefill_kernel: prefill_kernel_from_env(),
             ctx_on_device: Vec::new(),
         };

@@ -1,11 +1,12 @@
 //! CUDA backend: `device` (context, module, buffers, the launch site) → `launch` (one launcher per
 //! kernel family) → `plan` (static buffer plan) → `upload` (weight streaming) → `graph` (the
-//! executor and the captured decode step). `probe` says exactly why the GPU cannot be used (no
+//! executor and the captured decode step); `switches` reads the environment switches. `probe` says exactly why the GPU cannot be used (no
 //! kernels, no driver, no device, module load failure) and never panics.
 pub mod device;
 pub mod graph;
 pub mod launch;
 pub mod plan;
+pub mod switches;
 pub mod upload;
 
 use super::kernels::KERNELS_BUILT;

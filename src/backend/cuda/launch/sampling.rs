@@ -3,6 +3,7 @@
 //! oracle `sampler::Sampler` (`probabilities` for the distribution, the walk of `sample` for the id).
 use super::{dim_u32, f32_bytes};
 use crate::backend::cuda::device::{Arg, DevSlice, Gpu, Launch};
+use crate::backend::cuda::switches;
 use crate::error::{Error, Result};
 use crate::sampler::SamplingParams;
 use cudarc::driver::CudaStream;
@@ -53,18 +54,13 @@ pub enum SampleDraw {
 
 impl SampleDraw {
     /// What `sample` runs for `params`: MultiBlock when no top-k cut applies, unless `QWEN_SAMPLER=block`
-    /// (read once: the one-block kernel for everything, a fallback and A/B aid). Any other value is said
-    /// on stderr, once, and the default used (as QWEN_GEMV / QWEN_ATTN: an A/B run must not measure the
-    /// default while believing it measures something else).
+    /// (read once: the one-block kernel for everything, a fallback and A/B aid; any other value is said
+    /// and auto used, see `switches`).
     pub fn for_params(params: &SamplingParams, v: usize) -> SampleDraw {
         static ONE_BLOCK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let forced = *ONE_BLOCK.get_or_init(|| match std::env::var("QWEN_SAMPLER").as_deref() {
-            Err(_) | Ok("auto") => false,
-            Ok("block") => true,
-            Ok(s) => {
-                eprintln!("warning: QWEN_SAMPLER={s:?} is not block or auto; using auto (multi-block top-p when top_k is 0)");
-                false
-            }
+        let forced = *ONE_BLOCK.get_or_init(|| {
+            let words = "auto (multi-block top-p when top_k is 0)";
+            switches::choice("QWEN_SAMPLER", &[("auto", false), ("block", true)], words).unwrap_or(false)
         });
         if !forced && Self::multi_block_can(params, v) {
             SampleDraw::MultiBlock
