@@ -64,6 +64,13 @@ pub fn check_forward(config: &QwenConfig, tokens: &[u32], len: usize, capacity: 
     Ok(())
 }
 
+/// The `i`-th id of the benchmarks' synthetic prompts: spread over the regular BPE tokens (no special
+/// token, so a prompt never holds an <|endoftext|> or ChatML marker) that `config`'s vocabulary has.
+pub fn bench_id(config: &QwenConfig, i: usize) -> u32 {
+    let n = config.vocab_size.min(crate::tokenizer::NUM_REGULAR as usize).max(1);
+    ((i as u64 * 7919 + 13) % n as u64) as u32
+}
+
 /// Softmax scale of attention scores, 1/√D computed in f64 and stored as f32 (every backend).
 pub fn attention_scale(head_dim: usize) -> f32 {
     (1.0 / (head_dim as f64).sqrt()) as f32
@@ -112,4 +119,21 @@ pub fn logn_scale(config: &QwenConfig, pos: usize) -> f32 {
         return 1.0;
     }
     ((i as f64).ln() / (config.seq_length as f64).ln()) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synth::{synth_config, SynthPreset};
+    use crate::tokenizer::NUM_REGULAR;
+
+    #[test]
+    fn bench_ids_are_regular_tokens_of_the_vocabulary() {
+        let big = synth_config(&SynthPreset::from_name("7b").unwrap()).unwrap();
+        let ids: Vec<u32> = (0..100_000).map(|i| bench_id(&big, i)).collect();
+        assert!(ids.iter().all(|&id| id < NUM_REGULAR), "a special token in a bench prompt");
+        assert!(ids.iter().any(|&id| id > NUM_REGULAR - 100), "not spread over the vocabulary");
+        let tiny = synth_config(&SynthPreset::tiny()).unwrap();
+        assert!((0..10_000).all(|i| (bench_id(&tiny, i) as usize) < tiny.vocab_size));
+    }
 }

@@ -110,14 +110,10 @@ impl CudaModel {
     fn warm_sequence(self: &Arc<Self>, context: usize, steps: usize, graph: bool) -> Result<CudaSequence> {
         let mut seq = CudaSequence::new(self.clone(), context.max(1) + steps + 1)?;
         seq.no_graph |= !graph;
-        let prompt: Vec<u32> = (0..context.max(1)).map(|i| self.spread_id(i)).collect();
+        let prompt: Vec<u32> = (0..context.max(1)).map(|i| model::bench_id(&self.config, i)).collect();
         seq.run(&prompt, false)?;
-        seq.run(&[self.spread_id(1)], false)?;
+        seq.run(&[model::bench_id(&self.config, 1)], false)?;
         Ok(seq)
-    }
-
-    fn spread_id(&self, i: usize) -> u32 {
-        ((i * 7919 + 13) % self.config.vocab_size.max(1)) as u32
     }
 
     /// Every kernel of `steps` decode steps after a `context`-token prompt, launched one by one (no
@@ -127,7 +123,7 @@ impl CudaModel {
     pub fn profile_decode(self: &Arc<Self>, context: usize, steps: usize) -> Result<Vec<KernelTime>> {
         let mut seq = self.warm_sequence(context, steps, false)?;
         self.gpu.profile_start();
-        let ran = (0..steps).try_for_each(|i| seq.run(&[self.spread_id(i + 2)], false).map(|_| ()));
+        let ran = (0..steps).try_for_each(|i| seq.run(&[model::bench_id(&self.config, i + 2)], false).map(|_| ()));
         let times = self.gpu.profile_take();
         ran?;
         times

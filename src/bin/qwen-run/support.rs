@@ -1,7 +1,7 @@
 //! Pieces of `qwen-run` that are not commands: argument parsing, the chat-command parser, the .npy
 //! writer, paging weights in with a progress bar, the inspect report and the benchmark.
 use qwen_rt::checkpoint::Checkpoint;
-use qwen_rt::model::Model;
+use qwen_rt::model::{self, Model};
 use qwen_rt::sampler::{Sampler, SamplingParams};
 use qwen_rt::weights::Weights;
 use qwen_rt::{Error, Result};
@@ -318,7 +318,7 @@ pub fn run_bench(
     at_end: &mut dyn FnMut(&mut BenchReport) -> Result<()>,
 ) -> Result<BenchReport> {
     let cfg = model.config().clone();
-    let ids = |n: usize| -> Vec<u32> { (0..n).map(|i| ((i as u64 * 7919 + 13) % cfg.vocab_size.min(151643) as u64) as u32).collect() };
+    let ids = |n: usize| -> Vec<u32> { (0..n).map(|i| model::bench_id(&cfg, i)).collect() };
     let decode_prompt = decode_prompt.max(1);
     let need = prefill.iter().copied().max().unwrap_or(0).max(decode_prompt + decode + 1);
     if need > max_seq_len {
