@@ -13,6 +13,10 @@
 # (per-kernel times of a decode step from qwen-run's own event timing: works without ncu),
 # sanitize (compute-sanitizer memcheck and racecheck on the fused kernels' tests).
 # The whole script keeps inside BUDGET seconds (default 470): each step gets at most what is left.
+# The run prepared for issue 5 (fits a 15-minute device budget with the machine's start; in the
+# device tool: carry ["gpu-carry"], timeout_s ~570):
+#   BUDGET=540 STEPS="tests bench profile sanitize ncu testsU gemv kbench" FUSE_MODES="1 0" REPS=1 \
+#     ADEC_SPLITS="default 256 512" bash tools/gpu_check.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/qwen-gpu-out}; mkdir -p "$OUT"
 export QWEN_REPO_ROOT=$PWD QWEN_REQUIRE_GPU=1 RUST_BACKTRACE=1 PYTHONUNBUFFERED=1
