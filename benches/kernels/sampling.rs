@@ -45,7 +45,7 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
             b.iter_custom(|iters| {
                 gpu_time(gpu, iters, |_| {
                     let (l, c, f, pr, o) = (logits.slice(), ctx.slice(), flags.slice(), probs.slice(), out.slice());
-                    launch::sample_with(gpu, &gpu.stream, draw, l, v, 151851, c, 1000, &p, 0.37, f, pr, o).unwrap();
+                    launch::sample(gpu, &gpu.stream, draw, l, v, 151851, c, 1000, &p, 0.37, f, pr, o).unwrap();
                 })
             })
         });

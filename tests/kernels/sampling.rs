@@ -1,5 +1,5 @@
 //! `sample_{mark,process,draw,greedy}_f32` and the multi-block top-p path (`sample_{prep,exp,cut,walk}_f32`)
-//! through `launch::sample_with` vs `sampler::Sampler`: the distribution the GPU writes against
+//! through `launch::sample` vs `sampler::Sampler`: the distribution the GPU writes against
 //! `Sampler::probabilities`, the id against the CPU's walk (the loop of `Sampler::sample`) over the CPU
 //! distribution with the same u. Logits are f32 end to end (no dtype rounding), so both sides see
 //! identical inputs. `check_case` runs every case on both draw paths when top_k is 0 (the multi-block
@@ -43,7 +43,7 @@ fn run(gpu: &Gpu, logits: &[f32], ctx: &[u32], p: &SamplingParams, u: f64) -> Gp
     run_on(gpu, SampleDraw::for_params(p, logits.len()), logits, ctx, p, u)
 }
 
-/// One `launch::sample_with` on fresh buffers: logits uploaded as they are, the flag workspace zeroed
+/// One `launch::sample` on fresh buffers: logits uploaded as they are, the flag workspace zeroed
 /// (as the executor does once), probs and out_id poisoned (NaN / 0xFFFFFFFF). Asserts the flags and
 /// the ticket counter are zero again afterwards (the launcher's contract).
 fn run_on(gpu: &Gpu, draw: SampleDraw, logits: &[f32], ctx: &[u32], p: &SamplingParams, u: f64) -> GpuOut {
@@ -55,7 +55,7 @@ fn run_on(gpu: &Gpu, draw: SampleDraw, logits: &[f32], ctx: &[u32], p: &Sampling
     gpu.memset(&gpu.stream, flags.ptr(), 0, wbytes).expect("zero flags");
     let probs = poisoned(gpu, v * 4);
     let out = poisoned(gpu, 4);
-    launch::sample_with(
+    launch::sample(
         gpu,
         &gpu.stream,
         draw,
@@ -70,7 +70,7 @@ fn run_on(gpu: &Gpu, draw: SampleDraw, logits: &[f32], ctx: &[u32], p: &Sampling
         probs.slice(),
         out.slice(),
     )
-    .expect("launch::sample_with");
+    .expect("launch::sample");
     let probs = read_f32(gpu, probs.slice(), v);
     let id = read_u32(gpu, out.slice(), 1)[0];
     let fl = gpu.read::<u8>(flags.ptr(), wbytes).expect("read flags");
@@ -492,7 +492,8 @@ fn sampling_launcher_rejects_bad_arguments() {
     let q = qwen_defaults();
     let call = |v: usize, probs_bytes: usize, n_ctx: usize, p: &SamplingParams, u: f64| {
         let pr = probs.slice().sub(0, probs_bytes).unwrap();
-        launch::sample(&gpu, &gpu.stream, l.slice(), v, v, ctx.slice(), n_ctx, p, u, flags.slice(), pr, out.slice())
+        let draw = launch::SampleDraw::for_params(p, v);
+        launch::sample(&gpu, &gpu.stream, draw, l.slice(), v, v, ctx.slice(), n_ctx, p, u, flags.slice(), pr, out.slice())
     };
     assert!(call(v, v * 4, 2, &q, 0.5).is_ok());
     assert!(call(0, v * 4, 2, &q, 0.5).is_err(), "V = 0");

@@ -584,6 +584,7 @@ impl Sequence for CudaSequence {
         let sampled = launch::sample(
             g,
             s,
+            launch::SampleDraw::for_params(sampler.params(), v),
             logits,
             v,
             v.min(VOCAB_LEN as usize),

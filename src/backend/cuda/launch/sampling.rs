@@ -53,7 +53,7 @@ pub enum SampleDraw {
 }
 
 impl SampleDraw {
-    /// What `sample` runs for `params`: MultiBlock when no top-k cut applies, unless `QWEN_SAMPLER=block`
+    /// The default path of `sample` for `params`: MultiBlock when no top-k cut applies, unless `QWEN_SAMPLER=block`
     /// (read once: the one-block kernel for everything, a fallback and A/B aid; any other value is said
     /// and auto used, see `switches`).
     pub fn for_params(params: &SamplingParams, v: usize) -> SampleDraw {
@@ -99,30 +99,11 @@ pub fn sample_counter_offset(v: usize) -> usize {
 /// chosen id lands in `out_id` (one u32) and the final distribution in `probs` `[V]` f32 (one-hot when
 /// greedy). `u` in [0, 1) is the host's uniform draw (`Sampler::next_uniform`; ignored when greedy).
 /// `flags`: `sample_workspace_bytes(V)`, all zero on entry (and on exit). `ctx_ids` is not read (and
-/// may be empty) when the penalty is 1 or `n_ctx` is 0. The draw runs as `SampleDraw::for_params`.
+/// may be empty) when the penalty is 1 or `n_ctx` is 0. `draw` is the path of a sampled draw
+/// (`SampleDraw::for_params` picks the default; greedy ignores it); MultiBlock with a top-k cut is
+/// refused.
 #[allow(clippy::too_many_arguments)]
 pub fn sample(
-    gpu: &Gpu,
-    s: &CudaStream,
-    logits: DevSlice,
-    v: usize,
-    vocab_len: usize,
-    ctx_ids: DevSlice,
-    n_ctx: usize,
-    params: &SamplingParams,
-    u: f64,
-    flags: DevSlice,
-    probs: DevSlice,
-    out_id: DevSlice,
-) -> Result<()> {
-    let draw = SampleDraw::for_params(params, v);
-    sample_with(gpu, s, draw, logits, v, vocab_len, ctx_ids, n_ctx, params, u, flags, probs, out_id)
-}
-
-/// `sample` with the draw path chosen by the caller (greedy ignores it); MultiBlock with a top-k
-/// cut is refused.
-#[allow(clippy::too_many_arguments)]
-pub fn sample_with(
     gpu: &Gpu,
     s: &CudaStream,
     draw: SampleDraw,
@@ -223,7 +204,7 @@ pub fn sample_with(
 
 /// Steps 0-6 without a top-k cut on ⌈V/1024⌉ blocks per pass (cuda/sampling.cu, "Multi-block
 /// top-p"): prep (steps 0-1, temperature, max), exp (e, Z), the top-p search (4 passes; none when
-/// top_p >= 1) and the walk. Buffers checked by `sample_with`.
+/// top_p >= 1) and the walk. Buffers checked by `sample`.
 #[allow(clippy::too_many_arguments)]
 fn sample_multi_block(
     gpu: &Gpu,
@@ -257,7 +238,7 @@ fn sample_multi_block(
         Arg::Ptr(counter),
     ];
     // SAFETY: logits and probs hold [V] f32, out_id one u32, and the workspace
-    // (sample_workspace_bytes(V), checked by sample_with) the [V] u8 flags, ⌈V/256⌉ ≥ ⌈V/1024⌉ u64
+    // (sample_workspace_bytes(V), checked by sample) the [V] u8 flags, ⌈V/256⌉ ≥ ⌈V/1024⌉ u64
     // block results, the u32 counter and STATE_BYTES ≥ sizeof(SmpState) at the offsets used here;
     // thread ids index [V] only below V, block b writes part[b] only, the last blocks read part[..grid].
     unsafe { gpu.launch(s, "sample_prep_f32", cfg, &prep)? };
