@@ -49,13 +49,12 @@ import time
 import traceback
 
 import numpy as np
-
-PREFILL_REPS = 3  # timed prefill passes per length on a GPU (qwen-run bench: GPU_PREFILL_REPS)
 import torch
 
 from qwen_v1_map import v1_to_qwen2
 
 GIB = float(1 << 30)
+PREFILL_REPS = 3  # timed prefill passes per length on a GPU (qwen-run bench: GPU_PREFILL_REPS)
 
 
 def log(*a):

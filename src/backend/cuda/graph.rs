@@ -12,8 +12,8 @@
 //! pos0, the NTK inverse frequencies) lives in device memory.
 use super::device::{cuda_err, gib, set_current, DevBuf, DevSlice, Gpu, GpuDType, KernelTime};
 use super::launch::{self, Blas, GemvConfig, GEMV_MAX_B};
-use super::switches;
 use super::plan::{Plan, Region, FALLBACK_ROWS, LOGIT_ROWS};
+use super::switches;
 use super::upload::{synth_weights, upload_weights, GpuWeights};
 use crate::synth::SynthPreset;
 use crate::backend::{ComputeDType, LoadOptions};
@@ -46,7 +46,8 @@ fn gpu_dtype(d: ComputeDType) -> Result<GpuDType> {
 /// the split-K decode kernel for prefill too (anything else is said, and mma used).
 fn prefill_kernel_from_env() -> Option<launch::PrefillKernel> {
     use launch::PrefillKernel::{Mma, Wmma};
-    switches::choice("QWEN_ATTN", &[("mma", Some(Mma)), ("wmma", Some(Wmma)), ("splitk", None)], "mma").unwrap_or(Some(Mma))
+    let kernels = [("mma", Some(Mma)), ("wmma", Some(Wmma)), ("splitk", None)];
+    switches::choice("QWEN_ATTN", &kernels, "mma").unwrap_or(Some(Mma))
 }
 
 /// A Qwen v1 model whose weights live on one GPU.
@@ -105,8 +106,8 @@ impl CudaModel {
     }
 
     /// A sequence with room for `steps` more tokens after a `context`-token prompt (prefilled, then
-    /// one decode step, untimed: the graph is captured there unless `graph` is false). Ids are a
-    /// fixed spread over the vocabulary (`spread_id`).
+    /// one decode step, untimed: the graph is captured there unless `graph` is false). Ids as the
+    /// bench's prompts (`model::bench_id`).
     fn warm_sequence(self: &Arc<Self>, context: usize, steps: usize, graph: bool) -> Result<CudaSequence> {
         let mut seq = CudaSequence::new(self.clone(), context.max(1) + steps + 1)?;
         seq.no_graph |= !graph;
