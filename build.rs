@@ -52,9 +52,8 @@ fn main() {
     let fatbin = out.join("kernels.fatbin");
     let ptx = out.join("kernels.ptx");
 
-    let mut sources: Vec<PathBuf> = fs::read_dir("cuda")
-        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default();
+    let mut sources: Vec<PathBuf> =
+        fs::read_dir("cuda").map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default();
     sources.retain(|p| p.extension().is_some_and(|e| e == "cu"));
     sources.sort();
     for s in &sources {

@@ -43,18 +43,10 @@ fn open_mats() -> (tempfile::TempDir, Checkpoint) {
     let config = r#"{"model_type": "qwen", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1,
         "intermediate_size": 128, "vocab_size": 64, "seq_length": 16}"#;
     std::fs::write(dir.path().join("config.json"), config).expect("config.json");
-    let data: Vec<Vec<f32>> = MATS
-        .iter()
-        .enumerate()
-        .map(|(i, m)| values(m.2 * m.3, i as u64))
-        .collect();
+    let data: Vec<Vec<f32>> = MATS.iter().enumerate().map(|(i, m)| values(m.2 * m.3, i as u64)).collect();
     let shapes: Vec<[usize; 2]> = MATS.iter().map(|m| [m.2, m.3]).collect();
-    let list: Vec<(&str, DType, &[usize], &[f32])> = MATS
-        .iter()
-        .zip(&data)
-        .zip(&shapes)
-        .map(|((m, d), s)| (m.0, m.1, &s[..], &d[..]))
-        .collect();
+    let list: Vec<(&str, DType, &[usize], &[f32])> =
+        MATS.iter().zip(&data).zip(&shapes).map(|((m, d), s)| (m.0, m.1, &s[..], &d[..])).collect();
     qwen_rt::synth::write_safetensors(&dir.path().join("model.safetensors"), &list).expect("write");
     let ck = Checkpoint::open(dir.path()).expect("open");
     (dir, ck)
@@ -63,9 +55,7 @@ fn open_mats() -> (tempfile::TempDir, Checkpoint) {
 fn matmul(c: &mut Criterion) {
     let (_dir, ck) = open_mats();
     let mut g = c.benchmark_group("matmul");
-    g.sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2));
+    g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
     for &(name, _, n, k) in MATS {
         let w: &TensorView = ck.tensor(name).expect("tensor");
         // T = 1 is decode (memory bound: throughput in weight bytes); T > 1 is prefill (compute
@@ -91,9 +81,7 @@ fn matmul(c: &mut Criterion) {
 
 fn rmsnorm(c: &mut Criterion) {
     let mut g = c.benchmark_group("rmsnorm");
-    g.sample_size(20)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(1));
+    g.sample_size(20).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
     let w = values(4096, 1);
     for t in [1usize, 64] {
         let x = values(t * 4096, 2);
@@ -108,9 +96,7 @@ fn rmsnorm(c: &mut Criterion) {
 
 fn attention(c: &mut Criterion) {
     let mut g = c.benchmark_group("attention");
-    g.sample_size(10)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(1));
+    g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
     let (h, d) = (32usize, 128usize);
     // (queries T, position of the first query): decode at 1023 / 4095, prefill of 128.
     for (t, pos0) in [(1usize, 1023usize), (1, 4095), (128, 0)] {
@@ -131,10 +117,7 @@ fn attention(c: &mut Criterion) {
 
 fn load_model(dir: &Path) -> Arc<cpu::CpuModel> {
     let ck = Checkpoint::open(dir).expect("open model");
-    let opts = LoadOptions {
-        backend: BackendKind::Cpu,
-        ..Default::default()
-    };
+    let opts = LoadOptions { backend: BackendKind::Cpu, ..Default::default() };
     Arc::new(cpu::CpuModel::load(&ck, &opts).expect("load model"))
 }
 
@@ -143,9 +126,7 @@ fn bench_model(c: &mut Criterion, group: &str, model: Arc<cpu::CpuModel>, prefil
     let v = model.config().vocab_size as u32;
     let ids: Vec<u32> = (0..512u32).map(|i| (i * 7919 + 13) % v.min(151643)).collect();
     let mut g = c.benchmark_group(group);
-    g.sample_size(samples)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(3));
+    g.sample_size(samples).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
     for &t in prefill_lens {
         g.throughput(Throughput::Elements(t as u64));
         g.bench_function(BenchmarkId::new("prefill", t), |b| {

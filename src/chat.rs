@@ -108,10 +108,9 @@ pub fn messages_to_prompt(tok: &Tokenizer, messages: &[Message], max_window_size
     }
     match pending_query {
         Some(q) => Ok(make_context(tok, system, &history, q, max_window_size)),
-        None => Err(Error::invalid(format!(
-            "messages[{}]: the last message must be a user message",
-            messages.len() - 1
-        ))),
+        None => {
+            Err(Error::invalid(format!("messages[{}]: the last message must be a user message", messages.len() - 1)))
+        }
     }
 }
 

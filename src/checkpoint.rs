@@ -87,7 +87,14 @@ impl std::fmt::Debug for TensorView {
 
 impl TensorView {
     /// Built only by the checkpoint reader after validating the range.
-    pub(crate) fn new(name: String, dtype: DType, shape: Vec<usize>, file: Arc<PathBuf>, mmap: Arc<Mmap>, offset: usize) -> Self {
+    pub(crate) fn new(
+        name: String,
+        dtype: DType,
+        shape: Vec<usize>,
+        file: Arc<PathBuf>,
+        mmap: Arc<Mmap>,
+        offset: usize,
+    ) -> Self {
         let v = TensorView { name, dtype, shape, file, mmap, offset };
         assert!(v.offset + v.byte_len() <= v.mmap.len(), "TensorView out of range (checked by the reader)");
         v
@@ -98,12 +105,20 @@ impl TensorView {
         if n != values.len() {
             return Err(Error::invalid(format!("{name}: {} values for shape {shape:?}", values.len())));
         }
-        let mut map = memmap2::MmapMut::map_anon((n * 4).max(1)).map_err(|e| Error::Backend(format!("{name}: anonymous map: {e}")))?;
+        let mut map = memmap2::MmapMut::map_anon((n * 4).max(1))
+            .map_err(|e| Error::Backend(format!("{name}: anonymous map: {e}")))?;
         for (dst, v) in map.chunks_exact_mut(4).zip(values) {
             dst.copy_from_slice(&v.to_le_bytes());
         }
         let mmap = map.make_read_only().map_err(|e| Error::Backend(format!("{name}: anonymous map: {e}")))?;
-        Ok(TensorView::new(name.into(), DType::F32, shape.to_vec(), Arc::new(PathBuf::from("<memory>")), Arc::new(mmap), 0))
+        Ok(TensorView::new(
+            name.into(),
+            DType::F32,
+            shape.to_vec(),
+            Arc::new(PathBuf::from("<memory>")),
+            Arc::new(mmap),
+            0,
+        ))
     }
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
@@ -169,13 +184,18 @@ fn parse_dtype(s: &str) -> Option<DType> {
 /// the data section before any `TensorView` is built.
 fn parse_safetensors(path: &Path, mmap: &[u8]) -> Result<Vec<RawTensor>> {
     let file_len = mmap.len() as u64;
-    let len_bytes: [u8; 8] = mmap
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| Error::bad_file(path, format!("not a safetensors file: {file_len} bytes, shorter than the 8-byte header length")))?;
+    let len_bytes: [u8; 8] = mmap.get(..8).and_then(|b| b.try_into().ok()).ok_or_else(|| {
+        Error::bad_file(
+            path,
+            format!("not a safetensors file: {file_len} bytes, shorter than the 8-byte header length"),
+        )
+    })?;
     let n = u64::from_le_bytes(len_bytes);
     if n > MAX_HEADER_LEN {
-        return Err(Error::bad_file(path, format!("safetensors header length {n} is absurd (limit {MAX_HEADER_LEN} bytes)")));
+        return Err(Error::bad_file(
+            path,
+            format!("safetensors header length {n} is absurd (limit {MAX_HEADER_LEN} bytes)"),
+        ));
     }
     if 8 + n > file_len {
         return Err(Error::bad_file(
@@ -219,9 +239,8 @@ fn parse_safetensors(path: &Path, mmap: &[u8]) -> Result<Vec<RawTensor>> {
             numel = numel.checked_mul(d).ok_or_else(|| terr(format!("shape {shape_v:?} overflows")))?;
             shape.push(d);
         }
-        let nbytes = numel
-            .checked_mul(dtype.size())
-            .ok_or_else(|| terr(format!("shape {shape:?} overflows in bytes")))?;
+        let nbytes =
+            numel.checked_mul(dtype.size()).ok_or_else(|| terr(format!("shape {shape:?} overflows in bytes")))?;
         let offs = entry
             .get("data_offsets")
             .and_then(|o| o.as_array())
@@ -267,7 +286,10 @@ fn open_shard(path: &Path) -> Result<(Arc<Mmap>, Vec<RawTensor>, u64)> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
     if size < 8 {
-        return Err(Error::bad_file(path, format!("not a safetensors file: {size} bytes, shorter than the 8-byte header length")));
+        return Err(Error::bad_file(
+            path,
+            format!("not a safetensors file: {size} bytes, shorter than the 8-byte header length"),
+        ));
     }
     // SAFETY: read-only map. The file must not be truncated while mapped (same contract as every
     // mmap-based loader); all ranges were validated against the length seen here.
@@ -289,7 +311,10 @@ fn check_shard_name(index: &Path, name: &str) -> Result<()> {
     if plain {
         Ok(())
     } else {
-        Err(Error::bad_file(index, format!("weight_map names shard {name:?}, which is not a plain file name inside the model directory")))
+        Err(Error::bad_file(
+            index,
+            format!("weight_map names shard {name:?}, which is not a plain file name inside the model directory"),
+        ))
     }
 }
 
@@ -410,9 +435,7 @@ impl Checkpoint {
 
     /// The named tensor, or an error naming the tensor and the directory.
     pub fn tensor(&self, name: &str) -> Result<&TensorView> {
-        self.tensors.get(name).ok_or_else(|| {
-            Error::tensor(self.dir.clone(), name, "missing from the checkpoint")
-        })
+        self.tensors.get(name).ok_or_else(|| Error::tensor(self.dir.clone(), name, "missing from the checkpoint"))
     }
 
     /// Path of the vocabulary file (`qwen.tiktoken`) in the directory.

@@ -46,9 +46,11 @@ fn get<'a>(m: &'a Map<String, Value>, keys: &[&str]) -> Option<&'a Value> {
 
 fn usize_field(m: &Map<String, Value>, path: &Path, keys: &[&str], default: Option<usize>) -> Result<usize> {
     match get(m, keys) {
-        Some(v) => v.as_u64().filter(|&n| n > 0 && n < (1u64 << 40)).map(|n| n as usize).ok_or_else(|| {
-            Error::bad_file(path, format!("`{}` must be a positive integer, got {v}", keys[0]))
-        }),
+        Some(v) => v
+            .as_u64()
+            .filter(|&n| n > 0 && n < (1u64 << 40))
+            .map(|n| n as usize)
+            .ok_or_else(|| Error::bad_file(path, format!("`{}` must be a positive integer, got {v}", keys[0]))),
         None => default.ok_or_else(|| Error::bad_file(path, format!("missing `{}`", keys.join("` / `")))),
     }
 }
@@ -96,7 +98,10 @@ impl QwenConfig {
     fn from_map(m: &Map<String, Value>, path: &Path) -> Result<Self> {
         if let Some(t) = get(m, &["model_type"]) {
             if t.as_str() != Some("qwen") {
-                return Err(Error::bad_file(path, format!("model_type {t} is not a Qwen v1 model (expected \"qwen\")")));
+                return Err(Error::bad_file(
+                    path,
+                    format!("model_type {t} is not a Qwen v1 model (expected \"qwen\")"),
+                ));
             }
         }
         if get(m, &["quantization_config"]).is_some() {
@@ -106,7 +111,10 @@ impl QwenConfig {
         let num_layers = usize_field(m, path, &["num_hidden_layers", "n_layer"], None)?;
         let num_heads = usize_field(m, path, &["num_attention_heads", "n_head"], None)?;
         if hidden_size % num_heads != 0 {
-            return Err(Error::bad_file(path, format!("hidden size {hidden_size} is not a multiple of {num_heads} heads")));
+            return Err(Error::bad_file(
+                path,
+                format!("hidden size {hidden_size} is not a multiple of {num_heads} heads"),
+            ));
         }
         let head_dim = usize_field(m, path, &["kv_channels"], Some(hidden_size / num_heads))?;
         if head_dim % 2 != 0 || head_dim > 256 {
@@ -114,7 +122,10 @@ impl QwenConfig {
         }
         let intermediate = usize_field(m, path, &["intermediate_size", "ffn_hidden_size"], None)?;
         if intermediate % 2 != 0 {
-            return Err(Error::bad_file(path, format!("intermediate_size {intermediate} must be even (it is 2 x the MLP width)")));
+            return Err(Error::bad_file(
+                path,
+                format!("intermediate_size {intermediate} must be even (it is 2 x the MLP width)"),
+            ));
         }
         let vocab_size = usize_field(m, path, &["padded_vocab_size", "vocab_size"], None)?;
         let seq_length = usize_field(m, path, &["seq_length"], Some(8192))?;
@@ -135,8 +146,11 @@ impl QwenConfig {
         if !bool_field(m, path, "no_bias", true)? {
             return Err(Error::bad_file(path, "no_bias=false (biases on c_proj/w1/w2) is not supported"));
         }
-        let (bf16, fp16, fp32) =
-            (bool_field(m, path, "bf16", false)?, bool_field(m, path, "fp16", false)?, bool_field(m, path, "fp32", false)?);
+        let (bf16, fp16, fp32) = (
+            bool_field(m, path, "bf16", false)?,
+            bool_field(m, path, "fp16", false)?,
+            bool_field(m, path, "fp32", false)?,
+        );
         if [bf16, fp16, fp32].iter().filter(|&&b| b).count() > 1 {
             return Err(Error::bad_file(path, "at most one of bf16 / fp16 / fp32 may be true"));
         }
@@ -179,9 +193,9 @@ impl QwenConfig {
         let supported = self.max_supported_seq_len();
         match requested {
             None | Some(0) => Ok(supported.min(self.max_position_embeddings.max(self.seq_length))),
-            Some(n) if n > supported => Err(Error::invalid(format!(
-                "{arg} {n} exceeds the model's limit of {supported} tokens (logN table)"
-            ))),
+            Some(n) if n > supported => {
+                Err(Error::invalid(format!("{arg} {n} exceeds the model's limit of {supported} tokens (logN table)")))
+            }
             Some(n) => Ok(n),
         }
     }
@@ -189,7 +203,11 @@ impl QwenConfig {
     /// Largest sequence the model supports: the logN table limit when logN is on, else unbounded by
     /// the model (the KV cache size decides).
     pub fn max_supported_seq_len(&self) -> usize {
-        if self.use_logn_attn { MAX_SEQ_LEN_LOGN } else { usize::MAX }
+        if self.use_logn_attn {
+            MAX_SEQ_LEN_LOGN
+        } else {
+            usize::MAX
+        }
     }
 }
 
@@ -253,7 +271,9 @@ impl GenerationConfig {
         let chat_format = match get(m, &["chat_format"]) {
             None => d.chat_format.clone(),
             Some(Value::String(s)) if s == "chatml" || s == "raw" => s.clone(),
-            Some(v) => return Err(Error::bad_file(path, format!("`chat_format` must be \"chatml\" or \"raw\", got {v}"))),
+            Some(v) => {
+                return Err(Error::bad_file(path, format!("`chat_format` must be \"chatml\" or \"raw\", got {v}")))
+            }
         };
         let stop_words_ids = match get(m, &["stop_words_ids"]) {
             None => vec![],
@@ -268,7 +288,10 @@ impl GenerationConfig {
         }
         let top_k = match get(m, &["top_k"]) {
             None => d.top_k,
-            Some(v) => v.as_u64().map(|n| n as usize).ok_or_else(|| Error::bad_file(path, format!("`top_k` must be a non-negative integer, got {v}")))?,
+            Some(v) => v
+                .as_u64()
+                .map(|n| n as usize)
+                .ok_or_else(|| Error::bad_file(path, format!("`top_k` must be a non-negative integer, got {v}")))?,
         };
         Ok(GenerationConfig {
             chat_format,

@@ -232,10 +232,7 @@ impl Live {
 fn registry() -> MutexGuard<'static, HashMap<usize, Live>> {
     static REGISTRY: OnceLock<Mutex<HashMap<usize, Live>>> = OnceLock::new();
     // The map is never left half-updated by a panic, so a poisoned lock is still consistent.
-    REGISTRY
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+    REGISTRY.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Check under the held registry lock that `addr` is live and of kind `want` (by discriminant).
@@ -257,10 +254,7 @@ fn check_live(reg: &HashMap<usize, Live>, addr: usize, name: &str, want: Live) -
 }
 
 fn bad_magic(name: &str) -> Fail {
-    Fail(
-        qwen_status::QWEN_ERR_INVALID_HANDLE,
-        format!("argument `{name}` has a corrupt handle (bad magic number)"),
-    )
+    Fail(qwen_status::QWEN_ERR_INVALID_HANDLE, format!("argument `{name}` has a corrupt handle (bad magic number)"))
 }
 
 fn model_state(p: *const qwen_model, name: &str) -> FfiResult<Arc<ModelState>> {
@@ -298,10 +292,9 @@ fn lock_chat(s: &SessionState) -> FfiResult<MutexGuard<'_, ChatSession>> {
             qwen_status::QWEN_ERR_BUSY,
             "the session is in use by another call (one thread at a time; not from its own stream callback)".into(),
         )),
-        Err(TryLockError::Poisoned(_)) => Err(Fail(
-            qwen_status::QWEN_ERR_PANIC,
-            "the session is unusable after an internal error; free it".into(),
-        )),
+        Err(TryLockError::Poisoned(_)) => {
+            Err(Fail(qwen_status::QWEN_ERR_PANIC, "the session is unusable after an internal error; free it".into()))
+        }
     }
 }
 
@@ -435,35 +428,19 @@ fn load_options(o: &qwen_model_options) -> FfiResult<LoadOptions> {
         0 => BackendKind::Auto,
         1 => BackendKind::Cpu,
         2 => BackendKind::Cuda,
-        b => {
-            return Err(invalid(format!(
-                "options.backend {b} is not a qwen_backend (0 auto, 1 cpu, 2 cuda)"
-            )))
-        }
+        b => return Err(invalid(format!("options.backend {b} is not a qwen_backend (0 auto, 1 cpu, 2 cuda)"))),
     };
     let dtype = match o.dtype {
         0 => ComputeDType::Auto,
         1 => ComputeDType::F32,
         2 => ComputeDType::BF16,
         3 => ComputeDType::F16,
-        d => {
-            return Err(invalid(format!(
-                "options.dtype {d} is not a qwen_dtype (0 auto, 1 f32, 2 bf16, 3 f16)"
-            )))
-        }
+        d => return Err(invalid(format!("options.dtype {d} is not a qwen_dtype (0 auto, 1 f32, 2 bf16, 3 f16)"))),
     };
     if o.threads > MAX_THREADS {
-        return Err(invalid(format!(
-            "options.threads {} is more than {MAX_THREADS}",
-            o.threads
-        )));
+        return Err(invalid(format!("options.threads {} is more than {MAX_THREADS}", o.threads)));
     }
-    Ok(LoadOptions {
-        backend,
-        dtype,
-        threads: o.threads as usize,
-        progress: false,
-    })
+    Ok(LoadOptions { backend, dtype, threads: o.threads as usize, progress: false })
 }
 
 /// # Safety
@@ -477,36 +454,18 @@ pub unsafe extern "C" fn qwen_model_load(
     guard("qwen_model_load", || {
         let out = out_ptr(out_model, "out_model")?;
         let path = arg_str(path, "path")?;
-        let opts = if options.is_null() {
-            qwen_model_options_default()
-        } else {
-            *options
-        };
+        let opts = if options.is_null() { qwen_model_options_default() } else { *options };
         let load = load_options(&opts)?;
         if path.is_empty() {
-            return Err(invalid(format!(
-                "argument `path` is empty (a model directory, or \"{QWEN_TINY_MODEL}\")"
-            )));
+            return Err(invalid(format!("argument `path` is empty (a model directory, or \"{QWEN_TINY_MODEL}\")")));
         }
-        let dir = if path == QWEN_TINY_MODEL {
-            crate::synth::builtin_tiny_dir()?
-        } else {
-            PathBuf::from(path)
-        };
+        let dir = if path == QWEN_TINY_MODEL { crate::synth::builtin_tiny_dir()? } else { PathBuf::from(path) };
         let ck = Checkpoint::open(&dir)?;
         let tok = ModelTokenizer::for_model_dir(&ck.dir)?;
         let max_seq_len = ck.config.resolve_max_seq_len(Some(opts.max_seq_len as usize), "options.max_seq_len")?;
         let model = load_model(&ck, &load)?;
-        let state = Arc::new(ModelState {
-            model,
-            tok,
-            generation: ck.generation.clone(),
-            max_seq_len,
-        });
-        let p = Box::into_raw(Box::new(qwen_model {
-            magic: MODEL_MAGIC,
-            inner: state,
-        }));
+        let state = Arc::new(ModelState { model, tok, generation: ck.generation.clone(), max_seq_len });
+        let p = Box::into_raw(Box::new(qwen_model { magic: MODEL_MAGIC, inner: state }));
         register(p as usize, Live::Model);
         *out = p;
         Ok(())
@@ -578,11 +537,7 @@ pub unsafe extern "C" fn qwen_tokenize(
         let m = model_state(model, "model")?;
         let text = arg_str(text, "text")?;
         let tok = &*m.tok;
-        let ids = if parse_special != 0 {
-            tok.try_encode_with_special(text)?
-        } else {
-            tok.try_encode(text)?
-        };
+        let ids = if parse_special != 0 { tok.try_encode_with_special(text)? } else { tok.try_encode(text)? };
         let (p, n) = export_tokens(ids);
         *out = p;
         *out_len = n;
@@ -657,10 +612,7 @@ pub unsafe extern "C" fn qwen_free_string(text: *mut c_char) -> qwen_status {
         let n = {
             let mut reg = registry();
             let Live::Text(n) = check_live(&reg, text as usize, "text", Live::Text(0))? else {
-                return Err(Fail(
-                    qwen_status::QWEN_ERR_INVALID_HANDLE,
-                    "argument `text` is not a string".into(),
-                ));
+                return Err(Fail(qwen_status::QWEN_ERR_INVALID_HANDLE, "argument `text` is not a string".into()));
             };
             reg.remove(&(text as usize));
             n
@@ -719,11 +671,7 @@ pub unsafe extern "C" fn qwen_session_create(
     guard("qwen_session_create", || {
         let out = out_ptr(out_session, "out_session")?;
         let m = model_state(model, "model")?;
-        let o = if options.is_null() {
-            default_session_options(&m)
-        } else {
-            *options
-        };
+        let o = if options.is_null() { default_session_options(&m) } else { *options };
         let system = if o.system.is_null() {
             DEFAULT_SYSTEM.to_string()
         } else {
@@ -752,19 +700,10 @@ pub unsafe extern "C" fn qwen_session_create(
             system,
             history: Vec::new(),
             max_window_size: o.max_window_size as usize,
-            options: GenerateOptions {
-                max_new_tokens: o.max_new_tokens as usize,
-                stop: StopRules::chatml(&[]),
-            },
+            options: GenerateOptions { max_new_tokens: o.max_new_tokens as usize, stop: StopRules::chatml(&[]) },
         };
-        let state = Arc::new(SessionState {
-            model: m,
-            chat: Mutex::new(chat),
-        });
-        let p = Box::into_raw(Box::new(qwen_session {
-            magic: SESSION_MAGIC,
-            inner: state,
-        }));
+        let state = Arc::new(SessionState { model: m, chat: Mutex::new(chat) });
+        let p = Box::into_raw(Box::new(qwen_session { magic: SESSION_MAGIC, inner: state }));
         register(p as usize, Live::Session);
         *out = p;
         Ok(())
@@ -874,14 +813,9 @@ pub unsafe extern "C" fn qwen_session_send(
 ) -> qwen_status {
     guard("qwen_session_send", || {
         let message = arg_str(message, "message")?;
-        run_generation(
-            session,
-            on_piece,
-            user_data,
-            out_answer,
-            out_finish,
-            |chat, tok, on_text| Ok(chat.send(tok, message, on_text)?),
-        )
+        run_generation(session, on_piece, user_data, out_answer, out_finish, |chat, tok, on_text| {
+            Ok(chat.send(tok, message, on_text)?)
+        })
     })
 }
 
@@ -892,18 +826,8 @@ fn generate_raw(
     prompt: &[u32],
     on_text: &mut dyn FnMut(&str) -> bool,
 ) -> FfiResult<Generation> {
-    let opts = GenerateOptions {
-        max_new_tokens: chat.options.max_new_tokens,
-        stop: StopRules::raw(&[]),
-    };
-    Ok(generate(
-        chat.seq.as_mut(),
-        tok,
-        &mut chat.sampler,
-        prompt,
-        &opts,
-        on_text,
-    )?)
+    let opts = GenerateOptions { max_new_tokens: chat.options.max_new_tokens, stop: StopRules::raw(&[]) };
+    Ok(generate(chat.seq.as_mut(), tok, &mut chat.sampler, prompt, &opts, on_text)?)
 }
 
 /// # Safety
@@ -919,17 +843,10 @@ pub unsafe extern "C" fn qwen_session_generate(
 ) -> qwen_status {
     guard("qwen_session_generate", || {
         let prompt = arg_str(prompt, "prompt")?;
-        run_generation(
-            session,
-            on_piece,
-            user_data,
-            out_text,
-            out_finish,
-            |chat, tok, on_text| {
-                let ids = raw_context(tok, prompt);
-                generate_raw(chat, tok, &ids, on_text)
-            },
-        )
+        run_generation(session, on_piece, user_data, out_text, out_finish, |chat, tok, on_text| {
+            let ids = raw_context(tok, prompt);
+            generate_raw(chat, tok, &ids, on_text)
+        })
     })
 }
 
@@ -948,25 +865,14 @@ pub unsafe extern "C" fn qwen_session_generate_tokens(
     guard("qwen_session_generate_tokens", || {
         let ids = arg_slice(tokens, n_tokens, "tokens")?;
         if ids.is_empty() {
-            return Err(invalid(
-                "argument `n_tokens` is 0 (the prompt needs at least one token)",
-            ));
+            return Err(invalid("argument `n_tokens` is 0 (the prompt needs at least one token)"));
         }
-        run_generation(
-            session,
-            on_piece,
-            user_data,
-            out_text,
-            out_finish,
-            |chat, tok, on_text| {
-                let vocab = chat.seq.config().vocab_size;
-                if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
-                    return Err(invalid(format!(
-                        "token id {bad} is outside the model's vocabulary (0..{vocab})"
-                    )));
-                }
-                generate_raw(chat, tok, ids, on_text)
-            },
-        )
+        run_generation(session, on_piece, user_data, out_text, out_finish, |chat, tok, on_text| {
+            let vocab = chat.seq.config().vocab_size;
+            if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+                return Err(invalid(format!("token id {bad} is outside the model's vocabulary (0..{vocab})")));
+            }
+            generate_raw(chat, tok, ids, on_text)
+        })
     })
 }

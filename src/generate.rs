@@ -58,7 +58,11 @@ impl Generation {
         }
     }
     pub fn prefill_tok_per_s(&self) -> f64 {
-        if self.prefill_secs > 0.0 { self.prompt_tokens as f64 / self.prefill_secs } else { 0.0 }
+        if self.prefill_secs > 0.0 {
+            self.prompt_tokens as f64 / self.prefill_secs
+        } else {
+            0.0
+        }
     }
 }
 

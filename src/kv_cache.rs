@@ -27,14 +27,7 @@ impl KvCache {
     /// An empty cache for `num_layers` layers of width `width` (= H*D), holding at most `capacity`
     /// tokens. Allocates nothing yet.
     pub fn new(num_layers: usize, width: usize, capacity: usize) -> Self {
-        KvCache {
-            k: vec![Vec::new(); num_layers],
-            v: vec![Vec::new(); num_layers],
-            width,
-            len: 0,
-            capacity,
-            rows: 0,
-        }
+        KvCache { k: vec![Vec::new(); num_layers], v: vec![Vec::new(); num_layers], width, len: 0, capacity, rows: 0 }
     }
 
     /// Tokens stored.
@@ -83,9 +76,7 @@ impl KvCache {
             return Ok(());
         }
         let target = rows.max(self.rows.saturating_mul(2)).max(GROW_ROWS).min(self.capacity);
-        let elems = target
-            .checked_mul(self.width)
-            .ok_or_else(|| Error::invalid("KV cache size overflows"))?;
+        let elems = target.checked_mul(self.width).ok_or_else(|| Error::invalid("KV cache size overflows"))?;
         for buf in self.k.iter_mut().chain(self.v.iter_mut()) {
             buf.try_reserve_exact(elems - buf.len())
                 .map_err(|e| Error::Backend(format!("cannot allocate the KV cache for {target} tokens: {e}")))?;

@@ -13,18 +13,18 @@
 //!                                      │
 //!                          qwen-run CLI · C ABI (ffi)
 //! ```
-pub mod error;
-pub mod config;
+pub mod backend;
+pub mod chat;
 pub mod checkpoint;
-pub mod weights;
+pub mod config;
+pub mod error;
+pub mod ffi;
+pub mod generate;
+pub mod kv_cache;
+pub mod model;
+pub mod sampler;
 pub mod synth;
 pub mod tokenizer;
-pub mod model;
-pub mod kv_cache;
-pub mod backend;
-pub mod sampler;
-pub mod chat;
-pub mod generate;
-pub mod ffi;
+pub mod weights;
 
 pub use error::{Error, Result};

@@ -209,9 +209,13 @@ const TOP_P_HEAD: usize = 2048;
 /// accumulated in f64 and compared in f32, as torch's CPU cumsum does.
 fn top_p_filter(logits: &mut [f32], top_p: f32) {
     let probs = softmax(logits); // [V]
-    // [n] order keys of the ids with probability > 0 or a finite logit.
-    let mut keys: Vec<u64> =
-        logits.iter().enumerate().filter(|(_, &x)| x > f32::NEG_INFINITY).map(|(i, &x)| sort_key(x, i as u32)).collect();
+                                 // [n] order keys of the ids with probability > 0 or a finite logit.
+    let mut keys: Vec<u64> = logits
+        .iter()
+        .enumerate()
+        .filter(|(_, &x)| x > f32::NEG_INFINITY)
+        .map(|(i, &x)| sort_key(x, i as u32))
+        .collect();
     let n = keys.len();
     if n == 0 {
         return;

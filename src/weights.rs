@@ -106,11 +106,7 @@ fn checked(ck: &Checkpoint, name: &str, shape: &[usize]) -> Result<TensorView> {
         Error::tensor(ck.dir.clone(), name, format!("missing from the checkpoint (expected shape {shape:?})"))
     })?;
     if t.shape != shape {
-        return Err(t.error(format!(
-            "shape {:?} {}, expected {shape:?} from config.json",
-            t.shape,
-            t.dtype.name()
-        )));
+        return Err(t.error(format!("shape {:?} {}, expected {shape:?} from config.json", t.shape, t.dtype.name())));
     }
     Ok(t.clone())
 }

@@ -19,9 +19,7 @@ use qwen_status::*;
 const TINY: &CStr = c":tiny:";
 
 fn last_error() -> String {
-    unsafe { CStr::from_ptr(qwen_last_error()) }
-        .to_string_lossy()
-        .into_owned()
+    unsafe { CStr::from_ptr(qwen_last_error()) }.to_string_lossy().into_owned()
 }
 
 #[track_caller]
@@ -118,12 +116,7 @@ fn tokenize(m: *const qwen_model, text: &CStr, special: bool) -> Vec<u32> {
 fn version_status_names_and_last_error() {
     let v = unsafe { CStr::from_ptr(qwen_version()) }.to_str().unwrap();
     assert_eq!(v, env!("CARGO_PKG_VERSION"));
-    let name = |s: i32| {
-        unsafe { CStr::from_ptr(qwen_status_name(s)) }
-            .to_str()
-            .unwrap()
-            .to_string()
-    };
+    let name = |s: i32| unsafe { CStr::from_ptr(qwen_status_name(s)) }.to_str().unwrap().to_string();
     assert_eq!(name(QWEN_OK as i32), "QWEN_OK");
     assert_eq!(name(QWEN_ERR_BUSY as i32), "QWEN_ERR_BUSY");
     assert_eq!(name(QWEN_ERR_PANIC as i32), "QWEN_ERR_PANIC");
@@ -147,11 +140,7 @@ fn tokenize_and_detokenize_match_the_reference_fixture() {
     let fixture: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let m = tiny_model(64);
     let ids_of = |v: &serde_json::Value| -> Vec<u32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect()
+        v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
     };
     let mut checked = 0;
     for case in fixture["cases"].as_array().unwrap() {
@@ -168,11 +157,7 @@ fn tokenize_and_detokenize_match_the_reference_fixture() {
         ok(unsafe { qwen_detokenize(m, ids.as_ptr(), ids.len(), &mut p, &mut n) });
         let bytes = unsafe { std::slice::from_raw_parts(p as *const u8, n + 1) }.to_vec();
         assert_eq!(bytes[n], 0, "NUL-terminated");
-        assert_eq!(
-            String::from_utf8_lossy(&bytes[..n]),
-            case["text"].as_str().unwrap(),
-            "ids {ids:?}"
-        );
+        assert_eq!(String::from_utf8_lossy(&bytes[..n]), case["text"].as_str().unwrap(), "ids {ids:?}");
         ok(unsafe { qwen_free_string(p) });
     }
     // Exact bytes, embedded NUL included (id 15 is "0"; the byte 0x00 token is id 188).
@@ -194,57 +179,17 @@ fn null_pointers_are_errors() {
     let s = session(m, 2, true);
     let (mut ids, mut n, mut text) = (null_mut(), 0usize, null_mut());
     unsafe {
-        expect_err(
-            qwen_model_load(TINY.as_ptr(), null(), null_mut()),
-            QWEN_ERR_NULL_ARG,
-            "out_model",
-        );
-        expect_err(
-            qwen_tokenize(null(), c"x".as_ptr(), 0, &mut ids, &mut n),
-            QWEN_ERR_NULL_ARG,
-            "`model`",
-        );
-        expect_err(
-            qwen_tokenize(m, null(), 0, &mut ids, &mut n),
-            QWEN_ERR_NULL_ARG,
-            "`text`",
-        );
-        expect_err(
-            qwen_tokenize(m, c"x".as_ptr(), 0, null_mut(), &mut n),
-            QWEN_ERR_NULL_ARG,
-            "out_tokens",
-        );
-        expect_err(
-            qwen_tokenize(m, c"x".as_ptr(), 0, &mut ids, null_mut()),
-            QWEN_ERR_NULL_ARG,
-            "out_len",
-        );
-        expect_err(
-            qwen_detokenize(m, null(), 2, &mut text, null_mut()),
-            QWEN_ERR_NULL_ARG,
-            "`tokens`",
-        );
-        expect_err(
-            qwen_detokenize(m, [1u32].as_ptr(), 1, null_mut(), null_mut()),
-            QWEN_ERR_NULL_ARG,
-            "out_text",
-        );
+        expect_err(qwen_model_load(TINY.as_ptr(), null(), null_mut()), QWEN_ERR_NULL_ARG, "out_model");
+        expect_err(qwen_tokenize(null(), c"x".as_ptr(), 0, &mut ids, &mut n), QWEN_ERR_NULL_ARG, "`model`");
+        expect_err(qwen_tokenize(m, null(), 0, &mut ids, &mut n), QWEN_ERR_NULL_ARG, "`text`");
+        expect_err(qwen_tokenize(m, c"x".as_ptr(), 0, null_mut(), &mut n), QWEN_ERR_NULL_ARG, "out_tokens");
+        expect_err(qwen_tokenize(m, c"x".as_ptr(), 0, &mut ids, null_mut()), QWEN_ERR_NULL_ARG, "out_len");
+        expect_err(qwen_detokenize(m, null(), 2, &mut text, null_mut()), QWEN_ERR_NULL_ARG, "`tokens`");
+        expect_err(qwen_detokenize(m, [1u32].as_ptr(), 1, null_mut(), null_mut()), QWEN_ERR_NULL_ARG, "out_text");
         expect_err(qwen_model_backend(m, null_mut()), QWEN_ERR_NULL_ARG, "out_name");
-        expect_err(
-            qwen_session_options_default(m, null_mut()),
-            QWEN_ERR_NULL_ARG,
-            "out_options",
-        );
-        expect_err(
-            qwen_session_create(null(), null(), &mut null_mut()),
-            QWEN_ERR_NULL_ARG,
-            "`model`",
-        );
-        expect_err(
-            qwen_session_create(m, null(), null_mut()),
-            QWEN_ERR_NULL_ARG,
-            "out_session",
-        );
+        expect_err(qwen_session_options_default(m, null_mut()), QWEN_ERR_NULL_ARG, "out_options");
+        expect_err(qwen_session_create(null(), null(), &mut null_mut()), QWEN_ERR_NULL_ARG, "`model`");
+        expect_err(qwen_session_create(m, null(), null_mut()), QWEN_ERR_NULL_ARG, "out_session");
         expect_err(qwen_session_reset(null_mut()), QWEN_ERR_NULL_ARG, "`session`");
         expect_err(
             qwen_session_send(null_mut(), c"hi".as_ptr(), None, null_mut(), null_mut(), null_mut()),
@@ -274,14 +219,7 @@ fn null_pointers_are_errors() {
         // NULL options and a NULL callback / outputs are fine.
         let mut s2 = null_mut();
         ok(qwen_session_create(m, null(), &mut s2));
-        ok(qwen_session_send(
-            s,
-            c"hi".as_ptr(),
-            None,
-            null_mut(),
-            null_mut(),
-            null_mut(),
-        ));
+        ok(qwen_session_send(s, c"hi".as_ptr(), None, null_mut(), null_mut(), null_mut()));
         ok(qwen_session_free(s2));
         ok(qwen_session_free(s));
         ok(qwen_model_free(m));
@@ -300,11 +238,7 @@ fn invalid_utf8_is_an_error() {
             QWEN_ERR_INVALID_UTF8,
             "`path` is not valid UTF-8 (at byte 3)",
         );
-        expect_err(
-            qwen_tokenize(m, bad.as_ptr(), 1, &mut ids, &mut n),
-            QWEN_ERR_INVALID_UTF8,
-            "`text`",
-        );
+        expect_err(qwen_tokenize(m, bad.as_ptr(), 1, &mut ids, &mut n), QWEN_ERR_INVALID_UTF8, "`text`");
         assert!(ids.is_null() && n == 0);
         expect_err(
             qwen_session_send(s, bad.as_ptr(), None, null_mut(), null_mut(), null_mut()),
@@ -318,11 +252,7 @@ fn invalid_utf8_is_an_error() {
         );
         let mut o = session_options(m, 2, true);
         o.system = bad.as_ptr();
-        expect_err(
-            qwen_session_create(m, &o, &mut null_mut()),
-            QWEN_ERR_INVALID_UTF8,
-            "options.system",
-        );
+        expect_err(qwen_session_create(m, &o, &mut null_mut()), QWEN_ERR_INVALID_UTF8, "options.system");
         ok(qwen_session_free(s));
         ok(qwen_model_free(m));
     }
@@ -344,21 +274,13 @@ fn freed_foreign_and_wrong_kind_pointers_are_rejected() {
         expect_err(qwen_model_free(wild), QWEN_ERR_INVALID_HANDLE, "not a live qwen_model");
         let mut fake = [0u64; 8];
         let fake_session = fake.as_mut_ptr() as *mut qwen_session;
-        expect_err(
-            qwen_session_free(fake_session),
-            QWEN_ERR_INVALID_HANDLE,
-            "not a live qwen_session",
-        );
+        expect_err(qwen_session_free(fake_session), QWEN_ERR_INVALID_HANDLE, "not a live qwen_session");
         expect_err(
             qwen_session_send(fake_session, c"hi".as_ptr(), None, null_mut(), null_mut(), null_mut()),
             QWEN_ERR_INVALID_HANDLE,
             "qwen_session",
         );
-        expect_err(
-            qwen_free_string(fake.as_mut_ptr() as *mut c_char),
-            QWEN_ERR_INVALID_HANDLE,
-            "not a live string",
-        );
+        expect_err(qwen_free_string(fake.as_mut_ptr() as *mut c_char), QWEN_ERR_INVALID_HANDLE, "not a live string");
         expect_err(
             qwen_free_tokens(fake.as_mut_ptr() as *mut u32, 8),
             QWEN_ERR_INVALID_HANDLE,
@@ -379,11 +301,7 @@ fn freed_foreign_and_wrong_kind_pointers_are_rejected() {
         // Buffers: wrong free function, wrong length, double free.
         ok(qwen_tokenize(m, c"Hello world".as_ptr(), 0, &mut ids, &mut n));
         assert_eq!(n, 2);
-        expect_err(
-            qwen_free_string(ids as *mut c_char),
-            QWEN_ERR_INVALID_HANDLE,
-            "is a token buffer, not a string",
-        );
+        expect_err(qwen_free_string(ids as *mut c_char), QWEN_ERR_INVALID_HANDLE, "is a token buffer, not a string");
         expect_err(qwen_free_tokens(ids, 3), QWEN_ERR_INVALID_ARG, "holds 2 ids");
         ok(qwen_free_tokens(ids, 2));
         expect_err(qwen_free_tokens(ids, 2), QWEN_ERR_INVALID_HANDLE, "already freed");
@@ -402,16 +320,8 @@ fn freed_foreign_and_wrong_kind_pointers_are_rejected() {
         expect_err(qwen_session_free(s), QWEN_ERR_INVALID_HANDLE, "already freed");
         // Freed model, double free.
         ok(qwen_model_free(m));
-        expect_err(
-            qwen_tokenize(m, c"x".as_ptr(), 0, &mut ids, &mut n),
-            QWEN_ERR_INVALID_HANDLE,
-            "already freed",
-        );
-        expect_err(
-            qwen_session_create(m, null(), &mut null_mut()),
-            QWEN_ERR_INVALID_HANDLE,
-            "already freed",
-        );
+        expect_err(qwen_tokenize(m, c"x".as_ptr(), 0, &mut ids, &mut n), QWEN_ERR_INVALID_HANDLE, "already freed");
+        expect_err(qwen_session_create(m, null(), &mut null_mut()), QWEN_ERR_INVALID_HANDLE, "already freed");
         expect_err(qwen_model_free(m), QWEN_ERR_INVALID_HANDLE, "already freed");
     }
 }
@@ -422,45 +332,21 @@ fn invalid_arguments_and_missing_files() {
     unsafe {
         let mut o = qwen_model_options_default();
         o.backend = 7;
-        expect_err(
-            qwen_model_load(TINY.as_ptr(), &o, &mut m),
-            QWEN_ERR_INVALID_ARG,
-            "options.backend 7",
-        );
+        expect_err(qwen_model_load(TINY.as_ptr(), &o, &mut m), QWEN_ERR_INVALID_ARG, "options.backend 7");
         let mut o = qwen_model_options_default();
         o.dtype = -1;
-        expect_err(
-            qwen_model_load(TINY.as_ptr(), &o, &mut m),
-            QWEN_ERR_INVALID_ARG,
-            "options.dtype -1",
-        );
+        expect_err(qwen_model_load(TINY.as_ptr(), &o, &mut m), QWEN_ERR_INVALID_ARG, "options.dtype -1");
         let mut o = qwen_model_options_default();
         o.backend = qwen_backend::QWEN_BACKEND_CPU as i32;
         o.dtype = qwen_dtype::QWEN_DTYPE_BF16 as i32;
-        expect_err(
-            qwen_model_load(TINY.as_ptr(), &o, &mut m),
-            QWEN_ERR_INVALID_ARG,
-            "dtype",
-        );
+        expect_err(qwen_model_load(TINY.as_ptr(), &o, &mut m), QWEN_ERR_INVALID_ARG, "dtype");
         o.dtype = 0;
         o.threads = u32::MAX;
-        expect_err(
-            qwen_model_load(TINY.as_ptr(), &o, &mut m),
-            QWEN_ERR_INVALID_ARG,
-            "options.threads",
-        );
+        expect_err(qwen_model_load(TINY.as_ptr(), &o, &mut m), QWEN_ERR_INVALID_ARG, "options.threads");
         o.threads = 0;
         o.max_seq_len = u32::MAX;
-        expect_err(
-            qwen_model_load(TINY.as_ptr(), &o, &mut m),
-            QWEN_ERR_INVALID_ARG,
-            "max_seq_len",
-        );
-        expect_err(
-            qwen_model_load(c"".as_ptr(), null(), &mut m),
-            QWEN_ERR_INVALID_ARG,
-            "empty",
-        );
+        expect_err(qwen_model_load(TINY.as_ptr(), &o, &mut m), QWEN_ERR_INVALID_ARG, "max_seq_len");
+        expect_err(qwen_model_load(c"".as_ptr(), null(), &mut m), QWEN_ERR_INVALID_ARG, "empty");
         expect_err(
             qwen_model_load(c"/nonexistent/qwen-model".as_ptr(), null(), &mut m),
             QWEN_ERR_IO,
@@ -494,11 +380,7 @@ fn invalid_arguments_and_missing_files() {
             assert!(s.is_null());
         }
         let mut text = null_mut();
-        expect_err(
-            qwen_detokenize(m, [151851u32].as_ptr(), 1, &mut text, null_mut()),
-            QWEN_ERR_INVALID_ARG,
-            "151851",
-        );
+        expect_err(qwen_detokenize(m, [151851u32].as_ptr(), 1, &mut text, null_mut()), QWEN_ERR_INVALID_ARG, "151851");
         assert!(text.is_null());
         let s = session(m, 2, true);
         expect_err(
@@ -557,10 +439,7 @@ fn prompt_longer_than_the_context_is_an_error_and_the_session_survives() {
     ok(unsafe { qwen_session_generate_tokens(s2, ids.as_ptr(), ids.len(), None, null_mut(), &mut text, &mut finish) });
     let _ = take_string(text);
     assert!(
-        matches!(
-            finish,
-            qwen_finish::QWEN_FINISH_CONTEXT_FULL | qwen_finish::QWEN_FINISH_STOP
-        ),
+        matches!(finish, qwen_finish::QWEN_FINISH_CONTEXT_FULL | qwen_finish::QWEN_FINISH_STOP),
         "finish {finish:?}"
     );
     unsafe {
@@ -610,10 +489,7 @@ fn a_busy_session_is_an_error_not_a_race() {
     let m = tiny_model(64);
     let s = session(m, 8, false);
     // From its own callback.
-    let mut r = Reentry {
-        session: s,
-        results: Vec::new(),
-    };
+    let mut r = Reentry { session: s, results: Vec::new() };
     let mut finish = qwen_finish::QWEN_FINISH_STOP;
     ok(unsafe {
         qwen_session_send(
@@ -634,10 +510,7 @@ fn a_busy_session_is_an_error_not_a_race() {
     // From another thread while this one generates.
     let (started_tx, started_rx) = mpsc::channel();
     let (go_tx, go_rx) = mpsc::channel();
-    let blocker = Blocker {
-        started: started_tx,
-        go: go_rx,
-    };
+    let blocker = Blocker { started: started_tx, go: go_rx };
     let addr = s as usize;
     let worker = std::thread::spawn(move || {
         let st = unsafe {
@@ -803,20 +676,12 @@ fn built_library_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test binary in target/<profile>/deps")
-            .to_path_buf();
+        let profile_dir =
+            exe.parent().and_then(Path::parent).expect("test binary in target/<profile>/deps").to_path_buf();
         let profile = profile_dir.file_name().unwrap().to_str().unwrap().to_string();
         let above = profile_dir.parent().unwrap();
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.args([
-            "build",
-            "--lib",
-            "--manifest-path",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
-        ]);
+        cmd.args(["build", "--lib", "--manifest-path", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")]);
         cmd.args(["--profile", if profile == "debug" { "dev" } else { &profile }]);
         // target/<profile> or target/<triple>/<profile> (a triple has at least two dashes).
         let above_name = above.file_name().unwrap().to_str().unwrap();
@@ -829,11 +694,7 @@ fn built_library_dir() -> &'static Path {
         }
         let status = cmd.status().expect("run cargo build --lib");
         assert!(status.success(), "{cmd:?} failed");
-        let so = profile_dir.join(if cfg!(target_os = "macos") {
-            "libqwen_rt.dylib"
-        } else {
-            "libqwen_rt.so"
-        });
+        let so = profile_dir.join(if cfg!(target_os = "macos") { "libqwen_rt.dylib" } else { "libqwen_rt.so" });
         assert!(so.exists(), "{} missing after cargo build --lib", so.display());
         profile_dir
     })
@@ -866,11 +727,7 @@ fn build_chat_example(out_dir: &Path) -> PathBuf {
         .get_compiler();
     let exe = out_dir.join("chat");
     let mut cmd = compiler.to_command();
-    cmd.arg("-I")
-        .arg(root.join("include"))
-        .arg(root.join("examples/chat.c"))
-        .arg("-o")
-        .arg(&exe);
+    cmd.arg("-I").arg(root.join("include")).arg(root.join("examples/chat.c")).arg("-o").arg(&exe);
     cmd.arg(format!("-L{}", lib_dir.display())).arg("-lqwen_rt");
     cmd.arg(format!("-Wl,-rpath,{}", lib_dir.display()));
     cmd.args(["-lpthread", "-ldl", "-lm"]);
@@ -899,19 +756,9 @@ fn c_chat_example_builds_and_chats() {
     use std::io::Write;
     child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
-    );
-    assert!(
-        stderr.contains(&format!("qwen-rt {}", env!("CARGO_PKG_VERSION"))),
-        "{stderr}"
-    );
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+    assert!(stderr.contains(&format!("qwen-rt {}", env!("CARGO_PKG_VERSION"))), "{stderr}");
 
     // The same conversation in-process, with the options chat.c uses (NULL model options, the model's
     // session defaults, max_new_tokens 6): the program must print exactly these answers.
@@ -938,17 +785,10 @@ fn c_chat_example_builds_and_chats() {
 fn c_chat_example_reports_a_bad_model_path() {
     let dir = tempfile::tempdir().unwrap();
     let exe = build_chat_example(dir.path());
-    let out = Command::new(&exe)
-        .arg("/nonexistent/model")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = Command::new(&exe).arg("/nonexistent/model").stdin(Stdio::null()).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("qwen_model_load: QWEN_ERR_IO: qwen_model_load: /nonexistent/model"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("qwen_model_load: QWEN_ERR_IO: qwen_model_load: /nonexistent/model"), "{stderr}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1116,16 +956,8 @@ fn norm_type(t: &[Tk]) -> String {
         j += 1;
     }
     let mut s = format!(" {} ", parts.join(" "));
-    for prefix in [
-        "std :: os :: raw ::",
-        "core :: ffi ::",
-        "std :: ffi ::",
-        "std :: option ::",
-        "core :: option ::",
-    ] {
-        s = s
-            .replace(&format!(" :: {prefix} "), " ")
-            .replace(&format!(" {prefix} "), " ");
+    for prefix in ["std :: os :: raw ::", "core :: ffi ::", "std :: ffi ::", "std :: option ::", "core :: option ::"] {
+        s = s.replace(&format!(" :: {prefix} "), " ").replace(&format!(" {prefix} "), " ");
     }
     s.replace(" , )", " )").trim().to_string()
 }
@@ -1136,9 +968,7 @@ fn named_items(t: &[Tk]) -> Vec<(String, String)> {
         .into_iter()
         .map(|item| {
             let item = if is_id(item.first(), "pub") { &item[1..] } else { item };
-            let name = ident(item.first())
-                .unwrap_or_else(|| panic!("expected a name in {item:?}"))
-                .to_string();
+            let name = ident(item.first()).unwrap_or_else(|| panic!("expected a name in {item:?}")).to_string();
             assert!(is_p(item.get(1), ":"), "expected `name: type` in {item:?}");
             (name, norm_type(&item[2..]))
         })
@@ -1214,17 +1044,12 @@ fn read_api(src: &str, rust_side: bool) -> Api {
             let end = close(&t, i + 2);
             let params = named_items(&t[i + 3..end - 1]).into_iter().map(|(_, ty)| ty).collect();
             let ret = if is_p(t.get(end), "->") {
-                let stop = (end + 1..t.len())
-                    .find(|&j| is_p(t.get(j), ";") || is_p(t.get(j), "{"))
-                    .unwrap();
+                let stop = (end + 1..t.len()).find(|&j| is_p(t.get(j), ";") || is_p(t.get(j), "{")).unwrap();
                 norm_type(&t[end + 1..stop])
             } else {
                 "()".to_string()
             };
-            assert!(
-                api.fns.insert(name.to_string(), (params, ret)).is_none(),
-                "fn {name} twice"
-            );
+            assert!(api.fns.insert(name.to_string(), (params, ret)).is_none(), "fn {name} twice");
             continue;
         }
         if !is_id(t.get(i), "pub") {
@@ -1244,12 +1069,7 @@ fn read_api(src: &str, rust_side: bool) -> Api {
                 let public: Vec<_> = if rust_side {
                     let body = &t[i + 4..end - 1];
                     let items = split_commas(body);
-                    fields
-                        .into_iter()
-                        .zip(items)
-                        .filter(|(_, it)| is_id(it.first(), "pub"))
-                        .map(|(f, _)| f)
-                        .collect()
+                    fields.into_iter().zip(items).filter(|(_, it)| is_id(it.first(), "pub")).map(|(f, _)| f).collect()
                 } else {
                     fields.into_iter().filter(|(n, _)| !n.starts_with('_')).collect()
                 };
@@ -1331,27 +1151,16 @@ fn bindgen_header() -> String {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || builder.generate())) {
         Ok(Ok(b)) => b.to_string(),
         Ok(Err(e)) => panic!("bindgen failed on {}: {e}", header.display()),
-        Err(_) => panic!(
-            "{LIBCLANG_HELP}\n(LIBCLANG_PATH={:?})",
-            std::env::var("LIBCLANG_PATH").ok()
-        ),
+        Err(_) => panic!("{LIBCLANG_HELP}\n(LIBCLANG_PATH={:?})", std::env::var("LIBCLANG_PATH").ok()),
     }
 }
 
 /// `cc -print-file-name=include`: the compiler's own headers (stddef.h).
 fn c_compiler_include_dir() -> Option<PathBuf> {
     let triple = host_triple();
-    let compiler = cc::Build::new()
-        .target(&triple)
-        .host(&triple)
-        .opt_level(0)
-        .cargo_metadata(false)
-        .try_get_compiler()
-        .ok()?;
-    let out = Command::new(compiler.path())
-        .arg("-print-file-name=include")
-        .output()
-        .ok()?;
+    let compiler =
+        cc::Build::new().target(&triple).host(&triple).opt_level(0).cargo_metadata(false).try_get_compiler().ok()?;
+    let out = Command::new(compiler.path()).arg("-print-file-name=include").output().ok()?;
     let dir = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
     dir.join("stddef.h").exists().then_some(dir)
 }
@@ -1387,23 +1196,19 @@ fn header_matches_the_rust_exports() {
     for (name, fields) in &c.structs {
         match r.structs.get(name) {
             None => problems.push(format!("struct {name}: in qwen.h, not in src/ffi.rs")),
-            Some(rf) if rf != fields => problems.push(format!(
-                "struct {name}: fields differ:\n    qwen.h: {fields:?}\n    ffi.rs: {rf:?}"
-            )),
+            Some(rf) if rf != fields => {
+                problems.push(format!("struct {name}: fields differ:\n    qwen.h: {fields:?}\n    ffi.rs: {rf:?}"))
+            }
             Some(_) => {}
         }
         if !fields.is_empty() {
             match rust_layout(name) {
                 None => problems.push(format!("struct {name}: add it to rust_layout() in tests/c_abi.rs")),
                 Some((size, align)) => {
-                    let (cs, ca) = (
-                        c.layout.get(&format!("Size of {name}")),
-                        c.layout.get(&format!("Alignment of {name}")),
-                    );
+                    let (cs, ca) =
+                        (c.layout.get(&format!("Size of {name}")), c.layout.get(&format!("Alignment of {name}")));
                     if cs != Some(&size) || ca != Some(&align) {
-                        problems.push(format!(
-                            "struct {name}: C size/align {cs:?}/{ca:?}, Rust {size}/{align}"
-                        ));
+                        problems.push(format!("struct {name}: C size/align {cs:?}/{ca:?}, Rust {size}/{align}"));
                     }
                 }
             }
@@ -1419,43 +1224,29 @@ fn header_matches_the_rust_exports() {
     for (name, variants) in &c.enums {
         match r.enums.get(name) {
             None => problems.push(format!("enum {name}: in qwen.h, not in src/ffi.rs")),
-            Some(rv) if rv != variants => problems.push(format!(
-                "enum {name}: variants differ:\n    qwen.h: {variants:?}\n    ffi.rs: {rv:?}"
-            )),
+            Some(rv) if rv != variants => {
+                problems.push(format!("enum {name}: variants differ:\n    qwen.h: {variants:?}\n    ffi.rs: {rv:?}"))
+            }
             Some(_) => {}
         }
         match rust_layout(name) {
             Some((4, 4)) => {}
-            other => problems.push(format!(
-                "enum {name}: Rust layout {other:?}, C enums are 4 bytes (add it to rust_layout())"
-            )),
+            other => problems
+                .push(format!("enum {name}: Rust layout {other:?}, C enums are 4 bytes (add it to rust_layout())")),
         }
     }
     for name in r.enums.keys().filter(|n| !c.enums.contains_key(*n)) {
         problems.push(format!("enum {name}: in src/ffi.rs, not in qwen.h"));
     }
     if c.aliases != r.aliases {
-        problems.push(format!(
-            "typedefs differ:\n    qwen.h: {:?}\n    ffi.rs: {:?}",
-            c.aliases, r.aliases
-        ));
+        problems.push(format!("typedefs differ:\n    qwen.h: {:?}\n    ffi.rs: {:?}", c.aliases, r.aliases));
     }
     if c.consts != r.consts {
-        problems.push(format!(
-            "macros/constants differ:\n    qwen.h: {:?}\n    ffi.rs: {:?}",
-            c.consts, r.consts
-        ));
+        problems.push(format!("macros/constants differ:\n    qwen.h: {:?}\n    ffi.rs: {:?}", c.consts, r.consts));
     }
-    assert!(
-        problems.is_empty(),
-        "include/qwen.h and src/ffi.rs disagree:\n  {}",
-        problems.join("\n  ")
-    );
+    assert!(problems.is_empty(), "include/qwen.h and src/ffi.rs disagree:\n  {}", problems.join("\n  "));
     // The parsers must have found the surface (a parser that finds nothing would pass vacuously).
-    assert!(
-        c.fns.len() >= 10 && c.structs.len() >= 5 && c.enums.len() >= 4,
-        "bindgen output not understood: {c:#?}"
-    );
+    assert!(c.fns.len() >= 10 && c.structs.len() >= 5 && c.enums.len() >= 4, "bindgen output not understood: {c:#?}");
 }
 
 /// The drift checker itself catches drift: a header with one changed parameter type, a missing
@@ -1467,15 +1258,9 @@ fn header_drift_checker_detects_changes() {
     let ffi_src = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/ffi.rs")).unwrap();
     let tampered = ffi_src
         .replace("parse_special: i32,", "parse_special: u32,")
-        .replace(
-            "pub extern \"C\" fn qwen_version()",
-            "pub extern \"C\" fn qwen_version_renamed()",
-        )
+        .replace("pub extern \"C\" fn qwen_version()", "pub extern \"C\" fn qwen_version_renamed()")
         .replace("QWEN_ERR_BUSY = 9,", "QWEN_ERR_BUSY = 11,")
-        .replace(
-            "    pub threads: u32,\n}",
-            "    pub threads: u32,\n    pub extra: u32,\n}",
-        );
+        .replace("    pub threads: u32,\n}", "    pub threads: u32,\n    pub extra: u32,\n}");
     assert_ne!(tampered, ffi_src);
     let r = read_api(&tampered, true);
     assert_ne!(c.fns["qwen_tokenize"], r.fns["qwen_tokenize"]);

@@ -116,7 +116,10 @@ fn message_validation_errors() {
         (vec![msg("user", "a"), msg("assistant", "b")], "messages[1]: the last message must be a user"),
         (vec![msg("system", "s")], "messages[0]: the last message must be a user"),
         (vec![msg("user", "a"), msg("tool", "b"), msg("user", "c")], "messages[1]: unknown role \"tool\""),
-        (vec![msg("user", "a"), msg("system", "s"), msg("user", "c")], "messages[1]: a system message is only allowed first"),
+        (
+            vec![msg("user", "a"), msg("system", "s"), msg("user", "c")],
+            "messages[1]: a system message is only allowed first",
+        ),
         (vec![msg("assistant", "a"), msg("user", "b")], "messages[0]: assistant message without a user"),
         (vec![msg("User", "a")], "messages[0]: unknown role \"User\""),
     ];

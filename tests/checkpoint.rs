@@ -185,7 +185,10 @@ fn synth_is_deterministic_and_sharding_does_not_change_values() {
     synth_model(&c, &small_preset(), 7, &SynthOptions { single_file: true, ..Default::default() }).unwrap();
     synth_model(&d, &small_preset(), 8, &SynthOptions { single_file: true, ..Default::default() }).unwrap();
     assert!(a.join("model.safetensors").is_file() && !a.join("model.safetensors.index.json").exists());
-    assert_eq!(std::fs::read(a.join("model.safetensors")).unwrap(), std::fs::read(c.join("model.safetensors")).unwrap());
+    assert_eq!(
+        std::fs::read(a.join("model.safetensors")).unwrap(),
+        std::fs::read(c.join("model.safetensors")).unwrap()
+    );
     let (ca, cb, cd) = (Checkpoint::open(&a).unwrap(), Checkpoint::open(&b).unwrap(), Checkpoint::open(&d).unwrap());
     Weights::from_checkpoint(&ca).unwrap();
     Weights::from_checkpoint(&cb).unwrap();
@@ -526,8 +529,10 @@ fn garbage_header() {
         assert_has(&open_err(t.path()), &["model.safetensors", "tensor `t`"]);
     }
     // __metadata__ is allowed.
-    let (t, _) =
-        raw_model(&st_bytes(r#"{"__metadata__":{"format":"pt"},"t":{"dtype":"BF16","shape":[1],"data_offsets":[0,2]}}"#, &[0, 0]));
+    let (t, _) = raw_model(&st_bytes(
+        r#"{"__metadata__":{"format":"pt"},"t":{"dtype":"BF16","shape":[1],"data_offsets":[0,2]}}"#,
+        &[0, 0],
+    ));
     assert_eq!(Checkpoint::open(t.path()).unwrap().tensors.len(), 1);
 }
 
@@ -539,16 +544,8 @@ fn offsets_out_of_range_or_inconsistent() {
         (r#"{"t":{"dtype":"F32","shape":[2,3],"data_offsets":[0,16]}}"#, 32, "needs 24"),
         (r#"{"t":{"dtype":"BF16","shape":[4],"data_offsets":[0,16]}}"#, 16, "needs 8"),
         (r#"{"t":{"dtype":"F32","shape":[1],"data_offsets":[8,4]}}"#, 16, "begin > end"),
-        (
-            r#"{"t":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,4]}}"#,
-            16,
-            "overflows",
-        ),
-        (
-            r#"{"t":{"dtype":"F32","shape":[1],"data_offsets":[0,18446744073709551615]}}"#,
-            16,
-            "past the end",
-        ),
+        (r#"{"t":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,4]}}"#, 16, "overflows"),
+        (r#"{"t":{"dtype":"F32","shape":[1],"data_offsets":[0,18446744073709551615]}}"#, 16, "past the end"),
     ];
     for (hdr, data, what) in cases {
         let (t, _) = raw_model(&st_bytes(hdr, &vec![0u8; data]));

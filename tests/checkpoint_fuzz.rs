@@ -57,7 +57,8 @@ fn valid_model_bytes() -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("model.safetensors");
     let ts = tensors();
-    let values: Vec<Vec<f32>> = ts.iter().map(|(_, s)| (0..s.iter().product()).map(|i| (i % 7) as f32 * 0.1).collect()).collect();
+    let values: Vec<Vec<f32>> =
+        ts.iter().map(|(_, s)| (0..s.iter().product()).map(|i| (i % 7) as f32 * 0.1).collect()).collect();
     let list: Vec<(&str, DType, &[usize], &[f32])> =
         ts.iter().zip(&values).map(|((n, s), v)| (n.as_str(), DType::BF16, s.as_slice(), v.as_slice())).collect();
     write_safetensors(&p, &list).unwrap();
@@ -137,12 +138,32 @@ fn mutated_safetensors_never_panic() {
 fn hostile_config_values_never_panic() {
     let good = valid_model_bytes();
     let keys = [
-        "hidden_size", "num_attention_heads", "num_hidden_layers", "kv_channels", "intermediate_size",
-        "vocab_size", "seq_length", "max_position_embeddings", "layer_norm_epsilon", "rotary_emb_base",
+        "hidden_size",
+        "num_attention_heads",
+        "num_hidden_layers",
+        "kv_channels",
+        "intermediate_size",
+        "vocab_size",
+        "seq_length",
+        "max_position_embeddings",
+        "layer_norm_epsilon",
+        "rotary_emb_base",
     ];
     let values = [
-        json!(0), json!(-1), json!(1), json!(3), json!(7), json!(1e300), json!(u64::MAX), json!(1u64 << 40),
-        json!("8"), json!(null), json!([8]), json!(0.5), json!(true), json!(f64::MIN_POSITIVE),
+        json!(0),
+        json!(-1),
+        json!(1),
+        json!(3),
+        json!(7),
+        json!(1e300),
+        json!(u64::MAX),
+        json!(1u64 << 40),
+        json!("8"),
+        json!(null),
+        json!([8]),
+        json!(0.5),
+        json!(true),
+        json!(f64::MIN_POSITIVE),
     ];
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("model.safetensors"), &good).unwrap();

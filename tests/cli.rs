@@ -22,7 +22,8 @@ fn qwen_run(args: &[&str], stdin: Option<&[u8]>) -> Output {
 
 fn ok(args: &[&str], stdin: Option<&[u8]>) -> (String, String) {
     let out = qwen_run(args, stdin);
-    let (so, se) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    let (so, se) =
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
     assert!(out.status.success(), "qwen-run {args:?} failed ({}):\nstdout: {so}\nstderr: {se}", out.status);
     (so, se)
 }
@@ -88,7 +89,12 @@ fn tokenize_matches_python_tiktoken_fixture_via_stdin_byte_for_byte() {
         let (so, _) = ok(&["tokenize", "-"], Some(text.as_bytes()));
         assert_eq!(serde_json::from_str::<Vec<u64>>(so.trim()).unwrap(), ids_of(&case["ids"]), "case {}", case["name"]);
         let (so, _) = ok(&["tokenize", "--allow-special", "-"], Some(text.as_bytes()));
-        assert_eq!(serde_json::from_str::<Vec<u64>>(so.trim()).unwrap(), ids_of(&case["ids_special"]), "case {}", case["name"]);
+        assert_eq!(
+            serde_json::from_str::<Vec<u64>>(so.trim()).unwrap(),
+            ids_of(&case["ids_special"]),
+            "case {}",
+            case["name"]
+        );
         checked += 1;
     }
     assert_eq!(checked, 40);
@@ -140,7 +146,10 @@ fn chat_session_script() {
     let script = b"hi there\n/system Be brief.\nhello\n/reset\n/bogus\nagain\n/exit\n";
     let (so, se) = ok(&["chat", "--max-new-tokens", "4", "--seed", "1"], Some(script));
     assert!(se.contains("built-in tiny random-weight model"), "{se}");
-    assert!(se.contains("system prompt set") && se.contains("history cleared") && se.contains("unknown command /bogus"), "{se}");
+    assert!(
+        se.contains("system prompt set") && se.contains("history cleared") && se.contains("unknown command /bogus"),
+        "{se}"
+    );
     assert_eq!(se.matches("tok/s decode").count(), 3, "three answers: {se}");
     let _ = so;
 }
@@ -220,14 +229,22 @@ fn ctrl_c_stops_the_answer_not_the_program() {
     stdin.flush().unwrap();
     let t = Instant::now();
     while out.lock().unwrap().len() < 20 {
-        assert!(t.elapsed() < Duration::from_secs(60), "no streamed output; stderr: {}", String::from_utf8_lossy(&err.lock().unwrap()));
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no streamed output; stderr: {}",
+            String::from_utf8_lossy(&err.lock().unwrap())
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let t = Instant::now();
     while !String::from_utf8_lossy(&err.lock().unwrap()).contains("finish: cancelled") {
-        assert!(t.elapsed() < Duration::from_secs(30), "answer not cancelled: {}", String::from_utf8_lossy(&err.lock().unwrap()));
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "answer not cancelled: {}",
+            String::from_utf8_lossy(&err.lock().unwrap())
+        );
         assert!(child.try_wait().unwrap().is_none(), "Ctrl-C during an answer ended the program");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -248,10 +265,7 @@ fn ctrl_c_stops_the_answer_not_the_program() {
 #[test]
 fn bench_reports_a_table_and_a_json_line() {
     // The built-in tiny model on the CPU: short runs; the report names load, prefill and decode.
-    let (so, _) = ok(
-        &["bench", "--backend", "cpu", "--prefill", "4,9", "--decode", "3", "--decode-prompt", "2"],
-        None,
-    );
+    let (so, _) = ok(&["bench", "--backend", "cpu", "--prefill", "4,9", "--decode", "3", "--decode-prompt", "2"], None);
     assert!(so.contains("prefill 9 tokens") && so.contains("decode 3 tokens after 2") && so.contains("load ("), "{so}");
     let json: Value = serde_json::from_str(so.lines().last().unwrap()).unwrap();
     assert_eq!(json["backend"], "cpu");

@@ -24,18 +24,12 @@ const REL_TOL: f32 = 1e-4;
 const SELF_TOL: f32 = 1e-5;
 
 fn model_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/models")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/models").join(name)
 }
 
 fn load(name: &str) -> Arc<CpuModel> {
     let ck = Checkpoint::open(&model_dir(name)).unwrap_or_else(|e| panic!("open {name}: {e}"));
-    let opts = LoadOptions {
-        backend: BackendKind::Cpu,
-        threads: 2,
-        ..Default::default()
-    };
+    let opts = LoadOptions { backend: BackendKind::Cpu, threads: 2, ..Default::default() };
     Arc::new(CpuModel::load(&ck, &opts).unwrap_or_else(|e| panic!("load {name}: {e}")))
 }
 
@@ -54,19 +48,13 @@ impl Reference {
         let mut tensors = HashMap::new();
         for (n, t) in st.tensors() {
             assert_eq!(t.dtype(), safetensors::Dtype::F32, "{n}");
-            let v: Vec<f32> = t
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
+            let v: Vec<f32> = t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
             tensors.insert(n.to_string(), (t.shape().to_vec(), v));
         }
         Reference { meta, tensors }
     }
     fn tensor(&self, name: &str) -> &(Vec<usize>, Vec<f32>) {
-        self.tensors
-            .get(name)
-            .unwrap_or_else(|| panic!("reference tensor {name} missing"))
+        self.tensors.get(name).unwrap_or_else(|| panic!("reference tensor {name} missing"))
     }
     fn prompts(&self) -> &Vec<Value> {
         self.meta["prompts"].as_array().unwrap()
@@ -74,28 +62,17 @@ impl Reference {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
 fn argmax(row: &[f32]) -> usize {
-    row.iter()
-        .enumerate()
-        .fold(0, |b, (i, &x)| if x > row[b] { i } else { b })
+    row.iter().enumerate().fold(0, |b, (i, &x)| if x > row[b] { i } else { b })
 }
 
 /// Gap between the best and the second best value of a row.
 fn top2_gap(row: &[f32]) -> f32 {
     let i = argmax(row);
-    let second = row
-        .iter()
-        .enumerate()
-        .filter(|&(j, _)| j != i)
-        .map(|(_, &x)| x)
-        .fold(f32::NEG_INFINITY, f32::max);
+    let second = row.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, &x)| x).fold(f32::NEG_INFINITY, f32::max);
     row[i] - second
 }
 
@@ -168,18 +145,10 @@ fn logits_and_greedy_match_reference() {
             "float16" => DType::F16,
             _ => DType::F32,
         };
-        assert!(
-            w.layers
-                .iter()
-                .all(|l| l.c_attn_w.dtype == dtype && l.w2.dtype == dtype),
-            "{name}: dtype"
-        );
+        assert!(w.layers.iter().all(|l| l.c_attn_w.dtype == dtype && l.w2.dtype == dtype), "{name}: dtype");
         assert_eq!(w.lm_head.dtype, dtype, "{name}: lm_head dtype");
         if reference.meta["sharded"].as_bool().unwrap() {
-            assert_ne!(
-                w.layers[1].ln_1.file, w.layers[1].ln_2.file,
-                "{name}: layer 1 must straddle two shards"
-            );
+            assert_ne!(w.layers[1].ln_1.file, w.layers[1].ln_2.file, "{name}: layer 1 must straddle two shards");
         }
         let (mut prefill, mut decode) = (Stats::default(), Stats::default());
         let mut max_inv_freq_rel = 0f32;
@@ -207,30 +176,13 @@ fn logits_and_greedy_match_reference() {
             let (_, steps) = reference.tensor(&format!("p{i}.decode_logits"));
             for k in 0..greedy_n - 1 {
                 let step = seq.forward(&[greedy[k]], false).unwrap();
-                decode.add(
-                    &step,
-                    &steps[k * v..(k + 1) * v],
-                    v,
-                    &format!("{name} p{i} decode step {k}"),
-                );
-                assert_eq!(
-                    argmax(&step) as u32,
-                    greedy[k + 1],
-                    "{name} p{i}: greedy token {}",
-                    k + 1
-                );
-                assert_eq!(
-                    seq.ntk_alpha(),
-                    alpha,
-                    "{name} p{i}: alpha must stay fixed during decode"
-                );
+                decode.add(&step, &steps[k * v..(k + 1) * v], v, &format!("{name} p{i} decode step {k}"));
+                assert_eq!(argmax(&step) as u32, greedy[k + 1], "{name} p{i}: greedy token {}", k + 1);
+                assert_eq!(seq.ntk_alpha(), alpha, "{name} p{i}: alpha must stay fixed during decode");
             }
             assert_eq!(seq.len(), prompt.len() + greedy_n - 1);
         }
-        assert!(
-            max_inv_freq_rel <= 1e-6,
-            "{name}: inv_freq rel error {max_inv_freq_rel:e}"
-        );
+        assert!(max_inv_freq_rel <= 1e-6, "{name}: inv_freq rel error {max_inv_freq_rel:e}");
         for (what, s) in [("prefill", &prefill), ("decode", &decode)] {
             println!(
                 "{name} {what}: {} rows, max abs {:.3e}, max rel {:.3e} (worst: row {} col {}: {} vs {}), top-1 {}/{} ({} near-ties)",
@@ -271,9 +223,7 @@ fn prefill_equals_chunked_and_token_by_token_decode() {
             let mut all = model.clone().new_sequence(t).unwrap();
             let full = all.forward(&prompt, true).unwrap(); // [T, V]
                                                             // The shortest first chunk with the same NTK alpha as the whole prompt.
-            let k = (1..=t)
-                .find(|&k| model::ntk_alpha(&cfg, k) == model::ntk_alpha(&cfg, t))
-                .unwrap();
+            let k = (1..=t).find(|&k| model::ntk_alpha(&cfg, k) == model::ntk_alpha(&cfg, t)).unwrap();
             for chunk in [1usize, 3] {
                 let mut seq = model.clone().new_sequence(t).unwrap();
                 let mut got = seq.forward(&prompt[..k], true).unwrap();
@@ -285,10 +235,7 @@ fn prefill_equals_chunked_and_token_by_token_decode() {
                 }
                 assert_eq!(seq.ntk_alpha(), all.ntk_alpha());
                 let rel = self_rel(&got, &full, v);
-                assert!(
-                    rel <= SELF_TOL,
-                    "{name} T={t} first chunk {k} then chunks of {chunk}: rel {rel:e}"
-                );
+                assert!(rel <= SELF_TOL, "{name} T={t} first chunk {k} then chunks of {chunk}: rel {rel:e}");
                 worst = worst.max(rel);
                 // all_logits = false returns the last row.
                 let mut last_only = model.clone().new_sequence(t).unwrap();
@@ -304,11 +251,7 @@ fn prefill_equals_chunked_and_token_by_token_decode() {
 fn reset_forgets_everything() {
     let model = load("tiny-bf16");
     let reference = Reference::load("tiny-bf16");
-    let long = ids(&reference
-        .prompts()
-        .iter()
-        .max_by_key(|p| p["ids"].as_array().unwrap().len())
-        .unwrap()["ids"]);
+    let long = ids(&reference.prompts().iter().max_by_key(|p| p["ids"].as_array().unwrap().len()).unwrap()["ids"]);
     let short = &long[..3];
     let mut fresh = model.clone().new_sequence(64).unwrap();
     let want = fresh.forward(short, true).unwrap();
@@ -337,10 +280,7 @@ fn bad_input_is_an_error_and_changes_nothing() {
     // After 4 tokens: overflow / bad id → error, state kept; what follows equals a clean run.
     seq.forward(&[5, 6, 7, 8], false).unwrap();
     assert!(matches!(seq.forward(&[1, 2, 3], false), Err(Error::ContextFull(_))));
-    assert!(matches!(
-        seq.forward(&[u32::MAX], false),
-        Err(Error::InvalidArgument(_))
-    ));
+    assert!(matches!(seq.forward(&[u32::MAX], false), Err(Error::InvalidArgument(_))));
     assert!(matches!(seq.forward(&[], false), Err(Error::InvalidArgument(_))));
     assert_eq!(seq.len(), 4);
     let got = seq.forward(&[9, 10], true).unwrap();

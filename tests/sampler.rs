@@ -87,11 +87,8 @@ fn draws_stay_in_support_and_match_frequencies() {
             assert!(c.kept.contains(&id), "{}: drew removed id {id}", c.name);
             counts[id] += 1;
         }
-        let max_diff = counts
-            .iter()
-            .zip(&c.probs)
-            .map(|(&k, &p)| (k as f64 / n as f64 - p as f64).abs())
-            .fold(0.0, f64::max);
+        let max_diff =
+            counts.iter().zip(&c.probs).map(|(&k, &p)| (k as f64 / n as f64 - p as f64).abs()).fold(0.0, f64::max);
         assert!(max_diff < 0.02, "{}: max |freq - p| = {max_diff}", c.name);
     }
 }
@@ -185,7 +182,13 @@ fn non_finite_logits_do_not_panic() {
 
 #[test]
 fn from_generation_config_and_validation() {
-    let g = qwen_rt::config::GenerationConfig { do_sample: true, top_p: 0.8, top_k: 0, repetition_penalty: 1.1, ..Default::default() };
+    let g = qwen_rt::config::GenerationConfig {
+        do_sample: true,
+        top_p: 0.8,
+        top_k: 0,
+        repetition_penalty: 1.1,
+        ..Default::default()
+    };
     let p = SamplingParams::from_generation_config(&g, 9);
     assert_eq!(
         p,
@@ -223,7 +226,8 @@ fn full_vocab_sampling_time() {
     let flat: Vec<f32> = (0..v).map(|i| ((i as u64 * 2_654_435_761 % 1000) as f32) / 100.0 - 5.0).collect();
     let peaked: Vec<f32> = flat.iter().enumerate().map(|(i, &x)| if i % 500 == 0 { x + 12.0 } else { x }).collect();
     let context: Vec<u32> = (0..2000).map(|i| (i * 7919 % 151_000) as u32).collect();
-    let p = SamplingParams { do_sample: true, temperature: 1.0, top_k: 0, top_p: 0.8, repetition_penalty: 1.1, seed: 1 };
+    let p =
+        SamplingParams { do_sample: true, temperature: 1.0, top_k: 0, top_p: 0.8, repetition_penalty: 1.1, seed: 1 };
     for (name, logits) in [("flat", &flat), ("peaked", &peaked)] {
         let mut s = Sampler::new(p.clone()).unwrap();
         let kept = s.probabilities(logits, &context).iter().filter(|&&x| x > 0.0).count();

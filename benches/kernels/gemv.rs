@@ -20,7 +20,9 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
     let b = 1usize;
     // (stages, blocks per SM): the old kernel (1, 0), double buffered with one row per warp, and
     // persistent grids of 2, 4 and 8 blocks per SM.
-    let mut sweep = [(1, 0), (2, 0), (2, 2), (2, 4), (2, 8)].map(|(stages, blocks_per_sm)| GemvConfig::new(stages, blocks_per_sm)).to_vec();
+    let mut sweep = [(1, 0), (2, 0), (2, 2), (2, 4), (2, 8)]
+        .map(|(stages, blocks_per_sm)| GemvConfig::new(stages, blocks_per_sm))
+        .to_vec();
     // The L2-prefetch experiment (GemvConfig::prefetch_mb): back to back, the next launch's first rows.
     sweep.push(GemvConfig { stages: 2, blocks_per_sm: 8, prefetch_mb: 24 });
     let mut g = c.benchmark_group("gemv");
@@ -32,7 +34,8 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
         gpu.sync().expect("sync");
         g.throughput(Throughput::Bytes((n * k * 2 + b * k * 2 + b * n * 4) as u64));
         for &cfg in &sweep {
-            let name = format!("bf16_N{n}_K{k}_B{b}_stages{}_bps{}_pf{}", cfg.stages, cfg.blocks_per_sm, cfg.prefetch_mb);
+            let name =
+                format!("bf16_N{n}_K{k}_B{b}_stages{}_bps{}_pf{}", cfg.stages, cfg.blocks_per_sm, cfg.prefetch_mb);
             g.bench_function(name, |bch| {
                 bch.iter_custom(|iters| {
                     gpu_time(gpu, iters, |i| {
@@ -123,8 +126,24 @@ fn register_fused(c: &mut Criterion, gpu: &Arc<Gpu>) {
             gpu_time(gpu, iters, |i| {
                 let w = ws[i % copies].slice();
                 launch::gemv_qkv_rope(
-                    gpu, &gpu.stream, dt, w, x.slice(), bias.slice(), inv.slice(), pos.slice(), q.slice(), kc.slice(),
-                    vc.slice(), k, h, d, cap, 8192, true, cfg,
+                    gpu,
+                    &gpu.stream,
+                    dt,
+                    w,
+                    x.slice(),
+                    bias.slice(),
+                    inv.slice(),
+                    pos.slice(),
+                    q.slice(),
+                    kc.slice(),
+                    vc.slice(),
+                    k,
+                    h,
+                    d,
+                    cap,
+                    8192,
+                    true,
+                    cfg,
                 )
                 .unwrap();
             })
@@ -136,8 +155,22 @@ fn register_fused(c: &mut Criterion, gpu: &Arc<Gpu>) {
                 let w = ws[i % copies].slice();
                 launch::gemv_with(gpu, &gpu.stream, dt, w, x.slice(), qkv.slice(), 3 * p, k, 1, cfg).unwrap();
                 launch::qkv_rope_append(
-                    gpu, &gpu.stream, dt, qkv.slice(), bias.slice(), inv.slice(), pos.slice(), q.slice(), kc.slice(),
-                    vc.slice(), 1, h, d, cap, 8192, true,
+                    gpu,
+                    &gpu.stream,
+                    dt,
+                    qkv.slice(),
+                    bias.slice(),
+                    inv.slice(),
+                    pos.slice(),
+                    q.slice(),
+                    kc.slice(),
+                    vc.slice(),
+                    1,
+                    h,
+                    d,
+                    cap,
+                    8192,
+                    true,
                 )
                 .unwrap();
             })
@@ -155,7 +188,19 @@ fn register_fused(c: &mut Criterion, gpu: &Arc<Gpu>) {
             gpu_time(gpu, iters, |i| {
                 let w = ws[i % copies].slice();
                 launch::gemv_residual_rmsnorm(
-                    gpu, &gpu.stream, dt, w, x.slice(), xr.slice(), ln.slice(), a.slice(), norm_ws.slice(), c, k, 1e-6, cfg,
+                    gpu,
+                    &gpu.stream,
+                    dt,
+                    w,
+                    x.slice(),
+                    xr.slice(),
+                    ln.slice(),
+                    a.slice(),
+                    norm_ws.slice(),
+                    c,
+                    k,
+                    1e-6,
+                    cfg,
                 )
                 .unwrap();
             })
@@ -166,7 +211,8 @@ fn register_fused(c: &mut Criterion, gpu: &Arc<Gpu>) {
             gpu_time(gpu, iters, |i| {
                 let w = ws[i % copies].slice();
                 launch::gemv_with(gpu, &gpu.stream, dt, w, x.slice(), y.slice(), c, k, 1, cfg).unwrap();
-                launch::add_rmsnorm(gpu, &gpu.stream, dt, xr.slice(), y.slice(), ln.slice(), a.slice(), 1, c, 1e-6).unwrap();
+                launch::add_rmsnorm(gpu, &gpu.stream, dt, xr.slice(), y.slice(), ln.slice(), a.slice(), 1, c, 1e-6)
+                    .unwrap();
             })
         })
     });

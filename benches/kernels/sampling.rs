@@ -18,7 +18,8 @@ use std::sync::Arc;
 pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
     let v = 151936usize;
     // Deterministic logits in [-8, 8) with a few large ones (an LLM-like head).
-    let mut host: Vec<f32> = (0..v as u64).map(|i| ((i.wrapping_mul(2654435761) % 16001) as f32 / 1000.0) - 8.0).collect();
+    let mut host: Vec<f32> =
+        (0..v as u64).map(|i| ((i.wrapping_mul(2654435761) % 16001) as f32 / 1000.0) - 8.0).collect();
     for j in 0..12 {
         host[j * 9973 + 17] = 12.0 + j as f32 * 0.25;
     }
@@ -30,7 +31,8 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
     gpu.memset(&gpu.stream, flags.ptr(), 0, wbytes).expect("zero flags");
     let probs = gpu.alloc(v * 4).expect("probs");
     let out = gpu.alloc(4).expect("out_id");
-    let qwen = SamplingParams { do_sample: true, temperature: 1.0, top_k: 0, top_p: 0.8, repetition_penalty: 1.1, seed: 0 };
+    let qwen =
+        SamplingParams { do_sample: true, temperature: 1.0, top_k: 0, top_p: 0.8, repetition_penalty: 1.1, seed: 0 };
     let topk = SamplingParams { top_k: 50, ..qwen.clone() };
     let mut g = c.benchmark_group("sampling");
     g.throughput(Throughput::Bytes((v * 8) as u64));

@@ -61,9 +61,7 @@ pub fn embedding(wte: &TensorView, tokens: &[u32], out: &mut [f32]) -> Result<()
     }
     for (i, (&id, row)) in tokens.iter().zip(out.chunks_exact_mut(c)).enumerate() {
         if id as usize >= v {
-            return Err(Error::invalid(format!(
-                "token id {id} at position {i} is out of range (vocab size {v})"
-            )));
+            return Err(Error::invalid(format!("token id {id} at position {i} is out of range (vocab size {v})")));
         }
         wte.read_f32(id as usize * c, row);
     }
@@ -396,10 +394,7 @@ pub fn matmul(x: &[f32], w: &TensorView, bias: Option<&[f32]>, out: &mut [f32]) 
     let xp: &[f32] = if t == 1 { x } else { &packed };
     let (bytes, dtype, es) = (w.bytes(), w.dtype, w.dtype.size());
     y_nt.par_chunks_mut(rows * t).enumerate().for_each_init(
-        || Scratch {
-            w: vec![0f32; row_group(t) * k],
-            acc: vec![0f32; row_group(t) * t * LANES],
-        },
+        || Scratch { w: vec![0f32; row_group(t) * k], acc: vec![0f32; row_group(t) * t * LANES] },
         |scratch, (task, chunk)| {
             let wb = &bytes[task * rows * k * es..][..chunk.len() / t * k * es]; // this task's weight rows
             matmul_rows(kernel, xp, k, wb, dtype, bias, task * rows, chunk, scratch);
@@ -423,10 +418,7 @@ pub fn matmul(x: &[f32], w: &TensorView, bias: Option<&[f32]>, out: &mut [f32]) 
 /// If `inv_freq.len() != D/2` or x is not `[T, H*D]` (internal invariant).
 pub fn rope(x: &mut [f32], h: usize, d: usize, pos0: usize, inv_freq: &[f32]) {
     let half = d / 2;
-    assert!(
-        d % 2 == 0 && inv_freq.len() == half && h > 0 && x.len() % (h * d) == 0,
-        "rope: bad shapes"
-    );
+    assert!(d % 2 == 0 && inv_freq.len() == half && h > 0 && x.len() % (h * d) == 0, "rope: bad shapes");
     let (mut cos, mut sin) = (vec![0f32; half], vec![0f32; half]);
     for (t, row) in x.chunks_exact_mut(h * d).enumerate() {
         let pos = (pos0 + t) as f32;
@@ -454,26 +446,16 @@ pub fn rope(x: &mut [f32], h: usize, d: usize, pos0: usize, inv_freq: &[f32]) {
 /// If the shapes disagree (internal invariant).
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], pos0: usize, h: usize, d: usize, out: &mut [f32]) {
     let w = h * d;
-    assert!(
-        w > 0 && q.len() % w == 0 && out.len() == q.len() && k.len() == v.len(),
-        "attention: bad shapes"
-    );
+    assert!(w > 0 && q.len() % w == 0 && out.len() == q.len() && k.len() == v.len(), "attention: bad shapes");
     let t = q.len() / w;
-    assert!(
-        k.len() >= (pos0 + t) * w,
-        "attention: {} key rows, need {}",
-        k.len() / w,
-        pos0 + t
-    );
+    assert!(k.len() >= (pos0 + t) * w, "attention: {} key rows, need {}", k.len() / w, pos0 + t);
     let scale = model::attention_scale(d);
     // out as [T*H, D]: chunk i is token i / H, head i % H.
-    out.par_chunks_mut(d)
-        .enumerate()
-        .for_each_init(Vec::new, |scores: &mut Vec<f32>, (i, o)| {
-            let (ti, head) = (i / h, i % h);
-            let qh = &q[ti * w + head * d..][..d];
-            attend_one(qh, k, v, pos0 + ti, w, head * d, scale, scores, o);
-        });
+    out.par_chunks_mut(d).enumerate().for_each_init(Vec::new, |scores: &mut Vec<f32>, (i, o)| {
+        let (ti, head) = (i / h, i % h);
+        let qh = &q[ti * w + head * d..][..d];
+        attend_one(qh, k, v, pos0 + ti, w, head * d, scale, scores, o);
+    });
 }
 
 /// One query row of one head at position p: keys/values rows 0..=p, columns `col..col+D` of the
@@ -569,11 +551,7 @@ impl CpuModel {
         if weights.layers.len() != config.num_layers {
             return Err(Error::bad_file(
                 &ck.dir,
-                format!(
-                    "{} layers of weights for {} in the config",
-                    weights.layers.len(),
-                    config.num_layers
-                ),
+                format!("{} layers of weights for {} in the config", weights.layers.len(), config.num_layers),
             ));
         }
         let mut ln_1 = Vec::new();
@@ -590,15 +568,7 @@ impl CpuModel {
             .thread_name(|i| format!("qwen-cpu-{i}"))
             .build()
             .map_err(|e| Error::Backend(format!("cannot start {} CPU threads: {e}", opts.threads)))?;
-        Ok(CpuModel {
-            config,
-            weights,
-            ln_1,
-            c_attn_b,
-            ln_2,
-            ln_f,
-            pool,
-        })
+        Ok(CpuModel { config, weights, ln_1, c_attn_b, ln_2, ln_f, pool })
     }
 
     pub fn weights(&self) -> &Weights {
@@ -623,14 +593,8 @@ impl CpuModel {
     ) -> Result<Vec<f32>> {
         let cfg = &self.config;
         let w = &self.weights;
-        let (t, c, h, d, f, v) = (
-            tokens.len(),
-            cfg.hidden_size,
-            cfg.num_heads,
-            cfg.head_dim,
-            cfg.mlp_width,
-            cfg.vocab_size,
-        );
+        let (t, c, h, d, f, v) =
+            (tokens.len(), cfg.hidden_size, cfg.num_heads, cfg.head_dim, cfg.mlp_width, cfg.vocab_size);
         let p = h * d;
         let eps = cfg.layer_norm_epsilon;
         let mut x = vec![0f32; t * c]; // [T, C] residual stream
@@ -691,12 +655,7 @@ impl Model for CpuModel {
         model::check_capacity(&self.config, max_seq_len)?;
         let cache = KvCache::new(self.config.num_layers, self.config.proj_size(), max_seq_len);
         let inv_freq = model::inv_freq(&self.config, 1.0);
-        Ok(Box::new(CpuSequence {
-            model: self,
-            cache,
-            alpha: 1.0,
-            inv_freq,
-        }))
+        Ok(Box::new(CpuSequence { model: self, cache, alpha: 1.0, inv_freq }))
     }
 }
 
@@ -750,9 +709,7 @@ impl Sequence for CpuSequence {
         let inv_freq = prefill.as_ref().map_or(&self.inv_freq[..], |(_, f)| &f[..]);
         let model = &self.model;
         let cache = &mut self.cache;
-        let logits = model
-            .pool
-            .install(|| model.forward_tokens(cache, tokens, pos0, inv_freq, all_logits))?;
+        let logits = model.pool.install(|| model.forward_tokens(cache, tokens, pos0, inv_freq, all_logits))?;
         self.cache.advance(t);
         if let Some((alpha, inv_freq)) = prefill {
             self.alpha = alpha;
@@ -886,10 +843,7 @@ mod tests {
         let e = [(s[0] - m).exp(), 1.0];
         let p0 = e[0] / (e[0] + e[1]);
         let want = [p0 * 2.0 + (1.0 - p0) * -7.0, p0 * 3.0 + (1.0 - p0) * 5.0];
-        assert!(
-            (out[2] - want[0]).abs() < 1e-5 && (out[3] - want[1]).abs() < 1e-5,
-            "{out:?} vs {want:?}"
-        );
+        assert!((out[2] - want[0]).abs() < 1e-5 && (out[3] - want[1]).abs() < 1e-5, "{out:?} vs {want:?}");
     }
 
     #[test]

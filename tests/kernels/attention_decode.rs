@@ -158,7 +158,8 @@ fn attention_decode_matches_cpu() {
             let (k, k_host) = upload_cache(&gpu, dt, &k_vals, p);
             let (v, v_host) = upload_cache(&gpu, dt, &v_vals, p);
             let atol = ATOL_V * max_abs(&v_host);
-            let cases = [0u32, 1, 63, 64, 127, 128, 255, 256, 1000, 8191].map(|p0| (1usize, p0)).into_iter().chain([(7, 100)]);
+            let cases =
+                [0u32, 1, 63, 64, 127, 128, 255, 256, 1000, 8191].map(|p0| (1usize, p0)).into_iter().chain([(7, 100)]);
             for (t, pos0) in cases {
                 let (_qb, q, q_host) = upload_q(&gpu, dt, &rand_vec(t * p, 13 + pos0 as u64, Q_SCALE), false);
                 let want = oracle(&q_host, &k_host, &v_host, pos0 as u64, h, d, cap);
@@ -234,7 +235,8 @@ fn attention_decode_pos0_past_cap_reads_only_cap_rows() {
                 let want = oracle(&q_host, &k_host, &v_host, pos0 as u64, h, d, cap);
                 for fused in [false, true] {
                     let got = run(&gpu, dt, q, k.slice(), v.slice(), pos0, t, h, d, cap, split, fused);
-                    let what = format!("attention_decode past cap {dt:?} H{h} D{d} cap {cap} pos0 {pos0} fused {fused}");
+                    let what =
+                        format!("attention_decode past cap {dt:?} H{h} D{d} cap {cap} pos0 {pos0} fused {fused}");
                     assert_close(&what, &got.out, &want, atol, tol(dt));
                 }
             }
@@ -309,7 +311,13 @@ fn attention_decode_partials_follow_the_contract() {
             eprintln!("attention_decode partials {dt:?} H{h} D{d}: worst {worst:.3} of the tolerance");
             // The combined output still matches the oracle.
             let want = oracle(&q_host, &k_host, &v_host, pos0 as u64, h, d, cap);
-            assert_close(&format!("attention_decode partials {dt:?} H{h} D{d} out"), &got.out, &want, ATOL_V * max_abs(&v_host), tol(dt));
+            assert_close(
+                &format!("attention_decode partials {dt:?} H{h} D{d} out"),
+                &got.out,
+                &want,
+                ATOL_V * max_abs(&v_host),
+                tol(dt),
+            );
         }
     }
 }
@@ -336,7 +344,8 @@ fn attention_decode_rejects_bad_shapes() {
     let small_q = s.sub(0, t * p * 2 - 2).unwrap();
     assert!(call(t, d, cap, split, small_q).is_err(), "q too small");
     let small_counters = s.sub(0, t * h * 4 - 4).unwrap();
-    let r = launch::attention_decode(&gpu, &gpu.stream, dt, s, s, s, s, s, s, s, t, h, d, cap, split, Some(small_counters));
+    let r =
+        launch::attention_decode(&gpu, &gpu.stream, dt, s, s, s, s, s, s, s, t, h, d, cap, split, Some(small_counters));
     assert!(r.is_err(), "counters [T, H] too small");
     gpu.sync().expect("sync");
 }

@@ -97,7 +97,10 @@ fn check_kernel(gpu: &Gpu, kernel: PrefillKernel, dt: GpuDType, c: Case, seed: u
     .unwrap();
     let all = gpu.read::<u16>(out.ptr(), t * p + OUT_GUARD).expect("read out");
     let touched = all[t * p..].iter().filter(|&&b| b != 0xFFFF).count();
-    assert_eq!(touched, 0, "attention_prefill {kernel:?} {dt:?} {c:?}: {touched} guard elements after out [T, P] were written");
+    assert_eq!(
+        touched, 0,
+        "attention_prefill {kernel:?} {dt:?} {c:?}: {touched} guard elements after out [T, P] were written"
+    );
     let got = dt.decode(&all[..t * p]);
 
     let mut want = vec![0f32; t * p];

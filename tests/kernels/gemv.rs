@@ -105,7 +105,17 @@ fn check(gpu: &Gpu, dt: GpuDType, w: DevSlice, oracle: &Oracle, n: usize, k: usi
 }
 
 #[allow(clippy::too_many_arguments)]
-fn check_with(gpu: &Gpu, dt: GpuDType, w: DevSlice, oracle: &Oracle, n: usize, k: usize, b: usize, x_off: usize, cfg: launch::GemvConfig) {
+fn check_with(
+    gpu: &Gpu,
+    dt: GpuDType,
+    w: DevSlice,
+    oracle: &Oracle,
+    n: usize,
+    k: usize,
+    b: usize,
+    x_off: usize,
+    cfg: launch::GemvConfig,
+) {
     let xv = rand_vec(b * k, 1000 + (n * 31 + k * 7 + b) as u64, 1.0);
     let bits = dt.encode(&xv);
     let x_host = dt.decode(&bits);
@@ -161,9 +171,16 @@ fn gemv_every_config() {
     // Both stage counts, one row per warp (0) and grids capped at 1 or 4 blocks per SM (each warp
     // then streams several rows, its passes crossing row ends); vector and scalar paths.
     // Also the L2-prefetch experiment (only hints: the results must not change).
-    let mut configs = [(1, 0), (2, 0), (1, 1), (2, 1), (2, 4)].map(|(stages, blocks_per_sm)| launch::GemvConfig::new(stages, blocks_per_sm)).to_vec();
+    let mut configs = [(1, 0), (2, 0), (1, 1), (2, 1), (2, 4)]
+        .map(|(stages, blocks_per_sm)| launch::GemvConfig::new(stages, blocks_per_sm))
+        .to_vec();
     configs.push(launch::GemvConfig { stages: 2, blocks_per_sm: 8, prefetch_mb: 4 });
-    for (n, k, bs) in [(22016, 4096, &[1usize, 2][..]), (4096, 11008, &[1][..]), (1003, 1032, &[1, 3, 4, 5, 8][..]), (1003, 129, &[3][..])] {
+    for (n, k, bs) in [
+        (22016, 4096, &[1usize, 2][..]),
+        (4096, 11008, &[1][..]),
+        (1003, 1032, &[1, 3, 4, 5, 8][..]),
+        (1003, 129, &[3][..]),
+    ] {
         let w_f32 = rand_vec(n * k, 17 + (n + k) as u64, 1.0);
         for dt in DTYPES {
             let (w, w_host) = upload_dt(&gpu, dt, &w_f32);

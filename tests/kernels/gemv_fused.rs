@@ -73,7 +73,8 @@ fn swiglu_case(gpu: &Gpu, dt: GpuDType, f: usize, k: usize, b: usize, x_off: usi
             let (u, g) = (row[i], row[f + i]);
             let silu = g / (1.0 + (-g).exp());
             // d out = silu(g) du + u silu'(g) dg with |silu'| < 1.1; then T rounding and expf ulps.
-            lim[r * f + i] = row_lim[i] * silu.abs() + row_lim[f + i] * u.abs() * 1.1 + tol(dt) * want[r * f + i].abs() + 1e-6;
+            lim[r * f + i] =
+                row_lim[i] * silu.abs() + row_lim[f + i] * u.abs() * 1.1 + tol(dt) * want[r * f + i].abs() + 1e-6;
         }
     }
     assert_within(&what, &dt.decode(&got[..b * f]), &want, &lim);
@@ -102,7 +103,18 @@ fn gemv_swiglu_matches_chain_and_cpu() {
 /// One gemv_qkv_rope case (one token at `pos0`): q, and every row of both caches (pre-filled with
 /// a pattern), must equal the unfused gemv + qkv_rope_append bit for bit.
 #[allow(clippy::too_many_arguments)]
-fn rope_case(gpu: &Gpu, dt: GpuDType, h: usize, d: usize, k: usize, pos0: u32, cap: usize, s: usize, alpha: f64, cfg: GemvConfig) {
+fn rope_case(
+    gpu: &Gpu,
+    dt: GpuDType,
+    h: usize,
+    d: usize,
+    k: usize,
+    pos0: u32,
+    cap: usize,
+    s: usize,
+    alpha: f64,
+    cfg: GemvConfig,
+) {
     let what = format!("gemv_qkv_rope {dt:?} H{h} D{d} K{k} pos0 {pos0} cap {cap} S{s} alpha {alpha} {cfg:?}");
     let p = h * d;
     let seed = (h * 100 + d + k + pos0 as usize) as u64;
@@ -124,15 +136,45 @@ fn rope_case(gpu: &Gpu, dt: GpuDType, h: usize, d: usize, k: usize, pos0: u32, c
         let qs = q.slice().sub(0, p * 2).unwrap();
         if fused {
             launch::gemv_qkv_rope(
-                gpu, &gpu.stream, dt, w.slice(), x.slice(), bias.slice(), inv_buf.slice(), pos.slice(), qs, ks, vs, k, h,
-                d, cap, s, true, cfg,
+                gpu,
+                &gpu.stream,
+                dt,
+                w.slice(),
+                x.slice(),
+                bias.slice(),
+                inv_buf.slice(),
+                pos.slice(),
+                qs,
+                ks,
+                vs,
+                k,
+                h,
+                d,
+                cap,
+                s,
+                true,
+                cfg,
             )
             .unwrap();
         } else {
             let qkv = poisoned(gpu, 3 * p * 4);
             launch::gemv_with(gpu, &gpu.stream, dt, w.slice(), x.slice(), qkv.slice(), 3 * p, k, 1, cfg).unwrap();
             launch::qkv_rope_append(
-                gpu, &gpu.stream, dt, qkv.slice(), bias.slice(), inv_buf.slice(), pos.slice(), qs, ks, vs, 1, h, d, cap, s,
+                gpu,
+                &gpu.stream,
+                dt,
+                qkv.slice(),
+                bias.slice(),
+                inv_buf.slice(),
+                pos.slice(),
+                qs,
+                ks,
+                vs,
+                1,
+                h,
+                d,
+                cap,
+                s,
                 true,
             )
             .unwrap();
@@ -140,7 +182,9 @@ fn rope_case(gpu: &Gpu, dt: GpuDType, h: usize, d: usize, k: usize, pos0: u32, c
         [bits(gpu, &q, 2 * p), bits(gpu, &kc, (cap + 1) * p), bits(gpu, &vc, (cap + 1) * p)]
     };
     let (fused, chain) = (run(true), run(false));
-    for (name, f, c) in [("q", &fused[0], &chain[0]), ("k cache", &fused[1], &chain[1]), ("v cache", &fused[2], &chain[2])] {
+    for (name, f, c) in
+        [("q", &fused[0], &chain[0]), ("k cache", &fused[1], &chain[1]), ("v cache", &fused[2], &chain[2])]
+    {
         let (n, at) = first_diffs(f, c);
         assert_eq!(n, 0, "{what}: {n} values of {name} differ from gemv + qkv_rope_append (first at {at:?})");
     }
@@ -191,7 +235,24 @@ fn gemv_fused_rejects_bad_shapes() {
     let rope = |h: usize, d: usize, cap: usize| {
         let s = o.slice();
         launch::gemv_qkv_rope(
-            &gpu, &gpu.stream, dt, w.slice(), x.slice(), s, s, s, s, s, s, 16, h, d, cap, 8, true, cfg,
+            &gpu,
+            &gpu.stream,
+            dt,
+            w.slice(),
+            x.slice(),
+            s,
+            s,
+            s,
+            s,
+            s,
+            s,
+            16,
+            h,
+            d,
+            cap,
+            8,
+            true,
+            cfg,
         )
     };
     assert!(rope(2, 7, 1).is_err(), "an odd head dim must be refused");
@@ -199,7 +260,21 @@ fn gemv_fused_rejects_bad_shapes() {
     assert!(rope(2, 8, 1000).is_err(), "caches larger than their buffers must be refused");
     let ws_small = o.slice().sub(0, launch::residual_norm_workspace_bytes(64) - 4).unwrap();
     let rn = |ws| {
-        launch::gemv_residual_rmsnorm(&gpu, &gpu.stream, dt, w.slice(), x.slice(), o.slice(), o.slice(), o.slice(), ws, 64, 16, 1e-6, cfg)
+        launch::gemv_residual_rmsnorm(
+            &gpu,
+            &gpu.stream,
+            dt,
+            w.slice(),
+            x.slice(),
+            o.slice(),
+            o.slice(),
+            o.slice(),
+            ws,
+            64,
+            16,
+            1e-6,
+            cfg,
+        )
     };
     assert!(rn(ws_small).is_err(), "a workspace without room for the counter must be refused");
     gpu.stream.synchronize().unwrap();
@@ -223,8 +298,22 @@ fn resnorm_case(gpu: &Gpu, dt: GpuDType, c: usize, k: usize, cfg: GemvConfig) {
         let x = upload_f32(gpu, &x0);
         let a = poisoned(gpu, (c + 8) * 2);
         let a_s = a.slice().sub(0, c * 2).unwrap();
-        launch::gemv_residual_rmsnorm(gpu, &gpu.stream, dt, w.slice(), h.slice(), x.slice(), w_ln.slice(), a_s, ws.slice(), c, k, eps, cfg)
-            .unwrap();
+        launch::gemv_residual_rmsnorm(
+            gpu,
+            &gpu.stream,
+            dt,
+            w.slice(),
+            h.slice(),
+            x.slice(),
+            w_ln.slice(),
+            a_s,
+            ws.slice(),
+            c,
+            k,
+            eps,
+            cfg,
+        )
+        .unwrap();
         let counter = gpu.read::<u32>(ws.ptr().offset(ws_bytes - 4), 1).unwrap()[0];
         assert_eq!(counter, 0, "{what}: the ticket counter was left at {counter}");
         let a_bits = bits(gpu, &a, c + 8);

@@ -24,7 +24,9 @@ use std::sync::Arc;
 /// A committed fixture model. `QWEN_REPO_ROOT` overrides the build-time checkout path, for a test
 /// binary carried to another machine (tools/gpu_check.sh).
 fn fixture(name: &str) -> PathBuf {
-    let root = std::env::var_os("QWEN_REPO_ROOT").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let root = std::env::var_os("QWEN_REPO_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
     root.join("tests/data/models").join(name)
 }
 
@@ -85,13 +87,22 @@ fn compare_rows(what: &str, gpu: &[f32], cpu: &[f32], v: usize, tol: f32) -> f32
             top1_agree += 1;
         } else {
             let margin = (c[ci] - c[gi]) / scale;
-            assert!(margin <= tol, "{what}: row {r}: GPU top-1 {gi}, CPU top-1 {ci}, CPU margin {margin:.3e} of max|logit|");
+            assert!(
+                margin <= tol,
+                "{what}: row {r}: GPU top-1 {gi}, CPU top-1 {ci}, CPU margin {margin:.3e} of max|logit|"
+            );
         }
     }
-    eprintln!("{what}: {rows} rows, worst relative error {worst:.3e} (row {worst_row}), top-1 agrees on {top1_agree}/{rows}");
+    eprintln!(
+        "{what}: {rows} rows, worst relative error {worst:.3e} (row {worst_row}), top-1 agrees on {top1_agree}/{rows}"
+    );
     if rows > 256 {
         // How the error moves along a long prompt (a step at a chunk edge would show here).
-        let bands: Vec<String> = errs.chunks(128).enumerate().map(|(i, b)| format!("{}:{:.1e}", i * 128, b.iter().fold(0f32, |m, &e| m.max(e)))).collect();
+        let bands: Vec<String> = errs
+            .chunks(128)
+            .enumerate()
+            .map(|(i, b)| format!("{}:{:.1e}", i * 128, b.iter().fold(0f32, |m, &e| m.max(e))))
+            .collect();
         eprintln!("  worst per 128 rows: {}", bands.join(" "));
     }
     assert!(worst <= tol, "{what}: relative error {worst:.3e} > {tol:.1e} at row {worst_row}");
@@ -168,7 +179,15 @@ fn model_far_past_seq_length() {
     for dt in DTYPES {
         let (cpu, gpu) = load_pair(&fixture("tiny-bf16"), dt);
         let logn = qwen_rt::model::logn_scale(cpu.config(), 1099);
-        parity(&format!("tiny-bf16 {dt:?} T=1100 (logN {logn:.2})"), &cpu, &gpu, &prompt(1100, 512, 4), 4, 1200, rel_tol(dt) * logn);
+        parity(
+            &format!("tiny-bf16 {dt:?} T=1100 (logN {logn:.2})"),
+            &cpu,
+            &gpu,
+            &prompt(1100, 512, 4),
+            4,
+            1200,
+            rel_tol(dt) * logn,
+        );
     }
 }
 

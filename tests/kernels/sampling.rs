@@ -131,7 +131,8 @@ fn check_probs(what: &str, got: &[f32], want: &[f32]) -> (f64, Vec<usize>) {
     if !diff.is_empty() {
         eprintln!("{what}: ids kept on one side only (at the cut): {diff:?}, mass {mass:.3e}");
     }
-    let keep = |x: &[f32]| -> Vec<f32> { x.iter().enumerate().filter(|(i, _)| !diff.contains(i)).map(|(_, &p)| p).collect() };
+    let keep =
+        |x: &[f32]| -> Vec<f32> { x.iter().enumerate().filter(|(i, _)| !diff.contains(i)).map(|(_, &p)| p).collect() };
     assert_close(what, &keep(got), &keep(want), 1e-30, 1e-5 + 2.0 * mass as f32);
     let total: f64 = got.iter().map(|&p| p as f64).sum();
     let want_total: f64 = want.iter().map(|&p| p as f64).sum();
@@ -493,7 +494,21 @@ fn sampling_launcher_rejects_bad_arguments() {
     let call = |v: usize, probs_bytes: usize, n_ctx: usize, p: &SamplingParams, u: f64| {
         let pr = probs.slice().sub(0, probs_bytes).unwrap();
         let draw = launch::SampleDraw::for_params(p, v);
-        launch::sample(&gpu, &gpu.stream, draw, l.slice(), v, v, ctx.slice(), n_ctx, p, u, flags.slice(), pr, out.slice())
+        launch::sample(
+            &gpu,
+            &gpu.stream,
+            draw,
+            l.slice(),
+            v,
+            v,
+            ctx.slice(),
+            n_ctx,
+            p,
+            u,
+            flags.slice(),
+            pr,
+            out.slice(),
+        )
     };
     assert!(call(v, v * 4, 2, &q, 0.5).is_ok());
     assert!(call(0, v * 4, 2, &q, 0.5).is_err(), "V = 0");

@@ -59,7 +59,8 @@ fn swiglu_extreme_gates() {
     // exp(-g) overflows to inf for g < -88.7: silu = g / inf = -0, like the CPU; large positive g
     // gives silu = g. Zeros and a gate of exactly 0 too.
     let Some(gpu) = gpu("swiglu_extreme_gates") else { return };
-    let gates = [-1000.0f32, -100.0, -88.0, -87.5, -20.0, -1e-3, 0.0, -0.0, 1e-3, 20.0, 88.0, 100.0, 1000.0, 3.5, -3.5, 0.5];
+    let gates =
+        [-1000.0f32, -100.0, -88.0, -87.5, -20.0, -1e-3, 0.0, -0.0, 1e-3, 20.0, 88.0, 100.0, 1000.0, 3.5, -3.5, 0.5];
     let f = gates.len();
     let t = 2;
     let mut upgate = Vec::new();

@@ -302,11 +302,7 @@ impl Gpu {
         // SAFETY: plain allocation; the result is owned by the returned DevBuf.
         let ptr = unsafe { result::malloc_sync(bytes.max(1)) }.map_err(|e| {
             let free = result::mem_get_info().map(|(f, _)| f).unwrap_or(0);
-            Error::Backend(format!(
-                "cannot allocate {:.2} GiB on the GPU ({:.2} GiB free): {e}",
-                gib(bytes),
-                gib(free)
-            ))
+            Error::Backend(format!("cannot allocate {:.2} GiB on the GPU ({:.2} GiB free): {e}", gib(bytes), gib(free)))
         })?;
         Ok(DevBuf { ptr, bytes, ctx: self.ctx.clone() })
     }
@@ -444,11 +440,8 @@ impl Gpu {
     /// Let kernel `name` use up to `bytes` of dynamic shared memory (needed above 48 KiB).
     pub fn allow_smem(&self, name: &str, bytes: u32) -> Result<()> {
         let f = self.function(name)?;
-        f.set_attribute(
-            sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            bytes as i32,
-        )
-        .map_err(cuda_err("raising a kernel's shared-memory limit"))
+        f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)
+            .map_err(cuda_err("raising a kernel's shared-memory limit"))
     }
 
     /// Launch kernel `name` on `stream`.
@@ -473,7 +466,7 @@ impl Gpu {
         unsafe { self.launch_now(stream, name, cfg, args) }?;
         end.record(stream).map_err(cuda_err("recording a profiling event"))?;
         if let Some((&key, _)) = self.functions.get_key_value(name) {
-            recs.push((key, start, end));  // always found: launch_now resolved the name
+            recs.push((key, start, end)); // always found: launch_now resolved the name
         }
         Ok(())
     }
@@ -487,11 +480,21 @@ impl Gpu {
         let mut slots: Vec<u64> = args.iter().map(|a| a.slot()).collect();
         let mut params: Vec<*mut c_void> = slots.iter_mut().map(|s| s as *mut u64 as *mut c_void).collect();
         let failed = |e: result::DriverError| {
-            Error::Backend(format!("launching `{name}` (grid {:?}, block {:?}, smem {}): {e}", cfg.grid, cfg.block, cfg.smem))
+            Error::Backend(format!(
+                "launching `{name}` (grid {:?}, block {:?}, smem {}): {e}",
+                cfg.grid, cfg.block, cfg.smem
+            ))
         };
         if !self.pdl {
-            return result::launch_kernel(f.cu_function(), cfg.grid, cfg.block, cfg.smem, stream.cu_stream(), &mut params)
-                .map_err(failed);
+            return result::launch_kernel(
+                f.cu_function(),
+                cfg.grid,
+                cfg.block,
+                cfg.smem,
+                stream.cu_stream(),
+                &mut params,
+            )
+            .map_err(failed);
         }
         // SAFETY: an all-zero CUlaunchAttribute is a valid value of this plain C struct/union.
         let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };

@@ -15,13 +15,13 @@ use super::launch::{self, Blas, GemvConfig, GEMV_MAX_B};
 use super::plan::{Plan, Region, FALLBACK_ROWS, LOGIT_ROWS};
 use super::switches;
 use super::upload::{synth_weights, upload_weights, GpuWeights};
-use crate::synth::SynthPreset;
 use crate::backend::{ComputeDType, LoadOptions};
 use crate::checkpoint::Checkpoint;
 use crate::config::QwenConfig;
 use crate::error::{Error, Result};
 use crate::model::{self, Model, Sequence};
 use crate::sampler::Sampler;
+use crate::synth::SynthPreset;
 use crate::tokenizer::VOCAB_LEN;
 use crate::weights::Weights;
 use cudarc::driver::{result, sys, CudaStream};
@@ -137,7 +137,9 @@ impl CudaModel {
     pub fn time_decode_graph(self: &Arc<Self>, context: usize, steps: usize) -> Result<f64> {
         let seq = self.warm_sequence(context, 0, true)?;
         let Some(gr) = seq.graph.as_ref() else {
-            return Err(Error::Backend("the decode step was not captured as a graph (QWEN_CUDA_GRAPH=0 or capture failed)".into()));
+            return Err(Error::Backend(
+                "the decode step was not captured as a graph (QWEN_CUDA_GRAPH=0 or capture failed)".into(),
+            ));
         };
         let s = &*seq.stream;
         gr.launch(s)?; // warm
@@ -322,7 +324,22 @@ impl CudaSequence {
         if t == 1 {
             let pos = self.r(self.plan.pos0);
             return launch::attention_decode(
-                g, s, dt, q, kc, vc, part_o, part_ml, att, pos, 1, h, d, cap, self.plan.split, counters,
+                g,
+                s,
+                dt,
+                q,
+                kc,
+                vc,
+                part_o,
+                part_ml,
+                att,
+                pos,
+                1,
+                h,
+                d,
+                cap,
+                self.plan.split,
+                counters,
             );
         }
         if let Some(kernel) = self.prefill_kernel.filter(|_| launch::attention_prefill_supports(d)) {
@@ -338,7 +355,22 @@ impl CudaSequence {
             g.set_u32(s, pos_sub.ptr, (pos0 + r0) as u32)?;
             let (qs, os) = (q.sub(r0 * row, m * row)?, att.sub(r0 * row, m * row)?);
             launch::attention_decode(
-                g, s, dt, qs, kc, vc, part_o, part_ml, os, pos_sub, m, h, d, cap, self.plan.split, counters,
+                g,
+                s,
+                dt,
+                qs,
+                kc,
+                vc,
+                part_o,
+                part_ml,
+                os,
+                pos_sub,
+                m,
+                h,
+                d,
+                cap,
+                self.plan.split,
+                counters,
             )?;
             r0 += m;
         }
@@ -386,13 +418,43 @@ impl CudaSequence {
             let (kc, vc) = self.kv(l)?;
             if t == 1 && self.fuse {
                 launch::gemv_qkv_rope(
-                    g, s, dt, lw.c_attn_w, a, lw.c_attn_b, inv_freq, pos, q, kc, vc, c, h, d, pl.cap, cfg.seq_length,
-                    cfg.use_logn_attn, GemvConfig::get(),
+                    g,
+                    s,
+                    dt,
+                    lw.c_attn_w,
+                    a,
+                    lw.c_attn_b,
+                    inv_freq,
+                    pos,
+                    q,
+                    kc,
+                    vc,
+                    c,
+                    h,
+                    d,
+                    pl.cap,
+                    cfg.seq_length,
+                    cfg.use_logn_attn,
+                    GemvConfig::get(),
                 )?;
             } else {
                 self.matmul(lw.c_attn_w, a, qkv, t, 3 * p, c)?;
                 launch::qkv_rope_append(
-                    g, s, dt, qkv, lw.c_attn_b, inv_freq, pos, q, kc, vc, t, h, d, pl.cap, cfg.seq_length,
+                    g,
+                    s,
+                    dt,
+                    qkv,
+                    lw.c_attn_b,
+                    inv_freq,
+                    pos,
+                    q,
+                    kc,
+                    vc,
+                    t,
+                    h,
+                    d,
+                    pl.cap,
+                    cfg.seq_length,
                     cfg.use_logn_attn,
                 )?;
             }

@@ -53,7 +53,7 @@ mod tests {
             std::env::set_var(v, s);
             assert_eq!(on_off(v, !want), want, "{v}={s}");
         }
-        std::env::set_var(v, "no");  // a typo keeps the default either way
+        std::env::set_var(v, "no"); // a typo keeps the default either way
         assert!(on_off(v, true));
         assert!(!on_off(v, false));
     }

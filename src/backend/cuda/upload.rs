@@ -9,8 +9,8 @@ use super::launch;
 use super::plan::{weight_bytes, ALIGN};
 use crate::checkpoint::{decode_f32, DType, TensorView};
 use crate::config::QwenConfig;
-use crate::synth::{synth_config, synth_tensors, SynthPreset};
 use crate::error::{Error, Result};
+use crate::synth::{synth_config, synth_tensors, SynthPreset};
 use crate::weights::Weights;
 use cudarc::driver::{result, CudaEvent, CudaStream, PinnedHostSlice};
 use std::sync::Arc;
@@ -86,10 +86,8 @@ impl Stager {
             convert(&src[done * es..(done + m) * es], t.dtype, dt, out);
             // SAFETY: dst + done·2 .. + m·2 lies inside `dst` (checked above); `out` is pinned
             // memory that is not touched again until the event recorded below has completed.
-            unsafe {
-                result::memcpy_htod_async(dst.ptr.offset(done * dt.size()).0, &*out, self.copy.cu_stream())
-            }
-            .map_err(cuda_err("copying weights to the GPU"))?;
+            unsafe { result::memcpy_htod_async(dst.ptr.offset(done * dt.size()).0, &*out, self.copy.cu_stream()) }
+                .map_err(cuda_err("copying weights to the GPU"))?;
             let ev = self.copy.record_event(None).map_err(cuda_err("recording a copy event"))?;
             self.done[slot] = Some(ev);
             if let Some(p) = &self.progress {
@@ -192,13 +190,17 @@ pub fn upload_weights(gpu: &Gpu, w: &Weights, dt: GpuDType, progress: bool) -> R
     let mut bufs = Vec::with_capacity(STAGES);
     for _ in 0..STAGES {
         // SAFETY: the staging memory is written (by `convert`) before any copy reads it.
-        bufs.push(unsafe { gpu.ctx.alloc_pinned::<u8>(STAGE_BYTES) }.map_err(cuda_err("allocating pinned staging memory"))?);
+        bufs.push(
+            unsafe { gpu.ctx.alloc_pinned::<u8>(STAGE_BYTES) }.map_err(cuda_err("allocating pinned staging memory"))?,
+        );
     }
     let progress = progress.then(|| {
         let bar = indicatif::ProgressBar::new(w.byte_len() as u64);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("uploading {bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "uploading {bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         bar.set_message(format!("to {}", gpu.name));
         bar

@@ -241,7 +241,10 @@ fn load_tokenizer(dir: &Path) -> Result<ModelTokenizer> {
 
 fn sampling(gen: &GenArgs, ck: &Checkpoint) -> Result<SamplingParams> {
     let seed = gen.seed.unwrap_or_else(|| {
-        let s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+        let s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
         eprintln!("seed: {s}");
         s
     });
@@ -285,7 +288,10 @@ fn window(gen: &GenArgs, ck: &Checkpoint) -> usize {
 fn cmd_chat(margs: &ModelArgs, gen: &GenArgs) -> Result<()> {
     let m = load(margs)?;
     if m.ck.generation.chat_format != "chatml" {
-        eprintln!("note: generation_config.json says chat_format \"{}\" (a base model); chat uses ChatML anyway", m.ck.generation.chat_format);
+        eprintln!(
+            "note: generation_config.json says chat_format \"{}\" (a base model); chat uses ChatML anyway",
+            m.ck.generation.chat_format
+        );
     }
     let mut session = ChatSession {
         seq: m.model.clone().new_sequence(m.max_seq_len)?,
@@ -309,7 +315,11 @@ fn cmd_chat(margs: &ModelArgs, gen: &GenArgs) -> Result<()> {
         })
         .map_err(|e| Error::invalid(format!("cannot install the Ctrl-C handler: {e}")))?;
     }
-    eprintln!("qwen-run chat on {} ({}). /reset, /system TEXT, /exit; Ctrl-C stops an answer.", m.ck.dir.display(), m.model.backend_name());
+    eprintln!(
+        "qwen-run chat on {} ({}). /reset, /system TEXT, /exit; Ctrl-C stops an answer.",
+        m.ck.dir.display(),
+        m.model.backend_name()
+    );
     let stdin = std::io::stdin();
     let mut line = String::new();
     loop {
@@ -360,7 +370,14 @@ fn cmd_chat(margs: &ModelArgs, gen: &GenArgs) -> Result<()> {
     Ok(())
 }
 
-fn cmd_generate(margs: &ModelArgs, gen: &GenArgs, prompt: Option<String>, ids: Option<String>, chat: bool, json: bool) -> Result<()> {
+fn cmd_generate(
+    margs: &ModelArgs,
+    gen: &GenArgs,
+    prompt: Option<String>,
+    ids: Option<String>,
+    chat: bool,
+    json: bool,
+) -> Result<()> {
     if chat && ids.is_some() {
         return Err(Error::invalid("--chat takes text (--prompt or stdin), not --ids"));
     }
@@ -451,11 +468,14 @@ fn cmd_prompt(model: Option<&Path>, messages: &Path, max_window_size: Option<usi
             let ck = Checkpoint::open(d)?;
             (load_tokenizer(d)?, ck.generation.max_window_size)
         }
-        None => (ModelTokenizer::Shared(Tokenizer::shared()), qwen_rt::config::GenerationConfig::default().max_window_size),
+        None => {
+            (ModelTokenizer::Shared(Tokenizer::shared()), qwen_rt::config::GenerationConfig::default().max_window_size)
+        }
     };
     let text = std::fs::read_to_string(messages).map_err(|e| Error::io(messages, e))?;
-    let msgs: Vec<Message> = serde_json::from_str(&text)
-        .map_err(|e| Error::bad_file(messages, format!("expected a JSON array of {{\"role\", \"content\"}} objects: {e}")))?;
+    let msgs: Vec<Message> = serde_json::from_str(&text).map_err(|e| {
+        Error::bad_file(messages, format!("expected a JSON array of {{\"role\", \"content\"}} objects: {e}"))
+    })?;
     let ids = messages_to_prompt(&tok, &msgs, max_window_size.unwrap_or(gen_window))?;
     println!("{}", serde_json::to_string(&ids).map_err(|e| Error::invalid(e.to_string()))?);
     Ok(())
@@ -529,7 +549,13 @@ const GPU_PREFILL_REPS: usize = 3;
 
 /// The GPU benchmark: weights generated on the GPU (`--synth`) or streamed from `--model`, then the
 /// common run plus device copy bandwidth, % of the bandwidth floor and memory in use.
-fn bench_cuda(margs: &ModelArgs, synth: Option<&str>, lens: &[usize], decode: usize, decode_prompt: usize) -> Result<()> {
+fn bench_cuda(
+    margs: &ModelArgs,
+    synth: Option<&str>,
+    lens: &[usize],
+    decode: usize,
+    decode_prompt: usize,
+) -> Result<()> {
     let dtype = margs.dtype.parse::<ComputeDType>()?;
     // QWEN_PROFILE=STEPS: checked before the run, so a bad value costs no benchmark.
     let profile_steps = match std::env::var("QWEN_PROFILE") {

@@ -47,7 +47,9 @@ pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
     body.split(|c: char| c == ',' || c.is_whitespace())
         .filter(|p| !p.is_empty())
         .enumerate()
-        .map(|(i, p)| p.parse::<u32>().map_err(|_| Error::invalid(format!("token id #{i} `{p}` is not a non-negative integer"))))
+        .map(|(i, p)| {
+            p.parse::<u32>().map_err(|_| Error::invalid(format!("token id #{i} `{p}` is not a non-negative integer")))
+        })
         .collect()
 }
 
@@ -123,7 +125,12 @@ pub fn page_in(ck: &Checkpoint) -> Result<()> {
     let secs = t.elapsed().as_secs_f64();
     bar.finish_and_clear();
     if total > (256 << 20) {
-        eprintln!("loaded {:.2} GB in {:.1} s ({:.2} GB/s)", total as f64 / 1e9, secs, total as f64 / 1e9 / secs.max(1e-9));
+        eprintln!(
+            "loaded {:.2} GB in {:.1} s ({:.2} GB/s)",
+            total as f64 / 1e9,
+            secs,
+            total as f64 / 1e9 / secs.max(1e-9)
+        );
     }
     Ok(())
 }
@@ -137,7 +144,11 @@ fn human(b: f64) -> String {
         v /= 1024.0;
         i += 1;
     }
-    if i == 0 { format!("{v:.0} B") } else { format!("{v:.2} {}", units[i]) }
+    if i == 0 {
+        format!("{v:.0} B")
+    } else {
+        format!("{v:.2} {}", units[i])
+    }
 }
 
 /// Config, tensor table, memory per precision.
@@ -244,7 +255,13 @@ impl BenchReport {
 
     pub fn table(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "backend {} | model {} | weights {}", self.backend, self.model, human(self.weight_bytes as f64));
+        let _ = writeln!(
+            s,
+            "backend {} | model {} | weights {}",
+            self.backend,
+            self.model,
+            human(self.weight_bytes as f64)
+        );
         if let Some(d) = &self.device {
             let _ = writeln!(
                 s,
@@ -258,7 +275,13 @@ impl BenchReport {
         }
         let _ = writeln!(s, "{:<34} {:>12}", "measure", "value");
         if let Some((secs, how)) = &self.load {
-            let _ = writeln!(s, "{:<34} {:>10.2} s  ({:.2} GB/s)", format!("load ({how})"), secs, self.weight_bytes as f64 / secs / 1e9);
+            let _ = writeln!(
+                s,
+                "{:<34} {:>10.2} s  ({:.2} GB/s)",
+                format!("load ({how})"),
+                secs,
+                self.weight_bytes as f64 / secs / 1e9
+            );
         }
         let of = if self.prefill_reps > 1 { format!(" (median of {})", self.prefill_reps) } else { String::new() };
         for (n, tps) in &self.prefill {
@@ -270,7 +293,12 @@ impl BenchReport {
             format!("decode {} tokens after {}", self.decode_tokens, self.decode_prompt),
             self.decode_tok_s
         );
-        let _ = writeln!(s, "{:<34} {:>12.2} GB/s", "decode weight bandwidth", self.decode_tok_s * self.bytes_per_token as f64 / 1e9);
+        let _ = writeln!(
+            s,
+            "{:<34} {:>12.2} GB/s",
+            "decode weight bandwidth",
+            self.decode_tok_s * self.bytes_per_token as f64 / 1e9
+        );
         if let Some(f) = self.floor_fraction() {
             let _ = writeln!(s, "{:<34} {:>12.1} %", "decode / bandwidth floor", f * 100.0);
         }
@@ -297,7 +325,11 @@ impl BenchReport {
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 /// Prefill at each length (the sequence reset before each pass), then decode `decode` tokens
@@ -322,14 +354,18 @@ pub fn run_bench(
     let decode_prompt = decode_prompt.max(1);
     let need = prefill.iter().copied().max().unwrap_or(0).max(decode_prompt + decode + 1);
     if need > max_seq_len {
-        return Err(Error::invalid(format!("the benchmark needs {need} tokens of context, --max-seq-len is {max_seq_len}")));
+        return Err(Error::invalid(format!(
+            "the benchmark needs {need} tokens of context, --max-seq-len is {max_seq_len}"
+        )));
     }
     let mut report = BenchReport {
         backend: model.backend_name().into(),
         model: format!("C={} L={} V={}", cfg.hidden_size, cfg.num_layers, cfg.vocab_size),
         weight_bytes: cfg.num_params() * 2,
         // untied: the embedding table is read one row per token; tied: it is also the lm_head
-        bytes_per_token: (cfg.num_params() - if cfg.tie_word_embeddings { 0 } else { (cfg.vocab_size - 1) * cfg.hidden_size }) * 2,
+        bytes_per_token: (cfg.num_params()
+            - if cfg.tie_word_embeddings { 0 } else { (cfg.vocab_size - 1) * cfg.hidden_size })
+            * 2,
         load: None,
         prefill: vec![],
         prefill_reps: prefill_reps.max(1),

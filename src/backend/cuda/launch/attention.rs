@@ -108,7 +108,9 @@ pub fn attention_prefill(
     // (H, query tiles): the kernel takes the tiles from the last (heaviest) down; grid.y <= 65535.
     let tiles = t.div_ceil(BQ);
     if tiles > 65535 {
-        return Err(Error::Backend(format!("internal: attention_prefill of {t} queries exceeds the grid (65535 tiles of {BQ})")));
+        return Err(Error::Backend(format!(
+            "internal: attention_prefill of {t} queries exceeds the grid (65535 tiles of {BQ})"
+        )));
     }
     let grid = (dim_u32(h, "H")?, dim_u32(tiles, "T / 64")?, 1);
     let cfg = Launch::new(grid, THREADS, dim_u32(smem, "attention_prefill shared memory")?);

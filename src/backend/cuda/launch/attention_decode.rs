@@ -54,7 +54,9 @@ impl DecodeSplit {
             match v.trim().parse::<usize>() {
                 Ok(n) if n > 0 && n % 16 == 0 => Some(n),
                 _ => {
-                    eprintln!("warning: QWEN_ADEC_SPLIT={v:?} is not a positive multiple of 16; using the default split");
+                    eprintln!(
+                        "warning: QWEN_ADEC_SPLIT={v:?} is not a positive multiple of 16; using the default split"
+                    );
                     None
                 }
             }

@@ -25,7 +25,13 @@ pub fn embedding(
     }
     let name = format!("embedding_{}", dt.suffix());
     let cfg = Launch::new((dim_u32(t, "T")?, 1, 1), 256, 0);
-    let args = [Arg::Ptr(wte.ptr), Arg::Ptr(ids.ptr), Arg::Ptr(out.ptr), Arg::U32(dim_u32(v, "V")?), Arg::U32(dim_u32(c, "C")?)];
+    let args = [
+        Arg::Ptr(wte.ptr),
+        Arg::Ptr(ids.ptr),
+        Arg::Ptr(out.ptr),
+        Arg::U32(dim_u32(v, "V")?),
+        Arg::U32(dim_u32(c, "C")?),
+    ];
     // SAFETY: wte holds [V, C] T, ids [T] u32, out [T, C] f32 (checked above); the kernel reads
     // row ids[t] only when ids[t] < V and writes row t < T (one block per token).
     unsafe { gpu.launch(s, &name, cfg, &args) }

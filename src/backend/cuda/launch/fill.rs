@@ -5,7 +5,16 @@ use cudarc::driver::CudaStream;
 
 /// `out[i] = T(offset + scale · u(key, i))` for i < n: the values `synth_model` writes.
 #[allow(clippy::too_many_arguments)]
-pub fn fill_uniform(gpu: &Gpu, s: &CudaStream, dt: GpuDType, out: DevSlice, n: usize, key: u64, offset: f32, scale: f32) -> Result<()> {
+pub fn fill_uniform(
+    gpu: &Gpu,
+    s: &CudaStream,
+    dt: GpuDType,
+    out: DevSlice,
+    n: usize,
+    key: u64,
+    offset: f32,
+    scale: f32,
+) -> Result<()> {
     out.need(n * dt.size(), "fill_uniform out [n]")?;
     if n == 0 {
         return Ok(());

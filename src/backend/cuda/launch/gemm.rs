@@ -62,7 +62,16 @@ impl Blas {
     /// y[T, N] (f32) = x[T, K] (T) · W[N, K]ᵀ (T); fp32 compute (CUBLAS_COMPUTE_32F), default algo,
     /// queued on the handle's stream. All row-major and dense (row strides K, K and N).
     #[allow(clippy::too_many_arguments)]
-    pub fn gemm(&self, dt: GpuDType, w: DevSlice, x: DevSlice, y: DevSlice, t: usize, n: usize, k: usize) -> Result<()> {
+    pub fn gemm(
+        &self,
+        dt: GpuDType,
+        w: DevSlice,
+        x: DevSlice,
+        y: DevSlice,
+        t: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
         let (ti, ni, ki) = (dim_i32(t, "T")?, dim_i32(n, "N")?, dim_i32(k, "K")?);
         // Each factor < 2^31: the products fit usize (64-bit).
         w.need(n * k * dt.size(), "gemm w [N, K]")?;
@@ -71,7 +80,9 @@ impl Blas {
         if t == 0 || n == 0 {
             return Ok(());
         }
-        self.ctx.bind_to_thread().map_err(|e| Error::Backend(format!("CUDA error while binding the context for cuBLAS: {e}")))?;
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| Error::Backend(format!("CUDA error while binding the context for cuBLAS: {e}")))?;
         if k == 0 {
             // An empty sum: y = 0 (cuBLAS would be asked for a zero-depth product).
             return self.zero(y, t * n * 4);

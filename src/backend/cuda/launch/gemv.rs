@@ -208,7 +208,9 @@ pub fn gemv_qkv_rope(
     // One token (the kernel instantiates B = 1).
     let p = check_rope_operands("gemv_qkv_rope", dt, bias, inv_freq, pos0, q, k_cache, v_cache, 1, h, d, cap)?;
     // Items: the 3P/2 pairs (x[j], x[j + D/2]) of q, k and v.
-    let Some((launch, word)) = gemv_grid(gpu, "gemv_qkv_rope", w, x, 3 * p / 2, 2, k, 1, dt, cfg)? else { return Ok(()) };
+    let Some((launch, word)) = gemv_grid(gpu, "gemv_qkv_rope", w, x, 3 * p / 2, 2, k, 1, dt, cfg)? else {
+        return Ok(());
+    };
     let name = format!("gemv_qkv_rope_{}", dt.suffix());
     let args = [
         Arg::Ptr(w.ptr),
@@ -265,7 +267,9 @@ pub fn gemv_residual_rmsnorm(
     eps: f32,
     cfg: GemvConfig,
 ) -> Result<()> {
-    let Some((launch, word)) = gemv_grid(gpu, "gemv_residual_rmsnorm", w, x_in, c, 1, k, 1, dt, cfg)? else { return Ok(()) };
+    let Some((launch, word)) = gemv_grid(gpu, "gemv_residual_rmsnorm", w, x_in, c, 1, k, 1, dt, cfg)? else {
+        return Ok(());
+    };
     x.need(f32_bytes(c), "gemv_residual_rmsnorm x [C]")?;
     w_ln.need(c * dt.size(), "gemv_residual_rmsnorm w_ln [C]")?;
     a.need(c * dt.size(), "gemv_residual_rmsnorm a [C]")?;

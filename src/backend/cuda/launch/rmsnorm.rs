@@ -72,14 +72,7 @@ pub fn add_rmsnorm(
     }
     let name = format!("add_rmsnorm_{}", dt.suffix());
     let cfg = rmsnorm_launch(t)?;
-    let args = [
-        Arg::Ptr(x.ptr),
-        Arg::Ptr(y.ptr),
-        Arg::Ptr(w.ptr),
-        Arg::Ptr(out.ptr),
-        Arg::U32(c32),
-        Arg::F32(eps),
-    ];
+    let args = [Arg::Ptr(x.ptr), Arg::Ptr(y.ptr), Arg::Ptr(w.ptr), Arg::Ptr(out.ptr), Arg::U32(c32), Arg::F32(eps)];
     // SAFETY: x, y hold [T, C] f32, w [C] T, out [T, C] T (checked above); block b < T reads and
     // writes row b of x, reads row b of y and all of w, writes row b of out.
     unsafe { gpu.launch(s, &name, cfg, &args) }

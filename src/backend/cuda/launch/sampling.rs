@@ -132,7 +132,10 @@ pub fn sample(
     logits.need(f32_bytes(v), "sample logits [V]")?;
     flags.need(sample_workspace_bytes(v), "sample workspace (flags [V] u8, block results, counter, search state)")?;
     if draw == SampleDraw::MultiBlock && !SampleDraw::multi_block_can(params, v) {
-        return Err(Error::Backend(format!("internal: the multi-block sampler has no top-k cut (top_k = {})", params.top_k)));
+        return Err(Error::Backend(format!(
+            "internal: the multi-block sampler has no top-k cut (top_k = {})",
+            params.top_k
+        )));
     }
     probs.need(f32_bytes(v), "sample probs [V]")?;
     out_id.need(4, "sample out_id [1] u32")?;

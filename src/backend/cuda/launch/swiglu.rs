@@ -21,7 +21,15 @@ pub fn swiglu_launch(t: usize, f: usize) -> Result<Launch> {
 
 /// `out[t, f] = T(up · gate / (1 + exp(-gate)))` with upgate `[T, 2F]` f32 (row = up ‖ gate),
 /// out `[T, F]` T.
-pub fn swiglu(gpu: &Gpu, s: &CudaStream, dt: GpuDType, upgate: DevSlice, out: DevSlice, t: usize, f: usize) -> Result<()> {
+pub fn swiglu(
+    gpu: &Gpu,
+    s: &CudaStream,
+    dt: GpuDType,
+    upgate: DevSlice,
+    out: DevSlice,
+    t: usize,
+    f: usize,
+) -> Result<()> {
     if f == 0 {
         return Err(Error::Backend("internal: swiglu with F = 0".into()));
     }
