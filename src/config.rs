@@ -1,4 +1,6 @@
-//! `config.json` (both dialects) and `generation_config.json` of a Qwen v1 model directory.
+//! Place in the flow: the first layer (config → checkpoint → … → engine); everything below reads it.
+//! `config.json` (both dialects) and `generation_config.json` of a Qwen v1 model directory, and the
+//! sampling parameters taken from the latter.
 //!
 //! Dialects (spec §1.1, §1.2): v1.1 keys `hidden_size`, `num_hidden_layers`, `num_attention_heads`,
 //! `intermediate_size`, `max_position_embeddings`; the Aug-2023 keys `n_embd`, `n_layer`, `n_head`,
@@ -306,5 +308,64 @@ impl GenerationConfig {
             temperature: temperature as f32,
             repetition_penalty: repetition_penalty as f32,
         })
+    }
+}
+
+/// The sampling parameters of one generation (spec §5.6): what `generation_config.json` sets, plus the
+/// seed of the host's random generator. The host sampler (`sampler::Sampler`) and the GPU's sampling
+/// kernels both read them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SamplingParams {
+    pub do_sample: bool,
+    pub temperature: f32,
+    /// 0 disables top-k.
+    pub top_k: usize,
+    /// 1 disables top-p.
+    pub top_p: f32,
+    /// 1 disables the penalty.
+    pub repetition_penalty: f32,
+    pub seed: u64,
+}
+
+/// Below this temperature sampling degenerates to greedy decoding.
+const MIN_TEMPERATURE: f32 = 1e-5;
+
+impl SamplingParams {
+    pub fn from_generation_config(g: &GenerationConfig, seed: u64) -> Self {
+        SamplingParams {
+            do_sample: g.do_sample,
+            temperature: g.temperature,
+            top_k: g.top_k,
+            top_p: g.top_p,
+            repetition_penalty: g.repetition_penalty,
+            seed,
+        }
+    }
+
+    /// Plain argmax, no penalty.
+    pub fn greedy() -> Self {
+        SamplingParams { do_sample: false, temperature: 1.0, top_k: 0, top_p: 1.0, repetition_penalty: 1.0, seed: 0 }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let t = self.temperature;
+        if t.is_nan() || t < 0.0 || t.is_infinite() {
+            return Err(Error::invalid(format!("temperature must be a finite number >= 0, got {t}")));
+        }
+        let p = self.top_p;
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(Error::invalid(format!("top_p must be in (0, 1], got {p}")));
+        }
+        let r = self.repetition_penalty;
+        if !(r > 0.0 && r.is_finite()) {
+            return Err(Error::invalid(format!("repetition_penalty must be a finite number > 0, got {r}")));
+        }
+        Ok(())
+    }
+
+    /// True when the pipeline reduces to argmax (no sampling, or a vanishing temperature): no uniform
+    /// draw is taken for such a step.
+    pub fn is_greedy(&self) -> bool {
+        !self.do_sample || self.temperature < MIN_TEMPERATURE
     }
 }

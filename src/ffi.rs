@@ -1,4 +1,5 @@
-//! The C ABI (`include/qwen.h`): opaque model and session handles, tokenizer calls, streaming chat and
+//! Place in the flow: engine → **ffi** (a front end: the C ABI of `include/qwen.h` over `engine`).
+//! Opaque model (`Engine`) and session (`Session`) handles, tokenizer calls, streaming chat and
 //! raw generation. The header is the documentation; `tests/c_abi.rs` checks it against this file.
 //!
 //! Safety net of every entry point:
@@ -13,20 +14,17 @@
 //!   `try_lock`: concurrent use is `QWEN_ERR_BUSY`, not a race.
 #![allow(non_camel_case_types)]
 
-use crate::backend::{load_model, BackendKind, ComputeDType, LoadOptions};
-use crate::chat::{raw_context, StopRules, DEFAULT_SYSTEM};
-use crate::checkpoint::Checkpoint;
-use crate::config::GenerationConfig;
+use crate::chat::DEFAULT_SYSTEM;
+use crate::config::SamplingParams;
+use crate::engine::{
+    BackendKind, ComputeDType, Engine, FinishReason, LoadOptions, ModelSource, Session, SessionOptions,
+};
 use crate::error::Error;
-use crate::generate::{generate, ChatSession, FinishReason, GenerateOptions, Generation};
-use crate::model::Model;
-use crate::sampler::{Sampler, SamplingParams};
-use crate::tokenizer::{ModelTokenizer, Tokenizer};
+use crate::generate::Generation;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
 
 /// Model path that selects the built-in tiny random-weight model (`synth::builtin_tiny_dir`).
@@ -108,7 +106,7 @@ pub type qwen_stream_cb = Option<unsafe extern "C" fn(piece: *const c_char, user
 /// Opaque model handle (C sees only a pointer).
 pub struct qwen_model {
     magic: u64,
-    inner: Arc<ModelState>,
+    inner: Arc<Engine>,
 }
 
 /// Opaque session handle.
@@ -123,17 +121,9 @@ const MAX_THREADS: u32 = 1024;
 const MODEL_MAGIC: u64 = 0x5157_454E_4D4F_444C; // "QWENMODL"
 const SESSION_MAGIC: u64 = 0x5157_454E_5345_5353; // "QWENSESS"
 
-struct ModelState {
-    model: Arc<dyn Model>,
-    tok: ModelTokenizer,
-    generation: GenerationConfig,
-    /// KV cache size of each session.
-    max_seq_len: usize,
-}
-
 struct SessionState {
-    model: Arc<ModelState>,
-    chat: Mutex<ChatSession>,
+    /// The session keeps its engine alive (`Session::engine`), so the model handle may be freed first.
+    chat: Mutex<Session>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -257,7 +247,7 @@ fn bad_magic(name: &str) -> Fail {
     Fail(qwen_status::QWEN_ERR_INVALID_HANDLE, format!("argument `{name}` has a corrupt handle (bad magic number)"))
 }
 
-fn model_state(p: *const qwen_model, name: &str) -> FfiResult<Arc<ModelState>> {
+fn model_state(p: *const qwen_model, name: &str) -> FfiResult<Arc<Engine>> {
     if p.is_null() {
         return Err(null_arg(name));
     }
@@ -285,7 +275,7 @@ fn session_state(p: *const qwen_session, name: &str) -> FfiResult<Arc<SessionSta
     Ok(h.inner.clone())
 }
 
-fn lock_chat(s: &SessionState) -> FfiResult<MutexGuard<'_, ChatSession>> {
+fn lock_chat(s: &SessionState) -> FfiResult<MutexGuard<'_, Session>> {
     match s.chat.try_lock() {
         Ok(g) => Ok(g),
         Err(TryLockError::WouldBlock) => Err(Fail(
@@ -440,7 +430,8 @@ fn load_options(o: &qwen_model_options) -> FfiResult<LoadOptions> {
     if o.threads > MAX_THREADS {
         return Err(invalid(format!("options.threads {} is more than {MAX_THREADS}", o.threads)));
     }
-    Ok(LoadOptions { backend, dtype, threads: o.threads as usize, progress: false })
+    let max_seq_len = Some(o.max_seq_len as usize);
+    Ok(LoadOptions { backend, dtype, threads: o.threads as usize, max_seq_len, progress: false })
 }
 
 /// # Safety
@@ -459,13 +450,9 @@ pub unsafe extern "C" fn qwen_model_load(
         if path.is_empty() {
             return Err(invalid(format!("argument `path` is empty (a model directory, or \"{QWEN_TINY_MODEL}\")")));
         }
-        let dir = if path == QWEN_TINY_MODEL { crate::synth::builtin_tiny_dir()? } else { PathBuf::from(path) };
-        let ck = Checkpoint::open(&dir)?;
-        let tok = ModelTokenizer::for_model_dir(&ck.dir)?;
-        let max_seq_len = ck.config.resolve_max_seq_len(Some(opts.max_seq_len as usize), "options.max_seq_len")?;
-        let model = load_model(&ck, &load)?;
-        let state = Arc::new(ModelState { model, tok, generation: ck.generation.clone(), max_seq_len });
-        let p = Box::into_raw(Box::new(qwen_model { magic: MODEL_MAGIC, inner: state }));
+        let source = if path == QWEN_TINY_MODEL { ModelSource::BuiltinTiny } else { ModelSource::Dir(path.into()) };
+        let engine = Arc::new(Engine::open(source, load)?);
+        let p = Box::into_raw(Box::new(qwen_model { magic: MODEL_MAGIC, inner: engine }));
         register(p as usize, Live::Model);
         *out = p;
         Ok(())
@@ -505,7 +492,7 @@ pub unsafe extern "C" fn qwen_model_backend(model: *const qwen_model, out_name: 
         }
         *out_name = std::ptr::null();
         let m = model_state(model, "model")?;
-        let name: &'static CStr = match m.model.backend_name() {
+        let name: &'static CStr = match m.backend_name() {
             "cpu" => c"cpu",
             "cuda" => c"cuda",
             _ => c"unknown",
@@ -536,7 +523,7 @@ pub unsafe extern "C" fn qwen_tokenize(
         *out_len = 0;
         let m = model_state(model, "model")?;
         let text = arg_str(text, "text")?;
-        let tok = &*m.tok;
+        let tok = m.tokenizer();
         let ids = if parse_special != 0 { tok.try_encode_with_special(text)? } else { tok.try_encode(text)? };
         let (p, n) = export_tokens(ids);
         *out = p;
@@ -562,7 +549,7 @@ pub unsafe extern "C" fn qwen_detokenize(
         }
         let m = model_state(model, "model")?;
         let ids = arg_slice(tokens, n_tokens, "tokens")?;
-        let bytes = m.tok.decode_bytes(ids)?;
+        let bytes = m.tokenizer().decode_bytes(ids)?;
         let n = bytes.len();
         *out = export_bytes(bytes);
         if !out_len.is_null() {
@@ -626,8 +613,9 @@ pub unsafe extern "C" fn qwen_free_string(text: *mut c_char) -> qwen_status {
 // ---------------------------------------------------------------------------------------------
 // Sessions.
 
-fn default_session_options(m: &ModelState) -> qwen_session_options {
-    let p = SamplingParams::from_generation_config(&m.generation, 0);
+fn default_session_options(m: &Engine) -> qwen_session_options {
+    let d = SessionOptions::from_generation_config(m.generation_config(), 0);
+    let p = &d.sampling;
     qwen_session_options {
         system: std::ptr::null(),
         sampling: qwen_sampling {
@@ -638,8 +626,8 @@ fn default_session_options(m: &ModelState) -> qwen_session_options {
             repetition_penalty: p.repetition_penalty,
             seed: p.seed,
         },
-        max_new_tokens: u32::try_from(m.generation.max_new_tokens).unwrap_or(u32::MAX),
-        max_window_size: u32::try_from(m.generation.max_window_size).unwrap_or(u32::MAX),
+        max_new_tokens: u32::try_from(d.max_new_tokens).unwrap_or(u32::MAX),
+        max_window_size: u32::try_from(d.max_window_size).unwrap_or(u32::MAX),
     }
 }
 
@@ -686,23 +674,21 @@ pub unsafe extern "C" fn qwen_session_create(
             repetition_penalty: s.repetition_penalty,
             seed: s.seed,
         };
-        let sampler = Sampler::new(params).map_err(|e| invalid(format!("options.sampling: {e}")))?;
+        params.validate().map_err(|e| invalid(format!("options.sampling: {e}")))?;
         if o.max_new_tokens == 0 {
             return Err(invalid("options.max_new_tokens must be at least 1"));
         }
         if o.max_window_size == 0 {
             return Err(invalid("options.max_window_size must be at least 1"));
         }
-        let seq = m.model.clone().new_sequence(m.max_seq_len)?;
-        let chat = ChatSession {
-            seq,
-            sampler,
-            system,
-            history: Vec::new(),
+        let chat = m.session(SessionOptions {
+            sampling: params,
+            max_new_tokens: o.max_new_tokens as usize,
             max_window_size: o.max_window_size as usize,
-            options: GenerateOptions { max_new_tokens: o.max_new_tokens as usize, stop: StopRules::chatml(&[]) },
-        };
-        let state = Arc::new(SessionState { model: m, chat: Mutex::new(chat) });
+            system,
+            stop: Vec::new(),
+        })?;
+        let state = Arc::new(SessionState { chat: Mutex::new(chat) });
         let p = Box::into_raw(Box::new(qwen_session { magic: SESSION_MAGIC, inner: state }));
         register(p as usize, Live::Session);
         *out = p;
@@ -771,7 +757,7 @@ unsafe fn run_generation(
     user_data: *mut c_void,
     out_text: *mut *mut c_char,
     out_finish: *mut qwen_finish,
-    run: impl FnOnce(&mut ChatSession, &Tokenizer, &mut dyn FnMut(&str) -> bool) -> FfiResult<Generation>,
+    run: impl FnOnce(&mut Session, &mut dyn FnMut(&str) -> bool) -> FfiResult<Generation>,
 ) -> FfiResult<()> {
     if !out_text.is_null() {
         *out_text = std::ptr::null_mut();
@@ -789,7 +775,7 @@ unsafe fn run_generation(
             _ => true,
         }
     };
-    let g = run(&mut chat, &s.model.tok, &mut on_text)?;
+    let g = run(&mut chat, &mut on_text)?;
     drop(chat);
     if !out_finish.is_null() {
         *out_finish = finish_code(&g.finish);
@@ -813,21 +799,10 @@ pub unsafe extern "C" fn qwen_session_send(
 ) -> qwen_status {
     guard("qwen_session_send", || {
         let message = arg_str(message, "message")?;
-        run_generation(session, on_piece, user_data, out_answer, out_finish, |chat, tok, on_text| {
-            Ok(chat.send(tok, message, on_text)?)
+        run_generation(session, on_piece, user_data, out_answer, out_finish, |chat, on_text| {
+            Ok(chat.send(message, on_text)?)
         })
     })
-}
-
-/// Generation without history: raw stop rules, the session's sampler and max_new_tokens.
-fn generate_raw(
-    chat: &mut ChatSession,
-    tok: &Tokenizer,
-    prompt: &[u32],
-    on_text: &mut dyn FnMut(&str) -> bool,
-) -> FfiResult<Generation> {
-    let opts = GenerateOptions { max_new_tokens: chat.options.max_new_tokens, stop: StopRules::raw(&[]) };
-    Ok(generate(chat.seq.as_mut(), tok, &mut chat.sampler, prompt, &opts, on_text)?)
 }
 
 /// # Safety
@@ -843,9 +818,8 @@ pub unsafe extern "C" fn qwen_session_generate(
 ) -> qwen_status {
     guard("qwen_session_generate", || {
         let prompt = arg_str(prompt, "prompt")?;
-        run_generation(session, on_piece, user_data, out_text, out_finish, |chat, tok, on_text| {
-            let ids = raw_context(tok, prompt);
-            generate_raw(chat, tok, &ids, on_text)
+        run_generation(session, on_piece, user_data, out_text, out_finish, |chat, on_text| {
+            Ok(chat.generate(prompt, on_text)?)
         })
     })
 }
@@ -867,12 +841,12 @@ pub unsafe extern "C" fn qwen_session_generate_tokens(
         if ids.is_empty() {
             return Err(invalid("argument `n_tokens` is 0 (the prompt needs at least one token)"));
         }
-        run_generation(session, on_piece, user_data, out_text, out_finish, |chat, tok, on_text| {
-            let vocab = chat.seq.config().vocab_size;
+        run_generation(session, on_piece, user_data, out_text, out_finish, |chat, on_text| {
+            let vocab = chat.engine().config().vocab_size;
             if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
                 return Err(invalid(format!("token id {bad} is outside the model's vocabulary (0..{vocab})")));
             }
-            generate_raw(chat, tok, ids, on_text)
+            Ok(chat.generate_ids(ids, on_text)?)
         })
     })
 }

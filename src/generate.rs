@@ -1,8 +1,10 @@
-//! The generation loop (prefill, sample, decode, stop) and the chat session built on it.
-//! Both the `qwen-run` CLI and the C ABI drive the model through this file.
-use crate::chat::{make_context, StopRules, Turn};
+//! Place in the flow: sampler → chat → **generate** → engine; the generation loop (prefill, sample,
+//! decode, stop) on one sequence, and the one place that draws the next id (`next_token`): the
+//! `Sampler` (host pipeline + RNG) lives here, the backend only gets its parameters and uniform draw.
+//! `engine::Session` drives it for the CLI, the C ABI and the server.
+use crate::chat::StopRules;
 use crate::error::{Error, Result};
-use crate::model::Sequence;
+use crate::model::{Sampled, Sequence};
 use crate::sampler::Sampler;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 use std::time::Instant;
@@ -41,6 +43,7 @@ pub struct Generation {
     /// Decoded output, cut at a stop string; exactly what the callback received, concatenated.
     pub text: String,
     pub finish: FinishReason,
+    /// Tokens of the prompt (`ids.len()` is the number generated).
     pub prompt_tokens: usize,
     /// Seconds spent in the prefill forward (prompt + first sample).
     pub prefill_secs: f64,
@@ -49,6 +52,10 @@ pub struct Generation {
 }
 
 impl Generation {
+    /// Tokens generated (the stop id excluded), as an API's usage counts them.
+    pub fn generated_tokens(&self) -> usize {
+        self.ids.len()
+    }
     /// Decode speed in tokens per second (tokens after the first over decode time).
     pub fn decode_tok_per_s(&self) -> f64 {
         if self.decode_secs > 0.0 && self.ids.len() > 1 {
@@ -64,6 +71,18 @@ impl Generation {
             0.0
         }
     }
+}
+
+/// One step: `tokens` through `seq`, then the next id given `context` (every id of prompt + output
+/// so far, `tokens` included). The uniform draw is taken before the pass (none when greedy); the
+/// backend samples with it on its device where it can, else `sampler` samples the returned logits
+/// with the same draw, so a seed gives the same ids on every backend.
+pub fn next_token(seq: &mut dyn Sequence, sampler: &mut Sampler, tokens: &[u32], context: &[u32]) -> Result<u32> {
+    let u = if sampler.is_greedy() { 0.0 } else { sampler.next_uniform() };
+    Ok(match seq.forward_sample(tokens, sampler.params(), u, context)? {
+        Sampled::Id(id) => id,
+        Sampled::Logits(mut logits) => sampler.sample_with(&mut logits, context, u),
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -97,7 +116,7 @@ pub fn generate(
     seq.reset();
     let t0 = Instant::now();
     let mut context: Vec<u32> = prompt.to_vec();
-    let mut id = seq.forward_sample(prompt, sampler, &context)?;
+    let mut id = next_token(seq, sampler, prompt, &context)?;
     let mut out = Generation {
         ids: Vec::new(),
         text: String::new(),
@@ -146,7 +165,7 @@ pub fn generate(
             out.finish = FinishReason::ContextFull;
             break;
         }
-        id = seq.forward_sample(&[id], sampler, &context)?;
+        id = next_token(seq, sampler, &[id], &context)?;
     }
     if !matches!(out.finish, FinishReason::StopString(_) | FinishReason::Cancelled) {
         full.push_str(&decoder.finish());
@@ -160,34 +179,4 @@ pub fn generate(
         out.decode_secs = t.elapsed().as_secs_f64();
     }
     Ok(out)
-}
-
-/// A multi-turn ChatML conversation on one sequence, as Qwen's `model.chat`: every turn re-prefills
-/// the whole conversation (system + history packed under `max_window_size` + query), so the NTK alpha
-/// is derived afresh each turn (spec §3.1, §5.5).
-pub struct ChatSession {
-    pub seq: Box<dyn Sequence>,
-    pub sampler: Sampler,
-    pub system: String,
-    pub history: Vec<Turn>,
-    pub max_window_size: usize,
-    pub options: GenerateOptions,
-}
-
-impl ChatSession {
-    /// Answer `query`, streaming through `on_text`. The turn joins the history unless it was cancelled;
-    /// the stored response is stripped as `decode_tokens` does.
-    pub fn send(&mut self, tok: &Tokenizer, query: &str, on_text: &mut dyn FnMut(&str) -> bool) -> Result<Generation> {
-        let prompt = make_context(tok, &self.system, &self.history, query, self.max_window_size);
-        let g = generate(self.seq.as_mut(), tok, &mut self.sampler, &prompt, &self.options, on_text)?;
-        if g.finish != FinishReason::Cancelled {
-            self.history.push(Turn { query: query.to_string(), response: g.text.trim().to_string() });
-        }
-        Ok(g)
-    }
-
-    pub fn reset(&mut self) {
-        self.history.clear();
-        self.seq.reset();
-    }
 }

@@ -1,22 +1,23 @@
 //! qwen-rt: an inference runtime for Qwen-7B / Qwen-7B-Chat (Qwen v1).
 //!
-//! Modules in the order the data moves:
+//! Start at [`engine`]: `Engine::open` loads a model, `Engine::session` gives chat / generate
+//! sessions; `qwen-run`, the C ABI (`ffi`) and the HTTP server are thin layers over it.
+//!
+//! Modules in the order the data moves (a module imports only the ones before it):
 //!
 //! ```text
-//! HF model dir ─► checkpoint (mmap, zero copy) ─► weights (typed views, shapes checked)
-//!      │                                              │
-//!  qwen.tiktoken ─► tokenizer                    backend::cpu (f32 oracle) | backend::cuda
-//!      │                                              │
-//!  chat (ChatML, history, stops) ─► model::{Model, Sequence} (+ kv_cache)
-//!                                      │
-//!                                   sampler
-//!                                      │
-//!                          qwen-run CLI · C ABI (ffi)
+//! config ─► checkpoint (mmap, zero copy) ─► weights (typed views, shapes checked) ─► tokenizer
+//!    ─► model (Model / Sequence traits, NTK + logN math) ─► kv_cache
+//!    ─► backend::cpu (f32 oracle) | backend::cuda (kernels) · backend::bench
+//!    ─► sampler (HF pipeline) ─► chat (ChatML, stops) ─► generate (the loop; owns the Sampler)
+//!    ─► engine (Engine, Session) ─► qwen-run CLI · C ABI (ffi) · HTTP server
 //! ```
+//! `synth` (random-weight models in the real format) and `error` sit beside the flow.
 pub mod backend;
 pub mod chat;
 pub mod checkpoint;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod ffi;
 pub mod generate;

@@ -1,9 +1,9 @@
+//! Place in the flow: config → checkpoint → weights → tokenizer → **model** → kv → backend.
 //! The model as the rest of the crate sees it, whatever the backend: a `Model` holds the weights
 //! (shared, read-only, `Send + Sync`); a `Sequence` is one sequence's KV cache on that model.
 //! Also the position-dependent math every backend shares: dynamic NTK and logN (spec §3).
-use crate::config::QwenConfig;
+use crate::config::{QwenConfig, SamplingParams};
 use crate::error::{Error, Result};
-use crate::sampler::Sampler;
 use std::sync::Arc;
 
 /// A loaded model on one backend. Many sequences (on many threads) may share it.
@@ -34,13 +34,24 @@ pub trait Sequence: Send {
     /// Returns logits: `[T, V]` row-major if `all_logits`, else `[V]` of the last token.
     /// Errors (nothing is changed): empty `tokens`, an id >= V, or len()+T > capacity().
     fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>>;
-    /// `forward(tokens)` then the next id chosen by `sampler` given `context` (every id of prompt +
-    /// output so far, `tokens` included). The CUDA backend samples on the GPU and copies back only
-    /// the id; this default samples the downloaded logits on the host.
-    fn forward_sample(&mut self, tokens: &[u32], sampler: &mut Sampler, context: &[u32]) -> Result<u32> {
-        let mut logits = self.forward(tokens, false)?;
-        Ok(sampler.sample(&mut logits, context))
+    /// `forward(tokens)`, then the next id drawn on the device where the backend can: the sampling
+    /// pipeline of `params` (spec §5.6) over the last row's logits, given `context` (every id of
+    /// prompt + output so far, `tokens` included), walked with the host's uniform draw `u` in [0, 1)
+    /// (ignored when greedy). The CUDA backend samples on the GPU and copies back only the id; this
+    /// default returns the last row's logits `[V]` for the host's sampler (`generate::next_token`).
+    fn forward_sample(&mut self, tokens: &[u32], params: &SamplingParams, u: f64, context: &[u32]) -> Result<Sampled> {
+        let _ = (params, u, context);
+        Ok(Sampled::Logits(self.forward(tokens, false)?))
     }
+}
+
+/// What `Sequence::forward_sample` gives back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sampled {
+    /// The backend sampled on its device.
+    Id(u32),
+    /// The logits `[V]` of the last token, for the host to sample.
+    Logits(Vec<f32>),
 }
 
 /// The checks every backend's `Sequence::forward` makes before touching anything: at least one

@@ -1,3 +1,5 @@
+//! Place in the flow: backend → **sampler** → chat → generate; the host sampling pipeline, driven by
+//! `generate` (the backends get only its parameters and uniform draw).
 //! Next-token selection with Hugging Face semantics (spec §5.6).
 //!
 //! Pipeline on the logits of the last position (`[V]`), in HF's order:
@@ -13,64 +15,9 @@
 //!
 //! Non-finite logits never panic: NaN counts as -inf; +inf entries share all the probability mass
 //! equally; if every logit is -inf (or NaN) the sampler returns id 0.
-use crate::config::GenerationConfig;
-use crate::error::{Error, Result};
+pub use crate::config::SamplingParams;
+use crate::error::Result;
 use crate::tokenizer::VOCAB_LEN;
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct SamplingParams {
-    pub do_sample: bool,
-    pub temperature: f32,
-    /// 0 disables top-k.
-    pub top_k: usize,
-    /// 1 disables top-p.
-    pub top_p: f32,
-    /// 1 disables the penalty.
-    pub repetition_penalty: f32,
-    pub seed: u64,
-}
-
-/// Below this temperature sampling degenerates to greedy decoding.
-const MIN_TEMPERATURE: f32 = 1e-5;
-
-impl SamplingParams {
-    pub fn from_generation_config(g: &GenerationConfig, seed: u64) -> Self {
-        SamplingParams {
-            do_sample: g.do_sample,
-            temperature: g.temperature,
-            top_k: g.top_k,
-            top_p: g.top_p,
-            repetition_penalty: g.repetition_penalty,
-            seed,
-        }
-    }
-
-    /// Plain argmax, no penalty.
-    pub fn greedy() -> Self {
-        SamplingParams { do_sample: false, temperature: 1.0, top_k: 0, top_p: 1.0, repetition_penalty: 1.0, seed: 0 }
-    }
-
-    pub fn validate(&self) -> Result<()> {
-        let t = self.temperature;
-        if t.is_nan() || t < 0.0 || t.is_infinite() {
-            return Err(Error::invalid(format!("temperature must be a finite number >= 0, got {t}")));
-        }
-        let p = self.top_p;
-        if !(p > 0.0 && p <= 1.0) {
-            return Err(Error::invalid(format!("top_p must be in (0, 1], got {p}")));
-        }
-        let r = self.repetition_penalty;
-        if !(r > 0.0 && r.is_finite()) {
-            return Err(Error::invalid(format!("repetition_penalty must be a finite number > 0, got {r}")));
-        }
-        Ok(())
-    }
-
-    /// True when the pipeline reduces to argmax (no sampling, or a vanishing temperature).
-    fn is_greedy(&self) -> bool {
-        !self.do_sample || self.temperature < MIN_TEMPERATURE
-    }
-}
 
 pub struct Sampler {
     params: SamplingParams,
@@ -95,13 +42,23 @@ impl Sampler {
         if logits.is_empty() {
             return 0;
         }
+        let u = if self.params.is_greedy() { 0.0 } else { self.next_uniform() };
+        self.sample_with(logits, context, u)
+    }
+
+    /// `sample` with its uniform draw `u` in [0, 1) already taken (`next_uniform`; ignored when
+    /// greedy): the host half of a step whose draw was made before the forward pass
+    /// (`generate::next_token`), so a seed gives the same ids whether the device or the host samples.
+    pub fn sample_with(&self, logits: &mut [f32], context: &[u32], u: f64) -> u32 {
+        if logits.is_empty() {
+            return 0;
+        }
         self.process(logits, context);
         if self.params.is_greedy() {
             return argmax(logits) as u32;
         }
         let probs = softmax(logits);
         // Walk the cumulative distribution in id order.
-        let u = self.next_uniform();
         let mut acc = 0.0f64;
         let mut last_kept = None;
         for (i, &p) in probs.iter().enumerate() {

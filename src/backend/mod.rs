@@ -1,5 +1,7 @@
+//! Place in the flow: model → kv → **backend** → sampler; the implementations of `model::Model`.
 //! Backends: `cpu` (the f32 reference, the oracle for every kernel) and `cuda` (the product).
-//! `load_model` picks one from `--backend` and returns it behind `model::Model`.
+//! `load_model` picks one from `--backend` and returns it behind `model::Model`; `bench` measures one.
+pub mod bench;
 pub mod cpu;
 pub mod cuda;
 pub mod kernels;
@@ -51,19 +53,30 @@ impl std::str::FromStr for ComputeDType {
     }
 }
 
+/// How to load a model (`engine::Engine::open`, `load_model`).
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     pub backend: BackendKind,
     pub dtype: ComputeDType,
     /// CPU worker threads; 0 = all cores.
     pub threads: usize,
-    /// Show a progress bar on stderr while loading.
+    /// KV cache length of every session, in tokens; None or 0: the model's limit
+    /// (`QwenConfig::resolve_max_seq_len`). Resolved by `engine::Engine::open`.
+    pub max_seq_len: Option<usize>,
+    /// Report on stderr while loading: the progress bar, the built-in tiny model, a model directory
+    /// without `qwen.tiktoken` (the backend's own fallback notes are printed either way).
     pub progress: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { backend: BackendKind::Auto, dtype: ComputeDType::Auto, threads: 0, progress: false }
+        LoadOptions {
+            backend: BackendKind::Auto,
+            dtype: ComputeDType::Auto,
+            threads: 0,
+            max_seq_len: None,
+            progress: false,
+        }
     }
 }
 

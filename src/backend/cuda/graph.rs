@@ -1,3 +1,4 @@
+//! Place in the flow: backend::cuda, last: device → launch → plan → upload → **graph** (the executor).
 //! The GPU executor: `CudaModel` (weights on the device, shared by every sequence) and
 //! `CudaSequence` (one static plan: activations, KV cache, its own stream, a cuBLAS handle and the
 //! captured decode graph).
@@ -10,17 +11,16 @@
 //! chunks of up to 8 tokens), so a decode layer is 5 launches. A one-token pass (decode) is
 //! captured once as a CUDA graph and replayed: everything that changes between steps (the id,
 //! pos0, the NTK inverse frequencies) lives in device memory.
-use super::device::{cuda_err, gib, set_current, DevBuf, DevSlice, Gpu, GpuDType, KernelTime};
+use super::device::{cuda_err, gib, set_current, DevBuf, DevSlice, Gpu, GpuDType};
 use super::launch::{self, Blas, GemvConfig, GEMV_MAX_B};
 use super::plan::{Plan, Region, FALLBACK_ROWS, LOGIT_ROWS};
 use super::switches;
 use super::upload::{synth_weights, upload_weights, GpuWeights};
 use crate::backend::{ComputeDType, LoadOptions};
 use crate::checkpoint::Checkpoint;
-use crate::config::QwenConfig;
+use crate::config::{QwenConfig, SamplingParams};
 use crate::error::{Error, Result};
-use crate::model::{self, Model, Sequence};
-use crate::sampler::Sampler;
+use crate::model::{self, Model, Sampled, Sequence};
 use crate::synth::SynthPreset;
 use crate::tokenizer::VOCAB_LEN;
 use crate::weights::Weights;
@@ -104,48 +104,6 @@ impl CudaModel {
     pub fn weight_bytes(&self) -> usize {
         self.w.bytes
     }
-
-    /// A sequence with room for `steps` more tokens after a `context`-token prompt (prefilled, then
-    /// one decode step, untimed: the graph is captured there unless `graph` is false). Ids as the
-    /// bench's prompts (`model::bench_id`).
-    fn warm_sequence(self: &Arc<Self>, context: usize, steps: usize, graph: bool) -> Result<CudaSequence> {
-        let mut seq = CudaSequence::new(self.clone(), context.max(1) + steps + 1)?;
-        seq.no_graph |= !graph;
-        let prompt: Vec<u32> = (0..context.max(1)).map(|i| model::bench_id(&self.config, i)).collect();
-        seq.run(&prompt, false)?;
-        seq.run(&[model::bench_id(&self.config, 1)], false)?;
-        Ok(seq)
-    }
-
-    /// Every kernel of `steps` decode steps after a `context`-token prompt, launched one by one (no
-    /// graph; the same fusion and GEMV settings as decoding) and each bracketed by timed events: a
-    /// measuring aid (`qwen-run bench` with `QWEN_PROFILE=STEPS`) that needs no profiler. The events
-    /// serialise the launches, so this is each kernel's own duration, not its overlap with the next.
-    pub fn profile_decode(self: &Arc<Self>, context: usize, steps: usize) -> Result<Vec<KernelTime>> {
-        let mut seq = self.warm_sequence(context, steps, false)?;
-        self.gpu.profile_start();
-        let ran = (0..steps).try_for_each(|i| seq.run(&[model::bench_id(&self.config, i + 2)], false).map(|_| ()));
-        let times = self.gpu.profile_take();
-        ran?;
-        times
-    }
-
-    /// GPU milliseconds of one decode step alone: the captured graph replayed `steps` times back to
-    /// back between two events, after a `context`-token prompt (every replay rewrites the same
-    /// position). No sampling and no host round trip between steps, so the bench's decode time per
-    /// token minus this is what those cost (`qwen-run bench --backend cuda` prints both).
-    pub fn time_decode_graph(self: &Arc<Self>, context: usize, steps: usize) -> Result<f64> {
-        let seq = self.warm_sequence(context, 0, true)?;
-        let Some(gr) = seq.graph.as_ref() else {
-            return Err(Error::Backend(
-                "the decode step was not captured as a graph (QWEN_CUDA_GRAPH=0 or capture failed)".into(),
-            ));
-        };
-        let s = &*seq.stream;
-        gr.launch(s)?; // warm
-        let ms = self.gpu.time_ms(s, || (0..steps).try_for_each(|_| gr.launch(s)))?;
-        Ok(ms / steps.max(1) as f64)
-    }
 }
 
 impl Model for CudaModel {
@@ -163,7 +121,7 @@ impl Model for CudaModel {
 /// The captured decode step: the raw graph and its executable, destroyed on drop. Graph objects
 /// are not internally synchronised: a sequence is used by one thread at a time (`&mut self`),
 /// which is what makes moving it between threads sound.
-struct DecodeGraph {
+pub(super) struct DecodeGraph {
     graph: sys::CUgraph,
     exec: sys::CUgraphExec,
     ctx: Arc<cudarc::driver::CudaContext>,
@@ -172,7 +130,7 @@ struct DecodeGraph {
 unsafe impl Send for DecodeGraph {}
 
 impl DecodeGraph {
-    fn launch(&self, s: &CudaStream) -> Result<()> {
+    pub(super) fn launch(&self, s: &CudaStream) -> Result<()> {
         // SAFETY: exec is a live instantiated graph of this context; s is a live stream of it.
         unsafe { result::graph::launch(self.exec, s.cu_stream()) }.map_err(cuda_err("replaying the decode graph"))
     }
@@ -193,18 +151,18 @@ impl Drop for DecodeGraph {
 /// One sequence on a `CudaModel`. Fields drop in order: the graph and the cuBLAS handle before
 /// the stream they use, the buffers before the model (whose weights the graph reads).
 pub struct CudaSequence {
-    graph: Option<DecodeGraph>,
+    pub(super) graph: Option<DecodeGraph>,
     /// None when libcublas cannot be loaded: prefill matmuls then run as GEMVs of 8 rows.
     blas: Option<Blas>,
     act: DevBuf,
     kv: DevBuf,
-    stream: Arc<CudaStream>,
+    pub(super) stream: Arc<CudaStream>,
     model: Arc<CudaModel>,
     plan: Plan,
     len: usize,
     alpha: f64,
     /// Capture failed once (or QWEN_CUDA_GRAPH=0): decode launches kernel by kernel.
-    no_graph: bool,
+    pub(super) no_graph: bool,
     /// The pointwise kernels after a GEMV run in its epilogue (`gemv_qkv_rope` and
     /// `gemv_residual_rmsnorm` at decode, `gemv_swiglu` up to 8 tokens) and the split-K attention
     /// combines in its own last block; QWEN_FUSE=0 launches them separately (for A/B runs).
@@ -217,7 +175,7 @@ pub struct CudaSequence {
 }
 
 impl CudaSequence {
-    fn new(model: Arc<CudaModel>, cap: usize) -> Result<Self> {
+    pub(super) fn new(model: Arc<CudaModel>, cap: usize) -> Result<Self> {
         model::check_capacity(&model.config, cap)?;
         if cap > i32::MAX as usize {
             return Err(Error::invalid(format!("max_seq_len {cap} is beyond what the CUDA kernels index (2^31 - 1)")));
@@ -541,7 +499,7 @@ impl CudaSequence {
 
     /// Validate, then run `tokens` through the model; logits of every row (downloaded) if
     /// `all_logits`, else only the last row's, left on the device in logits row 0.
-    fn run(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
+    pub(super) fn run(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
         model::check_forward(&self.model.config, tokens, self.len, self.plan.cap)?;
         let pos0 = self.len;
         self.model.gpu.bind()?;
@@ -630,30 +588,29 @@ impl Sequence for CudaSequence {
         self.model.gpu.read_on::<f32>(&self.stream, self.r(self.plan.logits).ptr, v)
     }
     /// The pass, then the whole sampling pipeline on the GPU: only the id comes back.
-    fn forward_sample(&mut self, tokens: &[u32], sampler: &mut Sampler, context: &[u32]) -> Result<u32> {
+    fn forward_sample(&mut self, tokens: &[u32], params: &SamplingParams, u: f64, context: &[u32]) -> Result<Sampled> {
         if context.len() > self.plan.cap {
-            let mut logits = self.forward(tokens, false)?;
-            return Ok(sampler.sample(&mut logits, context));
+            return Ok(Sampled::Logits(self.forward(tokens, false)?));
         }
-        // Parameters are checked before the pass, so a bad sampler changes nothing.
-        sampler.params().validate()?;
+        // Parameters are checked before the pass, so bad parameters change nothing.
+        params.validate()?;
         self.run(tokens, false)?;
         self.sync_context(context)?;
         let v = self.model.config.vocab_size;
-        let u = if sampler.is_greedy() { 0.0 } else { sampler.next_uniform() };
+        let u = if params.is_greedy() { 0.0 } else { u };
         let (g, s) = (&*self.model.gpu, &*self.stream);
         let pl = &self.plan;
         let logits = self.rows(pl.logits, 0, 1, v * 4)?;
         let sampled = launch::sample(
             g,
             s,
-            launch::SampleDraw::for_params(sampler.params(), v),
+            launch::SampleDraw::for_params(params, v),
             logits,
             v,
             v.min(VOCAB_LEN as usize),
             self.r(pl.ctx_ids),
             context.len(),
-            sampler.params(),
+            params,
             u,
             self.r(pl.flags),
             self.r(pl.probs),
@@ -664,7 +621,7 @@ impl Sequence for CudaSequence {
             let _ = g.memset(s, self.r(pl.flags).ptr, 0, pl.flags.bytes);
             return Err(e);
         }
-        Ok(g.read_on::<u32>(s, self.r(pl.out_id).ptr, 1)?[0])
+        Ok(Sampled::Id(g.read_on::<u32>(s, self.r(pl.out_id).ptr, 1)?[0]))
     }
 }
 

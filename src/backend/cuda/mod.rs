@@ -1,7 +1,10 @@
+//! Place in the flow: backend::**cuda**, the product backend (beside `cpu`, its oracle).
 //! CUDA backend: `device` (context, module, buffers, the launch site) → `launch` (one launcher per
 //! kernel family) → `plan` (static buffer plan) → `upload` (weight streaming) → `graph` (the
-//! executor and the captured decode step); `switches` reads the environment switches. `probe` says exactly why the GPU cannot be used (no
+//! executor and the captured decode step); `switches` reads the environment switches; `bench` holds
+//! the measuring hooks. `probe` says exactly why the GPU cannot be used (no
 //! kernels, no driver, no device, module load failure) and never panics.
+pub mod bench;
 pub mod device;
 pub mod graph;
 pub mod launch;

@@ -1,14 +1,14 @@
+//! Place in the flow: engine → **qwen-run** (a front end: flags → `engine` calls, results → text).
 //! `qwen-run`: chat, generate, bench and the debugging tools (tokenize, detokenize, prompt, logits,
 //! inspect, synth). Every error is printed as one clear line and exits with status 1 (2 for bad usage).
 use clap::{Args, Parser, Subcommand};
-use qwen_rt::backend::cuda::graph::CudaModel;
-use qwen_rt::backend::{load_model, use_cuda, BackendKind, ComputeDType, LoadOptions};
-use qwen_rt::chat::{messages_to_prompt, raw_context, Message, StopRules, DEFAULT_SYSTEM};
+use qwen_rt::backend::bench::{self, GpuBench, GpuBenchSource, KernelTime};
+use qwen_rt::backend::use_cuda;
+use qwen_rt::chat::{messages_to_prompt, Message};
 use qwen_rt::checkpoint::Checkpoint;
-use qwen_rt::generate::{generate, ChatSession, GenerateOptions, Generation};
-use qwen_rt::model::Model;
-use qwen_rt::sampler::{Sampler, SamplingParams};
-use qwen_rt::synth::{builtin_tiny_dir, synth_model, SynthPreset};
+use qwen_rt::engine::{load_tokenizer, BackendKind, ComputeDType, Engine, LoadOptions, ModelSource, SessionOptions};
+use qwen_rt::generate::Generation;
+use qwen_rt::synth::{synth_model, SynthPreset};
 use qwen_rt::tokenizer::{ModelTokenizer, Tokenizer};
 use qwen_rt::{Error, Result};
 use std::io::{BufRead, Read, Write};
@@ -192,54 +192,24 @@ fn main() {
     }
 }
 
-/// A checkpoint + its model on a backend + its tokenizer.
-struct Loaded {
-    ck: Checkpoint,
-    model: Arc<dyn Model>,
-    tok: ModelTokenizer,
-    max_seq_len: usize,
-}
-
-fn model_dir(arg: &Option<PathBuf>) -> Result<PathBuf> {
-    match arg {
-        Some(p) => Ok(p.clone()),
-        None => {
-            let dir = builtin_tiny_dir()?;
-            eprintln!(
-                "note: no --model given: using the built-in tiny random-weight model ({}); its output is random text",
-                dir.display()
-            );
-            Ok(dir)
-        }
-    }
-}
-
-fn load(args: &ModelArgs) -> Result<Loaded> {
-    let dir = model_dir(&args.model)?;
-    let opts = LoadOptions {
+fn load_options(args: &ModelArgs) -> Result<LoadOptions> {
+    Ok(LoadOptions {
         backend: args.backend.parse::<BackendKind>()?,
         dtype: args.dtype.parse::<ComputeDType>()?,
         threads: args.threads,
+        max_seq_len: args.max_seq_len,
         progress: true,
-    };
-    let ck = Checkpoint::open(&dir)?;
-    let tok = load_tokenizer(&ck.dir)?;
-    let model = load_model(&ck, &opts)?;
-    if model.backend_name() == "cpu" {
-        page_in(&ck)?;
-    }
-    let max_seq_len = ck.config.resolve_max_seq_len(args.max_seq_len, "--max-seq-len")?;
-    Ok(Loaded { ck, model, tok, max_seq_len })
+    })
 }
 
-fn load_tokenizer(dir: &Path) -> Result<ModelTokenizer> {
-    if !dir.join("qwen.tiktoken").exists() {
-        eprintln!("note: {} has no qwen.tiktoken; using the built-in Qwen vocabulary", dir.display());
-    }
-    ModelTokenizer::for_model_dir(dir)
+/// The engine of `--model` (the built-in tiny model without it) as the flags say.
+fn load(args: &ModelArgs) -> Result<Arc<Engine>> {
+    let source = ModelSource::from(args.model.clone());
+    Ok(Arc::new(Engine::open(source, load_options(args)?)?))
 }
 
-fn sampling(gen: &GenArgs, ck: &Checkpoint) -> Result<SamplingParams> {
+/// The session options of the flags on top of the model's generation_config.json.
+fn session_options(gen: &GenArgs, engine: &Engine) -> Result<SessionOptions> {
     let seed = gen.seed.unwrap_or_else(|| {
         let s = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -248,7 +218,8 @@ fn sampling(gen: &GenArgs, ck: &Checkpoint) -> Result<SamplingParams> {
         eprintln!("seed: {s}");
         s
     });
-    let mut p = SamplingParams::from_generation_config(&ck.generation, seed);
+    let mut o = SessionOptions::from_generation_config(engine.generation_config(), seed);
+    let p = &mut o.sampling;
     if gen.greedy {
         p.do_sample = false;
     }
@@ -266,48 +237,39 @@ fn sampling(gen: &GenArgs, ck: &Checkpoint) -> Result<SamplingParams> {
         p.repetition_penalty = v;
     }
     p.validate()?;
-    Ok(p)
-}
-
-fn gen_options(gen: &GenArgs, ck: &Checkpoint, chatml: bool) -> Result<GenerateOptions> {
-    let max_new_tokens = gen.max_new_tokens.unwrap_or(ck.generation.max_new_tokens);
-    if max_new_tokens == 0 {
-        return Err(Error::invalid("--max-new-tokens must be at least 1"));
+    if let Some(n) = gen.max_new_tokens {
+        if n == 0 {
+            return Err(Error::invalid("--max-new-tokens must be at least 1"));
+        }
+        o.max_new_tokens = n;
     }
     if gen.stop.iter().any(|s| s.is_empty()) {
         return Err(Error::invalid("--stop strings must not be empty"));
     }
-    let stop = if chatml { StopRules::chatml(&gen.stop) } else { StopRules::raw(&gen.stop) };
-    Ok(GenerateOptions { max_new_tokens, stop })
-}
-
-fn window(gen: &GenArgs, ck: &Checkpoint) -> usize {
-    gen.max_window_size.unwrap_or(ck.generation.max_window_size)
+    o.stop = gen.stop.clone();
+    if let Some(s) = &gen.system {
+        o.system = s.clone();
+    }
+    if let Some(w) = gen.max_window_size {
+        o.max_window_size = w;
+    }
+    Ok(o)
 }
 
 fn cmd_chat(margs: &ModelArgs, gen: &GenArgs) -> Result<()> {
-    let m = load(margs)?;
-    if m.ck.generation.chat_format != "chatml" {
-        eprintln!(
-            "note: generation_config.json says chat_format \"{}\" (a base model); chat uses ChatML anyway",
-            m.ck.generation.chat_format
-        );
+    let engine = load(margs)?;
+    let format = &engine.generation_config().chat_format;
+    if format != "chatml" {
+        eprintln!("note: generation_config.json says chat_format \"{format}\" (a base model); chat uses ChatML anyway");
     }
-    let mut session = ChatSession {
-        seq: m.model.clone().new_sequence(m.max_seq_len)?,
-        sampler: Sampler::new(sampling(gen, &m.ck)?)?,
-        system: gen.system.clone().unwrap_or_else(|| DEFAULT_SYSTEM.to_string()),
-        history: Vec::new(),
-        max_window_size: window(gen, &m.ck),
-        options: gen_options(gen, &m.ck, true)?,
-    };
+    let mut session = engine.session(session_options(gen, &engine)?)?;
     let generating = Arc::new(AtomicBool::new(false));
-    let cancel = Arc::new(AtomicBool::new(false));
+    let cancel = session.cancel_token();
     {
         let (generating, cancel) = (generating.clone(), cancel.clone());
         ctrlc::set_handler(move || {
             if generating.load(Ordering::SeqCst) {
-                cancel.store(true, Ordering::SeqCst);
+                cancel.cancel();
             } else {
                 eprintln!();
                 std::process::exit(130);
@@ -317,8 +279,8 @@ fn cmd_chat(margs: &ModelArgs, gen: &GenArgs) -> Result<()> {
     }
     eprintln!(
         "qwen-run chat on {} ({}). /reset, /system TEXT, /exit; Ctrl-C stops an answer.",
-        m.ck.dir.display(),
-        m.model.backend_name()
+        engine.dir().display(),
+        engine.backend_name()
     );
     let stdin = std::io::stdin();
     let mut line = String::new();
@@ -338,7 +300,7 @@ fn cmd_chat(margs: &ModelArgs, gen: &GenArgs) -> Result<()> {
                 continue;
             }
             ChatCommand::System(s) => {
-                session.system = s;
+                session.set_system(&s);
                 session.reset();
                 eprintln!("(system prompt set, history cleared)");
                 continue;
@@ -348,13 +310,13 @@ fn cmd_chat(margs: &ModelArgs, gen: &GenArgs) -> Result<()> {
                 continue;
             }
             ChatCommand::Query(q) => {
-                cancel.store(false, Ordering::SeqCst);
+                cancel.reset();
                 generating.store(true, Ordering::SeqCst);
                 let mut stdout = std::io::stdout();
-                let r = session.send(&m.tok, &q, &mut |piece| {
+                let r = session.send(&q, &mut |piece| {
                     let _ = stdout.write_all(piece.as_bytes());
                     let _ = stdout.flush();
-                    !cancel.load(Ordering::SeqCst)
+                    true
                 });
                 generating.store(false, Ordering::SeqCst);
                 match r {
@@ -390,28 +352,23 @@ fn cmd_generate(
             Some(String::from_utf8(buf).map_err(|_| Error::invalid("stdin is not valid UTF-8"))?)
         }
     };
-    let m = load(margs)?;
-    let chatml = chat;
-    let prompt_ids = match (&text, &ids) {
-        (_, Some(list)) => parse_ids(list)?,
-        (Some(t), None) if chat => {
-            let system = gen.system.clone().unwrap_or_else(|| DEFAULT_SYSTEM.to_string());
-            qwen_rt::chat::make_context(&m.tok, &system, &[], t, window(gen, &m.ck))
-        }
-        (Some(t), None) => raw_context(&m.tok, t),
-        (None, None) => unreachable!("text or ids is always set above"),
-    };
-    let mut sampler = Sampler::new(sampling(gen, &m.ck)?)?;
-    let opts = gen_options(gen, &m.ck, chatml)?;
-    let mut seq = m.model.clone().new_sequence(m.max_seq_len)?;
+    let engine = load(margs)?;
+    let prompt_ids = ids.as_deref().map(parse_ids).transpose()?;
+    let mut session = engine.session(session_options(gen, &engine)?)?;
     let mut stdout = std::io::stdout();
-    let g = generate(seq.as_mut(), &m.tok, &mut sampler, &prompt_ids, &opts, &mut |piece| {
+    let mut on_text = |piece: &str| {
         if !json {
             let _ = stdout.write_all(piece.as_bytes());
             let _ = stdout.flush();
         }
         true
-    })?;
+    };
+    let g = match (&text, &prompt_ids) {
+        (_, Some(ids)) => session.generate_ids(ids, &mut on_text)?,
+        (Some(t), None) if chat => session.send(t, &mut on_text)?,
+        (Some(t), None) => session.generate(t, &mut on_text)?,
+        (None, None) => unreachable!("text or ids is always set above"),
+    };
     if json {
         let v = serde_json::json!({ "ids": g.ids, "text": g.text, "finish_reason": g.finish.name(), "prompt_tokens": g.prompt_tokens });
         println!("{v}");
@@ -427,7 +384,7 @@ fn report_speed(g: &Generation) {
         "[{} prompt tokens, {:.1} tok/s prefill; {} generated, {:.2} tok/s decode; finish: {}]",
         g.prompt_tokens,
         g.prefill_tok_per_s(),
-        g.ids.len(),
+        g.generated_tokens(),
         g.decode_tok_per_s(),
         g.finish.name()
     );
@@ -435,7 +392,7 @@ fn report_speed(g: &Generation) {
 
 fn cmd_tokenize(model: Option<&Path>, allow_special: bool, text: &str) -> Result<()> {
     let tok = match model {
-        Some(d) => load_tokenizer(d)?,
+        Some(d) => load_tokenizer(d, true)?,
         None => ModelTokenizer::Shared(Tokenizer::shared()),
     };
     let text = if text == "-" {
@@ -452,7 +409,7 @@ fn cmd_tokenize(model: Option<&Path>, allow_special: bool, text: &str) -> Result
 
 fn cmd_detokenize(model: Option<&Path>, ids: &str) -> Result<()> {
     let tok = match model {
-        Some(d) => load_tokenizer(d)?,
+        Some(d) => load_tokenizer(d, true)?,
         None => ModelTokenizer::Shared(Tokenizer::shared()),
     };
     let ids = parse_ids(ids)?;
@@ -466,7 +423,7 @@ fn cmd_prompt(model: Option<&Path>, messages: &Path, max_window_size: Option<usi
     let (tok, gen_window) = match model {
         Some(d) => {
             let ck = Checkpoint::open(d)?;
-            (load_tokenizer(d)?, ck.generation.max_window_size)
+            (load_tokenizer(d, true)?, ck.generation.max_window_size)
         }
         None => {
             (ModelTokenizer::Shared(Tokenizer::shared()), qwen_rt::config::GenerationConfig::default().max_window_size)
@@ -486,11 +443,11 @@ fn cmd_logits(margs: &ModelArgs, ids: &str, out: &Path) -> Result<()> {
     if ids.is_empty() {
         return Err(Error::invalid("--ids is empty"));
     }
-    let m = load(margs)?;
-    let mut seq = m.model.clone().new_sequence(m.max_seq_len.max(ids.len()))?;
-    let logits = seq.forward(&ids, true)?; // [T, V]
-    write_npy_f32(out, &[ids.len(), m.ck.config.vocab_size], &logits)?;
-    eprintln!("wrote {} ([{}, {}] float32)", out.display(), ids.len(), m.ck.config.vocab_size);
+    let engine = load(margs)?;
+    let logits = engine.logits(&ids)?; // [T, V]
+    let v = engine.config().vocab_size;
+    write_npy_f32(out, &[ids.len(), v], &logits)?;
+    eprintln!("wrote {} ([{}, {v}] float32)", out.display(), ids.len());
     Ok(())
 }
 
@@ -535,17 +492,15 @@ fn cmd_bench(
         _tmp = TempDirGuard(dir);
     }
     let t = std::time::Instant::now();
-    let m = load(&margs)?;
+    let engine = load(&margs)?;
     let secs = t.elapsed().as_secs_f64();
-    let mut report = run_bench(&m.model, m.max_seq_len, &lens, decode, decode_prompt, 1, &mut |_| Ok(()))?;
+    let mut report =
+        bench::run(engine.model(), engine.max_seq_len(), &lens, decode, decode_prompt, 1, &mut |_| Ok(()))?;
     report.load = Some((secs, "file, paged in".into()));
-    print!("{}", report.table());
-    println!("{}", report.json());
+    print!("{}", bench_table(&report));
+    println!("{}", bench_json(&report));
     Ok(())
 }
-
-/// Timed prefill passes per length on the GPU (median reported, after an untimed pass of that length).
-const GPU_PREFILL_REPS: usize = 3;
 
 /// The GPU benchmark: weights generated on the GPU (`--synth`) or streamed from `--model`, then the
 /// common run plus device copy bandwidth, % of the bandwidth floor and memory in use.
@@ -556,45 +511,24 @@ fn bench_cuda(
     decode: usize,
     decode_prompt: usize,
 ) -> Result<()> {
-    let dtype = margs.dtype.parse::<ComputeDType>()?;
-    // QWEN_PROFILE=STEPS: checked before the run, so a bad value costs no benchmark.
-    let profile_steps = match std::env::var("QWEN_PROFILE") {
-        Err(_) => None,
-        Ok(v) => Some(v.trim().parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| {
-            Error::invalid(format!("QWEN_PROFILE={v:?}: expected the number of decode steps to profile"))
-        })?),
-    };
-    let t = std::time::Instant::now();
-    let (cm, how) = match synth {
-        Some(preset) => {
-            let p = SynthPreset::from_name(preset)?;
-            (CudaModel::synthetic(&p, 0, dtype)?, "generated on the GPU")
-        }
+    let opts = LoadOptions { backend: BackendKind::Cuda, ..load_options(margs)? };
+    let profile_steps = bench::profile_steps_from_env()?;
+    let dir;
+    let source = match synth {
+        Some(preset) => GpuBenchSource::Synth(preset),
         None => {
-            let ck = Checkpoint::open(&model_dir(&margs.model)?)?;
-            let opts = LoadOptions { backend: BackendKind::Cuda, dtype, threads: margs.threads, progress: true };
-            (CudaModel::load(&ck, &opts)?, "file, streamed to the GPU")
+            dir = ModelSource::from(margs.model.clone()).dir(true)?;
+            GpuBenchSource::Dir(&dir)
         }
     };
-    let secs = t.elapsed().as_secs_f64();
-    let cm = Arc::new(cm);
-    let max_seq_len = cm.config().resolve_max_seq_len(margs.max_seq_len, "--max-seq-len")?;
-    let gpu = cm.gpu().clone();
-    let copy = gpu.copy_bandwidth()?;
-    let profiled = cm.clone();
-    let model: Arc<dyn Model> = cm;
-    let mut report = run_bench(&model, max_seq_len, lens, decode, decode_prompt, GPU_PREFILL_REPS, &mut |r| {
-        let (free, total) = gpu.mem_info()?;
-        r.device = Some(DeviceStats { name: gpu.name.clone(), copy_bytes_per_s: copy, mem_used_bytes: total - free });
-        Ok(())
-    })?;
-    report.load = Some((secs, how.into()));
-    print!("{}", report.table());
-    println!("{}", report.json());
+    let gb = GpuBench::open(source, &opts)?;
+    let report = gb.report(lens, decode, decode_prompt)?;
+    print!("{}", bench_table(&report));
+    println!("{}", bench_json(&report));
     if decode > 0 {
         // The decode step alone on the GPU, so the table's decode splits into GPU step time and what
         // sampling + the host round trip add (a note, not a failure, when there is no graph).
-        match profiled.time_decode_graph(decode_prompt, 64) {
+        match gb.decode_step_ms(decode_prompt, 64) {
             Ok(ms) => println!(
                 "decode step alone (graph replayed back to back): {:.1} us/token ({:.1} tok/s); sampling and the host round trip add {:.1} us/token",
                 ms * 1e3,
@@ -605,13 +539,13 @@ fn bench_cuda(
         }
     }
     if let Some(steps) = profile_steps {
-        print!("{}", profile_table(&profiled.profile_decode(decode_prompt, steps)?, steps, decode_prompt));
+        print!("{}", profile_table(&gb.profile(decode_prompt, steps)?, steps, decode_prompt));
     }
     Ok(())
 }
 
 /// Per-kernel times of a profiled decode (`CudaModel::profile_decode`), per token.
-fn profile_table(times: &[qwen_rt::backend::cuda::device::KernelTime], steps: usize, context: usize) -> String {
+fn profile_table(times: &[KernelTime], steps: usize, context: usize) -> String {
     let total: f64 = times.iter().map(|k| k.ms).sum();
     let mut s = format!(
         "decode profile, {steps} steps after {context} tokens, kernel by kernel with events (no graph; sum {:.1} us/token)\n",
@@ -635,7 +569,6 @@ fn profile_table(times: &[qwen_rt::backend::cuda::device::KernelTime], steps: us
 #[cfg(test)]
 mod tests {
     use super::*;
-    use qwen_rt::backend::cuda::device::KernelTime;
 
     #[test]
     fn profile_table_is_per_token() {

@@ -1,15 +1,13 @@
+//! Place in the flow: engine → qwen-run (this file: its helpers that are not commands).
 //! Pieces of `qwen-run` that are not commands: argument parsing, the chat-command parser, the .npy
-//! writer, paging weights in with a progress bar, the inspect report and the benchmark.
+//! writer, the inspect report and the benchmark report's formatting.
+use qwen_rt::backend::bench::BenchReport;
 use qwen_rt::checkpoint::Checkpoint;
-use qwen_rt::model::{self, Model};
-use qwen_rt::sampler::{Sampler, SamplingParams};
 use qwen_rt::weights::Weights;
 use qwen_rt::{Error, Result};
 use std::fmt::Write as _;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Instant;
 
 /// A line typed in `qwen-run chat`.
 #[derive(Debug, PartialEq)]
@@ -103,38 +101,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Read every weight byte once (pages the memory map in) with a progress bar and GB/s, so the first
-/// token is not slowed by page faults and the load time is visible.
-pub fn page_in(ck: &Checkpoint) -> Result<()> {
-    let total: u64 = ck.tensors.values().map(|t| t.byte_len() as u64).sum();
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("loading {bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    let t = Instant::now();
-    let mut sink = 0u8;
-    for tv in ck.tensors.values() {
-        let b = tv.bytes();
-        for chunk in b.chunks(1 << 20) {
-            sink ^= chunk.iter().step_by(4096).fold(0u8, |a, &x| a ^ x);
-            bar.inc(chunk.len() as u64);
-        }
-    }
-    std::hint::black_box(sink);
-    let secs = t.elapsed().as_secs_f64();
-    bar.finish_and_clear();
-    if total > (256 << 20) {
-        eprintln!(
-            "loaded {:.2} GB in {:.1} s ({:.2} GB/s)",
-            total as f64 / 1e9,
-            secs,
-            total as f64 / 1e9 / secs.max(1e-9)
-        );
-    }
-    Ok(())
-}
-
 /// Bytes in the largest binary unit that keeps the number >= 1.
 fn human(b: f64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -212,207 +178,64 @@ pub fn tempdir_for(what: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-pub struct BenchReport {
-    pub backend: String,
-    pub model: String,
-    /// All weights, at 2 bytes per parameter (bf16).
-    pub weight_bytes: usize,
-    /// Weight bytes one decode step reads (bf16): everything but the embedding table, of which it
-    /// reads one row.
-    pub bytes_per_token: usize,
-    /// Seconds from start to weights ready, and what was loaded ("file" or "generated on GPU").
-    pub load: Option<(f64, String)>,
-    /// (tokens, tok/s): the median of `prefill_reps` timed passes.
-    pub prefill: Vec<(usize, f64)>,
-    pub prefill_reps: usize,
-    pub decode_prompt: usize,
-    pub decode_tokens: usize,
-    pub decode_tok_s: f64,
-    /// Capacity (tokens) of the one sequence the run uses: the longest prefill or decode context.
-    pub context: usize,
-    pub device: Option<DeviceStats>,
-}
-
-/// What the GPU adds to a report.
-pub struct DeviceStats {
-    pub name: String,
-    /// Measured device-to-device copy bandwidth, bytes read + written per second.
-    pub copy_bytes_per_s: f64,
-    /// Device memory in use (total - free) at the end of the run, with its sequence still
-    /// allocated: weights, the plan and KV cache for `BenchReport::context` tokens, cuBLAS
-    /// workspace, the CUDA context.
-    pub mem_used_bytes: usize,
-}
-
-impl BenchReport {
-    /// Decode speed as a fraction of the bandwidth floor: bytes per token over the measured copy
-    /// bandwidth gives the fastest possible step.
-    pub fn floor_fraction(&self) -> Option<f64> {
-        let d = self.device.as_ref()?;
-        let floor_tok_s = d.copy_bytes_per_s / self.bytes_per_token as f64;
-        Some(self.decode_tok_s / floor_tok_s)
-    }
-
-    pub fn table(&self) -> String {
-        let mut s = String::new();
+/// The report as a table (`qwen-run bench`).
+pub fn bench_table(r: &BenchReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "backend {} | model {} | weights {}", r.backend, r.model, human(r.weight_bytes as f64));
+    if let Some(d) = &r.device {
         let _ = writeln!(
             s,
-            "backend {} | model {} | weights {}",
-            self.backend,
-            self.model,
-            human(self.weight_bytes as f64)
+            "GPU {} | device copy {:.0} GB/s | floor {:.1} tok/s | memory in use {:.2} GiB at {} tokens of context",
+            d.name,
+            d.copy_bytes_per_s / 1e9,
+            d.copy_bytes_per_s / r.bytes_per_token as f64,
+            d.mem_used_bytes as f64 / (1u64 << 30) as f64,
+            r.context
         );
-        if let Some(d) = &self.device {
-            let _ = writeln!(
-                s,
-                "GPU {} | device copy {:.0} GB/s | floor {:.1} tok/s | memory in use {:.2} GiB at {} tokens of context",
-                d.name,
-                d.copy_bytes_per_s / 1e9,
-                d.copy_bytes_per_s / self.bytes_per_token as f64,
-                d.mem_used_bytes as f64 / (1u64 << 30) as f64,
-                self.context
-            );
-        }
-        let _ = writeln!(s, "{:<34} {:>12}", "measure", "value");
-        if let Some((secs, how)) = &self.load {
-            let _ = writeln!(
-                s,
-                "{:<34} {:>10.2} s  ({:.2} GB/s)",
-                format!("load ({how})"),
-                secs,
-                self.weight_bytes as f64 / secs / 1e9
-            );
-        }
-        let of = if self.prefill_reps > 1 { format!(" (median of {})", self.prefill_reps) } else { String::new() };
-        for (n, tps) in &self.prefill {
-            let _ = writeln!(s, "{:<34} {:>12.1} tok/s", format!("prefill {n} tokens{of}"), tps);
-        }
+    }
+    let _ = writeln!(s, "{:<34} {:>12}", "measure", "value");
+    if let Some((secs, how)) = &r.load {
         let _ = writeln!(
             s,
-            "{:<34} {:>12.2} tok/s",
-            format!("decode {} tokens after {}", self.decode_tokens, self.decode_prompt),
-            self.decode_tok_s
+            "{:<34} {:>10.2} s  ({:.2} GB/s)",
+            format!("load ({how})"),
+            secs,
+            r.weight_bytes as f64 / secs / 1e9
         );
-        let _ = writeln!(
-            s,
-            "{:<34} {:>12.2} GB/s",
-            "decode weight bandwidth",
-            self.decode_tok_s * self.bytes_per_token as f64 / 1e9
-        );
-        if let Some(f) = self.floor_fraction() {
-            let _ = writeln!(s, "{:<34} {:>12.1} %", "decode / bandwidth floor", f * 100.0);
-        }
-        s
     }
-    pub fn json(&self) -> String {
-        serde_json::json!({
-            "backend": self.backend, "model": self.model, "weight_bytes": self.weight_bytes, "bytes_per_token": self.bytes_per_token,
-            "load_s": self.load.as_ref().map(|l| l.0), "load_source": self.load.as_ref().map(|l| l.1.clone()),
-            "prefill": self.prefill.iter().map(|(n, t)| serde_json::json!({"tokens": n, "tok_per_s": t})).collect::<Vec<_>>(),
-            "prefill_reps": self.prefill_reps,
-            "decode_prompt": self.decode_prompt, "decode_tokens": self.decode_tokens, "decode_tok_per_s": self.decode_tok_s,
-            "gpu": self.device.as_ref().map(|d| d.name.clone()),
-            "copy_gb_per_s": self.device.as_ref().map(|d| d.copy_bytes_per_s / 1e9),
-            "mem_used_bytes": self.device.as_ref().map(|d| d.mem_used_bytes),
-            "context_tokens": self.context,
-            "floor_fraction": self.floor_fraction(),
-        })
-        .to_string()
+    let of = if r.prefill_reps > 1 { format!(" (median of {})", r.prefill_reps) } else { String::new() };
+    for (n, tps) in &r.prefill {
+        let _ = writeln!(s, "{:<34} {:>12.1} tok/s", format!("prefill {n} tokens{of}"), tps);
     }
+    let _ = writeln!(
+        s,
+        "{:<34} {:>12.2} tok/s",
+        format!("decode {} tokens after {}", r.decode_tokens, r.decode_prompt),
+        r.decode_tok_s
+    );
+    let _ =
+        writeln!(s, "{:<34} {:>12.2} GB/s", "decode weight bandwidth", r.decode_tok_s * r.bytes_per_token as f64 / 1e9);
+    if let Some(f) = r.floor_fraction() {
+        let _ = writeln!(s, "{:<34} {:>12.1} %", "decode / bandwidth floor", f * 100.0);
+    }
+    s
 }
 
-/// The median of `v` (the mean of the middle two for an even count); `v` is sorted in place.
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-/// Prefill at each length (the sequence reset before each pass), then decode `decode` tokens
-/// greedily (sampling on the model's backend, so on the GPU only the id crosses) after a
-/// `decode_prompt`-token prompt. With `prefill_reps` > 1 each length gets an untimed pass of its
-/// own first (a GEMM shape's first call pays for cuBLAS's heuristics and lazy kernel loading, which
-/// a steady state does not) and the median of `prefill_reps` timed passes is reported; with 1 (the
-/// CPU, where a 7B pass takes seconds) one timed pass after the shortest length's warm-up. Token
-/// ids are a fixed pseudo-random pattern below the vocab size. `at_end` runs last, while the
-/// sequence is still allocated (the GPU bench reads memory in use there).
-pub fn run_bench(
-    model: &Arc<dyn Model>,
-    max_seq_len: usize,
-    prefill: &[usize],
-    decode: usize,
-    decode_prompt: usize,
-    prefill_reps: usize,
-    at_end: &mut dyn FnMut(&mut BenchReport) -> Result<()>,
-) -> Result<BenchReport> {
-    let cfg = model.config().clone();
-    let ids = |n: usize| -> Vec<u32> { (0..n).map(|i| model::bench_id(&cfg, i)).collect() };
-    let decode_prompt = decode_prompt.max(1);
-    let need = prefill.iter().copied().max().unwrap_or(0).max(decode_prompt + decode + 1);
-    if need > max_seq_len {
-        return Err(Error::invalid(format!(
-            "the benchmark needs {need} tokens of context, --max-seq-len is {max_seq_len}"
-        )));
-    }
-    let mut report = BenchReport {
-        backend: model.backend_name().into(),
-        model: format!("C={} L={} V={}", cfg.hidden_size, cfg.num_layers, cfg.vocab_size),
-        weight_bytes: cfg.num_params() * 2,
-        // untied: the embedding table is read one row per token; tied: it is also the lm_head
-        bytes_per_token: (cfg.num_params()
-            - if cfg.tie_word_embeddings { 0 } else { (cfg.vocab_size - 1) * cfg.hidden_size })
-            * 2,
-        load: None,
-        prefill: vec![],
-        prefill_reps: prefill_reps.max(1),
-        decode_prompt,
-        decode_tokens: decode,
-        decode_tok_s: 0.0,
-        context: need,
-        device: None,
-    };
-    let mut seq = model.clone().new_sequence(need)?;
-    // Warm-up, untimed: the decode path (a few tokens) and the prefill path at the shortest length
-    // (the first GEMM pays for cuBLAS's heuristics and lazy kernel loading).
-    seq.forward(&ids(4.min(need.max(1))), false)?;
-    if let Some(&n) = prefill.iter().min() {
-        seq.reset();
-        seq.forward(&ids(n), false)?;
-    }
-    let reps = report.prefill_reps;
-    for &n in prefill {
-        if reps > 1 {
-            seq.reset();
-            seq.forward(&ids(n), false)?;
-        }
-        let mut rates = Vec::with_capacity(reps);
-        for _ in 0..reps {
-            seq.reset();
-            let t = Instant::now();
-            seq.forward(&ids(n), false)?;
-            rates.push(n as f64 / t.elapsed().as_secs_f64());
-        }
-        report.prefill.push((n, median(&mut rates)));
-    }
-    if decode > 0 {
-        let mut sampler = Sampler::new(SamplingParams::greedy())?;
-        seq.reset();
-        let mut ctx = ids(decode_prompt);
-        let mut id = seq.forward_sample(&ctx.clone(), &mut sampler, &ctx)?;
-        let t = Instant::now();
-        for _ in 0..decode {
-            ctx.push(id);
-            id = seq.forward_sample(&[id], &mut sampler, &ctx)?;
-        }
-        report.decode_tok_s = decode as f64 / t.elapsed().as_secs_f64();
-    }
-    at_end(&mut report)?;
-    drop(seq);
-    Ok(report)
+/// The report as one JSON line.
+pub fn bench_json(r: &BenchReport) -> String {
+    serde_json::json!({
+        "backend": r.backend, "model": r.model, "weight_bytes": r.weight_bytes, "bytes_per_token": r.bytes_per_token,
+        "load_s": r.load.as_ref().map(|l| l.0), "load_source": r.load.as_ref().map(|l| l.1.clone()),
+        "prefill": r.prefill.iter().map(|(n, t)| serde_json::json!({"tokens": n, "tok_per_s": t})).collect::<Vec<_>>(),
+        "prefill_reps": r.prefill_reps,
+        "decode_prompt": r.decode_prompt, "decode_tokens": r.decode_tokens, "decode_tok_per_s": r.decode_tok_s,
+        "gpu": r.device.as_ref().map(|d| d.name.clone()),
+        "copy_gb_per_s": r.device.as_ref().map(|d| d.copy_bytes_per_s / 1e9),
+        "mem_used_bytes": r.device.as_ref().map(|d| d.mem_used_bytes),
+        "context_tokens": r.context,
+        "floor_fraction": r.floor_fraction(),
+    })
+    .to_string()
 }
 
 #[cfg(test)]
@@ -436,13 +259,6 @@ mod tests {
         assert!(parse_ids("1,x").unwrap_err().to_string().contains("`x`"));
         assert!(parse_ids("-1").is_err());
         assert!(parse_ids("99999999999").is_err());
-    }
-
-    #[test]
-    fn median_of_odd_and_even_counts() {
-        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
-        assert_eq!(median(&mut [7.0]), 7.0);
     }
 
     #[test]

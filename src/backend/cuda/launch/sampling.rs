@@ -4,8 +4,8 @@
 use super::{dim_u32, f32_bytes};
 use crate::backend::cuda::device::{Arg, DevSlice, Gpu, Launch};
 use crate::backend::cuda::switches;
+use crate::config::SamplingParams;
 use crate::error::{Error, Result};
-use crate::sampler::SamplingParams;
 use cudarc::driver::CudaStream;
 
 /// Threads of the single `sample_draw_f32` block (`SMP_THREADS` in sampling.cu).

@@ -1,0 +1,505 @@
+//! Place in the flow: generate → **engine** → CLI / C ABI / server; the one front door of the library.
+//!
+//! An [`Engine`] is one loaded model: checkpoint, tokenizer, backend, KV length and the model's
+//! `generation_config.json`. It is `Send + Sync`; share it as `Arc<Engine>`. A [`Session`] is one
+//! conversation (or one request) on it: its own KV cache and sampler, used by one thread at a time;
+//! many sessions of one engine run concurrently on different threads. `qwen-run`, the C ABI
+//! (`ffi.rs`) and the HTTP server all sit on these two types.
+//!
+//! ```no_run
+//! use qwen_rt::engine::{Engine, LoadOptions, ModelSource, SessionOptions};
+//! use std::sync::Arc;
+//!
+//! // The built-in tiny random-weight model (or `ModelSource::Dir("/path/to/Qwen-7B-Chat".into())`).
+//! let engine = Arc::new(Engine::open(ModelSource::BuiltinTiny, LoadOptions::default())?);
+//! // Every default from generation_config.json, seed 42; change any field before opening the session.
+//! let options = SessionOptions::from_generation_config(engine.generation_config(), 42);
+//! let mut chat = engine.session(options)?;
+//! // Stream the answer piece by piece; returning false (or `chat.cancel_token().cancel()` from
+//! // another thread) stops it with `FinishReason::Cancelled`.
+//! let g = chat.send("Hello!", &mut |piece| {
+//!     print!("{piece}");
+//!     true
+//! })?;
+//! println!("\n[{} prompt + {} generated tokens; {}]", g.prompt_tokens, g.generated_tokens(), g.finish.name());
+//! chat.send("And again?", &mut |_| true)?; // the first turn is in the prompt (history)
+//! chat.reset(); // forget it
+//! # Ok::<(), qwen_rt::Error>(())
+//! ```
+use crate::chat::{make_context, messages_to_prompt, raw_context, Message, StopRules, Turn, DEFAULT_SYSTEM};
+use crate::checkpoint::Checkpoint;
+use crate::config::{GenerationConfig, QwenConfig, SamplingParams};
+use crate::error::{Error, Result};
+use crate::generate::{generate, GenerateOptions, Generation};
+use crate::model::{Model, Sequence};
+use crate::sampler::Sampler;
+use crate::tokenizer::{ModelTokenizer, Tokenizer};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub use crate::backend::{BackendKind, ComputeDType, LoadOptions};
+pub use crate::generate::FinishReason;
+
+/// Where the model comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// The built-in tiny random-weight model (`synth::builtin_tiny_dir`; generated once per machine).
+    /// Announced on stderr when `LoadOptions::progress` is set: its output is random text.
+    BuiltinTiny,
+    /// A Hugging Face model directory (config.json, safetensors, generation_config.json, qwen.tiktoken).
+    Dir(PathBuf),
+}
+
+/// The argument that names the built-in tiny model where a path is expected (the C ABI's
+/// `QWEN_TINY_MODEL`).
+pub const TINY_MODEL_ARG: &str = ":tiny:";
+
+impl ModelSource {
+    /// `":tiny:"` → `BuiltinTiny`, anything else a directory.
+    pub fn parse(arg: &str) -> ModelSource {
+        if arg == TINY_MODEL_ARG {
+            ModelSource::BuiltinTiny
+        } else {
+            ModelSource::Dir(PathBuf::from(arg))
+        }
+    }
+
+    /// The model directory: the built-in tiny model's is made on first use (and announced when `say`).
+    pub fn dir(&self, say: bool) -> Result<PathBuf> {
+        match self {
+            ModelSource::Dir(d) => Ok(d.clone()),
+            ModelSource::BuiltinTiny => {
+                let dir = crate::synth::builtin_tiny_dir()?;
+                if say {
+                    eprintln!(
+                        "note: no --model given: using the built-in tiny random-weight model ({}); its output is random text",
+                        dir.display()
+                    );
+                }
+                Ok(dir)
+            }
+        }
+    }
+}
+
+impl From<Option<PathBuf>> for ModelSource {
+    /// None (no `--model`) → the built-in tiny model.
+    fn from(dir: Option<PathBuf>) -> Self {
+        dir.map_or(ModelSource::BuiltinTiny, ModelSource::Dir)
+    }
+}
+
+/// The tokenizer of model directory `dir`: its `qwen.tiktoken`, else the built-in Qwen vocabulary
+/// (said on stderr when `say`).
+pub fn load_tokenizer(dir: &Path, say: bool) -> Result<ModelTokenizer> {
+    if say && !dir.join("qwen.tiktoken").exists() {
+        eprintln!("note: {} has no qwen.tiktoken; using the built-in Qwen vocabulary", dir.display());
+    }
+    ModelTokenizer::for_model_dir(dir)
+}
+
+/// One loaded model. See the module documentation.
+pub struct Engine {
+    model: Arc<dyn Model>,
+    tok: ModelTokenizer,
+    /// The open checkpoint: its memory maps back the CPU backend's weights; `generation` is
+    /// generation_config.json.
+    ck: Checkpoint,
+    max_seq_len: usize,
+    model_id: String,
+}
+
+impl Engine {
+    /// Open the checkpoint and tokenizer of `source`, pick the backend (`opts.backend`: auto takes
+    /// the GPU when usable, else says why on stderr and takes the CPU), load the weights (on the
+    /// CPU: read once, so the first token does not pay the page faults), and resolve the KV length
+    /// (`opts.max_seq_len`). Errors name the file, tensor or option at fault.
+    pub fn open(source: ModelSource, opts: LoadOptions) -> Result<Engine> {
+        let dir = source.dir(opts.progress)?;
+        let ck = Checkpoint::open(&dir)?;
+        let tok = load_tokenizer(&ck.dir, opts.progress)?;
+        let max_seq_len = ck.config.resolve_max_seq_len(opts.max_seq_len, "max_seq_len")?;
+        let model = crate::backend::load_model(&ck, &opts)?;
+        if model.backend_name() == "cpu" {
+            page_in(&ck, opts.progress);
+        }
+        let model_id = ck.dir.file_name().map_or_else(|| ck.dir.display().to_string(), |n| n.to_string_lossy().into());
+        Ok(Engine { model, tok, ck, max_seq_len, model_id })
+    }
+
+    /// A new session (its own KV cache of `max_seq_len()` tokens and sampler). Errors: invalid
+    /// sampling parameters (naming the parameter), `max_new_tokens` or `max_window_size` of 0, an
+    /// empty stop string, or a backend that cannot hold another sequence.
+    pub fn session(self: &Arc<Self>, options: SessionOptions) -> Result<Session> {
+        let sampler = Sampler::new(options.sampling.clone())?;
+        if options.max_new_tokens == 0 {
+            return Err(Error::invalid("max_new_tokens must be at least 1"));
+        }
+        if options.max_window_size == 0 {
+            return Err(Error::invalid("max_window_size must be at least 1"));
+        }
+        if options.stop.iter().any(|s| s.is_empty()) {
+            return Err(Error::invalid("stop strings must not be empty"));
+        }
+        let seq = self.model.clone().new_sequence(self.max_seq_len)?;
+        Ok(Session { engine: self.clone(), seq, sampler, options, history: Vec::new(), cancel: CancelToken::new() })
+    }
+
+    /// The logits `[T, V]` of every position of `ids` in one forward pass on a fresh sequence of
+    /// max(max_seq_len, T) tokens (`qwen-run logits`).
+    pub fn logits(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        let mut seq = self.model.clone().new_sequence(self.max_seq_len.max(ids.len()))?;
+        seq.forward(ids, true)
+    }
+
+    pub fn config(&self) -> &QwenConfig {
+        &self.ck.config
+    }
+    /// The model's generation_config.json (Hugging Face defaults for missing fields).
+    pub fn generation_config(&self) -> &GenerationConfig {
+        &self.ck.generation
+    }
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tok
+    }
+    /// "cpu" or "cuda".
+    pub fn backend_name(&self) -> &'static str {
+        self.model.backend_name()
+    }
+    /// The model directory's name (e.g. "Qwen-7B-Chat").
+    pub fn model_id(&self) -> &str {
+        &self.model_id
+    }
+    /// The model directory.
+    pub fn dir(&self) -> &Path {
+        &self.ck.dir
+    }
+    /// KV cache length of every session, in tokens (prompt + output).
+    pub fn max_seq_len(&self) -> usize {
+        self.max_seq_len
+    }
+    /// The model on its backend, for measuring it (`backend::bench`) or running raw sequences.
+    pub fn model(&self) -> &Arc<dyn Model> {
+        &self.model
+    }
+}
+
+// An Engine is shared between threads: `Arc<Engine>` must be Send + Sync.
+const _: () = {
+    const fn shared<T: Send + Sync>() {}
+    shared::<Engine>();
+    const fn sendable<T: Send>() {}
+    sendable::<Session>();
+};
+
+/// Read every weight byte once (pages the memory map in), so the first token is not slowed by page
+/// faults; with `progress` a progress bar and, past 256 MiB, the GB/s on stderr.
+fn page_in(ck: &Checkpoint, progress: bool) {
+    let total: u64 = ck.tensors.values().map(|t| t.byte_len() as u64).sum();
+    let bar = if progress { indicatif::ProgressBar::new(total) } else { indicatif::ProgressBar::hidden() };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("loading {bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let t = Instant::now();
+    let mut sink = 0u8;
+    for tv in ck.tensors.values() {
+        let b = tv.bytes();
+        for chunk in b.chunks(1 << 20) {
+            sink ^= chunk.iter().step_by(4096).fold(0u8, |a, &x| a ^ x);
+            bar.inc(chunk.len() as u64);
+        }
+    }
+    std::hint::black_box(sink);
+    let secs = t.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    if progress && total > (256 << 20) {
+        eprintln!(
+            "loaded {:.2} GB in {:.1} s ({:.2} GB/s)",
+            total as f64 / 1e9,
+            secs,
+            total as f64 / 1e9 / secs.max(1e-9)
+        );
+    }
+}
+
+/// What a session does: sampling, lengths, the ChatML system prompt, extra stop strings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionOptions {
+    pub sampling: SamplingParams,
+    /// Most tokens generated per call (>= 1).
+    pub max_new_tokens: usize,
+    /// Token budget of system + history in a ChatML prompt (spec §5.2; >= 1).
+    pub max_window_size: usize,
+    /// The ChatML system prompt of `Session::send`.
+    pub system: String,
+    /// Stop strings on top of the format's own (spec §5.3); none may be empty.
+    pub stop: Vec<String>,
+}
+
+impl SessionOptions {
+    /// Every default from `generation_config.json`, as `qwen-run` and the C ABI take them: its
+    /// sampling parameters with `seed`, `max_new_tokens` and `max_window_size`; the default system
+    /// prompt ("You are a helpful assistant."); no extra stop strings.
+    pub fn from_generation_config(g: &GenerationConfig, seed: u64) -> SessionOptions {
+        SessionOptions {
+            sampling: SamplingParams::from_generation_config(g, seed),
+            max_new_tokens: g.max_new_tokens,
+            max_window_size: g.max_window_size,
+            system: DEFAULT_SYSTEM.to_string(),
+            stop: Vec::new(),
+        }
+    }
+}
+
+/// Stops a session's generation from another thread (a server whose client went away, Ctrl-C): the
+/// running call ends at its next token with `FinishReason::Cancelled`. It stays set (every later
+/// call of the session is cancelled at its first token) until `reset`.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+    pub fn reset(&self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+/// One conversation (or request) on an engine: its KV cache, sampler (seeded once, at creation:
+/// calls continue its random stream), options and ChatML history. Streaming: `on_text` receives
+/// each new piece of text as soon as it is complete UTF-8 and cannot be the start of a stop string
+/// (it may receive ""); returning false cancels. Every call re-prefills its whole prompt.
+pub struct Session {
+    engine: Arc<Engine>,
+    seq: Box<dyn Sequence>,
+    sampler: Sampler,
+    options: SessionOptions,
+    history: Vec<Turn>,
+    cancel: CancelToken,
+}
+
+impl Session {
+    /// One ChatML turn, as Qwen's `model.chat` (spec §5.1–5.3): system + history (packed under
+    /// `max_window_size`, newest first) + `query`, ChatML stops. The turn joins the history unless
+    /// it was cancelled; the stored response is stripped as `decode_tokens` does.
+    pub fn send(&mut self, query: &str, on_text: &mut dyn FnMut(&str) -> bool) -> Result<Generation> {
+        let o = &self.options;
+        let prompt = make_context(&self.engine.tok, &o.system, &self.history, query, o.max_window_size);
+        let g = self.run(&prompt, StopRules::chatml(&self.options.stop), on_text)?;
+        if g.finish != FinishReason::Cancelled {
+            self.history.push(Turn { query: query.to_string(), response: g.text.trim().to_string() });
+        }
+        Ok(g)
+    }
+
+    /// An OpenAI-style message list (`chat::messages_to_prompt`: its own system message, else the
+    /// default one), ChatML stops. Neither reads nor changes the history.
+    pub fn chat(&mut self, messages: &[Message], on_text: &mut dyn FnMut(&str) -> bool) -> Result<Generation> {
+        let prompt = messages_to_prompt(&self.engine.tok, messages, self.options.max_window_size)?;
+        self.run(&prompt, StopRules::chatml(&self.options.stop), on_text)
+    }
+
+    /// A raw continuation of `text` (special-token text such as `<|im_start|>` parsed, as Qwen's raw
+    /// format), raw stops (`<|endoftext|>`, "Human:"). Ignores the history.
+    pub fn generate(&mut self, text: &str, on_text: &mut dyn FnMut(&str) -> bool) -> Result<Generation> {
+        let prompt = raw_context(&self.engine.tok, text);
+        self.generate_ids(&prompt, on_text)
+    }
+
+    /// `generate` from token ids.
+    pub fn generate_ids(&mut self, ids: &[u32], on_text: &mut dyn FnMut(&str) -> bool) -> Result<Generation> {
+        self.run(ids, StopRules::raw(&self.options.stop), on_text)
+    }
+
+    /// Forget the history.
+    pub fn reset(&mut self) {
+        self.history.clear();
+        self.seq.reset();
+    }
+
+    /// Set the ChatML system prompt of later turns (the history stays; `reset` clears it).
+    pub fn set_system(&mut self, system: &str) {
+        self.options.system = system.to_string();
+    }
+
+    /// The finished ChatML turns, oldest first.
+    pub fn history(&self) -> &[Turn] {
+        &self.history
+    }
+
+    pub fn options(&self) -> &SessionOptions {
+        &self.options
+    }
+
+    /// The token that cancels this session's generation from any thread.
+    pub fn cancel_token(&self) -> CancelToken {
+        self.cancel.clone()
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    fn run(&mut self, prompt: &[u32], stop: StopRules, on_text: &mut dyn FnMut(&str) -> bool) -> Result<Generation> {
+        let opts = GenerateOptions { max_new_tokens: self.options.max_new_tokens, stop };
+        let cancel = &self.cancel;
+        let mut piece = |p: &str| on_text(p) && !cancel.is_cancelled();
+        generate(self.seq.as_mut(), &self.engine.tok, &mut self.sampler, prompt, &opts, &mut piece)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::OnceLock;
+
+    #[test]
+    fn tiny_model_argument_is_the_c_abis() {
+        assert_eq!(TINY_MODEL_ARG, crate::ffi::QWEN_TINY_MODEL);
+        assert_eq!(ModelSource::parse(":tiny:"), ModelSource::BuiltinTiny);
+        assert_eq!(ModelSource::parse("/m"), ModelSource::Dir("/m".into()));
+        assert_eq!(ModelSource::from(None), ModelSource::BuiltinTiny);
+    }
+
+    /// The built-in tiny model on the CPU, 256 tokens of KV, shared by the tests.
+    fn tiny() -> Arc<Engine> {
+        static E: OnceLock<Arc<Engine>> = OnceLock::new();
+        E.get_or_init(|| {
+            let opts = LoadOptions { backend: BackendKind::Cpu, max_seq_len: Some(256), ..Default::default() };
+            Arc::new(Engine::open(ModelSource::BuiltinTiny, opts).expect("the tiny model opens"))
+        })
+        .clone()
+    }
+
+    fn greedy(e: &Engine, max_new_tokens: usize) -> SessionOptions {
+        let mut o = SessionOptions::from_generation_config(e.generation_config(), 0);
+        o.sampling = SamplingParams::greedy();
+        o.max_new_tokens = max_new_tokens;
+        o
+    }
+
+    #[test]
+    fn accessors_and_bad_options() {
+        let e = tiny();
+        assert_eq!((e.backend_name(), e.max_seq_len()), ("cpu", 256));
+        assert_eq!(e.model_id(), e.dir().file_name().unwrap().to_str().unwrap());
+        assert_eq!(e.tokenizer().encode("Hello world"), vec![9707, 1879]);
+        let d = SessionOptions::from_generation_config(e.generation_config(), 5);
+        assert_eq!((d.sampling.seed, d.system.as_str()), (5, DEFAULT_SYSTEM));
+        let bad = |f: fn(&mut SessionOptions), what: &str| {
+            let mut o = d.clone();
+            f(&mut o);
+            let err = e.session(o).err().expect("rejected").to_string();
+            assert!(err.contains(what), "{err}");
+        };
+        bad(|o| o.max_new_tokens = 0, "max_new_tokens");
+        bad(|o| o.max_window_size = 0, "max_window_size");
+        bad(|o| o.stop = vec![String::new()], "stop");
+        bad(|o| o.sampling.top_p = 0.0, "top_p");
+        let opts = LoadOptions { backend: BackendKind::Cpu, max_seq_len: Some(usize::MAX), ..Default::default() };
+        assert!(Engine::open(ModelSource::BuiltinTiny, opts).err().unwrap().to_string().contains("max_seq_len"));
+    }
+
+    #[test]
+    fn send_chat_and_generate_agree_and_count_tokens() {
+        let e = tiny();
+        let mut s = e.session(greedy(&e, 6)).unwrap();
+        let mut streamed = String::new();
+        let g = s
+            .send("hi", &mut |p| {
+                streamed.push_str(p);
+                true
+            })
+            .unwrap();
+        assert_eq!(streamed, g.text);
+        let prompt = make_context(e.tokenizer(), DEFAULT_SYSTEM, &[], "hi", e.generation_config().max_window_size);
+        assert_eq!(g.prompt_tokens, prompt.len());
+        assert!(g.generated_tokens() >= 1 && g.generated_tokens() <= 6, "{g:?}");
+        assert_eq!(s.history().len(), 1);
+        // The same turn as OpenAI-style messages, and as raw ids with ChatML stops, on fresh sessions.
+        let mut c = e.session(greedy(&e, 6)).unwrap();
+        let msgs = [Message { role: "user".into(), content: "hi".into() }];
+        let gc = c.chat(&msgs, &mut |_| true).unwrap();
+        assert_eq!((gc.ids, gc.text), (g.ids.clone(), g.text.clone()));
+        assert!(c.history().is_empty(), "chat() keeps no history");
+        // A second turn sees the first; after reset it is a first turn again.
+        let second = s.send("hi", &mut |_| true).unwrap();
+        assert!(second.prompt_tokens > g.prompt_tokens);
+        s.reset();
+        assert_eq!(s.send("hi", &mut |_| true).unwrap().ids, g.ids);
+        // Raw text and its ids give the same generation.
+        let text = "<|im_start|>The capital of France is";
+        let a = s.generate(text, &mut |_| true).unwrap();
+        let b = s.generate_ids(&e.tokenizer().encode_with_special(text), &mut |_| true).unwrap();
+        assert_eq!((a.ids, a.prompt_tokens), (b.ids, b.prompt_tokens));
+    }
+
+    #[test]
+    fn sessions_run_concurrently_on_threads() {
+        let e = tiny();
+        let queries = ["Hello!", "What is 2+2?", "Tell me a story."];
+        let alone: Vec<Vec<u32>> =
+            queries.iter().map(|q| e.session(greedy(&e, 8)).unwrap().send(q, &mut |_| true).unwrap().ids).collect();
+        let barrier = Arc::new(std::sync::Barrier::new(queries.len()));
+        let threads: Vec<_> = queries
+            .iter()
+            .map(|q| {
+                let (e, q, barrier) = (e.clone(), q.to_string(), barrier.clone());
+                std::thread::spawn(move || {
+                    let mut s = e.session(greedy(&e, 8)).unwrap();
+                    barrier.wait();
+                    s.send(&q, &mut |_| true).unwrap().ids
+                })
+            })
+            .collect();
+        let together: Vec<Vec<u32>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(together, alone);
+    }
+
+    #[test]
+    fn a_cancel_token_stops_generation_from_another_thread() {
+        let e = tiny();
+        let mut o = greedy(&e, 200);
+        o.sampling = SamplingParams { do_sample: true, seed: 3, ..SamplingParams::greedy() }; // no early stop id
+        let mut s = e.session(o).unwrap();
+        let (token, watch) = (s.cancel_token(), s.cancel_token());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let canceller = std::thread::spawn(move || {
+            rx.recv().unwrap();
+            token.cancel();
+        });
+        let mut pieces = 0;
+        let g = s
+            .generate_ids(&[1, 2, 3], &mut |_| {
+                pieces += 1;
+                if pieces == 1 {
+                    tx.send(()).unwrap();
+                    // Wait until the other thread has cancelled; the loop checks the token after this piece.
+                    let t = Instant::now();
+                    while !watch.is_cancelled() {
+                        assert!(t.elapsed().as_secs() < 120, "the other thread never cancelled");
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                }
+                true
+            })
+            .unwrap();
+        canceller.join().unwrap();
+        assert_eq!(g.finish, FinishReason::Cancelled);
+        assert!(g.generated_tokens() < 200, "{g:?}");
+        // It stays cancelled until reset.
+        assert_eq!(s.generate_ids(&[1, 2, 3], &mut |_| true).unwrap().finish, FinishReason::Cancelled);
+        s.cancel_token().reset();
+        assert_ne!(s.generate_ids(&[1, 2, 3], &mut |_| true).unwrap().finish, FinishReason::Cancelled);
+    }
+}
