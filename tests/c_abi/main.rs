@@ -1,0 +1,16 @@
+//! The C ABI (src/ffi.rs, include/qwen.h), one suite per file:
+//! - `calls`: every error path through the `extern "C"` functions called from Rust (NULL, invalid UTF-8,
+//!   freed, double-freed, foreign and wrong-kind pointers, bad options, a prompt longer than the context, a
+//!   busy session), streaming, cancellation, /reset, determinism, one model shared by 3 sessions on 3 threads;
+//! - `example`: examples/chat.c compiled with the `cc` crate, linked against libqwen_rt.so and run on the
+//!   built-in tiny model with a scripted conversation (its output must equal the same conversation run
+//!   in-process);
+//! - `header`: header drift: bindgen on include/qwen.h against the `extern "C"` items of src/ffi.rs, both
+//!   ways, each side read with `syn`.
+//!
+//! `common` holds the helpers they share. Everything runs on the built-in tiny random-weight model
+//! (`:tiny:`) with few new tokens.
+mod calls;
+mod common;
+mod example;
+mod header;
