@@ -7,8 +7,8 @@
 //!
 //! ```text
 //! config ─► checkpoint (mmap, zero copy) ─► weights (typed views, shapes checked) ─► tokenizer
-//!    ─► model (Model / Sequence traits, NTK + logN math) ─► kv_cache
-//!    ─► backend::cpu (f32 oracle) | backend::cuda (kernels) · backend::bench
+//!    ─► model (Model / Sequence traits, NTK + logN math)
+//!    ─► backend::cpu (f32 oracle: ops, matmul, executor + KV cache) | backend::cuda (kernels) · backend::bench
 //!    ─► sampler (HF pipeline) ─► chat (ChatML, stops) ─► generate (the loop; owns the Sampler)
 //!    ─► engine (Engine, Session) ─► qwen-run CLI · C ABI (ffi) · HTTP server
 //! ```
@@ -21,7 +21,6 @@ pub mod engine;
 pub mod error;
 pub mod ffi;
 pub mod generate;
-pub mod kv_cache;
 pub mod model;
 pub mod sampler;
 pub mod synth;

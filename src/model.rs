@@ -1,4 +1,4 @@
-//! Place in the flow: config → checkpoint → weights → tokenizer → **model** → kv → backend.
+//! Place in the flow: config → checkpoint → weights → tokenizer → **model** → backend.
 //! The model as the rest of the crate sees it, whatever the backend: a `Model` holds the weights
 //! (shared, read-only, `Send + Sync`); a `Sequence` is one sequence's KV cache on that model.
 //! Also the position-dependent math every backend shares: dynamic NTK and logN (spec §3).

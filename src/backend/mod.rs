@@ -1,4 +1,4 @@
-//! Place in the flow: model → kv → **backend** → sampler; the implementations of `model::Model`.
+//! Place in the flow: model → **backend** → sampler; the implementations of `model::Model`.
 //! Backends: `cpu` (the f32 reference, the oracle for every kernel) and `cuda` (the product).
 //! `load_model` picks one from `--backend` and returns it behind `model::Model`; `bench` measures one.
 pub mod bench;

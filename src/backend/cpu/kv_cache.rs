@@ -1,3 +1,4 @@
+//! Place in the flow: backend::cpu: the executor's KV cache (mod.rs is its only user).
 //! KV cache of one sequence on the CPU: post-RoPE keys and values per layer, f32.
 //!
 //! Layout per layer: K and V each `[rows, W]` row-major, W = H*D, row = absolute position.
@@ -35,22 +36,9 @@ impl KvCache {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Most tokens the cache may hold.
     pub fn capacity(&self) -> usize {
         self.capacity
-    }
-
-    /// W = H*D, the width of one K (or V) row.
-    pub fn width(&self) -> usize {
-        self.width
-    }
-
-    pub fn num_layers(&self) -> usize {
-        self.k.len()
     }
 
     /// Rows currently allocated per layer (memory in use = 2 * L * rows * W * 4 bytes).
