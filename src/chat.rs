@@ -1,3 +1,4 @@
+//! Place in the flow: sampler → **chat** → generate; ChatML prompts and stop rules (text in, ids out).
 //! ChatML prompts exactly as Qwen's `make_context` (spec §5.1–5.2), OpenAI-style message lists,
 //! and stop rules (spec §5.3).
 use crate::error::{Error, Result};

@@ -1,3 +1,4 @@
+//! Place in the flow: config → **checkpoint** → weights; the model directory's files, mapped.
 //! A Hugging Face Qwen v1 model directory as users download it, memory-mapped, zero copy.
 //!
 //! Files: `config.json`, `generation_config.json` (optional), `qwen.tiktoken`, and the weights as

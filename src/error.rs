@@ -1,3 +1,4 @@
+//! Place in the flow: beside it; the one error type every layer returns.
 //! One error type for the whole crate. Every message names what was wrong: the file, the tensor,
 //! the argument. Nothing in the library panics on bad input; it returns one of these.
 use std::path::PathBuf;

@@ -1,3 +1,4 @@
+//! Place in the flow: beside it (writes what `checkpoint` reads); the built-in tiny model and the benches' models.
 //! Random-weight models in the real Qwen v1 format (config, generation config, index + shards, vocabulary).
 //!
 //! `synth_model` writes a directory that `Checkpoint::open` reads like a downloaded one: HF v1.1

@@ -1,3 +1,4 @@
+//! Place in the flow: weights → **tokenizer** → model; text ↔ ids.
 //! Qwen's exact tokenizer: `qwen.tiktoken` byte-level BPE with Qwen's split regex (spec §4),
 //! on tiktoken-rs. NFC normalisation first; no BOS/EOS ever added.
 //!

@@ -1,3 +1,4 @@
+//! Place in the flow: checkpoint → **weights** → tokenizer → model; the tensors the backends read.
 //! Typed views of every Qwen v1 weight, validated against the config: present, dtype, shape.
 //! Names and shapes: spec §2.2 (`nn.Linear` layout `[out, in]`, y = x·Wᵀ + b).
 use crate::checkpoint::{Checkpoint, TensorView};

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The README's test command. Installs what the tests need on first use (pinned nvcc 13.0 wheels so the
 # CUDA kernels compile, libclang for the C-header drift test; both from PyPI into $QWEN_TOOLS, default
-# /tmp/qwen-ci-tools), then runs every test target, then every CUDA kernel on the CPU emulator
-# (tools/cuda_emu/run.sh: g++ + python3, no GPU). CI (.ci/run) calls it with QWEN_REQUIRE_KERNELS=1.
+# /tmp/qwen-ci-tools), checks formatting (rustfmt.toml) and that every "spec §" cited resolves in
+# docs/qwen-v1-spec.md, runs every test target, clippy with warnings as errors, then every CUDA kernel on
+# the CPU emulator (tools/cuda_emu/run.sh: g++ + python3, no GPU). CI (.ci/run) calls it with
+# QWEN_REQUIRE_KERNELS=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +26,11 @@ if [ ! -d "$T/clang/lib" ] || ! ls "$T"/clang/lib/python3*/site-packages/clang/n
 fi
 export LIBCLANG_PATH=$(echo "$T"/clang/lib/python3*/site-packages/clang/native)
 
+cargo fmt --check
+python3 tools/check_spec_refs.py
+
 cargo test --all-targets "$@"
+cargo clippy --all-targets -- -D warnings
 
 # The kernels in cuda/ on the CPU emulator against host references (~1 min on 2 cores; set -e: a failure fails CI).
 bash tools/cuda_emu/run.sh

@@ -1,3 +1,4 @@
+//! Place in the flow: backend::cuda's input: the compiled `cuda/*.cu` (build.rs → here → `device`).
 //! The CUDA kernels compiled by build.rs from `cuda/*.cu`, embedded in the binary.
 //! Empty when the crate was built without nvcc (`cfg(no_cuda_kernels)`).
 

@@ -1,3 +1,4 @@
+//! Place in the flow: backend::cuda, first: **device** → launch → plan → upload → graph.
 //! The GPU as the executor sees it: one context, the embedded kernel module, raw device buffers and
 //! the one place kernels are launched from (`Gpu::launch`).
 //!

@@ -1,3 +1,4 @@
+//! Place in the flow: backend::cuda: device → launch → **plan** → upload → graph.
 //! The static plan of one sequence on the GPU: every activation, workspace and the KV cache sized
 //! once from the config, the capacity and the prefill chunk, carved out of two allocations
 //! (llm.c's `malloc_and_point`). Nothing is allocated per token. Pure arithmetic: testable without

@@ -1,3 +1,4 @@
+//! Place in the flow: backend::cuda, beside it: the environment switches `launch` and `graph` read.
 //! The CUDA backend's environment switches (fallbacks and A/B aids: QWEN_FUSE, QWEN_PDL,
 //! QWEN_CUDA_GRAPH, QWEN_ATTN, QWEN_SAMPLER). A value that is not one of a switch's choices is said on
 //! stderr, once per switch and process, and the default is used: an A/B run must not measure the

@@ -1,3 +1,4 @@
+//! Place in the flow: backend::cuda: device → launch → plan → **upload** → graph.
 //! Weight streaming: the shards stay memory-mapped; each tensor is read (converted to the compute
 //! dtype when the checkpoint stores another one) into one of several pinned staging buffers and
 //! copied to the GPU asynchronously on a copy stream, so reading the next piece overlaps the
