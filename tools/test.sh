@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The README's test command. Installs what the tests need on first use (pinned nvcc 13.0 wheels so the
 # CUDA kernels compile, libclang for the C-header drift test; both from PyPI into $QWEN_TOOLS, default
-# /tmp/qwen-ci-tools), checks formatting (rustfmt.toml) and that every "spec §" cited resolves in
-# docs/qwen-v1-spec.md, runs every test target, clippy with warnings as errors, then every CUDA kernel on
-# the CPU emulator (tools/cuda_emu/run.sh: g++ + python3, no GPU). CI (.ci/run) calls it with
-# QWEN_REQUIRE_KERNELS=1.
+# /tmp/qwen-ci-tools), checks formatting (rustfmt.toml), that every "spec §" cited resolves in
+# docs/qwen-v1-spec.md and that no src/ module imports one below it in the data flow
+# (tools/check_layers.py), runs every test target, clippy with warnings as errors, then every CUDA
+# kernel on the CPU emulator (tools/cuda_emu/run.sh: g++ + python3, no GPU). CI (.ci/run) calls it
+# with QWEN_REQUIRE_KERNELS=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +29,7 @@ export LIBCLANG_PATH=$(echo "$T"/clang/lib/python3*/site-packages/clang/native)
 
 cargo fmt --check
 python3 tools/check_spec_refs.py
+python3 tools/check_layers.py
 
 cargo test --all-targets "$@"
 cargo clippy --all-targets -- -D warnings
