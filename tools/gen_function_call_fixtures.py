@@ -857,7 +857,7 @@ def main():
     out = {"generator": "tools/gen_function_call_fixtures.py", "max_window_size": MAX_WINDOW_SIZE,
            "python_isspace": isspace, "json_numbers": json_numbers, "requests": req_out, "replies": rep_out}
     with open(OUT, "w", encoding="utf-8") as f:
-        json.dump(out, f, ensure_ascii=False, indent=1)
+        json.dump(out, f, ensure_ascii=False, separators=(",", ":"))
         f.write("\n")
     print(f"wrote {n_ok} request cases ({multi} multi-turn with tools), {len(req_out) - n_ok} error cases, "
           f"{len(rep_out)} reply cases to {os.path.normpath(OUT)}")
