@@ -22,6 +22,7 @@ pub mod ffi;
 pub mod generate;
 pub mod kv_cache;
 pub mod model;
+pub mod quant;
 pub mod sampler;
 pub mod synth;
 pub mod tokenizer;
