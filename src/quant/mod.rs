@@ -20,6 +20,7 @@ pub mod matrix;
 pub mod nf4;
 pub mod simd;
 
+pub use checkpoint::{QuantLayer, QuantWeights};
 pub use matmul::Linear;
 pub use matrix::{Bytes, QuantData, QuantMatrix};
 pub use simd::Kernel;
