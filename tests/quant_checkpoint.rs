@@ -64,6 +64,9 @@ fn values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
 /// Tensors to write: name → (dtype, shape, bytes).
 type Tensors = BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>;
 
+/// A change to a checkpoint's tensors (a bad-input case).
+type Edit<'a> = Box<dyn Fn(&mut Tensors) + 'a>;
+
 fn put_f32(t: &mut Tensors, name: &str, shape: &[usize], v: &[f32]) {
     t.insert(name.into(), (Dtype::F32, shape.to_vec(), v.iter().flat_map(|x| x.to_le_bytes()).collect()));
 }
@@ -233,7 +236,7 @@ fn bnb_4bit_bad_tensors_are_named_errors() {
     };
     drop(ck);
     let w1 = "transformer.h.0.mlp.w1.weight";
-    let cases: Vec<(Box<dyn Fn(&mut Tensors)>, Vec<&str>)> = vec![
+    let cases: Vec<(Edit<'_>, Vec<&str>)> = vec![
         (Box::new(|t: &mut Tensors| drop(t.remove(&format!("{w1}.absmax")))), vec![".absmax", "missing"]),
         (
             Box::new(|t: &mut Tensors| put_f32(t, &format!("{w1}.absmax"), &[3], &[1.0; 3])),
@@ -350,7 +353,7 @@ fn gptq_model(bits: u32, shuffled: bool) -> (tempfile::TempDir, Tensors, serde_j
     let s = GPTQ_SHAPE;
     let mut t = float_tensors(s);
     let maxq = (1u32 << bits) - 1;
-    let zero = (maxq + 1) / 2;
+    let zero = 1u32 << (bits - 1); // symmetric: the middle code
     let mut expected = Vec::new();
     for (i, (prefix, n, k)) in linears(s).into_iter().enumerate() {
         let r = values(30 + i as u64, k * n + (k / GROUP) * n, 1.0);

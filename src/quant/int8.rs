@@ -7,6 +7,7 @@
 //! decomposition of the activations, which this runtime does not do.
 
 /// 1/127 as bitsandbytes writes it (`7.874015718698502e-3`), rounded to f32.
+#[allow(clippy::excessive_precision)]
 pub const INV_127: f32 = 7.874015718698502e-3;
 
 /// Quantize one row (any source dtype; its values are first rounded to float16 as `Int8Params`

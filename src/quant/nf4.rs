@@ -16,7 +16,9 @@ use super::blockwise8;
 /// Elements per absmax block.
 pub const BLOCK: usize = 64;
 
-/// The 16 NF4 values (bitsandbytes `get_4bit_type("nf4")`, spec §7.2), as f32.
+/// The 16 NF4 values (bitsandbytes `get_4bit_type("nf4")`, spec §7.2), as f32. The literals are
+/// bitsandbytes' double values, rounded to f32 here as torch does (tests/quant.rs checks the bits).
+#[allow(clippy::excessive_precision)]
 pub const NF4_CODE: [f32; 16] = [
     -1.0,
     -0.6961928009986877,
