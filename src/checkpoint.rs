@@ -37,6 +37,49 @@ impl DType {
     }
 }
 
+/// Element type of a stored integer tensor: the packed codes and indices of quantized
+/// checkpoints (bitsandbytes U8 nibbles / I8 codes, GPTQ I32 words and g_idx). These tensors never
+/// reach the float compute paths: they are `IntTensorView`s in `Checkpoint::int_tensors`, read by
+/// `crate::quant`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntDType {
+    U8,
+    I8,
+    I32,
+}
+
+impl IntDType {
+    pub fn size(self) -> usize {
+        match self {
+            IntDType::U8 | IntDType::I8 => 1,
+            IntDType::I32 => 4,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            IntDType::U8 => "U8",
+            IntDType::I8 => "I8",
+            IntDType::I32 => "I32",
+        }
+    }
+}
+
+/// A safetensors dtype this reader accepts: a float (`TensorView`) or an integer (`IntTensorView`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StoredDType {
+    Float(DType),
+    Int(IntDType),
+}
+
+impl StoredDType {
+    fn size(self) -> usize {
+        match self {
+            StoredDType::Float(d) => d.size(),
+            StoredDType::Int(d) => d.size(),
+        }
+    }
+}
+
 /// f16 -> f32 for every bit pattern (256 KiB, built once): exact, and much faster than a
 /// software conversion on CPUs where the crate is built without F16C.
 fn f16_table() -> &'static [f32] {
@@ -148,14 +191,64 @@ impl TensorView {
     }
 }
 
+/// One stored integer tensor (quantized checkpoints): like `TensorView`, the bytes stay in the
+/// memory map. Cloning is cheap (an `Arc`). Same invariant as `TensorView`.
+#[derive(Clone)]
+pub struct IntTensorView {
+    pub name: String,
+    pub dtype: IntDType,
+    pub shape: Vec<usize>,
+    /// The shard file, for error messages.
+    pub file: Arc<PathBuf>,
+    mmap: Arc<Mmap>,
+    offset: usize,
+}
+
+impl std::fmt::Debug for IntTensorView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {:?} {} in {}", self.name, self.shape, self.dtype.name(), self.file.display())
+    }
+}
+
+impl IntTensorView {
+    fn new(
+        name: String,
+        dtype: IntDType,
+        shape: Vec<usize>,
+        file: Arc<PathBuf>,
+        mmap: Arc<Mmap>,
+        offset: usize,
+    ) -> Self {
+        let v = IntTensorView { name, dtype, shape, file, mmap, offset };
+        assert!(v.offset + v.byte_len() <= v.mmap.len(), "IntTensorView out of range (checked by the reader)");
+        v
+    }
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn byte_len(&self) -> usize {
+        self.numel() * self.dtype.size()
+    }
+    /// The raw little-endian bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.mmap[self.offset..self.offset + self.byte_len()]
+    }
+    /// Error helper that names this tensor and its file.
+    pub fn error(&self, msg: impl Into<String>) -> Error {
+        Error::tensor(self.file.as_ref().clone(), self.name.clone(), msg)
+    }
+}
+
 /// An opened model directory.
 pub struct Checkpoint {
     pub dir: PathBuf,
     pub config: QwenConfig,
     /// From `generation_config.json`, or the defaults when the file is absent.
     pub generation: GenerationConfig,
-    /// Every tensor of every shard, by name.
+    /// Every float tensor of every shard, by name.
     pub tensors: BTreeMap<String, TensorView>,
+    /// Every integer tensor (U8 / I8 / I32: quantized checkpoints), by name; read by `crate::quant`.
+    pub int_tensors: BTreeMap<String, IntTensorView>,
     /// Every shard file opened, with its size in bytes, in the order opened.
     pub shards: Vec<(PathBuf, u64)>,
 }
@@ -166,17 +259,20 @@ const MAX_HEADER_LEN: u64 = 100 * 1024 * 1024;
 /// One validated entry of a safetensors header: where its bytes lie in the mmap.
 struct RawTensor {
     name: String,
-    dtype: DType,
+    dtype: StoredDType,
     shape: Vec<usize>,
     /// Absolute byte offset in the file.
     offset: usize,
 }
 
-fn parse_dtype(s: &str) -> Option<DType> {
+fn parse_dtype(s: &str) -> Option<StoredDType> {
     match s {
-        "BF16" => Some(DType::BF16),
-        "F16" => Some(DType::F16),
-        "F32" => Some(DType::F32),
+        "BF16" => Some(StoredDType::Float(DType::BF16)),
+        "F16" => Some(StoredDType::Float(DType::F16)),
+        "F32" => Some(StoredDType::Float(DType::F32)),
+        "U8" => Some(StoredDType::Int(IntDType::U8)),
+        "I8" => Some(StoredDType::Int(IntDType::I8)),
+        "I32" => Some(StoredDType::Int(IntDType::I32)),
         _ => None,
     }
 }
@@ -224,8 +320,11 @@ fn parse_safetensors(path: &Path, mmap: &[u8]) -> Result<Vec<RawTensor>> {
             .get("dtype")
             .and_then(|d| d.as_str())
             .ok_or_else(|| terr("header entry has no string `dtype`".into()))?;
-        let dtype = parse_dtype(dtype_s)
-            .ok_or_else(|| terr(format!("unsupported dtype {dtype_s} (supported: BF16, F16, F32)")))?;
+        let dtype = parse_dtype(dtype_s).ok_or_else(|| {
+            terr(format!(
+                "unsupported dtype {dtype_s} (supported: BF16, F16, F32, and U8, I8, I32 for quantized weights)"
+            ))
+        })?;
         let shape_v = entry
             .get("shape")
             .and_then(|s| s.as_array())
@@ -402,6 +501,7 @@ impl Checkpoint {
         }
 
         let mut tensors: BTreeMap<String, TensorView> = BTreeMap::new();
+        let mut int_tensors: BTreeMap<String, IntTensorView> = BTreeMap::new();
         let mut shards = Vec::with_capacity(plan.len());
         for (shard_name, listed) in plan {
             let path = dir.join(&shard_name);
@@ -426,12 +526,27 @@ impl Checkpoint {
                         format!("duplicated: also stored in {}", prev.file.display()),
                     ));
                 }
-                let view = TensorView::new(r.name.clone(), r.dtype, r.shape, file.clone(), mmap.clone(), r.offset);
-                tensors.insert(r.name, view);
+                if let Some(prev) = int_tensors.get(&r.name) {
+                    return Err(Error::tensor(
+                        &path,
+                        r.name.as_str(),
+                        format!("duplicated: also stored in {}", prev.file.display()),
+                    ));
+                }
+                match r.dtype {
+                    StoredDType::Float(d) => {
+                        let view = TensorView::new(r.name.clone(), d, r.shape, file.clone(), mmap.clone(), r.offset);
+                        tensors.insert(r.name, view);
+                    }
+                    StoredDType::Int(d) => {
+                        let view = IntTensorView::new(r.name.clone(), d, r.shape, file.clone(), mmap.clone(), r.offset);
+                        int_tensors.insert(r.name, view);
+                    }
+                }
             }
             shards.push((path, size));
         }
-        Ok(Checkpoint { dir: dir.to_path_buf(), config, generation, tensors, shards })
+        Ok(Checkpoint { dir: dir.to_path_buf(), config, generation, tensors, int_tensors, shards })
     }
 
     /// The named tensor, or an error naming the tensor and the directory.

@@ -106,8 +106,8 @@ impl QwenConfig {
                 ));
             }
         }
-        if get(m, &["quantization_config"]).is_some() {
-            return Err(Error::bad_file(path, "quantized checkpoints (quantization_config) are not supported yet"));
+        if let Some(q) = get(m, &["quantization_config"]) {
+            QuantConfig::from_value(q, path)?; // validated here; read by `QuantConfig::load`
         }
         let hidden_size = usize_field(m, path, &["hidden_size", "n_embd"], None)?;
         let num_layers = usize_field(m, path, &["num_hidden_layers", "n_layer"], None)?;
@@ -210,6 +210,97 @@ impl QwenConfig {
         } else {
             usize::MAX
         }
+    }
+}
+
+/// How a quantized checkpoint's linear weights are stored (spec §7): `quantization_config` of
+/// config.json as transformers writes it, or AutoGPTQ's `quantize_config.json`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QuantConfig {
+    /// bitsandbytes `load_in_4bit` with `bnb_4bit_quant_type` "nf4" (blocks of 64);
+    /// `double_quant` = `bnb_4bit_use_double_quant`.
+    Bnb4 { double_quant: bool },
+    /// bitsandbytes `load_in_8bit`: Int8 weights with a per-row scale (`SCB`).
+    Bnb8,
+    /// AutoGPTQ: `bits` 4 or 8, `group_size` inputs per scale, `desc_act` (g_idx in act order).
+    Gptq { bits: u32, group_size: usize, desc_act: bool },
+}
+
+impl QuantConfig {
+    /// The quantization of the model directory `dir`: config.json's `quantization_config`, else
+    /// `quantize_config.json` (AutoGPTQ), else None (a float checkpoint).
+    pub fn load(dir: &Path) -> Result<Option<Self>> {
+        let cfg_path = dir.join("config.json");
+        let m = read_json_object(&cfg_path)?;
+        if let Some(q) = get(&m, &["quantization_config"]) {
+            return Self::from_value(q, &cfg_path).map(Some);
+        }
+        let gptq_path = dir.join("quantize_config.json");
+        if gptq_path.exists() {
+            let m = read_json_object(&gptq_path)?;
+            return Self::gptq(&m, &gptq_path).map(Some);
+        }
+        Ok(None)
+    }
+
+    /// Parse a `quantization_config` object; `path` names the file in errors.
+    pub fn from_value(v: &Value, path: &Path) -> Result<Self> {
+        let Value::Object(m) = v else {
+            return Err(Error::bad_file(path, format!("`quantization_config` must be an object, got {v}")));
+        };
+        let method = get(m, &["quant_method"]).and_then(|v| v.as_str());
+        match method {
+            Some("gptq") => Self::gptq(m, path),
+            Some("bitsandbytes") | None => Self::bnb(m, path),
+            Some(other) => Err(Error::bad_file(
+                path,
+                format!("quantization_config: quant_method {other:?} is not supported (bitsandbytes or gptq)"),
+            )),
+        }
+    }
+
+    fn bnb(m: &Map<String, Value>, path: &Path) -> Result<Self> {
+        let four = bool_field(m, path, "load_in_4bit", false)?;
+        let eight = bool_field(m, path, "load_in_8bit", false)?;
+        match (four, eight) {
+            (true, false) => {
+                let qt = get(m, &["bnb_4bit_quant_type"]).and_then(|v| v.as_str()).unwrap_or("fp4");
+                if qt != "nf4" {
+                    return Err(Error::bad_file(
+                        path,
+                        format!("quantization_config: bnb_4bit_quant_type {qt:?} is not supported (only \"nf4\")"),
+                    ));
+                }
+                Ok(QuantConfig::Bnb4 { double_quant: bool_field(m, path, "bnb_4bit_use_double_quant", false)? })
+            }
+            (false, true) => Ok(QuantConfig::Bnb8),
+            _ => Err(Error::bad_file(
+                path,
+                "quantization_config: exactly one of load_in_4bit / load_in_8bit must be true (bitsandbytes)",
+            )),
+        }
+    }
+
+    fn gptq(m: &Map<String, Value>, path: &Path) -> Result<Self> {
+        let bits = usize_field(m, path, &["bits"], None)?;
+        if bits != 4 && bits != 8 {
+            return Err(Error::bad_file(path, format!("GPTQ bits = {bits} is not supported (4 or 8)")));
+        }
+        let group_size = match get(m, &["group_size"]) {
+            Some(v) => v.as_i64().filter(|&g| g > 0).map(|g| g as usize).ok_or_else(|| {
+                Error::bad_file(path, format!("GPTQ group_size {v} is not supported (a positive group size, e.g. 128)"))
+            })?,
+            None => return Err(Error::bad_file(path, "GPTQ config has no `group_size`")),
+        };
+        if let Some(f) = get(m, &["checkpoint_format"]).and_then(|v| v.as_str()) {
+            if f != "gptq" {
+                return Err(Error::bad_file(
+                    path,
+                    format!("GPTQ checkpoint_format {f:?} is not supported (only \"gptq\": zeros stored minus one)"),
+                ));
+            }
+        }
+        Ok(QuantConfig::Gptq { bits: bits as u32, group_size, desc_act: bool_field(m, path, "desc_act", false)? })
     }
 }
 

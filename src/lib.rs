@@ -22,6 +22,7 @@ pub mod error;
 pub mod ffi;
 pub mod generate;
 pub mod model;
+pub mod quant;
 pub mod react;
 pub mod sampler;
 pub mod synth;

@@ -101,9 +101,19 @@ fn layer_index(name: &str) -> Option<usize> {
     rest.split('.').next()?.parse().ok()
 }
 
-/// The named tensor with exactly `shape`, or an error naming tensor, file, expected and actual shape.
-fn checked(ck: &Checkpoint, name: &str, shape: &[usize]) -> Result<TensorView> {
+/// The named float tensor with exactly `shape`, or an error naming tensor, file, expected and
+/// actual shape (and saying so when the checkpoint is quantized: `quant::QuantWeights` reads those).
+pub(crate) fn checked(ck: &Checkpoint, name: &str, shape: &[usize]) -> Result<TensorView> {
     let t = ck.tensors.get(name).ok_or_else(|| {
+        let gptq = name.strip_suffix(".weight").map(|b| format!("{b}.qweight"));
+        if let Some(q) = ck.int_tensors.get(name).or_else(|| gptq.and_then(|g| ck.int_tensors.get(&g))) {
+            return q.error(format!(
+                "stored quantized ({} {:?}): this loader reads float weights only; quantized checkpoints \
+                 are read by quant::QuantWeights",
+                q.dtype.name(),
+                q.shape
+            ));
+        }
         Error::tensor(ck.dir.clone(), name, format!("missing from the checkpoint (expected shape {shape:?})"))
     })?;
     if t.shape != shape {
