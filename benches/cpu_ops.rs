@@ -1,15 +1,17 @@
 //! Criterion benches of the CPU reference ops (`backend::cpu`): matmul GB/s of weight bytes read
 //! (decode is memory bound: every weight byte is read once per token) and, for T > 1 (prefill,
-//! compute bound), multiply-adds per second as criterion "elements" (`Melem/s` = MMAC/s), rmsnorm, attention, and the
-//! whole model: prefill / decode tokens per second of the built-in tiny synth model.
+//! compute bound), multiply-adds per second as criterion "elements" (`Melem/s` = MMAC/s), rmsnorm, attention, the
+//! whole model: prefill / decode tokens per second of the built-in tiny synth model, and the host sampler
+//! on the full vocabulary with Qwen's defaults.
 //! Quick to run: `cargo bench --bench cpu_ops` (about two minutes; weights are written once to a temp
 //! dir as safetensors and read back through `Checkpoint::open`, like a model).
 //! `QWEN_BENCH_MODEL=<model dir>` adds decode of that model (e.g. a `synth` 7B: ~15 GB of bf16).
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use qwen_rt::backend::cpu;
 use qwen_rt::backend::{BackendKind, LoadOptions};
 use qwen_rt::checkpoint::{Checkpoint, DType, TensorView};
 use qwen_rt::model::Model;
+use qwen_rt::sampler::{Sampler, SamplingParams};
 use std::hint::black_box;
 use std::path::Path;
 use std::sync::Arc;
@@ -160,5 +162,34 @@ fn model(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, matmul, rmsnorm, attention, model);
+/// The host sampler (`sampler::Sampler`, the CPU backend's) on `[151936]` logits with Qwen-7B-Chat's
+/// defaults (top-p 0.8, repetition penalty 1.1 over a 2000-id context), per token:
+/// "flat": 1000 evenly spread levels in [-5, 5) (top-p keeps ~24.4K ids (numpy: 24,463; f32 here: 24,449): the worst
+/// case for the cut); "peaked": the same plus +12 on every 500th id (the top-p mass in ~130 ids, like an LM).
+fn sampler(c: &mut Criterion) {
+    let v: usize = 151_936;
+    let flat: Vec<f32> = (0..v).map(|i| ((i as u64 * 2_654_435_761 % 1000) as f32) / 100.0 - 5.0).collect();
+    let peaked: Vec<f32> = flat.iter().enumerate().map(|(i, &x)| if i % 500 == 0 { x + 12.0 } else { x }).collect();
+    let context: Vec<u32> = (0..2000).map(|i| (i * 7919 % 151_000) as u32).collect();
+    let p =
+        SamplingParams { do_sample: true, temperature: 1.0, top_k: 0, top_p: 0.8, repetition_penalty: 1.1, seed: 1 };
+    let mut g = c.benchmark_group("sampler");
+    g.sample_size(20).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+    for (name, logits) in [("flat", &flat), ("peaked", &peaked)] {
+        let mut s = Sampler::new(p.clone()).expect("Qwen's default sampling parameters");
+        // The inputs are what the names say: tens of thousands of ids kept, or at most the spikes.
+        let kept = s.probabilities(logits, &context).iter().filter(|&&x| x > 0.0).count();
+        match name {
+            "flat" => assert!(kept > 10_000, "flat: top-p keeps only {kept} of {v}"),
+            _ => assert!((1..=v.div_ceil(500)).contains(&kept), "peaked: top-p keeps {kept}"),
+        }
+        eprintln!("sampler/{name}: V={v}, top-p 0.8 keeps {kept}, penalty 1.1 over {} ids", context.len());
+        g.bench_function(name, |b| {
+            b.iter_batched_ref(|| logits.clone(), |l| black_box(s.sample(l, &context)), BatchSize::LargeInput)
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, matmul, rmsnorm, attention, model, sampler);
 criterion_main!(benches);

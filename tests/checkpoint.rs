@@ -237,24 +237,23 @@ fn aug_2023_dialect_config_loads() {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path().join("m");
     synth_model(&dir, &small_preset(), 1, &SynthOptions::default()).unwrap();
-    // The first Qwen-7B-Chat release (2023-08-03) keys and values, at the small shape.
-    let aug = json!({
-        "activation": "swiglu", "apply_residual_connection_post_layernorm": false,
-        "architectures": ["QWenLMHeadModel"], "bf16": true, "bias_dropout_fusion": true,
-        "bos_token_id": 151643, "embd_pdrop": 0.1, "eos_token_id": 151643, "ffn_hidden_size": 2 * F,
-        "initializer_range": 0.02, "kv_channels": C / H, "layer_norm_epsilon": 1e-5, "model_type": "qwen",
-        "n_embd": C, "n_head": H, "n_layer": L, "n_positions": 6144, "no_bias": true, "padded_vocab_size": V,
-        "params_dtype": "torch.bfloat16", "pos_emb": "rotary", "resid_pdrop": 0.1, "rotary_emb_base": 10000,
-        "rotary_pct": 1.0, "scale_attn_weights": true, "seq_length": 2048, "tie_word_embeddings": false,
-        "use_cache": true, "use_dynamic_ntk": false, "use_flash_attn": true, "use_logn_attn": false,
-        "vocab_size": V
-    });
+    // The real Qwen-7B-Chat Aug-2023 config.json (tests/data/qwen/, old-style keys), only its shape
+    // keys made small: every other field is the released file's.
+    let real = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/qwen/Qwen-7B-Chat-2023-08/config.json");
+    let mut aug: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(real).unwrap()).unwrap();
+    let shape = [("n_embd", C), ("n_head", H), ("n_layer", L), ("kv_channels", C / H), ("ffn_hidden_size", 2 * F)];
+    for (k, v) in shape.into_iter().chain([("padded_vocab_size", V), ("vocab_size", V)]) {
+        assert!(aug.get(k).is_some(), "{k} not in the Aug-2023 config");
+        aug[k] = json!(v);
+    }
+    assert!(aug.get("hidden_size").is_none() && aug.get("num_hidden_layers").is_none(), "not the old dialect");
     std::fs::write(dir.join("config.json"), aug.to_string()).unwrap();
     let ck = Checkpoint::open(&dir).unwrap();
     let c = &ck.config;
     assert_eq!((c.hidden_size, c.num_heads, c.num_layers, c.mlp_width, c.vocab_size), (C, H, L, F, V));
     assert_eq!((c.seq_length, c.max_position_embeddings), (2048, 6144));
-    assert!(!c.use_dynamic_ntk && !c.use_logn_attn && c.bf16);
+    assert_eq!(c.layer_norm_epsilon, 1e-6);
+    assert!(c.use_dynamic_ntk && c.use_logn_attn && !c.bf16 && !c.fp16 && !c.fp32);
     Weights::from_checkpoint(&ck).unwrap();
 }
 

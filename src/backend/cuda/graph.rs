@@ -580,12 +580,19 @@ impl Sequence for CudaSequence {
         self.alpha
     }
     fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
+        let (pos0, alpha) = (self.len, self.alpha);
         let out = self.run(tokens, all_logits)?;
-        if all_logits {
-            return Ok(out);
-        }
         let v = self.model.config.vocab_size;
-        self.model.gpu.read_on::<f32>(&self.stream, self.r(self.plan.logits).ptr, v)
+        let out = if all_logits {
+            out
+        } else {
+            self.model.gpu.read_on::<f32>(&self.stream, self.r(self.plan.logits).ptr, v)?
+        };
+        if let Some(row) = out.chunks(v).position(|r| r.iter().any(|x| !x.is_finite())) {
+            let at = if all_logits { pos0 + row } else { pos0 + tokens.len() - 1 };
+            return Err(self.non_finite(pos0, alpha, at));
+        }
+        Ok(out)
     }
     /// The pass, then the whole sampling pipeline on the GPU: only the id comes back.
     fn forward_sample(&mut self, tokens: &[u32], params: &SamplingParams, u: f64, context: &[u32]) -> Result<Sampled> {
@@ -621,7 +628,31 @@ impl Sequence for CudaSequence {
             let _ = g.memset(s, self.r(pl.flags).ptr, 0, pl.flags.bytes);
             return Err(e);
         }
-        Ok(Sampled::Id(g.read_on::<u32>(s, self.r(pl.out_id).ptr, 1)?[0]))
+        let id = g.read_on::<u32>(s, self.r(pl.out_id).ptr, 1)?[0];
+        // The sampler turned NaN into -inf in place: a finite pass never picks a non-finite logit.
+        let best =
+            if (id as usize) < v { g.read_on::<f32>(s, logits.ptr.offset(id as usize * 4), 1)?[0] } else { f32::NAN };
+        if !best.is_finite() {
+            let (pos0, alpha) = (self.len - tokens.len(), if self.len == tokens.len() { 1.0 } else { self.alpha });
+            return Err(self.non_finite(pos0, alpha, self.len - 1));
+        }
+        Ok(Sampled::Id(id))
+    }
+}
+
+impl CudaSequence {
+    /// A pass from `pos0` produced a non-finite logit at position `at` (in f16 this is Qwen's
+    /// activation outliers overflowing ±65504; tests/kernels/model.rs, tiny-outlier-f16): undo it
+    /// (length and alpha back to before the call, as for any failed forward) and say so, instead of
+    /// returning NaN/inf logits or an id sampled from them.
+    fn non_finite(&mut self, pos0: usize, alpha: f64, at: usize) -> Error {
+        self.len = pos0;
+        self.alpha = alpha;
+        let why = match self.model.dt {
+            GpuDType::F16 => "the activations overflowed the f16 range (±65504); --dtype bf16 has the range of f32",
+            GpuDType::BF16 => "NaN or inf in the weights or activations",
+        };
+        Error::Backend(format!("non-finite logits at position {at} in {:?}: {why}", self.model.dt))
     }
 }
 
