@@ -11,7 +11,7 @@
 //!                                      │
 //!                                   sampler
 //!                                      │
-//!                          qwen-run CLI · C ABI (ffi)
+//!                  qwen-run CLI · C ABI (ffi) · server (OpenAI HTTP)
 //! ```
 pub mod backend;
 pub mod chat;
@@ -23,6 +23,7 @@ pub mod generate;
 pub mod kv_cache;
 pub mod model;
 pub mod sampler;
+pub mod server;
 pub mod synth;
 pub mod tokenizer;
 pub mod weights;
