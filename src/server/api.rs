@@ -105,7 +105,9 @@ impl Fields<'_> {
     }
     fn string(&self, key: &str) -> Result<Option<String>, ApiError> {
         let Some(v) = self.get(key) else { return Ok(None) };
-        v.as_str().map(|s| Some(s.to_string())).ok_or_else(|| ApiError::field(key, format!("must be a string, got {v}")))
+        v.as_str()
+            .map(|s| Some(s.to_string()))
+            .ok_or_else(|| ApiError::field(key, format!("must be a string, got {v}")))
     }
     /// A parameter this server does not implement: accepted only at its neutral value.
     fn refuse_unless(&self, key: &str, neutral: impl Fn(&Value) -> bool, what: &str) -> Result<(), ApiError> {
@@ -161,10 +163,10 @@ fn parse_common(f: &Fields, context_len: usize) -> Result<Common, ApiError> {
             if !stream {
                 return Err(ApiError::field("stream_options", "only allowed when stream is true"));
             }
-            Fields(o).bool("include_usage").map_err(|_| {
-                ApiError::field("stream_options.include_usage", "must be true or false")
-            })?
-            .unwrap_or(false)
+            Fields(o)
+                .bool("include_usage")
+                .map_err(|_| ApiError::field("stream_options.include_usage", "must be true or false"))?
+                .unwrap_or(false)
         }
         Some(v) => return Err(ApiError::field("stream_options", format!("must be an object, got {v}"))),
     };
@@ -204,7 +206,9 @@ fn parse_content(v: Option<&Value>, at: &str) -> Result<Option<String>, ApiError
             }
             Ok(Some(out))
         }
-        Some(v) => Err(ApiError::field(&format!("{at}.content"), format!("must be a string or a list of parts, got {v}"))),
+        Some(v) => {
+            Err(ApiError::field(&format!("{at}.content"), format!("must be a string or a list of parts, got {v}")))
+        }
     }
 }
 
@@ -313,11 +317,10 @@ pub fn parse_completion(body: &[u8], context_len: usize) -> Result<CompletionReq
         None => return Err(ApiError::field("prompt", format!("missing ({one})"))),
         Some(Value::String(s)) => PromptIn::Text(s.clone()),
         Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => PromptIn::Text(a[0].as_str().unwrap_or("").into()),
-        Some(Value::Array(a)) if a.len() == 1 && a[0].is_array() => {
-            PromptIn::Ids(ids(a[0].as_array().map(Vec::as_slice).unwrap_or(&[])).ok_or_else(|| {
-                ApiError::field("prompt", "token ids must be non-negative integers")
-            })?)
-        }
+        Some(Value::Array(a)) if a.len() == 1 && a[0].is_array() => PromptIn::Ids(
+            ids(a[0].as_array().map(Vec::as_slice).unwrap_or(&[]))
+                .ok_or_else(|| ApiError::field("prompt", "token ids must be non-negative integers"))?,
+        ),
         Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_number) => {
             PromptIn::Ids(ids(a).ok_or_else(|| ApiError::field("prompt", "token ids must be non-negative integers"))?)
         }

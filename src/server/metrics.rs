@@ -88,7 +88,11 @@ impl Metrics {
         let counters = [
             ("qwen_prompt_tokens_total", "Prompt tokens prefilled.", &self.prompt_tokens),
             ("qwen_generation_tokens_total", "Tokens generated.", &self.completion_tokens),
-            ("qwen_cancelled_total", "Generations cancelled (client gone, stream dropped, time limit).", &self.cancelled),
+            (
+                "qwen_cancelled_total",
+                "Generations cancelled (client gone, stream dropped, time limit).",
+                &self.cancelled,
+            ),
         ];
         for (name, help, v) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Ordering::Relaxed));

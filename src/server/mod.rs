@@ -42,7 +42,10 @@ pub struct ServeArgs {
 impl ServeArgs {
     pub fn options(&self, model: ModelOptions) -> Result<ServeOptions> {
         if !(self.timeout > 0.0 && self.timeout.is_finite()) {
-            return Err(Error::invalid(format!("--timeout must be a positive number of seconds, got {}", self.timeout)));
+            return Err(Error::invalid(format!(
+                "--timeout must be a positive number of seconds, got {}",
+                self.timeout
+            )));
         }
         Ok(ServeOptions {
             model,

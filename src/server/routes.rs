@@ -340,7 +340,9 @@ fn stream_response(ticket: Ticket, meta: Meta, common: Common, deadline: Instant
             };
             let usage = st.common.include_usage;
             match ev {
-                Some(Event::Piece(k, p)) => st.pending.push_back(chunk(&st.meta, usage, k, Some(&p), false, None).to_string()),
+                Some(Event::Piece(k, p)) => {
+                    st.pending.push_back(chunk(&st.meta, usage, k, Some(&p), false, None).to_string())
+                }
                 Some(Event::Done(k, out)) => {
                     st.pending.push_back(chunk(&st.meta, usage, k, None, false, Some(out.finish)).to_string());
                     st.prompt_tokens = out.prompt_tokens;
