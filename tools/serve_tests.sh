@@ -3,7 +3,7 @@
 # the web page in Debian's headless Chromium (selenium). Installs on first use, then reuses:
 #   - Debian's chromium + chromium-driver (apt-get; as root, as on CI),
 #   - a venv with pinned openai, selenium and pytest in $QWEN_TOOLS/serve (default /tmp/qwen-ci-tools).
-# Builds target/debug/qwen-run if needed. Loopback only; every loop is bounded. Screenshot:
+# Builds target/debug/qwen-run if needed (as the Rust tests do). Loopback only; every loop is bounded. Screenshot:
 # target/serve-artifacts/web_chat.png. Extra arguments go to pytest (e.g. -k openai).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +21,9 @@ if [ ! -f "$T/serve/ok-1" ]; then
   touch "$T/serve/ok-1"
 fi
 
-cargo build --bin qwen-run
+# Builds target/debug/qwen-run as the Rust tests do (same features, so after `cargo test --all-targets`
+# nothing is rebuilt; a plain `cargo build` would rebuild the crate without the dev-dependency features).
+cargo test --no-run --test serve
 export QWEN_RUN="$PWD/target/debug/qwen-run"
 export SERVE_ARTIFACTS="$PWD/target/serve-artifacts"
 mkdir -p "$SERVE_ARTIFACTS"
