@@ -180,25 +180,29 @@ impl Scheduler {
             let mut last: Option<Instant> = None;
             let mut timed_out = false;
             let prepared = job.prepared.choice(k);
-            let r = worker.run(&prepared, &mut |piece: &str| {
-                // Called once per generated token (the piece may be empty while UTF-8 or a possible
-                // stop string is held back).
-                let now = Instant::now();
-                match last {
-                    None if k == 0 => m.ttft.observe((now - job.arrived).as_secs_f64()),
-                    None => {}
-                    Some(t) => m.itl.observe((now - t).as_secs_f64()),
-                }
-                last = Some(now);
-                if job.cancel.load(Ordering::SeqCst) {
-                    return false;
-                }
-                if now >= job.deadline {
-                    timed_out = true;
-                    return false;
-                }
-                piece.is_empty() || job.events.send(Event::Piece(k, piece.to_string())).is_ok()
-            });
+            // A panic in the model code fails this request, not the worker (every later request would hang).
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                worker.run(&prepared, &mut |piece: &str| {
+                    // Called once per generated token (the piece may be empty while UTF-8 or a possible
+                    // stop string is held back).
+                    let now = Instant::now();
+                    match last {
+                        None if k == 0 => m.ttft.observe((now - job.arrived).as_secs_f64()),
+                        None => {}
+                        Some(t) => m.itl.observe((now - t).as_secs_f64()),
+                    }
+                    last = Some(now);
+                    if job.cancel.load(Ordering::SeqCst) {
+                        return false;
+                    }
+                    if now >= job.deadline {
+                        timed_out = true;
+                        return false;
+                    }
+                    piece.is_empty() || job.events.send(Event::Piece(k, piece.to_string())).is_ok()
+                })
+            }))
+            .unwrap_or_else(|_| Err(crate::Error::invalid("internal error: the model code panicked")));
             match r {
                 Ok(out) => {
                     m.add_tokens(out.prompt_tokens, out.completion_tokens);
