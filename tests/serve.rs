@@ -392,7 +392,12 @@ fn full_queue_429_and_dropped_stream_cancels() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(t.elapsed() < Duration::from_secs(20), "the dropped stream went on decoding ({:?})", t.elapsed());
     assert!(metric(a, "qwen_cancelled_total") >= 1.0);
-    assert_eq!(metric(a, "qwen_requests_running"), 0.0);
+    // The worker counts itself idle just after it sent the last answer.
+    let t = Instant::now();
+    while metric(a, "qwen_requests_running") > 0.0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "the worker stayed busy");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert!(metric(a, "qwen_time_to_first_token_seconds_count") >= 2.0);
     assert!(metric(a, "qwen_inter_token_latency_seconds_count") >= 1.0);
 }
