@@ -6,11 +6,12 @@
 //! Modules in the order the data moves (a module imports only the ones before it):
 //!
 //! ```text
-//! config ─► checkpoint (mmap, zero copy) ─► weights (typed views, shapes checked) ─► tokenizer
+//! config ─► checkpoint (mmap, zero copy) ─► weights (typed views, shapes checked) ─► quant ─► tokenizer
 //!    ─► model (Model / Sequence traits, NTK + logN math)
 //!    ─► backend::cpu (f32 oracle: ops, matmul, executor + KV cache) | backend::cuda (kernels) · backend::bench
-//!    ─► sampler (HF pipeline) ─► chat (ChatML, stops) ─► generate (the loop; owns the Sampler)
-//!    ─► engine (Engine, Session) ─► qwen-run CLI · C ABI (ffi) · HTTP server
+//!    ─► sampler (HF pipeline) ─► chat (ChatML, stops) ─► react (function calling)
+//!    ─► generate (the loop; owns the Sampler) ─► engine (Engine, Session)
+//!    ─► server (OpenAI HTTP) · qwen-run CLI · C ABI (ffi)
 //! ```
 //! `synth` (random-weight models in the real format) and `error` sit beside the flow.
 pub mod backend;
@@ -25,6 +26,7 @@ pub mod model;
 pub mod quant;
 pub mod react;
 pub mod sampler;
+pub mod server;
 pub mod synth;
 pub mod tokenizer;
 pub mod weights;

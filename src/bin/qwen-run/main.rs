@@ -111,6 +111,14 @@ enum Cmd {
         #[arg(long)]
         model: PathBuf,
     },
+    /// OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models, /health,
+    /// /metrics) with a web chat page at /. Sampling defaults as `generate --chat`.
+    Serve {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        serve: qwen_rt::server::ServeArgs,
+    },
     /// Write a random-weight model in the real Qwen v1 format.
     Synth {
         /// tiny or 7b
@@ -185,6 +193,7 @@ fn main() {
         Cmd::Logits { model, ids, out } => cmd_logits(&model, &ids, &out),
         Cmd::Inspect { model } => cmd_inspect(&model),
         Cmd::Synth { preset, seed, out } => cmd_synth(&preset, seed, &out),
+        Cmd::Serve { model, serve } => cmd_serve(&model, &serve),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
@@ -449,6 +458,17 @@ fn cmd_logits(margs: &ModelArgs, ids: &str, out: &Path) -> Result<()> {
     write_npy_f32(out, &[ids.len(), v], &logits)?;
     eprintln!("wrote {} ([{}, {v}] float32)", out.display(), ids.len());
     Ok(())
+}
+
+fn cmd_serve(m: &ModelArgs, serve: &qwen_rt::server::ServeArgs) -> Result<()> {
+    let model = qwen_rt::server::ModelOptions {
+        dir: m.model.clone(),
+        backend: m.backend.parse::<BackendKind>()?,
+        dtype: m.dtype.parse::<ComputeDType>()?,
+        threads: m.threads,
+        max_seq_len: m.max_seq_len,
+    };
+    qwen_rt::server::run(serve.options(model)?)
 }
 
 fn cmd_inspect(dir: &Path) -> Result<()> {
