@@ -1,16 +1,15 @@
 //! The server's only contact with the model: loading, turning a request into prompt ids + sampling +
 //! stop rules (exactly as `qwen-run generate --chat` does), and running one generation on the worker.
-//! Everything above this file sees only `GenRequest` in and streamed pieces + `Output` out, so when the
-//! library's `Engine` lands, this file is the one to swap.
-use crate::backend::{load_model, BackendKind, ComputeDType, LoadOptions};
+//! The model is the library's `Engine` (opened as `qwen-run` and the C ABI open it); everything above
+//! this file sees only `GenRequest` in and streamed pieces + `Output` out.
+use crate::backend::{BackendKind, ComputeDType, LoadOptions};
 use crate::chat::{messages_to_prompt, raw_context, Message, StopRules};
-use crate::checkpoint::Checkpoint;
-use crate::config::GenerationConfig;
+use crate::config::{GenerationConfig, SamplingParams};
+use crate::engine::{Engine, ModelSource};
 use crate::error::{Error, Result};
 use crate::generate::{generate, FinishReason, GenerateOptions};
-use crate::model::{Model, Sequence};
-use crate::sampler::{Sampler, SamplingParams};
-use crate::tokenizer::ModelTokenizer;
+use crate::model::Sequence;
+use crate::sampler::Sampler;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -95,71 +94,56 @@ pub struct Output {
     pub completion_tokens: usize,
 }
 
-/// The loaded model, shared by the HTTP handlers (`prepare`) and the worker (`Worker::run`).
+/// The loaded model, shared by the HTTP handlers (`prepare`) and the worker (`Worker::run`): the
+/// library's `Engine` (the same load path as `qwen-run` and the C ABI).
 pub struct ServedModel {
-    id: String,
-    ck: Checkpoint,
-    model: Arc<dyn Model>,
-    tok: ModelTokenizer,
-    max_seq_len: usize,
+    engine: Arc<Engine>,
 }
 
 impl ServedModel {
     pub fn open(o: &ModelOptions) -> Result<ServedModel> {
-        let dir = match &o.dir {
-            Some(d) => d.clone(),
-            None => {
-                let d = crate::synth::builtin_tiny_dir()?;
-                eprintln!(
-                    "note: no --model given: using the built-in tiny random-weight model ({}); its output is random text",
-                    d.display()
-                );
-                d
-            }
+        let source = match &o.dir {
+            Some(d) => ModelSource::Dir(d.clone()),
+            None => ModelSource::BuiltinTiny,
         };
-        let opts = LoadOptions { backend: o.backend, dtype: o.dtype, threads: o.threads, progress: true };
-        let ck = Checkpoint::open(&dir)?;
-        let tok = ModelTokenizer::for_model_dir(&ck.dir)?;
-        let model = load_model(&ck, &opts)?;
-        let max_seq_len = ck.config.resolve_max_seq_len(o.max_seq_len, "--max-seq-len")?;
-        let id = dir
-            .canonicalize()
-            .unwrap_or(dir.clone())
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "qwen".into());
-        Ok(ServedModel { id, ck, model, tok, max_seq_len })
+        let opts = LoadOptions {
+            backend: o.backend,
+            dtype: o.dtype,
+            threads: o.threads,
+            progress: true,
+            max_seq_len: o.max_seq_len,
+        };
+        Ok(ServedModel { engine: Arc::new(Engine::open(source, opts)?) })
     }
 
     /// The model id of /v1/models: the directory's name.
     pub fn id(&self) -> &str {
-        &self.id
+        self.engine.model_id()
     }
 
     pub fn backend_name(&self) -> &'static str {
-        self.model.backend_name()
+        self.engine.backend_name()
     }
 
     /// Tokens the context holds.
     pub fn context_len(&self) -> usize {
-        self.max_seq_len
+        self.engine.max_seq_len()
     }
 
     pub fn generation_config(&self) -> &GenerationConfig {
-        &self.ck.generation
+        self.engine.generation_config()
     }
 
     /// Prompt ids, sampling and stop rules, as `qwen-run generate` builds them. Errors
     /// (`InvalidArgument` / `ContextFull`) name the bad field; nothing is queued then.
     pub fn prepare(&self, req: &GenRequest) -> Result<Prepared> {
-        let g = &self.ck.generation;
+        let g = self.engine.generation_config();
+        let tok = self.engine.tokenizer();
         let (ids, stop) = match &req.prompt {
-            PromptIn::Chat(msgs) => {
-                (messages_to_prompt(&self.tok, msgs, g.max_window_size)?, StopRules::chatml(&req.stop))
-            }
-            PromptIn::Text(t) => (raw_context(&self.tok, t), StopRules::raw(&req.stop)),
+            PromptIn::Chat(msgs) => (messages_to_prompt(tok, msgs, g.max_window_size)?, StopRules::chatml(&req.stop)),
+            PromptIn::Text(t) => (raw_context(tok, t), StopRules::raw(&req.stop)),
             PromptIn::Ids(ids) => {
-                let v = self.ck.config.vocab_size;
+                let v = self.engine.config().vocab_size;
                 if let Some(bad) = ids.iter().find(|&&i| i as usize >= v) {
                     return Err(Error::invalid(format!("prompt: token id {bad} is out of range (vocab size {v})")));
                 }
@@ -169,11 +153,11 @@ impl ServedModel {
         if ids.is_empty() {
             return Err(Error::invalid("prompt: empty (no tokens)"));
         }
-        if ids.len() >= self.max_seq_len {
+        if ids.len() >= self.engine.max_seq_len() {
             return Err(Error::ContextFull(format!(
                 "the prompt has {} tokens but the context holds {}",
                 ids.len(),
-                self.max_seq_len
+                self.engine.max_seq_len()
             )));
         }
         let s = &req.sampling;
@@ -207,7 +191,7 @@ impl ServedModel {
 
     /// A worker: one sequence (KV cache) on this model. Only the worker thread decodes.
     pub fn worker(self: &Arc<Self>) -> Result<Worker> {
-        let seq = self.model.clone().new_sequence(self.max_seq_len)?;
+        let seq = self.engine.model().clone().new_sequence(self.engine.max_seq_len())?;
         Ok(Worker { model: self.clone(), seq })
     }
 }
@@ -221,7 +205,7 @@ pub struct Worker {
 impl Worker {
     pub fn run(&mut self, p: &Prepared, on_piece: &mut dyn FnMut(&str) -> bool) -> Result<Output> {
         let mut sampler = Sampler::new(p.params.clone())?;
-        let g = generate(self.seq.as_mut(), &self.model.tok, &mut sampler, &p.ids, &p.opts, on_piece)?;
+        let g = generate(self.seq.as_mut(), self.model.engine.tokenizer(), &mut sampler, &p.ids, &p.opts, on_piece)?;
         let finish = match g.finish {
             FinishReason::StopToken(_) | FinishReason::StopString(_) => Finish::Stop,
             FinishReason::Length | FinishReason::ContextFull => Finish::Length,
