@@ -578,6 +578,7 @@ fn bench_cuda(
     };
     let secs = t.elapsed().as_secs_f64();
     let cm = Arc::new(cm);
+    println!("tuning: {}", cm.tuning().describe());
     let max_seq_len = cm.config().resolve_max_seq_len(margs.max_seq_len, "--max-seq-len")?;
     let gpu = cm.gpu().clone();
     let copy = gpu.copy_bandwidth()?;
