@@ -19,8 +19,6 @@
 #             8000, decode 256 after 128 and 128 after 8000, memory at that context
 #   ab        each opt-in path against the default, interleaved (decode after 128 and 8000 tokens,
 #             prefill 2048 / 8000 for the attention kernels): the numbers that promote or drop them
-#   kdecode   the decode-attention kernel bench at chat capacity (32,767 rows, short context): the
-#             grid by capacity (run 4) vs by length
 #   profile   per-kernel times of 16 decode steps (qwen-run's event timing), default and fused
 #
 # Exit status: non-zero when any test, sanitizer or step fails. Nothing falls back: a failing opt-in
@@ -28,7 +26,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/qwen-gpu-out}; mkdir -p "$OUT"
 BUDGET=${BUDGET:-540}
-STEPS=${STEPS:-probe tests sanitize bench ab kdecode profile}
+STEPS=${STEPS:-probe tests sanitize bench ab profile}
 export QWEN_REPO_ROOT=$PWD QWEN_REQUIRE_GPU=1 RUST_BACKTRACE=1 PYTHONUNBUFFERED=1
 start=$(date +%s); deadline=$(( start + BUDGET ))
 Q=gpu-carry/qwen-run TK=gpu-carry/test-kernels BK=gpu-carry/bench-kernels SAN=compute-sanitizer
@@ -80,7 +78,7 @@ B="bench --backend cuda --synth 7b"
 # The opt-in paths the ab step measures against the default (name = environment).
 AB_PATHS=${AB_PATHS:-"fuse=QWEN_FUSE=1 attn_mma=QWEN_ATTN=mma attn_wmma=QWEN_ATTN=wmma sampler_block=QWEN_SAMPLER=block sampler_auto=QWEN_SAMPLER=auto gemv_prefetch=QWEN_GEMV=2,8,24 adec_length=QWEN_ADEC_GRID=length"}
 
-echo "gpu_check: BUDGET ${BUDGET}s, steps: $STEPS (budgets: probe 15, tests 130+20, sanitize 70, bench 60, ab 2x20 + 15 per path + 2x20, kdecode 20, profile 30)"
+echo "gpu_check: BUDGET ${BUDGET}s, steps: $STEPS (budgets: probe 15, tests 130+20, sanitize 70, bench 60, ab 2x20 + 15 per path + 2x20, profile 30)"
 for step in $STEPS; do case $step in
   probe)
     # qwen-run's probe says exactly why a present GPU cannot be used (not "no CUDA device").
@@ -109,8 +107,6 @@ for step in $STEPS; do case $step in
     for p in $AB_PATHS; do name=${p%%=*} envv=${p#*=}
       case $name in fuse|adec_length) run "ab8k-$name" 20 env "$envv" "$Q" $B --prefill 1 --decode 128 --decode-prompt 8000 ;; esac
     done ;;
-  kdecode)
-    run kdecode 20 "$BK" --bench --warm-up-time 0.3 --measurement-time 0.7 "attention_decode/cap32767" ;;
   profile)
     run profile 15 env QWEN_PROFILE=16 "$Q" $B --prefill 1 --decode 1 --decode-prompt 128
     run profile 15 env QWEN_FUSE=1 QWEN_PROFILE=16 "$Q" $B --prefill 1 --decode 1 --decode-prompt 128 ;;
