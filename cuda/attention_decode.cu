@@ -8,22 +8,14 @@
 //          attention_decode: block (split i, head h, query t) takes keys [i·split_len,
 //            min((i+1)·split_len, n_keys)) and writes the UNNORMALISED partial
 //              m = max_j s_j,  l = Σ_j exp(s_j - m),  o = Σ_j exp(s_j - m) · v_j   (fp32)
-//            A split with no keys writes m = -INFINITY, l = 0, o = 0 (so nothing stale is ever
-//            read) and exits (without counters; with them it only exits).
+//            A split with no keys writes m = -INFINITY, l = 0, o = 0 (always written, so nothing
+//            stale is ever read) and exits.
 //          attention_decode_combine: block (h, t) merges the splits that have keys
-//            (i < used = ceil(n_keys / split_len)): M = max_i m_i, w_i = exp(m_i - M),
+//            (i < ceil(n_keys / split_len)): M = max_i m_i, w_i = exp(m_i - M),
 //            out = T( Σ_i w_i o_i / Σ_i w_i l_i ).
-//          Fused combine (counters != null, the executor's default): attention_decode does the
-//            combine itself — splits without keys exit at once (nothing reads them), each other
-//            block writes its partial and takes a ticket from counters[t, H + h]
-//            (last_block_arrives, common.cuh); the block drawing the last of the `used` tickets
-//            resets the counter to 0 and merges the partials (read through L2) into out, with the same arithmetic as the
-//            combine kernel (adec_combine) on its 256 threads. One launch instead of two.
 // Layout:  q [T, P] T, k_cache / v_cache [cap, P] T (head h = columns h·D .. h·D+D of a row, P = H·D),
 //          part_o [T, H, n_splits, D] f32, part_ml [T, H, n_splits, 2] f32 (m, l), out [T, P] T,
-//          pos0 [1] u32 (device scalar: the step is captured once in a CUDA graph and replayed),
-//          counters [T, H] u32 (fused combine only; all zero between launches, the kernel leaves
-//          them zero).
+//          pos0 [1] u32 (device scalar: the step is captured once in a CUDA graph and replayed).
 // Launch:  attention_decode grid (n_splits, H, T), block ADEC_THREADS = 256, no dynamic smem.
 //            The block is cut into subgroups of G = next_pow2(ceil(D / 8)) lanes (G | 32, so a
 //            subgroup never straddles a warp); each lane owns 8 of the D columns. A subgroup takes
@@ -214,85 +206,20 @@ __device__ __forceinline__ uint32_t adec_n_keys(const uint32_t* pos0, uint32_t t
     return p < (uint64_t)cap ? (uint32_t)p : cap;
 }
 
-// Block-wide max (MAX) or sum of v over the NT threads of the block; every thread gets the same
-// result (fixed order: xor butterfly in each warp, then the warps in index order). red: [NT/32] shared.
-template <bool MAX, uint32_t NT>
-__device__ __forceinline__ float adec_block_reduce(float v, float* red) {
-    const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-    for (uint32_t off = 16; off > 0; off /= 2) {
-        const float o = __shfl_xor_sync(0xFFFFFFFFu, v, off);
-        v = MAX ? fmaxf(v, o) : v + o;
-    }
-    if (lane == 0) red[warp] = v;
-    __syncthreads();
-    float r = red[0];
-    for (uint32_t w = 1; w < NT / 32; ++w) r = MAX ? fmaxf(r, red[w]) : r + red[w];
-    __syncthreads();  // red may be reused right after
-    return r;
-}
-
-// Merge the `used` (>= 1) split partials of one (query, head) with the NT threads of the block:
-// ml [n_splits, 2] (m, l) and po [n_splits, D] f32 of that (query, head), dst [D] T (its head
-// columns of the output row). red [NT/32], colsum [NT] shared. The partials are read through L2
-// (__ldcg): in the fused path other blocks wrote them during this kernel, and this SM's L1 may
-// hold lines of them from an earlier launch.
-template <typename T, uint32_t NT>
-__device__ void adec_combine(const float* __restrict__ po, const float* __restrict__ ml, T* __restrict__ dst,
-                             uint32_t used, uint32_t D, float* red, float* colsum) {
-    const uint32_t tid = threadIdx.x;
-    // M = max_i m_i (finite: split 0 has keys), L = Σ_i exp(m_i - M) l_i (>= 1: the split holding
-    // the max has weight 1 and l >= 1).
-    float mx = -INFINITY;
-    for (uint32_t i = tid; i < used; i += NT) mx = fmaxf(mx, __ldcg(ml + 2 * i));
-    const float M = adec_block_reduce<true, NT>(mx, red);
-    float ls = 0.0f;
-    for (uint32_t i = tid; i < used; i += NT) ls = fmaf(expf(__ldcg(ml + 2 * i) - M), __ldcg(ml + 2 * i + 1), ls);
-    const float L = adec_block_reduce<false, NT>(ls, red);
-
-    // Σ_i exp(m_i - M) o_i[c]: R = NT / D rows of D threads; thread (r, c) takes splits r, r + R, ...
-    // (coalesced along c), then the R row sums are added in order.
-    const uint32_t R = NT / D;  // >= 1 (D <= 256 <= NT)
-    if (tid < R * D) {
-        const uint32_t r = tid / D, c = tid % D;
-        float acc = 0.0f;
-#pragma unroll 4
-        for (uint32_t i = r; i < used; i += R) acc = fmaf(expf(__ldcg(ml + 2 * i) - M), __ldcg(po + (size_t)i * D + c), acc);
-        colsum[tid] = acc;
-    }
-    __syncthreads();
-    for (uint32_t c = tid; c < D; c += NT) {
-        float acc = 0.0f;
-        for (uint32_t r = 0; r < R; ++r) acc += colsum[r * D + c];
-        dst[c] = from_f32<T>(acc / L);
-    }
-}
-
-// Splits of query t that hold keys: min(ceil(n_keys / split_len), n_splits), >= 1.
-__device__ __forceinline__ uint32_t adec_used(uint32_t n_keys, uint32_t split_len, uint32_t n_splits) {
-    const uint64_t used64 = ((uint64_t)n_keys + split_len - 1) / split_len;
-    return used64 < n_splits ? (uint32_t)used64 : n_splits;
-}
-
 template <typename T>
 __device__ void attention_decode_impl(const T* __restrict__ q, const T* __restrict__ k_cache,
                                       const T* __restrict__ v_cache, float* __restrict__ part_o,
                                       float* __restrict__ part_ml, const uint32_t* __restrict__ pos0, uint32_t H,
-                                      uint32_t D, uint32_t cap, uint32_t split_len, uint32_t n_splits, float scale,
-                                      T* __restrict__ out, uint32_t* __restrict__ counters) {
+                                      uint32_t D, uint32_t cap, uint32_t split_len, uint32_t n_splits, float scale) {
     __shared__ AdecShared sh;
-    __shared__ float red[ADEC_THREADS / 32];
     const uint32_t split = blockIdx.x, h = blockIdx.y, t = blockIdx.z;
     const uint32_t P = H * D;
     const uint32_t n_keys = adec_n_keys(pos0, t, cap);
-    const uint32_t used = adec_used(n_keys, split_len, n_splits);
-    const size_t part0 = ((size_t)t * H + h) * n_splits;  // [T, H, n_splits] index of split 0
-    const size_t part = part0 + split;
-    float* po = part_o + part * D;    // [D]
-    float* pml = part_ml + part * 2;  // [2]
-    if (split >= used) {  // empty split (block-uniform)
-        if (counters != nullptr) return;  // fused: nothing reads it
-        // Separate combine: write the neutral partial, so nothing stale is ever read.
+    const size_t part = ((size_t)t * H + h) * n_splits + split;  // [T, H, n_splits] index
+    float* po = part_o + part * D;                               // [D]
+    float* pml = part_ml + part * 2;                             // [2]
+    const uint64_t begin = (uint64_t)split * split_len;
+    if (begin >= n_keys) {  // empty split (block-uniform): write the neutral partial and leave
         for (uint32_t c = threadIdx.x; c < D; c += ADEC_THREADS) po[c] = 0.0f;
         if (threadIdx.x == 0) {
             pml[0] = -INFINITY;
@@ -300,7 +227,6 @@ __device__ void attention_decode_impl(const T* __restrict__ q, const T* __restri
         }
         return;
     }
-    const uint64_t begin = (uint64_t)split * split_len;  // < n_keys
     const uint64_t end64 = begin + split_len;
     const uint32_t end = end64 < n_keys ? (uint32_t)end64 : n_keys;
     const T* q_row = q + (size_t)t * P + (size_t)h * D;
@@ -312,14 +238,24 @@ __device__ void attention_decode_impl(const T* __restrict__ q, const T* __restri
         adec_split<T, 8, 4>(q_row, k_head, v_head, po, pml, (uint32_t)begin, end, P, D, scale, sh);
     else
         adec_split<T, 1, 2>(q_row, k_head, v_head, po, pml, (uint32_t)begin, end, P, D, scale, sh);
-    if (counters == nullptr) return;
+}
 
-    // Fused combine: the block that takes the last of the `used` tickets of (t, h) merges all the
-    // partials (last_block_arrives' barriers also let adec_split's readers of sh finish: the combine
-    // reuses sh.o).
-    if (!last_block_arrives(counters + (size_t)t * H + h, used)) return;  // block-uniform
-    adec_combine<T, ADEC_THREADS>(part_o + part0 * D, part_ml + part0 * 2, out + (size_t)t * P + (size_t)h * D, used, D,
-                                  red, sh.o);
+// Block-wide max (MAX) or sum of v over ADEC_COMBINE_THREADS threads; every thread gets the same
+// result (fixed order: xor butterfly in each warp, then the warps in index order). red: [32] shared.
+template <bool MAX>
+__device__ __forceinline__ float adec_block_reduce(float v, float* red) {
+    const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (uint32_t off = 16; off > 0; off /= 2) {
+        const float o = __shfl_xor_sync(0xFFFFFFFFu, v, off);
+        v = MAX ? fmaxf(v, o) : v + o;
+    }
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    float r = red[0];
+    for (uint32_t w = 1; w < ADEC_COMBINE_THREADS / 32; ++w) r = MAX ? fmaxf(r, red[w]) : r + red[w];
+    __syncthreads();  // red may be reused right after
+    return r;
 }
 
 template <typename T>
@@ -328,29 +264,57 @@ __device__ void attention_decode_combine_impl(const float* __restrict__ part_o, 
                                               uint32_t D, uint32_t cap, uint32_t split_len, uint32_t n_splits) {
     __shared__ float red[32];
     __shared__ float colsum[ADEC_COMBINE_THREADS];  // [R, D] partial column sums
+    const uint32_t tid = threadIdx.x;
     const uint32_t h = blockIdx.x, t = blockIdx.y;
-    const uint32_t used = adec_used(adec_n_keys(pos0, t, cap), split_len, n_splits);  // n_keys >= 1 (cap >= 1)
+    const uint32_t n_keys = adec_n_keys(pos0, t, cap);  // >= 1 (cap >= 1)
+    const uint64_t used64 = ((uint64_t)n_keys + split_len - 1) / split_len;
+    const uint32_t used = used64 < n_splits ? (uint32_t)used64 : n_splits;  // splits with keys, >= 1
     const size_t part = ((size_t)t * H + h) * n_splits;
-    adec_combine<T, ADEC_COMBINE_THREADS>(part_o + part * D, part_ml + part * 2, out + (size_t)t * H * D + (size_t)h * D,
-                                          used, D, red, colsum);
+    const float* ml = part_ml + part * 2;  // [n_splits, 2] (m, l)
+    const float* po = part_o + part * D;   // [n_splits, D]
+
+    // M = max_i m_i (finite: split 0 has keys), L = Σ_i exp(m_i - M) l_i (>= 1: the split holding
+    // the max has weight 1 and l >= 1).
+    float mx = -INFINITY;
+    for (uint32_t i = tid; i < used; i += ADEC_COMBINE_THREADS) mx = fmaxf(mx, ml[2 * i]);
+    const float M = adec_block_reduce<true>(mx, red);
+    float ls = 0.0f;
+    for (uint32_t i = tid; i < used; i += ADEC_COMBINE_THREADS) ls = fmaf(expf(ml[2 * i] - M), ml[2 * i + 1], ls);
+    const float L = adec_block_reduce<false>(ls, red);
+
+    // Σ_i exp(m_i - M) o_i[c]: R = ADEC_COMBINE_THREADS / D rows of D threads; thread (r, c) takes
+    // splits r, r + R, ... (coalesced along c), then the R row sums are added in order.
+    const uint32_t R = ADEC_COMBINE_THREADS / D;  // >= 2 (D <= 256)
+    if (tid < R * D) {
+        const uint32_t r = tid / D, c = tid % D;
+        float acc = 0.0f;
+#pragma unroll 4
+        for (uint32_t i = r; i < used; i += R) acc = fmaf(expf(ml[2 * i] - M), po[(size_t)i * D + c], acc);
+        colsum[tid] = acc;
+    }
+    __syncthreads();
+    T* dst = out + (size_t)t * H * D + (size_t)h * D;  // row t of [T, P], head h
+    for (uint32_t c = tid; c < D; c += ADEC_COMBINE_THREADS) {
+        float acc = 0.0f;
+        for (uint32_t r = 0; r < R; ++r) acc += colsum[r * D + c];
+        dst[c] = from_f32<T>(acc / L);
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(ADEC_THREADS)
 attention_decode_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k_cache, const __nv_bfloat16* v_cache,
                       float* part_o, float* part_ml, const uint32_t* pos0, uint32_t H, uint32_t D, uint32_t cap,
-                      uint32_t split_len, uint32_t n_splits, float scale, __nv_bfloat16* out, uint32_t* counters) {
+                      uint32_t split_len, uint32_t n_splits, float scale) {
     pdl_begin();
-    attention_decode_impl(q, k_cache, v_cache, part_o, part_ml, pos0, H, D, cap, split_len, n_splits, scale, out,
-                          counters);
+    attention_decode_impl(q, k_cache, v_cache, part_o, part_ml, pos0, H, D, cap, split_len, n_splits, scale);
 }
 
 extern "C" __global__ void __launch_bounds__(ADEC_THREADS)
 attention_decode_f16(const __half* q, const __half* k_cache, const __half* v_cache, float* part_o,
                      float* part_ml, const uint32_t* pos0, uint32_t H, uint32_t D, uint32_t cap, uint32_t split_len,
-                     uint32_t n_splits, float scale, __half* out, uint32_t* counters) {
+                     uint32_t n_splits, float scale) {
     pdl_begin();
-    attention_decode_impl(q, k_cache, v_cache, part_o, part_ml, pos0, H, D, cap, split_len, n_splits, scale, out,
-                          counters);
+    attention_decode_impl(q, k_cache, v_cache, part_o, part_ml, pos0, H, D, cap, split_len, n_splits, scale);
 }
 
 extern "C" __global__ void __launch_bounds__(ADEC_COMBINE_THREADS)

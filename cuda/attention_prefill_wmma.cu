@@ -1,6 +1,7 @@
-// attention_prefill_wmma.cu — the previous causal flash attention for prefill (WMMA 16x16x16, S and P through
-// shared memory), kept as the fallback and A/B baseline of attention_prefill.cu (mma.sync, in registers):
-// QWEN_PREFILL_ATTN=wmma selects it (launch::attention_prefill). Same contract, same oracle.
+// attention_prefill_wmma.cu — run 4's WMMA flash attention (attention_prefill.cu) with the
+// post-run-4 longest-tile-first grid (H, tiles) and the tile code shared with attention_prefill_mma.cu
+// (attention_tile.cuh). NOT yet verified on a GPU: opt-in with QWEN_ATTN=wmma (launch::attention_prefill);
+// it isolates the tile order's gain from the mma.sync kernel's in an A/B run. Same contract, same oracle.
 //
 // What:    for every query row t < T and head h, with p = min(*pos0 + t, cap - 1):
 //            s_j   = (q[t, h] · k[j, h]) * scale                    j = 0..=p (causal, offset by pos0)
@@ -14,7 +15,7 @@
 //          does nothing (the launcher refuses it). Every row is 16-byte aligned (P*2 % 32 == 0 and the
 //          launcher checks the base pointers), so all global traffic is 16-byte cp.async / stores.
 //          Cache rows > the block's last needed position (and all rows >= cap) are never read.
-// Launch:  grid (H, ⌈T/64⌉), block 128 (4 warps), dynamic smem ap_smem_bytes(D) =
+// Launch:  grid (H, ⌈T/64⌉), block 128 (4 warps), dynamic smem at_smem_bytes(D) =
 //          2·64·(D+8)·2 (K and V tiles) + 64·68·4 (S/P) + 3·64·4 (m, l, α) bytes: 52992 at D = 128
 //          (> 48 KiB: the launcher raises the limit). Block (h, y) owns query tile ⌈T/64⌉ - 1 - y of
 //          head h (the heaviest tiles are dispatched first). A block owns 64 query rows of one head, warp w
@@ -28,27 +29,27 @@
 #include "attention_tile.cuh"
 #include <mma.h>
 
-// Internals in their own namespace (attention_prefill.cu has its own ap_impl).
-namespace ap_wmma {
+// Internals in their own namespace (attention_prefill.cu has its own at_impl).
+namespace at_wmma {
 
-constexpr int AP_LDS = AP_BK + 4;    // f32 per S row: 68 (272 bytes, spreads rows over banks)
-constexpr int AP_LDP = 2 * AP_LDS;   // T per P row: 136, the same 272-byte stride (P row r aliases S row r)
+constexpr int AT_LDS = AT_BK + 4;    // f32 per S row: 68 (272 bytes, spreads rows over banks)
+constexpr int AT_LDP = 2 * AT_LDS;   // T per P row: 136, the same 272-byte stride (P row r aliases S row r)
 
 // Dynamic shared memory of the kernel at head dim D (the launcher computes the same number).
-__host__ __device__ constexpr int ap_smem_bytes(int D) {
-    return 2 * AP_BK * (D + 8) * 2 + AP_BQ * AP_LDS * 4 + 3 * AP_BQ * 4;
+__host__ __device__ constexpr int at_smem_bytes(int D) {
+    return 2 * AT_BK * (D + 8) * 2 + AT_BQ * AT_LDS * 4 + 3 * AT_BQ * 4;
 }
 
 // Four T values as one 8-byte word (element 0 at the lowest address).
-template <typename T> __device__ __forceinline__ uint2 ap_pack4(T a, T b, T c, T d) {
+template <typename T> __device__ __forceinline__ uint2 at_pack4(T a, T b, T c, T d) {
     uint2 u;
-    u.x = (uint32_t)ap_bits(a) | ((uint32_t)ap_bits(b) << 16);
-    u.y = (uint32_t)ap_bits(c) | ((uint32_t)ap_bits(d) << 16);
+    u.x = (uint32_t)at_bits(a) | ((uint32_t)at_bits(b) << 16);
+    u.y = (uint32_t)at_bits(c) | ((uint32_t)at_bits(d) << 16);
     return u;
 }
 
 template <typename T, int D>
-__device__ __forceinline__ void ap_impl(const T* __restrict__ q, const T* __restrict__ k_cache,
+__device__ __forceinline__ void at_impl(const T* __restrict__ q, const T* __restrict__ k_cache,
                                         const T* __restrict__ v_cache, T* __restrict__ out,
                                         const uint32_t* __restrict__ pos0_ptr, uint32_t Tn, uint32_t H, uint32_t cap,
                                         float scale) {
@@ -61,16 +62,16 @@ __device__ __forceinline__ void ap_impl(const T* __restrict__ q, const T* __rest
     using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
     constexpr int NE = FragC::num_elements;
 
-    extern __shared__ __align__(128) unsigned char ap_smem[];
-    T* Ks = reinterpret_cast<T*>(ap_smem);   // [64, LDT]
-    T* Vs = Ks + AP_BK * LDT;                // [64, LDT]; holds the Q tile before the first V tile
-    float* Ss = reinterpret_cast<float*>(ap_smem + 2 * AP_BK * LDT * sizeof(T));  // [64, AP_LDS]
-    float* m_s = Ss + AP_BQ * AP_LDS;  // [64] running max per query row (f32)
-    float* l_s = m_s + AP_BQ;          // [64] running sum of P̃ per query row
-    float* a_s = l_s + AP_BQ;          // [64] rescale factor exp(m_old - m_new) of the current tile
+    extern __shared__ __align__(128) unsigned char at_smem[];
+    T* Ks = reinterpret_cast<T*>(at_smem);   // [64, LDT]
+    T* Vs = Ks + AT_BK * LDT;                // [64, LDT]; holds the Q tile before the first V tile
+    float* Ss = reinterpret_cast<float*>(at_smem + 2 * AT_BK * LDT * sizeof(T));  // [64, AT_LDS]
+    float* m_s = Ss + AT_BQ * AT_LDS;  // [64] running max per query row (f32)
+    float* l_s = m_s + AT_BQ;          // [64] running sum of P̃ per query row
+    float* a_s = l_s + AT_BQ;          // [64] rescale factor exp(m_old - m_new) of the current tile
 
-    ApBlock blk;  // tile, head, warp, positions (attention_tile.cuh)
-    if (!ap_block(blk, pos0_ptr, Tn, H, D, cap)) return;  // block-uniform
+    AtBlock blk;  // tile, head, warp, positions (attention_tile.cuh)
+    if (!at_block(blk, pos0_ptr, Tn, H, D, cap)) return;  // block-uniform
     const int warp = blk.warp, lane = blk.lane;
     const uint32_t P = blk.P, t0 = blk.t0, kv_last = blk.kv_last, n_tiles = blk.n_tiles;
     const size_t col = blk.col;
@@ -79,13 +80,13 @@ __device__ __forceinline__ void ap_impl(const T* __restrict__ q, const T* __rest
 
     // Prologue: Q tile -> Vs (group 1), K tile 0 -> Ks (group 2).
     const uint32_t q_rows = Tn - t0;
-    ap_load_tile<T, D>(Vs, q + col, t0, q_rows < AP_BQ ? q_rows : AP_BQ, P);
-    ap_cp_commit();
-    ap_load_tile<T, D>(Ks, k_cache + col, 0, ApBlock::rows_upto(0, kv_last), P);
-    ap_cp_commit();
+    at_load_tile<T, D>(Vs, q + col, t0, q_rows < AT_BQ ? q_rows : AT_BQ, P);
+    at_cp_commit();
+    at_load_tile<T, D>(Ks, k_cache + col, 0, AtBlock::rows_upto(0, kv_last), P);
+    at_cp_commit();
 
-    // This warp's 16 rows of S (f32, ldm AP_LDS) and, aliased on the same bytes, of P (T, ldm AP_LDP).
-    float* Sw = Ss + warp * 16 * AP_LDS;
+    // This warp's 16 rows of S (f32, ldm AT_LDS) and, aliased on the same bytes, of P (T, ldm AT_LDP).
+    float* Sw = Ss + warp * 16 * AT_LDS;
     T* Pw = reinterpret_cast<T*>(Sw);
 
     // Which row of the 16x16 tile each accumulator element holds, found through the API (layout-
@@ -93,10 +94,10 @@ __device__ __forceinline__ void ap_impl(const T* __restrict__ q, const T* __rest
     static_assert(NE <= 8, "row ids are packed 4 bits each into one u32");
     uint32_t rowids = 0;  // element i of an accumulator fragment is in row (rowids >> 4i) & 15
     {
-        for (int i = lane; i < 256; i += 32) Sw[(i / 16) * AP_LDS + i % 16] = (float)(i / 16);
+        for (int i = lane; i < 256; i += 32) Sw[(i / 16) * AT_LDS + i % 16] = (float)(i / 16);
         __syncwarp();
         FragC fr;
-        wmma::load_matrix_sync(fr, Sw, AP_LDS, wmma::mem_row_major);
+        wmma::load_matrix_sync(fr, Sw, AT_LDS, wmma::mem_row_major);
 #pragma unroll
         for (int i = 0; i < NE; ++i) rowids |= (uint32_t)fr.x[i] << (4 * i);
         __syncwarp();
@@ -107,7 +108,7 @@ __device__ __forceinline__ void ap_impl(const T* __restrict__ q, const T* __rest
         l_s[16 * warp + lane] = 0.0f;
         a_s[16 * warp + lane] = 1.0f;
     }
-    ap_cp_wait<1>();  // the Q group has landed (K tile 0 may still be in flight)
+    at_cp_wait<1>();  // the Q group has landed (K tile 0 may still be in flight)
     __syncthreads();
     FragA qf[NF];
 #pragma unroll
@@ -117,16 +118,16 @@ __device__ __forceinline__ void ap_impl(const T* __restrict__ q, const T* __rest
     for (int n = 0; n < NF; ++n) wmma::fill_fragment(o[n], 0.0f);
 
     for (uint32_t kt = 0; kt < n_tiles; ++kt) {
-        const uint32_t key0 = kt * AP_BK;  // <= kv_last
+        const uint32_t key0 = kt * AT_BK;  // <= kv_last
         __syncthreads();  // Vs is free: Q fragments loaded (kt = 0) / previous P·V done
-        ap_load_tile<T, D>(Vs, v_cache + col, key0, ApBlock::rows_upto(key0, kv_last), P);
-        ap_cp_commit();
-        ap_cp_wait<1>();  // K tile kt has landed (V tile kt may still be in flight)
+        at_load_tile<T, D>(Vs, v_cache + col, key0, AtBlock::rows_upto(key0, kv_last), P);
+        at_cp_commit();
+        at_cp_wait<1>();  // K tile kt has landed (V tile kt may still be in flight)
         __syncthreads();  // ... for every thread's copies
 
         // Warp-uniform: does any row of this warp see a key of this tile, and how many 16-key blocks.
         const bool active = warp_valid && key0 <= warp_last;
-        const int nkb = !active ? 0 : warp_last - key0 < AP_BK ? (int)((warp_last - key0) / 16) + 1 : AP_BK / 16;
+        const int nkb = !active ? 0 : warp_last - key0 < AT_BK ? (int)((warp_last - key0) / 16) + 1 : AT_BK / 16;
 
         if (active) {
             // S[16, 16*nkb] = Q_w · K_tileᵀ (unscaled, f32). Columns >= 16*nkb keep stale values; they
@@ -140,7 +141,7 @@ __device__ __forceinline__ void ap_impl(const T* __restrict__ q, const T* __rest
                     wmma::load_matrix_sync(kf, Ks + n * 16 * LDT + kk * 16, LDT);
                     wmma::mma_sync(acc, qf[kk], kf, acc);
                 }
-                wmma::store_matrix_sync(Sw + n * 16, acc, AP_LDS, wmma::mem_row_major);
+                wmma::store_matrix_sync(Sw + n * 16, acc, AT_LDS, wmma::mem_row_major);
             }
             __syncwarp();
 
@@ -153,9 +154,9 @@ __device__ __forceinline__ void ap_impl(const T* __restrict__ q, const T* __rest
                 const int r = 4 * it + g;  // row within the warp's 16
                 const uint32_t p = blk.warp_pos((uint32_t)r);
                 // Last visible column of this tile for row r (-1: none): key key0 + c is visible iff c <= vis.
-                const int vis = p < key0 ? -1 : p - key0 < AP_BK ? (int)(p - key0) : AP_BK - 1;
-                const float4 lo = *reinterpret_cast<const float4*>(Sw + r * AP_LDS + 4 * li);
-                const float4 hi = *reinterpret_cast<const float4*>(Sw + r * AP_LDS + 32 + 4 * li);
+                const int vis = p < key0 ? -1 : p - key0 < AT_BK ? (int)(p - key0) : AT_BK - 1;
+                const float4 lo = *reinterpret_cast<const float4*>(Sw + r * AT_LDS + 4 * li);
+                const float4 hi = *reinterpret_cast<const float4*>(Sw + r * AT_LDS + 32 + 4 * li);
                 float sv[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
                 float mx = -INFINITY;
 #pragma unroll
@@ -165,7 +166,7 @@ __device__ __forceinline__ void ap_impl(const T* __restrict__ q, const T* __rest
                     mx = fmaxf(mx, sv[k]);
                 }
 #pragma unroll
-                for (int off = 4; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(AP_FULL, mx, off));
+                for (int off = 4; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(AT_FULL, mx, off));
                 const int R = 16 * warp + r;  // row within the block
                 const float m_old = m_s[R];
                 const float l_old = l_s[R];
@@ -181,11 +182,11 @@ __device__ __forceinline__ void ap_impl(const T* __restrict__ q, const T* __rest
                     sum += to_f32(pv[k]);                     // l sums the rounded P that feeds P·V
                 }
 #pragma unroll
-                for (int off = 4; off > 0; off >>= 1) sum += __shfl_xor_sync(AP_FULL, sum, off);
+                for (int off = 4; off > 0; off >>= 1) sum += __shfl_xor_sync(AT_FULL, sum, off);
                 __syncwarp();  // all S reads and m/l reads of this step precede the P / stats writes
-                T* prow = Pw + r * AP_LDP;  // P row r overlays the first half of S row r
-                *reinterpret_cast<uint2*>(prow + 4 * li) = ap_pack4(pv[0], pv[1], pv[2], pv[3]);
-                *reinterpret_cast<uint2*>(prow + 32 + 4 * li) = ap_pack4(pv[4], pv[5], pv[6], pv[7]);
+                T* prow = Pw + r * AT_LDP;  // P row r overlays the first half of S row r
+                *reinterpret_cast<uint2*>(prow + 4 * li) = at_pack4(pv[0], pv[1], pv[2], pv[3]);
+                *reinterpret_cast<uint2*>(prow + 32 + 4 * li) = at_pack4(pv[4], pv[5], pv[6], pv[7]);
                 if (li == 0) {
                     m_s[R] = m_new;
                     l_s[R] = l_old * alpha + sum;
@@ -197,12 +198,12 @@ __device__ __forceinline__ void ap_impl(const T* __restrict__ q, const T* __rest
 
         __syncthreads();  // every warp is done reading Ks
         if (kt + 1 < n_tiles) {
-            const uint32_t nk0 = key0 + AP_BK;  // <= kv_last since tile kt + 1 exists
-            ap_load_tile<T, D>(Ks, k_cache + col, nk0, ApBlock::rows_upto(nk0, kv_last), P);
-            ap_cp_commit();
-            ap_cp_wait<1>();  // V tile kt has landed (K tile kt+1 may still be in flight)
+            const uint32_t nk0 = key0 + AT_BK;  // <= kv_last since tile kt + 1 exists
+            at_load_tile<T, D>(Ks, k_cache + col, nk0, AtBlock::rows_upto(nk0, kv_last), P);
+            at_cp_commit();
+            at_cp_wait<1>();  // V tile kt has landed (K tile kt+1 may still be in flight)
         } else {
-            ap_cp_wait<0>();
+            at_cp_wait<0>();
         }
         __syncthreads();  // ... for every thread's copies
 
@@ -218,7 +219,7 @@ __device__ __forceinline__ void ap_impl(const T* __restrict__ q, const T* __rest
             }
             for (int kb = 0; kb < nkb; ++kb) {
                 FragA pf;
-                wmma::load_matrix_sync(pf, Pw + kb * 16, AP_LDP);
+                wmma::load_matrix_sync(pf, Pw + kb * 16, AT_LDP);
 #pragma unroll
                 for (int n = 0; n < NF; ++n) {
                     FragV vf;
@@ -251,17 +252,17 @@ __device__ __forceinline__ void ap_impl(const T* __restrict__ q, const T* __rest
     for (int c0 = 0; c0 < D; c0 += CW) {
 #pragma unroll
         for (int f = 0; f < CW / 16; ++f)
-            wmma::store_matrix_sync(Sw + f * 16, o[c0 / 16 + f], AP_LDS, wmma::mem_row_major);
+            wmma::store_matrix_sync(Sw + f * 16, o[c0 / 16 + f], AT_LDS, wmma::mem_row_major);
         __syncwarp();
         for (int v = lane; v < 16 * VPR; v += 32) {
             const int r = v / VPR, c8 = v % VPR;
             const uint64_t t = (uint64_t)t0 + 16 * warp + r;
             if (t < Tn) {
-                const float* src = Sw + r * AP_LDS + c8 * 8;
+                const float* src = Sw + r * AT_LDS + c8 * 8;
                 const float4 lo = *reinterpret_cast<const float4*>(src);
                 const float4 hi = *reinterpret_cast<const float4*>(src + 4);
-                const uint2 a = ap_pack4(from_f32<T>(lo.x), from_f32<T>(lo.y), from_f32<T>(lo.z), from_f32<T>(lo.w));
-                const uint2 b = ap_pack4(from_f32<T>(hi.x), from_f32<T>(hi.y), from_f32<T>(hi.z), from_f32<T>(hi.w));
+                const uint2 a = at_pack4(from_f32<T>(lo.x), from_f32<T>(lo.y), from_f32<T>(lo.z), from_f32<T>(lo.w));
+                const uint2 b = at_pack4(from_f32<T>(hi.x), from_f32<T>(hi.y), from_f32<T>(hi.z), from_f32<T>(hi.w));
                 *reinterpret_cast<uint4*>(out + t * P + col + c0 + c8 * 8) = make_uint4(a.x, a.y, b.x, b.y);
             }
         }
@@ -269,29 +270,29 @@ __device__ __forceinline__ void ap_impl(const T* __restrict__ q, const T* __rest
     }
 }
 
-// ap_impl for attention_tile.cuh's head-dim switch.
+// at_impl for attention_tile.cuh's head-dim switch.
 struct Impl {
     template <typename T, int D>
     static __device__ __forceinline__ void run(const T* q, const T* k_cache, const T* v_cache, T* out,
                                                const uint32_t* pos0, uint32_t Tn, uint32_t H, uint32_t cap,
                                                float scale) {
-        ap_impl<T, D>(q, k_cache, v_cache, out, pos0, Tn, H, cap, scale);
+        at_impl<T, D>(q, k_cache, v_cache, out, pos0, Tn, H, cap, scale);
     }
 };
 
-}  // namespace ap_wmma
+}  // namespace at_wmma
 
-extern "C" __global__ void __launch_bounds__(AP_THREADS)
+extern "C" __global__ void __launch_bounds__(AT_THREADS)
     attention_prefill_wmma_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k_cache, const __nv_bfloat16* v_cache,
                            __nv_bfloat16* out, const uint32_t* pos0, uint32_t T, uint32_t H, uint32_t D, uint32_t cap,
                            float scale) {
     pdl_begin();
-    ap_dispatch<ap_wmma::Impl>(q, k_cache, v_cache, out, pos0, T, H, D, cap, scale);
+    at_dispatch<at_wmma::Impl>(q, k_cache, v_cache, out, pos0, T, H, D, cap, scale);
 }
 
-extern "C" __global__ void __launch_bounds__(AP_THREADS)
+extern "C" __global__ void __launch_bounds__(AT_THREADS)
     attention_prefill_wmma_f16(const __half* q, const __half* k_cache, const __half* v_cache, __half* out,
                           const uint32_t* pos0, uint32_t T, uint32_t H, uint32_t D, uint32_t cap, float scale) {
     pdl_begin();
-    ap_dispatch<ap_wmma::Impl>(q, k_cache, v_cache, out, pos0, T, H, D, cap, scale);
+    at_dispatch<at_wmma::Impl>(q, k_cache, v_cache, out, pos0, T, H, D, cap, scale);
 }

@@ -4,8 +4,7 @@
 // What:    rmsnorm:      out[t, :] = T((x[t, :] * inv) * w),  inv = 1 / sqrtf(sum_c x[t, c]^2 / C + eps)
 //          add_rmsnorm:  x[t, :] += y[t, :] (stored back to x, f32), then rmsnorm of the new x[t, :].
 //          Statistics in f32: per-thread partial sums, warp shuffles, then one value per warp in
-//          shared memory. inv is IEEE (no rsqrtf): `1.0f / sqrtf(mean + eps)` like the CPU
-//          (rms_inv / rms_apply in pointwise.cuh, shared with gemv.cu's gemv_residual_rmsnorm).
+//          shared memory. inv is IEEE (no rsqrtf): `1.0f / sqrtf(mean + eps)` like the CPU.
 // Layout:  x [T, C] f32, y [T, C] f32, w [C] T, out [T, C] T (T = bf16 / fp16).
 // Launch:  grid (T), block (RMS_BLOCK = 256), no dynamic smem. One block per row, any C >= 1.
 //          When C % 4 == 0 every row of x / y / out is 16 / 16 / 8-byte aligned (buffers start
@@ -14,7 +13,7 @@
 //          add_rmsnorm each thread re-reads exactly the elements it stored in pass 1, so no race).
 // Oracle:  backend::cpu::rmsnorm (add_rmsnorm: cpu::add then cpu::rmsnorm); launchers
 //          launch::rmsnorm / launch::add_rmsnorm (src/backend/cuda/launch/rmsnorm.rs).
-#include "pointwise.cuh"
+#include "common.cuh"
 
 namespace {
 
@@ -101,7 +100,7 @@ __device__ __forceinline__ void rms_impl(float* x, const float* y, const T* __re
         }
     }
     ss = rms_block_sum(ss);
-    const float inv = rms_inv(ss, C, eps);
+    const float inv = 1.0f / sqrtf(ss / (float)C + eps);
     if (C % 4 == 0) {
         const float4* x4 = reinterpret_cast<const float4*>(xr);
         const uint2* w4 = reinterpret_cast<const uint2*>(w);  // 4 values of T
@@ -124,17 +123,17 @@ __device__ __forceinline__ void rms_impl(float* x, const float* y, const T* __re
                     const T* wv = reinterpret_cast<const T*>(&wraw[u]);
                     uint2 oraw;
                     T* ov = reinterpret_cast<T*>(&oraw);
-                    ov[0] = rms_apply(v[u].x, inv, wv[0]);
-                    ov[1] = rms_apply(v[u].y, inv, wv[1]);
-                    ov[2] = rms_apply(v[u].z, inv, wv[2]);
-                    ov[3] = rms_apply(v[u].w, inv, wv[3]);
+                    ov[0] = from_f32<T>((v[u].x * inv) * to_f32(wv[0]));
+                    ov[1] = from_f32<T>((v[u].y * inv) * to_f32(wv[1]));
+                    ov[2] = from_f32<T>((v[u].z * inv) * to_f32(wv[2]));
+                    ov[3] = from_f32<T>((v[u].w * inv) * to_f32(wv[3]));
                     o4[i] = oraw;
                 }
             }
         }
     } else {
         for (uint32_t c = threadIdx.x; c < C; c += stride) {
-            orow[c] = rms_apply(xr[c], inv, w[c]);
+            orow[c] = from_f32<T>((xr[c] * inv) * to_f32(w[c]));
         }
     }
 }

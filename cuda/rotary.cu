@@ -15,8 +15,7 @@
 //          with __fadd_rn / __fsub_rn, so nvcc cannot contract them into FMAs; cosf / sinf are the
 //          full-precision CUDA functions (max 2 ulp over the whole range; theta reaches ~32767 rad
 //          at 32K positions), not __cosf — the only source of difference from Rust's f32::cos /
-//          sin (glibc, < 1 ulp). The pair math is pointwise.cuh's (rope_cos_sin, rope_rotate,
-//          logn_factor), shared with gemv_qkv_rope (gemv.cu), which fuses this kernel into the matmul.
+//          sin (glibc, < 1 ulp).
 // Layout:  qkv [T, 3P] f32, bias [3P] T, inv_freq [D/2] f32, pos0 [1] u32, q [T, P] T,
 //          k_cache / v_cache [cap, P] T (row = absolute position). P = H·D, D even (the launcher also
 //          asks D <= 256, the config's limit; the kernel itself loops over any D).
@@ -30,7 +29,7 @@
 //          At decode (T = 1) that is H blocks, each thread waiting for about one memory latency.
 // Oracle:  per token: matmul output + bias, backend::cpu::rope on q and on k, model::logn_scale on q;
 //          launcher launch::qkv_rope_append (src/backend/cuda/launch/rotary.rs).
-#include "pointwise.cuh"
+#include "common.cuh"
 
 namespace {
 
@@ -51,7 +50,11 @@ __device__ __forceinline__ void rope_impl(const float* __restrict__ qkv, const T
     if (p64 >= cap) return;
     const uint32_t p = (uint32_t)p64;  // < cap <= u32 max
 
-    if (threadIdx.x == 0) rope_scale = logn_factor(p64, S, use_logn);
+    if (threadIdx.x == 0) {
+        float sc = 1.0f;
+        if (use_logn != 0 && p64 + 1 > (uint64_t)S) sc = (float)(log((double)p64 + 1.0) / log((double)S));
+        rope_scale = sc;
+    }
     __syncthreads();
     const float scale = rope_scale;
 
@@ -70,16 +73,21 @@ __device__ __forceinline__ void rope_impl(const float* __restrict__ qkv, const T
 
     for (uint32_t j = threadIdx.x; j < half; j += blockDim.x) {
         const uint32_t j2 = j + half;
-        const float2 cs = rope_cos_sin(pos_f, inv_freq[j]);
+        const float theta = __fmul_rn(pos_f, inv_freq[j]);
+        const float cs = cosf(theta), sn = sinf(theta);
         {  // query
-            const float2 r = rope_rotate(__fadd_rn(qr[j], to_f32(qb[j])), __fadd_rn(qr[j2], to_f32(qb[j2])), cs);
-            q_out[j] = from_f32<T>(__fmul_rn(r.x, scale));
-            q_out[j2] = from_f32<T>(__fmul_rn(r.y, scale));
+            const float x1 = __fadd_rn(qr[j], to_f32(qb[j]));
+            const float x2 = __fadd_rn(qr[j2], to_f32(qb[j2]));
+            const float r1 = __fsub_rn(__fmul_rn(x1, cs), __fmul_rn(x2, sn));
+            const float r2 = __fadd_rn(__fmul_rn(x2, cs), __fmul_rn(x1, sn));
+            q_out[j] = from_f32<T>(__fmul_rn(r1, scale));
+            q_out[j2] = from_f32<T>(__fmul_rn(r2, scale));
         }
         {  // key
-            const float2 r = rope_rotate(__fadd_rn(kr[j], to_f32(kb[j])), __fadd_rn(kr[j2], to_f32(kb[j2])), cs);
-            k_out[j] = from_f32<T>(r.x);
-            k_out[j2] = from_f32<T>(r.y);
+            const float x1 = __fadd_rn(kr[j], to_f32(kb[j]));
+            const float x2 = __fadd_rn(kr[j2], to_f32(kb[j2]));
+            k_out[j] = from_f32<T>(__fsub_rn(__fmul_rn(x1, cs), __fmul_rn(x2, sn)));
+            k_out[j2] = from_f32<T>(__fadd_rn(__fmul_rn(x2, cs), __fmul_rn(x1, sn)));
         }
     }
     for (uint32_t c = threadIdx.x; c < D; c += blockDim.x) {

@@ -24,22 +24,17 @@
 //          kernel's scratch: x / t, then e, then p), out_id [1] u32.
 // Launch:  sample_mark_f32:    grid (min(⌈n_ctx/256⌉, 1024)), block 256 (grid-stride over n_ctx).
 //          sample_process_f32: grid (⌈V/256⌉), block 256, one id per thread.
-//          sample_greedy_f32:  greedy decoding: process + argmax + one-hot in one pass, grid
-//          (⌈V/256⌉), block 256, the last block (atomic ticket) reduces the blocks' results.
-//          sample_draw_f32:    grid (1), block (SMP_THREADS = 1024), ~36 KB static smem. Each step
+//          sample_draw_f32:    grid (1), block (SMP_THREADS = 1024), 520 B static smem. Each step
 //          is a pass of the block over [V] with block-wide reductions: x / t and the max; top-k: a
-//          radix search on the 32-bit order key of x, 3 bits a pass (11 counting passes, per-thread
-//          bins in shared memory); e and Z; top-p: a radix search on the bits of e (10 mass passes);
-//          Zk; p with the mass of each segment (32·G consecutive ids); a block scan of the segment
-//          masses (f64); warp 0 walks the one segment that holds u. Layout (smp_each): warp w owns the contiguous ids [w·32·L, (w+1)·32·L),
+//          bisection on the 32-bit order key of x (32 counting passes); e and Z; top-p: a bisection
+//          on the bits of e (<= 30 mass passes); Zk; p with the mass of each segment (32·G
+//          consecutive ids); a block scan of the segment masses (f64); warp 0 walks the one segment
+//          that holds u. Layout (smp_each): warp w owns the contiguous ids [w·32·L, (w+1)·32·L),
 //          L = ⌈V/1024⌉, one coalesced 128-byte row per warp load; every pass reads back only what
 //          the same thread wrote, the final walk reads after a __syncthreads.
-//          Cost at V = 151936: each pass reads 600 KB from L2 on one SM (~8 us on an H200). The
-//          bisections of the first version (30 passes for top-p, 32 for top-k) took 290 us per token
-//          with Qwen's defaults (top-p 0.8) on the H200; the radix searches need 14 passes in all for
-//          top-p (predicted ~120 us, not yet measured). Without a top-k cut (Qwen's defaults)
-//          launch::sample runs the multi-block path at the end of this file instead (7 launches of
-//          ⌈V/1024⌉ blocks, predicted ~20-30 us; QWEN_SAMPLER=block keeps this kernel).
+//          Cost at V = 151936: ~35 passes over 600 KB from L2 by one SM (~150-250 us on an H100 with
+//          top-p; +32 passes with top-k). Later optimisation: radix select / candidate compaction
+//          into shared memory, or a multi-block first pass.
 //          Numerics: per-thread f32 sums, combined across threads in f64 in a fixed order: the result
 //          is deterministic run to run (no atomics).
 // Oracle:  sampler::Sampler::probabilities (the distribution) and the walk of Sampler::sample with the
@@ -54,8 +49,6 @@ constexpr unsigned SMP_FULL = 0xffffffffu;
 constexpr uint32_t SMP_NONE = 0xffffffffu;
 constexpr float SMP_MIN_TEMPERATURE = 1e-5f;  // below: greedy (sampler.rs MIN_TEMPERATURE)
 constexpr uint32_t SMP_ONE_BITS = 0x3f800000u;  // bits of 1.0f, the largest e
-constexpr uint32_t SMP_RADIX_BITS = 3;           // a search pass splits its range into 8 bins
-constexpr uint32_t SMP_BINS = 1u << SMP_RADIX_BITS;
 
 // Order key of a logit: ascending u32 order = ascending float order, -0.0 == +0.0 (as torch compares).
 // x + 0.0f turns -0.0 into +0.0 (kept by the compiler: no fast-math).
@@ -79,19 +72,13 @@ struct SmpMinU {
 struct SmpMaxU {
     __device__ uint32_t operator()(uint32_t a, uint32_t b) const { return a > b ? a : b; }
 };
-struct SmpMaxU64 {
-    __device__ unsigned long long operator()(unsigned long long a, unsigned long long b) const { return a > b ? a : b; }
-};
-struct SmpSumU64 {
-    __device__ unsigned long long operator()(unsigned long long a, unsigned long long b) const { return a + b; }
-};
 
-// Reduce `v` over the NW · 32 threads of the block (default SMP_THREADS) with the commutative `op`; every thread gets
+// Reduce `v` over the SMP_THREADS threads of the block with the commutative `op`; every thread gets
 // the same bits (xor butterfly inside a warp — commutative, so all lanes agree — then the 32 warp
-// values combined in warp order by every thread). `red` [NW] shared; the leading
+// values combined in warp order by every thread). `red` [SMP_WARPS] shared; the leading
 // __syncthreads lets the previous reduction's readers finish before it is overwritten. Must be
 // called by every thread of the block (uniform control flow).
-template <uint32_t NW = SMP_WARPS, typename T, typename Op>
+template <typename T, typename Op>
 __device__ __forceinline__ T smp_block_reduce(T v, Op op, T* red) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(SMP_FULL, v, o));
@@ -100,32 +87,8 @@ __device__ __forceinline__ T smp_block_reduce(T v, Op op, T* red) {
     __syncthreads();
     T r = red[0];
 #pragma unroll 8
-    for (uint32_t w = 1; w < NW; ++w) r = op(r, red[w]);
+    for (uint32_t w = 1; w < SMP_WARPS; ++w) r = op(r, red[w]);
     return r;
-}
-
-// smp_block_reduce for SMP_BINS values at once (one pair of barriers): v[b] becomes the reduction of
-// every thread's v[b], the same bits in every thread. red [SMP_WARPS · SMP_BINS] shared.
-template <typename T, typename Op>
-__device__ __forceinline__ void smp_block_reduce_bins(T (&v)[SMP_BINS], Op op, T* red) {
-    const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-    for (uint32_t b = 0; b < SMP_BINS; ++b) {
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) v[b] = op(v[b], __shfl_xor_sync(SMP_FULL, v[b], o));
-    }
-    __syncthreads();
-    if (lane == 0) {
-#pragma unroll
-        for (uint32_t b = 0; b < SMP_BINS; ++b) red[warp * SMP_BINS + b] = v[b];
-    }
-    __syncthreads();
-#pragma unroll
-    for (uint32_t b = 0; b < SMP_BINS; ++b) {
-        T r = red[b];
-        for (uint32_t w = 1; w < SMP_WARPS; ++w) r = op(r, red[w * SMP_BINS + b]);
-        v[b] = r;
-    }
 }
 
 // The draw kernel's layout: warp w owns the CONTIGUOUS id range [w·32·L, (w+1)·32·L) ∩ [0, V),
@@ -157,34 +120,6 @@ __device__ __forceinline__ float smp_warp_sum(float v) {
     return v;
 }
 
-
-// Warp 0's walk over the ids [s0, s1) in increasing order from the cumulative `base` (f64), 32 ids a
-// step with an inclusive f64 scan of p: the first id with p > 0 and u < base + Σ p up to it; forced
-// (u is past the rounded total): the last id with p > 0; none at all: 0. Every lane of the warp calls
-// it (uniform loop) and gets the same id. p is read through L2 (__ldcg): other blocks may have
-// written it.
-__device__ __forceinline__ uint32_t smp_walk(const float* probs, uint32_t s0, uint32_t s1, double base, double u,
-                                             bool forced) {
-    const uint32_t lane = threadIdx.x & 31;
-    double acc = base;
-    uint32_t last = SMP_NONE;
-    for (uint32_t v0 = s0; v0 < s1; v0 += 32u) {  // uniform across the warp
-        const uint32_t v = v0 + lane;
-        const float p = v < s1 ? __ldcg(probs + v) : 0.0f;
-        double sc = (double)p;
-#pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {
-            const double y = __shfl_up_sync(SMP_FULL, sc, o);
-            if (lane >= (uint32_t)o) sc += y;
-        }
-        const unsigned pos = __ballot_sync(SMP_FULL, p > 0.0f);
-        const unsigned hits = __ballot_sync(SMP_FULL, p > 0.0f && !forced && u < acc + sc);
-        if (hits != 0) return v0 + (uint32_t)(__ffs(hits) - 1);
-        if (pos != 0) last = v0 + 31u - (uint32_t)__clz(pos);
-        acc += __shfl_sync(SMP_FULL, sc, 31);
-    }
-    return last != SMP_NONE ? last : 0u;
-}
 }  // namespace
 
 // flags[id] = 1 for every context id < V (duplicates write the same byte: benign).
@@ -197,11 +132,13 @@ extern "C" __global__ void sample_mark_f32(const uint32_t* ctx_ids, uint32_t n_c
     }
 }
 
-// Steps 0-1 for id v < V, in place: NaN and ids >= vocab_len → -inf, then the penalty where
-// flags[v] != 0 (and the flag cleared, leaving the workspace zero for the next call). Returns the
-// processed logit.
-__device__ __forceinline__ float smp_process(float* logits, uint32_t v, uint32_t vocab_len, uint8_t* flags,
-                                             float penalty) {
+// Steps 0-1 in place: NaN and ids >= vocab_len → -inf, then the penalty where flags[v] != 0 (and the
+// flag cleared, leaving the workspace zero for the next call).
+extern "C" __global__ void sample_process_f32(float* logits, uint32_t V, uint32_t vocab_len, uint8_t* flags,
+                                              float penalty) {
+    pdl_begin();
+    const uint32_t v = blockIdx.x * blockDim.x + threadIdx.x;
+    if (v >= V) return;
     float x = logits[v];
     if (isnan(x) || v >= vocab_len) x = -INFINITY;
     if (flags[v] != 0) {
@@ -209,49 +146,6 @@ __device__ __forceinline__ float smp_process(float* logits, uint32_t v, uint32_t
         x = x < 0.0f ? x * penalty : x / penalty;
     }
     logits[v] = x;
-    return x;
-}
-
-// Steps 0-1 in place over [V] (smp_process), one id per thread.
-extern "C" __global__ void sample_process_f32(float* logits, uint32_t V, uint32_t vocab_len, uint8_t* flags,
-                                              float penalty) {
-    pdl_begin();
-    const uint32_t v = blockIdx.x * blockDim.x + threadIdx.x;
-    if (v < V) smp_process(logits, v, vocab_len, flags, penalty);
-}
-
-// Steps 0-2 for greedy decoding in one multi-block pass (instead of sample_process_f32 +
-// sample_draw_f32's one-block argmax): each thread processes its logit in place exactly as
-// sample_process_f32 (and clears its flag), zeroes probs[v], and the block takes the argmax of the
-// packed key (order key of x << 32 | ~v: the largest x, then the lowest id; all -inf gives id 0, as
-// the draw kernel); block results go to part[block] (u64), and the last block to take a ticket from
-// `counter` (zero between launches; it resets it) reduces them, writes out_id and probs[id] = 1.
-// Grid (⌈V/256⌉), block 256. part [grid] u64, counter [1] u32 (sample_workspace_bytes's tail).
-extern "C" __global__ void __launch_bounds__(256)
-    sample_greedy_f32(float* logits, uint32_t V, uint32_t vocab_len, uint8_t* flags, float penalty, float* probs,
-                      uint32_t* out_id, unsigned long long* part, uint32_t* counter) {
-    pdl_begin();
-    __shared__ unsigned long long red[256 / 32];
-    const uint32_t tid = threadIdx.x;
-    const uint32_t v = blockIdx.x * blockDim.x + tid;
-    unsigned long long best = 0ull;  // below every real key (a key of -inf is 0x007FFFFF...)
-    if (v < V) {
-        const float x = smp_process(logits, v, vocab_len, flags, penalty);
-        probs[v] = 0.0f;
-        best = ((unsigned long long)smp_key(x) << 32) | (unsigned long long)(~v);
-    }
-    best = smp_block_reduce<256 / 32>(best, SmpMaxU64(), red);
-    if (tid == 0) part[blockIdx.x] = best;
-    // This block's logits / probs / flags stores and its result, then the ticket (common.cuh).
-    if (!last_block_arrives(counter, gridDim.x)) return;  // block-uniform
-    best = 0ull;
-    for (uint32_t i = tid; i < gridDim.x; i += blockDim.x) best = SmpMaxU64()(best, __ldcg(part + i));
-    best = smp_block_reduce<256 / 32>(best, SmpMaxU64(), red);
-    if (tid == 0) {
-        const uint32_t id = ~(uint32_t)(best & 0xFFFFFFFFull);  // < V: every block had a v < V
-        *out_id = id;
-        probs[id] = 1.0f;
-    }
 }
 
 // Steps 2-6 in one block of SMP_THREADS threads (see the header). `u` in [0, 1) is the host's draw
@@ -264,12 +158,6 @@ extern "C" __global__ void __launch_bounds__(SMP_THREADS)
     __shared__ float red_f[SMP_WARPS];
     __shared__ uint32_t red_u[SMP_WARPS];
     __shared__ double walk_base;
-    // Per-thread bins of the top-k / top-p search passes: bin b of thread tid at [b · SMP_THREADS +
-    // tid] (consecutive threads, consecutive banks), f32 bits (top-p masses) or u32 (top-k counts);
-    // each thread touches only its own bins. 32 KB.
-    __shared__ uint32_t bins[SMP_BINS * SMP_THREADS];
-    __shared__ double red_bd[SMP_WARPS * SMP_BINS];
-    __shared__ uint32_t red_bu[SMP_WARPS * SMP_BINS];
     if (blockDim.x != SMP_THREADS || blockIdx.x != 0) return;  // the launcher never does this
     const uint32_t tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const uint32_t L = (V + SMP_THREADS - 1u) / SMP_THREADS;  // rows of 32 ids per warp
@@ -318,43 +206,18 @@ extern "C" __global__ void __launch_bounds__(SMP_THREADS)
     } else {
         mode = 2;
         // 4. Top-k: kcut = the largest key with count(key >= kcut) >= k, i.e. the k-th largest key.
-        // Radix search from the top bit: the answer lies in [lo, lo + 2^r); a pass counts, per thread,
-        // the keys at or above the range's end and the keys in each of its 8 bins of width 2^s
-        // (s = r - 3), so C_b = count(key >= lo + b·2^s) for every b at once; lo moves to the largest
-        // b with C_b >= k (C_0 >= k holds: count(key >= lo) >= k). 11 passes (32 = 10·3 + 2) instead
-        // of a bisection's 32; the counts are exact, so kcut is the bisection's.
         uint32_t kcut = 0;  // 0: keep all
         if (top_k != 0 && top_k < V) {
-            uint64_t lo = 0;
-            uint32_t r = 32;
-            for (;;) {  // uniform: lo and r come from block-reduced values
-                const uint32_t nbits = min(r, SMP_RADIX_BITS), sh = r - nbits;
-                const uint64_t end = lo + ((uint64_t)1 << r);
-#pragma unroll
-                for (uint32_t b = 0; b < SMP_BINS; ++b) bins[b * SMP_THREADS + tid] = 0u;
-                uint32_t above = 0;
-                smp_each(probs, V, L, [&](uint32_t, float x) {
-                    const uint64_t k = smp_key(x);
-                    if (k >= end) ++above;
-                    else if (k >= lo) ++bins[(uint32_t)((k - lo) >> sh) * SMP_THREADS + tid];
-                });
-                uint32_t c[SMP_BINS];  // C_b of this thread's ids (bins past 2^nbits stay empty)
-                uint32_t run = above;
-#pragma unroll
-                for (int b = SMP_BINS - 1; b >= 0; --b) {
-                    run += bins[b * SMP_THREADS + tid];
-                    c[b] = run;
-                }
-                smp_block_reduce_bins(c, SmpSumU(), red_bu);
-                uint32_t hit = 0;
-#pragma unroll
-                for (uint32_t b = 1; b < SMP_BINS; ++b)
-                    if (b < (1u << nbits) && c[b] >= top_k) hit = b;  // C_b falls with b
-                lo += (uint64_t)hit << sh;
-                if (sh == 0) break;
-                r = sh;
+            uint32_t lo = 0, hi = 0xffffffffu;  // count(key >= lo) >= k holds (lo = 0: V >= k)
+            while (lo < hi) {                   // uniform: lo / hi are block-reduced values; 32 rounds
+                const uint32_t mid = (uint32_t)(((uint64_t)lo + (uint64_t)hi + 1u) >> 1);
+                uint32_t c = 0;
+                smp_each(probs, V, L, [&](uint32_t, float x) { c += smp_key(x) >= mid ? 1u : 0u; });
+                c = smp_block_reduce(c, SmpSumU(), red_u);
+                if (c >= top_k) lo = mid;
+                else hi = mid - 1u;
             }
-            kcut = (uint32_t)lo;
+            kcut = lo;
         }
         // e = expf(x - m) for the top-k survivors (0 otherwise) into the scratch, Z = Σ e.
         // e(max) = expf(0) = 1 exactly; every e is in [0, 1] (non-negative: bits order = value order).
@@ -368,54 +231,18 @@ extern "C" __global__ void __launch_bounds__(SMP_THREADS)
         // 5. Top-p: pcut = the smallest bit pattern t with (Σ_{bits(e_j) <= t} e_j) / Z > thr, kept iff
         // bits(e) >= pcut. If even t = bits(1.0) fails (rounding with top_p tiny) pcut = bits(1.0): the
         // max (and its ties) survive, as HF always keeps the largest.
-        // Radix search from the top: the cut lies in [lo, lo + 2^r) (r = 30 at first: every e <= 1.0
-        // has bits < 2^30); a pass sums, per thread in f32, the e below lo and the e in each of the
-        // range's 8 bins of width 2^s (s = r - 3), so S at every bin's upper end comes out of one
-        // pass (per-thread running sums, combined in f64 in a fixed order: deterministic); lo moves to
-        // the first bin whose upper end passes. 10 passes instead of a bisection's 30. S is summed in
-        // a different order in each pass, so a bin found in one pass may see no passing sub-bin in the
-        // next (a difference of ~1e-7 at the threshold): the cut is then the range's top, which
-        // passed before. pcut is clamped to bits(1.0) so the max is always kept.
         if (top_p < 1.0f) {
             const float thr = (float)(1.0 - (double)top_p);  // as the CPU: (1 - top_p as f64) as f32
-            uint32_t lo = 0, r = 30;
-            for (bool first = true;; first = false) {  // uniform: lo and r come from block-reduced values
-                const uint32_t nbits = min(r, SMP_RADIX_BITS), sh = r - nbits;
-                const uint32_t span = 1u << r;  // r <= 30
-#pragma unroll
-                for (uint32_t b = 0; b < SMP_BINS; ++b) bins[b * SMP_THREADS + tid] = 0u;  // +0.0f
-                float below = 0.0f;
-                smp_each(probs, V, L, [&](uint32_t, float e) {
-                    const uint32_t bits = __float_as_uint(e);
-                    if (bits < lo) {
-                        below += e;
-                    } else if (bits - lo < span) {
-                        uint32_t* h = &bins[((bits - lo) >> sh) * SMP_THREADS + tid];
-                        *h = __float_as_uint(__uint_as_float(*h) + e);
-                    }
-                });
-                double cum[SMP_BINS];  // this thread's S at each bin's upper end
-                float run = below;
-#pragma unroll
-                for (uint32_t b = 0; b < SMP_BINS; ++b) {
-                    run += __uint_as_float(bins[b * SMP_THREADS + tid]);
-                    cum[b] = (double)run;
-                }
-                smp_block_reduce_bins(cum, SmpSumD(), red_bd);
-                const uint32_t nb = 1u << nbits;
-                uint32_t hit = nb;
-#pragma unroll
-                for (uint32_t b = 0; b < SMP_BINS; ++b)
-                    if (b < nb && hit == nb && (float)(cum[b] / Z) > thr) hit = b;
-                if (hit == nb) {  // no bin passes: bits(1.0) on the first pass, else the range's top
-                    lo = first ? SMP_ONE_BITS : lo + (span - 1u);
-                    break;
-                }
-                lo += hit << sh;
-                if (sh == 0) break;
-                r = sh;
+            uint32_t lo = 0, hi = SMP_ONE_BITS;
+            while (lo < hi) {  // uniform, <= 30 rounds
+                const uint32_t mid = lo + ((hi - lo) >> 1);
+                float s = 0.0f;
+                smp_each(probs, V, L, [&](uint32_t, float e) { s += __float_as_uint(e) <= mid ? e : 0.0f; });
+                const double S = smp_block_reduce((double)s, SmpSumD(), red_d);
+                if ((float)(S / Z) > thr) hi = mid;
+                else lo = mid + 1u;
             }
-            pcut = min(lo, SMP_ONE_BITS);
+            pcut = lo;
             float ks = 0.0f;
             smp_each(probs, V, L, [&](uint32_t, float e) { ks += __float_as_uint(e) >= pcut ? e : 0.0f; });
             zk = (float)smp_block_reduce((double)ks, SmpSumD(), red_d);
@@ -487,279 +314,30 @@ extern "C" __global__ void __launch_bounds__(SMP_THREADS)
     if (tid == walker) walk_base = E;
     __syncthreads();  // walk_base, and every p stored above, visible to warp 0
     if (warp != 0) return;
-    // Warp 0 walks the walker's segment [s0, s1) (it has mass, so a forced walk finds an id).
+    // Warp 0 walks the walker's segment [s0, s1) 32 ids at a time: inclusive f64 scan of p, the first
+    // lane with p > 0 and u < acc wins. The segment has mass, so `last` is set when nothing hits.
     const uint32_t sw = walker >> 5, sg = walker & 31;
     const uint32_t s0 = sw * L * 32u + sg * G * 32u;
     const uint32_t s1 = min(sw * L * 32u + min((sg + 1u) * G, L) * 32u, V);
-    const uint32_t id = smp_walk(probs, s0, s1, walk_base, u, forced);
-    if (lane == 0) *out_id = id;
-}
-
-// ---- Multi-block top-p (top_k = 0: Qwen's defaults), instead of the one-block sample_draw_f32.
-// Steps 0-6 of the header in four kernels over a grid of ⌈V/1024⌉ blocks of 256 threads (thread t of
-// block b takes ids b·1024 + t + 256 j, j < 4), each pass over [V] spread over the whole GPU:
-//   sample_prep_f32   steps 0-1 in place (smp_process, as sample_process_f32), x = l / t into probs,
-//                     the max m (block maxima, the last block by ticket) and a fresh SmpState;
-//   sample_exp_f32    e = expf(x - m) into probs and Z = Σ e (mode 2), or the count of +inf (mode 1);
-//   sample_cut_f32    one pass of the top-p radix search, 8 bits at a time (launched 4 times: 30 =
-//                     8 + 8 + 8 + 6 bits; a pass after the search ended does nothing);
-//   sample_walk_f32   p into probs, the mass of each block, and the last block (ticket) finds the
-//                     block holding u (f64 prefix in block order) and walks it in id order.
-// Masses in the search are fixed-point integers, e · 2^shift rounded (shift = 63 - bits(V), so Σ
-// over V values of at most 1 fits a u64; one value's rounding is below 2^-(shift+1), ~1.4e-14 at
-// V = 151,936): integer sums do not depend on the order of the atomics, so every pass sees exactly
-// the same Z and the same sums at the same bit patterns — deterministic, and a bin found in one pass
-// always holds a passing sub-bin in the next. The cut and the distribution are those of sample_draw_f32
-// (same definitions; the sums differ from its f64-of-f32 sums by ~1e-9 relative).
-// Workspace: SmpState (sample_prep_f32 initialises it every call), the block results (part, reused
-// from sample_greedy_f32's) and the ticket counter (zero between launches, reset by each last block).
-
-namespace {
-
-constexpr uint32_t SMP_MB_THREADS = 256;              // block of the multi-block kernels
-constexpr uint32_t SMP_MB_WARPS = SMP_MB_THREADS / 32;
-constexpr uint32_t SMP_MB_IDS = 4 * SMP_MB_THREADS;   // ids per block
-constexpr uint32_t SMP_CUT_BITS = 8;                  // radix digit of sample_cut_f32
-constexpr uint32_t SMP_CUT_BINS = 1u << SMP_CUT_BITS;  // 256 = SMP_MB_THREADS: thread t owns bin t
-static_assert(SMP_CUT_BINS == SMP_MB_THREADS, "one bin per thread in the block sums");
-
-struct SmpState {
-    float m;                       // max of x = l / t
-    uint32_t mode;                 // 0 every x -inf, 1 some +inf, 2 finite max
-    uint32_t n_inf;                // mode 1: ids with x = +inf
-    uint32_t lo, r, done;          // the search: the cut lies in [lo, lo + 2^r); done when found
-    uint32_t pad0, pad1;
-    unsigned long long z;          // Σ e (fixed point)
-    unsigned long long below;      // this pass: Σ e with bits(e) < lo (zeroed by the pass's last block)
-    unsigned long long cut_below;  // after the search: Σ e with bits(e) < pcut
-    unsigned long long hist[SMP_CUT_BINS];  // this pass's bins (zeroed by the pass's last block)
-};
-static_assert(sizeof(SmpState) == 2104, "launch/sampling.rs reserves STATE_BYTES = 2112 for it");
-
-// Fixed-point scale exponent for V values in [0, 1]: 63 - bits(V) (V <= 2^31, so >= 31).
-__device__ __forceinline__ uint32_t smp_shift(uint32_t V) { return 63u - (32u - (uint32_t)__clz(V)); }
-__device__ __forceinline__ unsigned long long smp_fixed(float e, double scale) {
-    return __double2ull_rn((double)e * scale);
-}
-
-}  // namespace
-
-// Steps 0-1 and the temperature; m and a fresh SmpState by the last block. logits [V] f32 (in
-// place), flags [V] u8 (cleared), probs [V] f32 (out: x), part [grid] f32, st, counter [1] u32.
-extern "C" __global__ void __launch_bounds__(SMP_MB_THREADS)
-    sample_prep_f32(float* logits, uint32_t V, uint32_t vocab_len, uint8_t* flags, float penalty, float temperature,
-                    float* probs, float* part, SmpState* st, uint32_t* counter) {
-    pdl_begin();
-    __shared__ float red[SMP_MB_WARPS];
-    const uint32_t tid = threadIdx.x;
-    const bool scale = temperature != 1.0f;
-    float mx = -INFINITY;
-#pragma unroll
-    for (uint32_t j = 0; j < 4; ++j) {
-        const uint32_t v = blockIdx.x * SMP_MB_IDS + tid + j * SMP_MB_THREADS;
-        if (v < V) {
-            const float l = smp_process(logits, v, vocab_len, flags, penalty);
-            const float x = scale ? l / temperature : l;
-            probs[v] = x;
-            mx = fmaxf(mx, x);
-        }
-    }
-    mx = smp_block_reduce<SMP_MB_WARPS>(mx, SmpMaxF(), red);
-    if (tid == 0) part[blockIdx.x] = mx;
-    if (!last_block_arrives(counter, gridDim.x)) return;  // block-uniform
-    float m = -INFINITY;
-    for (uint32_t i = tid; i < gridDim.x; i += SMP_MB_THREADS) m = fmaxf(m, __ldcg(part + i));
-    m = smp_block_reduce<SMP_MB_WARPS>(m, SmpMaxF(), red);
-    st->hist[tid] = 0ull;
-    if (tid == 0) {
-        st->m = m;
-        st->mode = m == -INFINITY ? 0u : m == INFINITY ? 1u : 2u;
-        st->n_inf = 0;
-        st->lo = 0;
-        st->r = 30;  // every e <= 1.0 has bits < 2^30
-        st->done = 0;
-        st->z = 0ull;
-        st->below = 0ull;
-        st->cut_below = 0ull;
-    }
-}
-
-// e = expf(x - m) in place and Z (mode 2), or the number of +inf (mode 1). probs [V] f32.
-extern "C" __global__ void __launch_bounds__(SMP_MB_THREADS) sample_exp_f32(float* probs, uint32_t V, SmpState* st) {
-    pdl_begin();
-    __shared__ unsigned long long red[SMP_MB_WARPS];
-    const uint32_t mode = st->mode;
-    if (mode == 0) return;  // grid-uniform
-    const float m = st->m;
-    const double scale = ldexp(1.0, (int)smp_shift(V));
-    unsigned long long sum = 0ull;  // mode 2: Σ e (fixed point); mode 1: the +inf count
-#pragma unroll
-    for (uint32_t j = 0; j < 4; ++j) {
-        const uint32_t v = blockIdx.x * SMP_MB_IDS + threadIdx.x + j * SMP_MB_THREADS;
-        if (v < V) {
-            const float x = probs[v];
-            if (mode == 2) {
-                const float e = expf(x - m);  // in [0, 1]; 1 exactly at the max
-                probs[v] = e;
-                sum += smp_fixed(e, scale);
-            } else {
-                sum += x == INFINITY ? 1ull : 0ull;
-            }
-        }
-    }
-    sum = smp_block_reduce<SMP_MB_WARPS>(sum, SmpSumU64(), red);
-    if (threadIdx.x == 0 && sum != 0ull) {
-        if (mode == 2) atomicAdd(&st->z, sum);
-        else atomicAdd(&st->n_inf, (uint32_t)sum);
-    }
-}
-
-// One pass of the top-p search (step 5 of the header; thr = (1 - top_p as f64) as f32): the masses of
-// the 256 sub-ranges of [lo, lo + 2^r) and of everything below lo; the last block takes the first
-// bin whose upper end passes (S / Z > thr) and narrows the range to it, or ends the search. probs [V]
-// f32 (e).
-extern "C" __global__ void __launch_bounds__(SMP_MB_THREADS)
-    sample_cut_f32(const float* probs, uint32_t V, float thr, SmpState* st, uint32_t* counter) {
-    pdl_begin();
-    __shared__ unsigned long long wbins[SMP_MB_WARPS * SMP_CUT_BINS];  // per-warp bins, 16 KB
-    __shared__ unsigned long long red[SMP_MB_WARPS];
-    if (st->mode != 2 || st->done != 0) return;  // grid-uniform: written only by the last block of a pass
-    const uint32_t tid = threadIdx.x, warp = tid >> 5;
-    const uint32_t lo = st->lo, r = st->r;  // read by every block before the last block of this pass moves them
-    const uint32_t nbits = min(r, SMP_CUT_BITS), sh = r - nbits, span = 1u << r;
-    const double scale = ldexp(1.0, (int)smp_shift(V));
-#pragma unroll
-    for (uint32_t w = 0; w < SMP_MB_WARPS; ++w) wbins[w * SMP_CUT_BINS + tid] = 0ull;
-    __syncthreads();
-    unsigned long long below = 0ull;
-#pragma unroll
-    for (uint32_t j = 0; j < 4; ++j) {
-        const uint32_t v = blockIdx.x * SMP_MB_IDS + tid + j * SMP_MB_THREADS;
-        if (v < V) {
-            const float e = probs[v];
-            const uint32_t bits = __float_as_uint(e);
-            if (bits < lo) below += smp_fixed(e, scale);
-            else if (bits - lo < span) atomicAdd(&wbins[warp * SMP_CUT_BINS + ((bits - lo) >> sh)], smp_fixed(e, scale));
-        }
-    }
-    __syncthreads();
-    unsigned long long h = 0ull;  // bin tid over the block's warps
-#pragma unroll
-    for (uint32_t w = 0; w < SMP_MB_WARPS; ++w) h += wbins[w * SMP_CUT_BINS + tid];
-    if (h != 0ull) atomicAdd(&st->hist[tid], h);
-    below = smp_block_reduce<SMP_MB_WARPS>(below, SmpSumU64(), red);
-    if (tid == 0 && below != 0ull) atomicAdd(&st->below, below);
-    if (!last_block_arrives(counter, gridDim.x)) return;  // block-uniform
-    if (tid == 0) {
-        const unsigned long long Z = __ldcg(&st->z);  // >= the max's e = 1 in fixed point
-        const uint32_t nb = 1u << nbits;
-        const bool first = lo == 0 && r == 30;
-        unsigned long long cum = __ldcg(&st->below);  // S below the current bin
-        unsigned long long at_one = 0ull;             // first pass: S below bits(1.0) (a bin edge)
-        uint32_t hit = nb;
-        for (uint32_t b = 0; b < nb; ++b) {
-            if (first && b == (SMP_ONE_BITS >> sh)) at_one = cum;
-            const unsigned long long hb = __ldcg(&st->hist[b]);
-            if ((float)((double)(cum + hb) / (double)Z) > thr) {
-                hit = b;
-                break;
-            }
-            cum += hb;
-        }
-        if (hit == nb && first) {
-            // Nothing passes even at bits(1.0) (top_p so small that thr rounds to 1): keep the max
-            // and its ties, as sample_draw_f32.
-            st->lo = SMP_ONE_BITS;
-            st->cut_below = at_one;
-            st->done = 1;
-        } else {
-            if (hit == nb) {  // not reachable with exact sums (the range's top passed before): its top bin
-                hit = nb - 1u;
-                cum -= __ldcg(&st->hist[hit]);
-            }
-            st->lo = lo + (hit << sh);
-            if (sh == 0) {
-                st->cut_below = cum;  // S at bits < the cut
-                st->done = 1;
-            } else {
-                st->r = sh;
-            }
-        }
-    }
-    __syncthreads();  // thread 0 has read the bins
-    st->hist[tid] = 0ull;
-    if (tid == 0) st->below = 0ull;
-}
-
-// Step 6: p into probs (mode 2: e / Zk for bits(e) >= pcut = min(lo, bits(1.0)), Zk = Z - S below the
-// cut, rounded to f32; mode 1: 1 / n_inf on +inf; mode 0: 0), each block's mass into part (f64), and
-// the last block: the first block (in id order) with u < E + mass, E its exclusive f64 prefix (none:
-// the last block with mass, forced to its last id with p > 0; no mass: id 0), walked 32 ids at a
-// time by warp 0 as sample_draw_f32 walks its segment. probs [V] f32, part [grid] f64, out_id [1] u32.
-extern "C" __global__ void __launch_bounds__(SMP_MB_THREADS)
-    sample_walk_f32(float* probs, uint32_t V, double u, SmpState* st, uint32_t* out_id, double* part,
-                    uint32_t* counter) {
-    pdl_begin();
-    __shared__ double red[SMP_MB_WARPS];
-    const uint32_t tid = threadIdx.x, lane = tid & 31;
-    const uint32_t mode = st->mode;
-    const uint32_t pcut = min(st->lo, SMP_ONE_BITS);
-    const float zk = (float)((double)(st->z - st->cut_below) / ldexp(1.0, (int)smp_shift(V)));
-    const float inv_n = mode == 1 ? 1.0f / (float)st->n_inf : 0.0f;
-    float mass = 0.0f;
-#pragma unroll
-    for (uint32_t j = 0; j < 4; ++j) {
-        const uint32_t v = blockIdx.x * SMP_MB_IDS + tid + j * SMP_MB_THREADS;
-        if (v < V) {
-            const float x = probs[v];
-            float p;
-            if (mode == 2) p = __float_as_uint(x) >= pcut ? x / zk : 0.0f;
-            else if (mode == 1) p = x == INFINITY ? inv_n : 0.0f;
-            else p = 0.0f;
-            probs[v] = p;
-            mass += p;
-        }
-    }
-    const double bm = smp_block_reduce<SMP_MB_WARPS>((double)mass, SmpSumD(), red);
-    if (tid == 0) part[blockIdx.x] = bm;
-    if (!last_block_arrives(counter, gridDim.x)) return;  // block-uniform
-    if (tid >= 32) return;  // warp 0 finishes (no barrier below)
-    // The block to walk: inclusive f64 scan of the block masses, 32 at a time.
-    double acc = 0.0, walk_base = 0.0, last_base = 0.0;
-    uint32_t walker = SMP_NONE, last = SMP_NONE;
-    for (uint32_t b0 = 0; b0 < gridDim.x && walker == SMP_NONE; b0 += 32u) {  // uniform across the warp
-        const uint32_t b = b0 + lane;
-        const double bmass = b < gridDim.x ? __ldcg(part + b) : 0.0;
-        double sc = bmass;
+    double acc = walk_base;
+    uint32_t id = SMP_NONE, last = SMP_NONE;
+    for (uint32_t v0 = s0; v0 < s1; v0 += 32u) {  // uniform across the warp
+        const uint32_t v = v0 + lane;
+        const float p = v < s1 ? probs[v] : 0.0f;
+        double sc = (double)p;
 #pragma unroll
         for (int o = 1; o < 32; o <<= 1) {
             const double y = __shfl_up_sync(SMP_FULL, sc, o);
             if (lane >= (uint32_t)o) sc += y;
         }
-        const unsigned pos = __ballot_sync(SMP_FULL, bmass > 0.0);
-        const unsigned hits = __ballot_sync(SMP_FULL, bmass > 0.0 && u < acc + sc);
+        const unsigned pos = __ballot_sync(SMP_FULL, p > 0.0f);
+        const unsigned hits = __ballot_sync(SMP_FULL, p > 0.0f && !forced && u < acc + sc);
         if (hits != 0) {
-            const int l = __ffs(hits) - 1;
-            walker = b0 + (uint32_t)l;
-            walk_base = acc + __shfl_sync(SMP_FULL, sc - bmass, l);
-        } else if (pos != 0) {
-            const int l = 31 - __clz(pos);
-            last = b0 + (uint32_t)l;
-            last_base = acc + __shfl_sync(SMP_FULL, sc - bmass, l);
+            id = v0 + (uint32_t)(__ffs(hits) - 1);
+            break;
         }
+        if (pos != 0) last = v0 + 31u - (uint32_t)__clz(pos);
         acc += __shfl_sync(SMP_FULL, sc, 31);
     }
-    const bool forced = walker == SMP_NONE;
-    if (forced) {
-        if (last == SMP_NONE) {  // no mass at all
-            if (lane == 0) *out_id = 0;
-            return;
-        }
-        walker = last;
-        walk_base = last_base;
-    }
-    // Walk the walker block's ids (it has mass, so a forced walk finds an id).
-    const uint32_t s0 = walker * SMP_MB_IDS;
-    const uint32_t id = smp_walk(probs, s0, min(s0 + SMP_MB_IDS, V), walk_base, u, forced);
-    if (lane == 0) *out_id = id;
+    if (lane == 0) *out_id = id != SMP_NONE ? id : (last != SMP_NONE ? last : 0u);
 }

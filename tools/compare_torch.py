@@ -182,6 +182,48 @@ def torch_bench(model, device, vocab, prefill, decode, decode_prompt):
 
 
 @torch.no_grad()
+def torch_compiled_bench(model, device, dtype, vocab, decode, decode_prompt):
+    """The strongest peer that runs on the GPU machine: the gpt-fast recipe in transformers — a static
+    KV cache (StaticCache) and the one-token decode step under torch.compile(mode="reduce-overhead",
+    fullgraph=True), i.e. inductor kernels replayed as a CUDA graph. The prompt goes through the same
+    model uncompiled (gpt-fast compiles prefill separately; only decode is compared for this peer).
+    Compilation (first calls) is untimed: 3 warm-up steps, then `decode` greedy steps timed."""
+    from transformers import StaticCache
+    L = decode_prompt + decode + 8
+    want = dict(config=model.config, max_batch_size=1, max_cache_len=L, device=device, dtype=dtype)
+    params = inspect.signature(StaticCache.__init__).parameters
+    cache = StaticCache(**{k: v for k, v in want.items() if k in params})
+    tensor = lambda ids: torch.tensor([ids], device=device)  # noqa: E731
+
+    def step(ids, pos):
+        return model(input_ids=ids, past_key_values=cache, cache_position=pos, use_cache=True).logits
+
+    step_c = torch.compile(step, mode="reduce-overhead", fullgraph=True)
+    ids = ids_for(decode_prompt, vocab)
+    logits = model(input_ids=tensor(ids), past_key_values=cache, use_cache=True,
+                   cache_position=torch.arange(decode_prompt, device=device)).logits
+    nxt = logits[:, -1:].argmax(-1)
+    pos = decode_prompt
+    t0 = time.perf_counter()
+    for _ in range(3):  # compile + graph capture, untimed
+        nxt = step_c(nxt, torch.tensor([pos], device=device))[:, -1:].argmax(-1).clone()
+        pos += 1
+    sync(device)
+    r = {"peer": "transformers Qwen2ForCausalLM + StaticCache + torch.compile(mode='reduce-overhead', fullgraph=True)",
+         "compile_s": time.perf_counter() - t0}
+    steps = min(decode, L - pos - 1)
+    t = time.perf_counter()
+    for _ in range(steps):
+        nxt = step_c(nxt, torch.tensor([pos], device=device))[:, -1:].argmax(-1).clone()
+        pos += 1
+    sync(device)
+    r["decode_tok_per_s"] = steps / (time.perf_counter() - t)
+    log(f"  torch compiled decode {steps} after {decode_prompt}: {r['decode_tok_per_s']:.2f} tok/s "
+        f"(compile {r['compile_s']:.1f} s)")
+    return r
+
+
+@torch.no_grad()
 def torch_logits(model, device, ids):
     return model(input_ids=torch.tensor([ids], device=device), use_cache=False).logits[0].float().cpu().numpy()
 
@@ -221,13 +263,17 @@ def main():
     ap.add_argument("--fp32-ref", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--skip-ours", action="store_true", help="skip `qwen-run bench` (the logits still run)")
     ap.add_argument("--timeout", type=int, default=300, help="seconds per qwen-run call")
+    ap.add_argument("--peers", default="eager,compiled",
+                    help="torch peers: eager (transformers, dynamic cache, no compile) and/or compiled "
+                         "(static cache + torch.compile reduce-overhead, the gpt-fast recipe)")
     args = ap.parse_args()
     args.ours_dtype = args.ours_dtype or {"bfloat16": "bf16", "float32": "f32"}[args.dtype]
     prefill = [int(x) for x in args.prefill.split(",") if x]
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     import transformers
     res = {"args": vars(args), "torch_version": torch.__version__, "transformers_version": transformers.__version__,
-           "ours": None, "torch": {}, "logits": {}, "errors": []}
+           "ours": None, "torch": {"peer": "transformers Qwen2ForCausalLM, eager, dynamic cache, sdpa"},
+           "torch_compiled": None, "logits": {}, "errors": []}
 
     def phase(name, fn):
         log(f"== {name}")
@@ -294,7 +340,14 @@ def main():
                     res["torch"]["peak_allocated_gib"] = torch.cuda.max_memory_allocated(device) / GIB
                     res["torch"]["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / GIB
                     res["torch"]["device_used_gib"] = (total - free) / GIB
-            phase("torch bench", bench)
+            peers = set(args.peers.split(","))
+            if "eager" in peers:
+                phase("torch bench", bench)
+            if "compiled" in peers and args.decode > 0:
+                def compiled():
+                    res["torch_compiled"] = torch_compiled_bench(model, device, dtype, cfg["V"], args.decode,
+                                                                 args.decode_prompt)
+                phase("torch compiled bench", compiled)
             logits["torch"] = phase(f"torch logits ({args.dtype})", lambda: torch_logits(model, device, check_ids))
 
             if args.dtype == "float32":
@@ -338,13 +391,14 @@ def main():
 
 
 def print_table(res):
-    o, t = res.get("ours") or {}, res.get("torch") or {}
+    o, t, tc = res.get("ours") or {}, res.get("torch") or {}, res.get("torch_compiled") or {}
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     rows = [("load s", o.get("load_s"), t.get("load_s"), ".2f")]
     op = {p["tokens"]: p["tok_per_s"] for p in o.get("prefill", [])}
     tp = {p["tokens"]: p["tok_per_s"] for p in t.get("prefill", [])}
     rows += [(f"prefill {n} tok/s", op.get(n), tp.get(n), ".1f") for n in sorted(set(op) | set(tp))]
     rows.append(("decode tok/s", o.get("decode_tok_per_s"), t.get("decode_tok_per_s"), ".2f"))
+    rows.append(("decode tok/s, compiled peer", o.get("decode_tok_per_s"), tc.get("decode_tok_per_s"), ".2f"))
     mem = o.get("mem_used_bytes")
     rows.append(("device memory in use GiB", None if mem is None else mem / GIB, t.get("device_used_gib"), ".2f"))
     rows.append(("torch peak allocated GiB", None, t.get("peak_allocated_gib"), ".2f"))
@@ -352,6 +406,14 @@ def print_table(res):
     log(f"{'measure':<28} {'qwen-rt':>12} {'torch':>12}")
     for name, a, b, spec in rows:
         log(f"{name:<28} {fmt(a, spec):>12} {fmt(b, spec):>12}")
+    # Both ratios, each naming its peer.
+    ratios = {}
+    for key, peer in (("eager", t), ("compiled", tc)):
+        a, b = o.get("decode_tok_per_s"), peer.get("decode_tok_per_s")
+        if a and b:
+            ratios[key] = a / b
+            log(f"decode ratio qwen-rt / {peer.get('peer', key)}: {a / b:.2f}x")
+    res["decode_ratio"] = ratios
     if res.get("logits"):
         log(f"\n{'logits (a vs reference b)':<28} {'max_abs':>10} {'max_rel_row':>12} {'top1':>8}")
         for k, v in res["logits"].items():

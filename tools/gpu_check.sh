@@ -1,113 +1,119 @@
 #!/usr/bin/env bash
-# Run on the GPU machine from the repository root, with gpu-carry/ built by tools/gpu_build.sh.
-# Every log goes under $OUT (the device tool brings back at most 8 files). Steps, most telling first
-# (STEPS picks and orders them): tests (kernel + whole-model parity, chat on the tiny model; tests0:
-# the tests again with programmatic dependent launch off; testsU: again with the GEMV epilogue
-# fusions off, QWEN_FUSE=0),
-# bench (qwen-run bench --synth 7b, prefill for each PREFILL_ATTNS (QWEN_ATTN), then decode for each
-# FUSE_MODES x PDL_MODES x GEMV_CONFIGS),
-# gemv (the GEMV configuration sweep of the kernel bench, and the gemv_ramp fit: fixed cost per launch
-# vs streaming rate), torch (a 7B model on disk: load path,
-# chat, tools/compare_torch.py side by side with transformers), kbench (every other kernel bench),
-# ncu (every kernel's time and DRAM bytes in a short run; Firecracker machines only), profile
-# (per-kernel times of a decode step from qwen-run's own event timing: works without ncu),
-# sanitize (compute-sanitizer memcheck and racecheck on the fused kernels' tests).
-# The whole script keeps inside BUDGET seconds (default 470): each step gets at most what is left.
-# The run prepared for issue 5 (fits a 15-minute device budget with the machine's start; in the
-# device tool: carry ["gpu-carry"], timeout_s ~570):
-#   BUDGET=540 STEPS="tests bench profile sanitize ncu testsU gemv kbench" FUSE_MODES="1 0" REPS=1 \
-#     ADEC_SPLITS="default 256 512" bash tools/gpu_check.sh
+# tools/gpu_check.sh — the GPU check of issue 13 in ONE call (<= 540 s), on the GPU machine, from the
+# repository root, with gpu-carry/ built by tools/gpu_build.sh. Logs and summary.json go under $OUT.
+#
+#   bash tools/gpu_check.sh               the whole check (BUDGET=540 seconds, STEPS below)
+#   DRY_RUN=1 bash tools/gpu_check.sh     no GPU: stub binaries, the plan and every budget printed, the
+#                                          summary built from the stubs' logs (checks this script)
+#
+# Device tool (issue 13): carry ["gpu-carry"], timeout_s 580, command `bash tools/gpu_check.sh`.
+#
+# Steps (STEPS picks and orders them; each gets at most its budget and what is left of BUDGET):
+#   probe     nvidia-smi, and the backend's own probe: a GPU that is there but unusable (no kernels
+#             in the build, compute capability < 8.0, module load failure) is said as such and fails
+#   tests     every GPU test (kernel parity on every kernel, verified and opt-in, whole-model parity
+#             on the default path and on each opt-in path, stale tickets, chat capacity) with
+#             QWEN_REQUIRE_GPU=1, then chat on the tiny model
+#   sanitize  compute-sanitizer memcheck + racecheck on the fused and cross-block kernels' tests
+#   bench     qwen-run bench --synth 7b on the default (verified) path: load, prefill 512 / 2048 /
+#             8000, decode 256 after 128 and 128 after 8000, memory at that context
+#   ab        each opt-in path against the default, interleaved (decode after 128 and 8000 tokens,
+#             prefill 2048 / 8000 for the attention kernels): the numbers that promote or drop them
+#   profile   per-kernel times of 16 decode steps (qwen-run's event timing), default and fused
+#
+# Exit status: non-zero when any test, sanitizer or step fails. Nothing falls back: a failing opt-in
+# path is reported as a failure (summary.json "failures"), and the later steps still measure it.
 set -uo pipefail
 OUT=${OUT:-/tmp/qwen-gpu-out}; mkdir -p "$OUT"
+BUDGET=${BUDGET:-540}
+STEPS=${STEPS:-probe tests sanitize bench ab profile}
 export QWEN_REPO_ROOT=$PWD QWEN_REQUIRE_GPU=1 RUST_BACKTRACE=1 PYTHONUNBUFFERED=1
-deadline=$(( $(date +%s) + ${BUDGET:-470} ))
+start=$(date +%s); deadline=$(( start + BUDGET ))
+Q=gpu-carry/qwen-run TK=gpu-carry/test-kernels BK=gpu-carry/bench-kernels SAN=compute-sanitizer
+
+if [ "${DRY_RUN:-0}" = 1 ]; then
+  # Stubs that print what the real binaries print (the shapes summarize parses), so the whole script
+  # and its summary run without a GPU.
+  S=$OUT/stub; mkdir -p "$S"
+  cat >"$S/test-kernels" <<'EOF'
+#!/usr/bin/env bash
+echo "running 3 tests"; echo "test gemv::gemv_matches_cpu ... ok"; echo "test model::model_fixtures_match_cpu ... ok"
+echo "test model::model_every_opt_in_path_matches_cpu ... ok"
+echo "test result: ok. 3 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out"
+EOF
+  cat >"$S/qwen-run" <<'EOF'
+#!/usr/bin/env bash
+if [ "${1:-}" = chat ]; then cat >/dev/null; echo "Hello (stub)"; exit 0; fi
+echo "tuning: graph=1 pdl=1 fuse=${QWEN_FUSE:-0} attn=${QWEN_ATTN:-run4} (stub)"
+echo '{"backend":"cuda","load_s":2.0,"prefill":[{"tokens":2048,"tok_per_s":31000.0}],"decode_prompt":128,"decode_tokens":256,"decode_tok_per_s":215.0,"copy_gb_per_s":4266.0,"mem_used_bytes":16000000000,"context_tokens":8129,"floor_fraction":0.72}'
+EOF
+  cat >"$S/bench-kernels" <<'EOF'
+#!/usr/bin/env bash
+echo "attention_decode/cap32767_keys128_capacity_grid time: [10.0 us 10.1 us 10.2 us]"
+EOF
+  printf '#!/usr/bin/env bash\nshift 4; exec "$@"\n' >"$S/compute-sanitizer"
+  printf '#!/usr/bin/env bash\necho "NVIDIA H200 (stub)"\n' >"$S/nvidia-smi"
+  chmod +x "$S"/*
+  Q=$S/qwen-run TK=$S/test-kernels BK=$S/bench-kernels SAN=$S/compute-sanitizer; export PATH="$S:$PATH"
+  echo "DRY RUN: stub binaries in $S"
+fi
+
 # cuBLAS from the system CUDA or from PyTorch's wheels.
 for d in /usr/local/cuda/lib64 $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, "cu13", "lib") for p in nvidia.__path__))' 2>/dev/null); do
   if [ -d "$d" ]; then export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"; fi
 done
-{ nvidia-smi; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv; ldd --version | head -1; uname -a; echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"; } >"$OUT/env.txt" 2>&1
-# run LOG STEP_SECONDS CMD...: append to $OUT/LOG.log, never past the deadline.
+{ nvidia-smi; nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv; uname -a; git rev-parse HEAD 2>/dev/null; } >"$OUT/env.txt" 2>&1
+
+# run LOG LIMIT CMD...: append to $OUT/LOG.log, at most LIMIT seconds and never past the deadline;
+# each call is one line of $OUT/steps.tsv (log, rc, seconds, command) for the summary.
 run() { local log=$1 limit=$2; shift 2
-  local left=$(( deadline - $(date +%s) - 5 )); [ "$left" -lt "$limit" ] && limit=$left
-  if [ "$limit" -le 5 ]; then echo "== $*: no time left, not run" | tee -a "$OUT/$log.log"; return 1; fi
-  echo "== $* (<= ${limit}s)" | tee -a "$OUT/$log.log"; local t0=$(date +%s)
+  local left=$(( deadline - $(date +%s) - 10 )); [ "$left" -lt "$limit" ] && limit=$left
+  if [ "$limit" -le 5 ]; then echo "== $*: no time left, not run" | tee -a "$OUT/$log.log"; printf '%s\tskipped\t0\t%s\n' "$log" "$*" >>"$OUT/steps.tsv"; return 1; fi
+  echo "== $* (<= ${limit}s)" | tee -a "$OUT/$log.log"; local t0; t0=$(date +%s)
   timeout "$limit" "$@" >>"$OUT/$log.log" 2>&1; local rc=$?
-  echo "   rc=$rc ($(( $(date +%s) - t0 )) s)" | tee -a "$OUT/$log.log"; tail -3 "$OUT/$log.log"; return $rc; }
-# The copy bandwidth this card measured in the bench step (GB/s; H200 ~4266, an H100 less), for % columns.
-copy_gbps() { local c; c=$(grep -ho 'device copy [0-9]*' "$OUT/bench-7b.log" 2>/dev/null | tail -1 | awk '{print $3}'); echo "${c:-4266}"; }
-Q=gpu-carry/qwen-run
-tests_rc=0
-for step in ${STEPS:-tests bench gemv torch kbench}; do case $step in
+  echo "   rc=$rc ($(( $(date +%s) - t0 )) s)" | tee -a "$OUT/$log.log"
+  printf '%s\t%s\t%s\t%s\n' "$log" "$rc" "$(( $(date +%s) - t0 ))" "$*" >>"$OUT/steps.tsv"; return $rc; }
+: >"$OUT/steps.tsv"
+B="bench --backend cuda --synth 7b"
+# The opt-in paths the ab step measures against the default (name = environment).
+AB_PATHS=${AB_PATHS:-"fuse=QWEN_FUSE=1 attn_mma=QWEN_ATTN=mma attn_wmma=QWEN_ATTN=wmma sampler_block=QWEN_SAMPLER=block sampler_auto=QWEN_SAMPLER=auto gemv_prefetch=QWEN_GEMV=2,8,24 adec_length=QWEN_ADEC_GRID=length"}
+
+echo "gpu_check: BUDGET ${BUDGET}s, steps: $STEPS (budgets: probe 15, tests 130+20, sanitize 70, bench 60, ab 2x20 + 15 per path + 2x20, profile 30)"
+for step in $STEPS; do case $step in
+  probe)
+    # qwen-run's probe says exactly why a present GPU cannot be used (not "no CUDA device").
+    run probe 15 bash -c "nvidia-smi -L; $Q bench --backend cuda --synth tiny --prefill 1 --decode 1" ;;
   tests)
-    run tests 150 gpu-carry/test-kernels --test-threads=1 --nocapture; tests_rc=$?
-    # A new kernel that fails its tests must not spoil the run's measurements: the steps after this
-    # one run on the previous kernel (written to $OUT/fallbacks.txt; sweeps that set the variable
-    # themselves still measure both).
-    failed=$(sed -n '/^failures:$/,$p' "$OUT/tests.log" | sed -n 's/^    \([a-z_]*\)::.*/\1/p' | sort -u | tr '\n' ' ')
-    case " $failed " in *" attention_prefill "*)
-      export QWEN_ATTN=wmma; echo "attention_prefill tests failed: QWEN_ATTN=wmma from here on" | tee -a "$OUT/fallbacks.txt" ;; esac
-    case " $failed " in *" gemv_fused "*|*" attention_decode "*)
-      export QWEN_FUSE=0; echo "fused-kernel tests failed: QWEN_FUSE=0 from here on" | tee -a "$OUT/fallbacks.txt" ;; esac
-    case " $failed " in *" sampling "*)
-      export QWEN_SAMPLER=block; echo "sampling tests failed: QWEN_SAMPLER=block from here on" | tee -a "$OUT/fallbacks.txt" ;; esac
-    run tests 40 bash -c "printf 'Hello!\nCount to five.\n/exit\n' | $Q chat --backend cuda --max-new-tokens 24 --seed 1" ;;
-  tests0)
-    QWEN_PDL=0 run tests 150 gpu-carry/test-kernels --test-threads=1 ;;
-  testsU)
-    QWEN_FUSE=0 run tests 150 gpu-carry/test-kernels --test-threads=1 model ;;
-  bench)
-    # The defaults, then decode with each fusion mode (QWEN_FUSE) x PDL mode (QWEN_PDL) x GEMV
-    # configuration (QWEN_GEMV), REPS times over, interleaved so drift shows as spread rather than
-    # as a difference.
-    run bench-7b 90 $Q bench --backend cuda --synth 7b
-    # Prefill attention A/B in one run: the mma.sync kernel (default) against its WMMA fallback.
-    for attn in ${PREFILL_ATTNS:-mma wmma}; do
-      run bench-7b 50 env QWEN_ATTN=$attn $Q bench --backend cuda --synth 7b --prefill 512,2048,8000 --decode 1
-    done
-    # Decode at an 8K context, for each PDL mode and decode-attention split length (ADEC_SPLITS,
-    # e.g. "128 256 512"; empty: the default for the capacity).
-    for pdl in ${PDL_MODES:-1}; do for sl in ${ADEC_SPLITS:-default}; do
-      run bench-7b 60 env QWEN_PDL=$pdl $( [ "$sl" = default ] || echo QWEN_ADEC_SPLIT=$sl ) $Q bench --backend cuda --synth 7b --prefill 8000 --decode-prompt 8000 --decode 128
-    done; done
-    for rep in $(seq "${REPS:-1}"); do for fuse in ${FUSE_MODES:-1 0}; do for pdl in ${PDL_MODES:-1}; do
-      for cfg in ${GEMV_CONFIGS:-2,8 2,8,24}; do
-        run bench-7b 40 env QWEN_FUSE=$fuse QWEN_PDL=$pdl QWEN_GEMV=$cfg $Q bench --backend cuda --synth 7b --prefill 128,2048
-    done; done; done; done ;;
+    run tests 130 "$TK" --test-threads=1
+    run tests 20 bash -c "printf 'Hello!\nCount to five.\n/exit\n' | $Q chat --backend cuda --max-new-tokens 24 --seed 1" ;;
   sanitize)
-    # The fused kernels (tickets across blocks, epilogues) and the mma.sync prefill attention
-    # (cp.async, ldmatrix) under compute-sanitizer: memcheck for
-    # out-of-bounds / misaligned accesses, then racecheck for shared-memory races (Firecracker only).
-    run tests 150 compute-sanitizer --tool memcheck --error-exitcode 99 gpu-carry/test-kernels --test-threads=1 gemv_fused attention_decode_matches sampling_qwen attention_prefill_offset
-    run tests 120 compute-sanitizer --tool racecheck --error-exitcode 99 gpu-carry/test-kernels --test-threads=1 gemv_residual attention_decode_ragged sampling_top_k_matches sampling_top_p attention_prefill_offset ;;
-  profile)
-    # Every kernel of 16 decode steps after 128 tokens, one by one with events (no graph, no ncu
-    # needed), fused and unfused.
-    for fuse in ${FUSE_MODES:-1 0}; do
-      run bench-7b 60 env QWEN_FUSE=$fuse QWEN_PROFILE=16 $Q bench --backend cuda --synth 7b --prefill 1 --decode 1 --decode-prompt 128
+    # Cross-block tickets (fused combine, residual RMSNorm, greedy / multi-block sampler), the GEMV
+    # epilogues and the mma.sync / WMMA prefill (cp.async, ldmatrix).
+    run sanitize 40 "$SAN" --tool memcheck --error-exitcode 99 "$TK" --test-threads=1 gemv_fused attention_decode_matches sampling_qwen attention_prefill_offset stale_tickets
+    run sanitize 30 "$SAN" --tool racecheck --error-exitcode 99 "$TK" --test-threads=1 gemv_residual attention_decode_ragged sampling_top_k_matches attention_prefill_offset ;;
+  bench)
+    run bench 35 "$Q" $B --prefill 512,2048,8000 --decode 256 --decode-prompt 128
+    run bench 25 "$Q" $B --prefill 1 --decode 128 --decode-prompt 8000 ;;
+  ab)
+    # The default before and after the opt-in paths (its spread bounds the drift), each opt-in path
+    # once in between; decode after 128 tokens (prefill 2048 / 8000 for the attention kernels), and
+    # decode after 8,000 tokens for the paths that change the decode attention.
+    dec="--prefill 2048,8000 --decode 256 --decode-prompt 128"
+    run ab-default 20 "$Q" $B $dec
+    for p in $AB_PATHS; do name=${p%%=*} envv=${p#*=}
+      run "ab-$name" 15 env "$envv" "$Q" $B $dec
+    done
+    run ab-default 20 "$Q" $B $dec
+    for p in $AB_PATHS; do name=${p%%=*} envv=${p#*=}
+      case $name in fuse|adec_length) run "ab8k-$name" 20 env "$envv" "$Q" $B --prefill 1 --decode 128 --decode-prompt 8000 ;; esac
     done ;;
-  gemv)
-    run bench-kernels 120 gpu-carry/bench-kernels --bench --warm-up-time 0.5 --measurement-time 1 gemv
-    run bench-kernels 10 python3 tools/gemv_ramp_fit.py "$OUT/bench-kernels.log" --copy-gbps "$(copy_gbps)" ;;
-  torch)
-    run load-7b 60 bash -c "t0=\$(date +%s); $Q synth --preset 7b --out /tmp/q7b && echo \"synth: \$(( \$(date +%s) - t0 )) s\""
-    run load-7b 40 bash -c "printf 'Hello!\nCount to five.\n/exit\n' | $Q chat --backend cuda --model /tmp/q7b --max-new-tokens 16 --seed 1"
-    run load-7b 240 python3 tools/compare_torch.py --model /tmp/q7b --qwen-run $Q --out "$OUT/compare.json" ;;
-  kbench)
-    run bench-kernels 150 gpu-carry/bench-kernels --bench --warm-up-time 0.5 --measurement-time 1 "^(embedding|rmsnorm|swiglu|rotary|attention|gemm/|sampling)" ;;
-  ncu)
-    # Every kernel of a short run (warm-up, prefill, two decode steps through the graph), one light
-    # metric pass each; summarised per kernel and grid by tools/ncu_summary.py.
-    run ncu 120 ncu --clock-control none --graph-profiling node --csv --page raw -c 2500 \
-      --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,launch__grid_size \
-      --log-file "$OUT/ncu.csv" $Q bench --backend cuda --synth 7b --prefill 1 --decode 2 --decode-prompt 4
-    run ncu 30 python3 tools/ncu_summary.py "$OUT/ncu.csv" --copy-gbps "$(copy_gbps)" ;;
-  *) echo "unknown step $step" ;;
+  profile)
+    run profile 15 env QWEN_PROFILE=16 "$Q" $B --prefill 1 --decode 1 --decode-prompt 128
+    run profile 15 env QWEN_FUSE=1 QWEN_PROFILE=16 "$Q" $B --prefill 1 --decode 1 --decode-prompt 128 ;;
+  *) echo "unknown step $step" | tee -a "$OUT/steps.tsv" ;;
 esac; done
-# A failed or hung test binary: each test alone, so one hang does not hide the others.
-if [ "$tests_rc" != 0 ]; then
-  for t in $(gpu-carry/test-kernels --list 2>/dev/null | sed -n 's/: test$//p'); do
-    run pertest 20 gpu-carry/test-kernels --exact "$t" --test-threads=1 --nocapture >/dev/null
-    echo "$t rc=$?" >>"$OUT/pertest-summary.txt"
-  done
-fi
+
+python3 "$(dirname "$0")/gpu_summary.py" "$OUT" --seconds "$(( $(date +%s) - start ))"
+rc=$?
 echo "logs in $OUT"
+exit $rc

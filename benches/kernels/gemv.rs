@@ -24,7 +24,7 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
         .map(|(stages, blocks_per_sm)| GemvConfig::new(stages, blocks_per_sm))
         .to_vec();
     // The L2-prefetch experiment (GemvConfig::prefetch_mb): back to back, the next launch's first rows.
-    sweep.push(GemvConfig { stages: 2, blocks_per_sm: 8, prefetch_mb: 24 });
+    sweep.push(GemvConfig::stream(2, 8, 24));
     let mut g = c.benchmark_group("gemv");
     // attn c_proj, c_attn (q‖k‖v), fused w1‖w2, mlp c_proj, lm_head.
     for (n, k) in [(4096usize, 4096usize), (12288, 4096), (22016, 4096), (4096, 11008), (151936, 4096)] {
@@ -56,7 +56,7 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
 /// its streaming rate. (At 7B shapes the N = 4096 matrices ran ~5 µs above their bytes at copy
 /// speed and lm_head ~1 µs: this says whether that is per launch or per row.)
 fn register_ramp(c: &mut Criterion, gpu: &Arc<Gpu>) {
-    let (dt, cfg, k) = (GpuDType::BF16, GemvConfig::get(), 4096usize);
+    let (dt, cfg, k) = (GpuDType::BF16, GemvConfig::DEFAULT, 4096usize);
     let mut g = c.benchmark_group("gemv_ramp");
     for n in [1024usize, 2048, 4096, 8192, 16384, 32768, 65536] {
         let (ws, copies) = weight_copies(gpu, n, k);
@@ -87,7 +87,7 @@ fn weight_copies(gpu: &Gpu, n: usize, k: usize) -> (Vec<DevBuf>, usize) {
 /// "unfused" the GEMV into f32 plus the pointwise kernel (what QWEN_FUSE=0 runs). Throughput is
 /// the weight bytes (what both must read).
 fn register_fused(c: &mut Criterion, gpu: &Arc<Gpu>) {
-    let (dt, cfg) = (GpuDType::BF16, GemvConfig::get());
+    let (dt, cfg) = (GpuDType::BF16, GemvConfig::DEFAULT);
     let (h, d, k, f, cap) = (32usize, 128usize, 4096usize, 11008usize, 4096usize);
     let p = h * d;
     let mut g = c.benchmark_group("gemv_fused");

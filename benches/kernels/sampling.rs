@@ -37,9 +37,12 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
     let mut g = c.benchmark_group("sampling");
     g.throughput(Throughput::Bytes((v * 8) as u64));
     let runs = [
+        ("qwen_defaults_run4", qwen.clone(), SampleDraw::Run4),
         ("qwen_defaults_multi_block", qwen.clone(), SampleDraw::MultiBlock),
         ("qwen_defaults_one_block", qwen, SampleDraw::OneBlock),
+        ("greedy_run4", SamplingParams::greedy(), SampleDraw::Run4),
         ("greedy", SamplingParams::greedy(), SampleDraw::OneBlock),
+        ("top_k50_top_p0.8_run4", topk.clone(), SampleDraw::Run4),
         ("top_k50_top_p0.8", topk, SampleDraw::OneBlock),
     ];
     for (name, p, draw) in runs {

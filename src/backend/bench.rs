@@ -203,6 +203,11 @@ pub struct GpuBench {
 }
 
 impl GpuBench {
+    /// One line naming every CUDA switch in force and whether it is verified (`Tuning::describe`).
+    pub fn tuning(&self) -> String {
+        self.model.tuning().describe()
+    }
+
     /// Load (or generate) the weights on GPU 0 in `opts.dtype`, timing it.
     pub fn open(source: GpuBenchSource, opts: &LoadOptions) -> Result<GpuBench> {
         let t = Instant::now();

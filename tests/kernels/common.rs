@@ -16,7 +16,13 @@ pub fn gpu(test: &str) -> Option<Arc<Gpu>> {
             }
             // Written to the stderr handle, not with eprintln!, so libtest's capture cannot hide it.
             use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "SKIP: no CUDA device ({e}) — {test} not run");
+            // A device that is there but unusable (no kernels in this build, compute capability
+            // < 8.0, module load failure) is said as such, never as "no CUDA device".
+            let why = match qwen_rt::backend::cuda::device_count() {
+                Ok(n) => format!("SKIP: {n} CUDA device(s) present but unusable ({e})"),
+                Err(_) => format!("SKIP: no CUDA device ({e})"),
+            };
+            let _ = writeln!(std::io::stderr(), "{why} — {test} not run");
             None
         }
     }

@@ -101,7 +101,7 @@ pub fn read_checked(gpu: &Gpu, buf: &DevBuf, vals: usize, what: &str) -> Vec<f32
 /// misaligned operands) times `w` (the oracle's W, already on the GPU), compared with the oracle.
 #[allow(clippy::too_many_arguments)]
 fn check(gpu: &Gpu, dt: GpuDType, w: DevSlice, oracle: &Oracle, n: usize, k: usize, b: usize, x_off: usize) {
-    check_with(gpu, dt, w, oracle, n, k, b, x_off, launch::GemvConfig::get());
+    check_with(gpu, dt, w, oracle, n, k, b, x_off, launch::GemvConfig::DEFAULT);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -170,11 +170,12 @@ fn gemv_every_config() {
     let Some(gpu) = gpu("gemv_every_config") else { return };
     // Both stage counts, one row per warp (0) and grids capped at 1 or 4 blocks per SM (each warp
     // then streams several rows, its passes crossing row ends); vector and scalar paths.
-    // Also the L2-prefetch experiment (only hints: the results must not change).
-    let mut configs = [(1, 0), (2, 0), (1, 1), (2, 1), (2, 4)]
-        .map(|(stages, blocks_per_sm)| launch::GemvConfig::new(stages, blocks_per_sm))
-        .to_vec();
-    configs.push(launch::GemvConfig { stages: 2, blocks_per_sm: 8, prefetch_mb: 4 });
+    // Each on run 4's kernel (gemv_*) and on the post-run-4 stream (gemv_plain_*); also the stream's
+    // L2-prefetch experiment (only hints: the results must not change).
+    let shapes = [(1, 0), (2, 0), (1, 1), (2, 1), (2, 4)];
+    let mut configs = shapes.map(|(stages, blocks_per_sm)| launch::GemvConfig::new(stages, blocks_per_sm)).to_vec();
+    configs.extend(shapes.map(|(stages, blocks_per_sm)| launch::GemvConfig::stream(stages, blocks_per_sm, 0)));
+    configs.push(launch::GemvConfig::stream(2, 8, 4));
     for (n, k, bs) in [
         (22016, 4096, &[1usize, 2][..]),
         (4096, 11008, &[1][..]),
@@ -235,6 +236,10 @@ fn gemv_rejects_bad_shapes() {
         let r = launch::gemv_with(&gpu, &gpu.stream, dt, w.slice(), x.slice(), y.slice(), n, k, 1, cfg);
         assert!(r.is_err(), "gemv with {stages} stages must be refused");
     }
+    // Run 4's kernel has no L2 prefetch: asking it for one is refused, not ignored.
+    let run4_prefetch = launch::GemvConfig { prefetch_mb: 4, ..launch::GemvConfig::DEFAULT };
+    let r = launch::gemv_with(&gpu, &gpu.stream, dt, w.slice(), x.slice(), y.slice(), n, k, 1, run4_prefetch);
+    assert!(r.is_err(), "a prefetch on run 4's gemv must be refused");
     // y one value too small, w one row too small.
     let y_small = y.slice().sub(0, 2 * n * 4 - 4).unwrap();
     assert!(launch::gemv(&gpu, &gpu.stream, dt, w.slice(), x.slice(), y_small, n, k, 2).is_err());

@@ -24,7 +24,7 @@ const CONFIGS: [GemvConfig; 5] = [
     GemvConfig::new(2, 0),
     GemvConfig::new(2, 1),
     GemvConfig::new(2, 4),
-    GemvConfig { stages: 2, blocks_per_sm: 8, prefetch_mb: 1 },
+    GemvConfig::stream(2, 8, 1),
 ];
 
 fn bits(gpu: &Gpu, b: &DevBuf, n: usize) -> Vec<u16> {
@@ -86,13 +86,13 @@ fn gemv_swiglu_matches_chain_and_cpu() {
     // 7B MLP at decode (F 11008, K 4096) and a short prefill (B 3); ragged F; K 7 and a misaligned
     // x: the scalar path; every B on a small shape.
     for dt in DTYPES {
-        swiglu_case(&gpu, dt, 11008, 4096, 1, 0, GemvConfig::get());
-        swiglu_case(&gpu, dt, 11008, 4096, 3, 0, GemvConfig::get());
+        swiglu_case(&gpu, dt, 11008, 4096, 1, 0, GemvConfig::DEFAULT);
+        swiglu_case(&gpu, dt, 11008, 4096, 3, 0, GemvConfig::DEFAULT);
         for b in 1..=launch::GEMV_MAX_B {
-            swiglu_case(&gpu, dt, 13, 264, b, 0, GemvConfig::get());
+            swiglu_case(&gpu, dt, 13, 264, b, 0, GemvConfig::DEFAULT);
         }
-        swiglu_case(&gpu, dt, 9, 7, 2, 0, GemvConfig::get());
-        swiglu_case(&gpu, dt, 17, 520, 1, 2, GemvConfig::get());
+        swiglu_case(&gpu, dt, 9, 7, 2, 0, GemvConfig::DEFAULT);
+        swiglu_case(&gpu, dt, 17, 520, 1, 2, GemvConfig::DEFAULT);
         for cfg in CONFIGS {
             swiglu_case(&gpu, dt, 1003, 1032, 1, 0, cfg);
             swiglu_case(&gpu, dt, 40, 129, 2, 0, cfg);
@@ -203,7 +203,7 @@ fn gemv_qkv_rope_matches_chain() {
     for dt in DTYPES {
         // 7B: H 32, D 128, K 4096; at position 0, past S = 8192 (logN on q) with NTK alpha 3, at the
         // last cache row, and past the cache (writes nothing).
-        let def = GemvConfig::get();
+        let def = GemvConfig::DEFAULT;
         rope_case(&gpu, dt, 32, 128, 4096, 0, 16, 8192, 1.0, def);
         rope_case(&gpu, dt, 32, 128, 4096, 8200, 8202, 8192, 3.0, def);
         rope_case(&gpu, dt, 32, 128, 4096, 9, 10, 8192, 1.0, def);
@@ -223,7 +223,7 @@ fn gemv_fused_rejects_bad_shapes() {
     let Some(gpu) = gpu("gemv_fused_rejects_bad_shapes") else { return };
     let dt = GpuDType::BF16;
     let (w, x, o) = (poisoned(&gpu, 1 << 16), poisoned(&gpu, 1 << 12), poisoned(&gpu, 1 << 12));
-    let cfg = GemvConfig::get();
+    let cfg = GemvConfig::DEFAULT;
     let sw = |f: usize, k: usize, b: usize, c: GemvConfig| {
         launch::gemv_swiglu(&gpu, &gpu.stream, dt, w.slice(), x.slice(), o.slice(), f, k, b, c)
     };
@@ -355,9 +355,9 @@ fn gemv_residual_rmsnorm_matches_chain_and_cpu() {
     let Some(gpu) = gpu("gemv_residual_rmsnorm_matches_chain_and_cpu") else { return };
     for dt in DTYPES {
         // 7B: attn c_proj (K 4096) and mlp c_proj (K 11008); ragged C, K 7 (scalar path).
-        resnorm_case(&gpu, dt, 4096, 4096, GemvConfig::get());
-        resnorm_case(&gpu, dt, 4096, 11008, GemvConfig::get());
-        resnorm_case(&gpu, dt, 300, 7, GemvConfig::get());
+        resnorm_case(&gpu, dt, 4096, 4096, GemvConfig::DEFAULT);
+        resnorm_case(&gpu, dt, 4096, 11008, GemvConfig::DEFAULT);
+        resnorm_case(&gpu, dt, 300, 7, GemvConfig::DEFAULT);
         for cfg in CONFIGS {
             resnorm_case(&gpu, dt, 1003, 1032, cfg);
         }

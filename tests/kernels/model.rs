@@ -11,10 +11,12 @@ use crate::common::*;
 use qwen_rt::backend::cpu::CpuModel;
 use qwen_rt::backend::cuda::device::GpuDType;
 use qwen_rt::backend::cuda::graph::CudaModel;
+use qwen_rt::backend::cuda::launch::{GemvConfig, GemvKernel, PrefillKernel};
+use qwen_rt::backend::cuda::switches::{AdecGrid, Tuning};
 use qwen_rt::backend::{BackendKind, ComputeDType, LoadOptions};
 use qwen_rt::checkpoint::Checkpoint;
 use qwen_rt::generate::{generate, GenerateOptions};
-use qwen_rt::model::Model;
+use qwen_rt::model::{Model, Sequence};
 use qwen_rt::sampler::{Sampler, SamplingParams};
 use qwen_rt::synth::{synth_model, SynthOptions, SynthPreset};
 use qwen_rt::tokenizer::Tokenizer;
@@ -321,5 +323,84 @@ fn model_f16_outliers_are_finite_or_a_clear_error() {
                 eprintln!("outliers {dt:?}: the overflow is an error: {msg}");
             }
         }
+    }
+}
+
+/// The CPU oracle and a CUDA model of `dir` running with `tuning` (not the environment's).
+fn load_pair_tuned(dir: &Path, dt: GpuDType, tuning: Tuning) -> (Arc<dyn Model>, Arc<CudaModel>) {
+    let ck = Checkpoint::open(dir).unwrap_or_else(|e| panic!("open {}: {e}", dir.display()));
+    let cpu_opts = LoadOptions { backend: BackendKind::Cpu, threads: 0, ..Default::default() };
+    let cpu: Arc<dyn Model> = Arc::new(CpuModel::load(&ck, &cpu_opts).unwrap());
+    let gpu_opts = LoadOptions { backend: BackendKind::Cuda, dtype: compute(dt), ..Default::default() };
+    let gpu = CudaModel::load(&ck, &gpu_opts).unwrap_or_else(|e| panic!("CUDA load: {e}"));
+    (cpu, Arc::new(gpu.with_tuning(tuning)))
+}
+
+#[test]
+fn model_every_opt_in_path_matches_cpu() {
+    // Each switch of issue 13 on its own (the default, run 4's path, is model_fixtures_match_cpu's):
+    // whole-model parity, so the GPU run that verifies a path is this test passing with it on.
+    let Some(_gpu) = gpu("model_every_opt_in_path_matches_cpu") else { return };
+    let v = Tuning::VERIFIED;
+    let tunings = [
+        ("fuse", Tuning { fuse: true, gemv: GemvConfig { kernel: GemvKernel::Stream, ..v.gemv }, ..v }),
+        ("attn mma", Tuning { attn: Some(PrefillKernel::Mma), ..v }),
+        ("attn wmma", Tuning { attn: Some(PrefillKernel::Wmma), ..v }),
+        ("gemv prefetch", Tuning { gemv: GemvConfig::stream(2, 8, 4), ..v }),
+        ("adec grid by length", Tuning { adec_grid: AdecGrid::Length, ..v }),
+        ("adec split 32", Tuning { adec_split: Some(32), ..v }),
+    ];
+    for (what, tuning) in tunings {
+        for dt in DTYPES {
+            let (cpu, gpu) = load_pair_tuned(&fixture("tiny-bf16"), dt, tuning);
+            let gpu: Arc<dyn Model> = gpu;
+            let (vs, s) = (cpu.config().vocab_size, cpu.config().seq_length);
+            parity(&format!("{what} {dt:?} short"), &cpu, &gpu, &prompt(s / 2 + 1, vs, 1), 8, 256, rel_tol(dt));
+            parity(&format!("{what} {dt:?} past S"), &cpu, &gpu, &prompt(s * 5 / 2, vs, 2), 8, 256, rel_tol(dt));
+        }
+    }
+}
+
+#[test]
+fn model_fused_step_is_right_after_stale_tickets() {
+    // Issue 13 §2a: a launch that died half-way leaves a cross-block ticket counter non-zero. With
+    // fusion on, every decode step must still be right: poison every counter before every step; the
+    // memset node at the head of the captured step zeroes them. (Without that node the attention
+    // combine / RMSNorm would never run or run early: the emulator's negative controls show it.)
+    let Some(_gpu) = gpu("model_fused_step_is_right_after_stale_tickets") else { return };
+    let v = Tuning::VERIFIED;
+    let fused = Tuning { fuse: true, gemv: GemvConfig { kernel: GemvKernel::Stream, ..v.gemv }, ..v };
+    for dt in DTYPES {
+        let (_, gpu) = load_pair_tuned(&fixture("tiny-bf16"), dt, fused);
+        let vs = gpu.config().vocab_size;
+        let p = prompt(20, vs, 9);
+        let (mut clean, mut stale) = (gpu.cuda_sequence(64).unwrap(), gpu.cuda_sequence(64).unwrap());
+        clean.forward(&p, false).unwrap();
+        stale.forward(&p, false).unwrap();
+        let mut next = 1u32;
+        for step in 0..12 {
+            stale.poison_step_counters().unwrap();
+            let a = clean.forward(&[next], false).unwrap();
+            let b = stale.forward(&[next], false).unwrap();
+            assert_eq!(a, b, "{dt:?} step {step}: logits after stale tickets differ from a clean sequence's");
+            next = argmax(&a) as u32;
+        }
+    }
+}
+
+#[test]
+fn model_decode_at_chat_capacity_with_a_short_context() {
+    // Issue 13 §2b: a chat-size cache (32,767 rows) with a short context, on run 4's grid (sized by the
+    // capacity) and on the grid sized by the length (one graph per bucket; the steps cross the bucket
+    // edges at 256 and 512 keys).
+    let Some(_gpu) = gpu("model_decode_at_chat_capacity_with_a_short_context") else { return };
+    let v = Tuning::VERIFIED;
+    for (what, tuning) in [("capacity grid", v), ("length grid", Tuning { adec_grid: AdecGrid::Length, ..v })] {
+        let dt = GpuDType::BF16;
+        let (cpu, gpu) = load_pair_tuned(&fixture("tiny-bf16"), dt, tuning);
+        let gpu: Arc<dyn Model> = gpu;
+        let vs = cpu.config().vocab_size;
+        let cap = 32767.min(cpu.config().max_supported_seq_len());
+        parity(&format!("{what} cap {cap} T=250"), &cpu, &gpu, &prompt(250, vs, 4), 270, cap, rel_tol(dt));
     }
 }

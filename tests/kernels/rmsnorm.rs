@@ -118,3 +118,29 @@ fn rmsnorm_rejects_short_buffers() {
     assert!(launch::rmsnorm(&gpu, s, dt, x.slice(), short.slice(), out.slice(), t, c + 1, EPS).is_err());
     assert!(launch::add_rmsnorm(&gpu, s, dt, x.slice(), short.slice(), w.slice(), out.slice(), t, c, EPS).is_err());
 }
+
+#[test]
+fn pointwise_vector_paths_refuse_misaligned_views() {
+    // Issue 13 §2c: run 4's rmsnorm / add_rmsnorm / swiglu / embedding take their vector path from
+    // the shape alone; a view 4 bytes off must be refused by the launcher (the scalar shapes run).
+    let Some(gpu) = gpu("pointwise_vector_paths_refuse_misaligned_views") else { return };
+    let (s, dt, t) = (&*gpu.stream, qwen_rt::backend::cuda::device::GpuDType::BF16, 2usize);
+    let buf = gpu.alloc(1 << 20).unwrap();
+    let at = |off: usize, bytes: usize| buf.slice().sub(off, bytes).unwrap();
+    let (c, odd) = (64usize, 63usize);
+    let (x, w, out) = (at(4, t * c * 4), at(65536, c * 2), at(131072, t * c * 2));
+    let e = launch::rmsnorm(&gpu, s, dt, x, w, out, t, c, EPS).unwrap_err().to_string();
+    assert!(e.contains("rmsnorm x") && e.contains("aligned"), "{e}");
+    let y = at(262144 + 4, t * c * 4);
+    assert!(launch::add_rmsnorm(&gpu, s, dt, at(196608, t * c * 4), y, w, out, t, c, EPS).is_err());
+    launch::rmsnorm(&gpu, s, dt, at(4, t * odd * 4), w, out, t, odd, EPS)
+        .expect("C % 4 != 0: scalar path, any 4-byte view");
+    let e = launch::swiglu(&gpu, s, dt, at(4, t * 2 * c * 4), out, t, c).unwrap_err().to_string();
+    assert!(e.contains("swiglu upgate"), "{e}");
+    let ids = at(393216, t * 4);
+    gpu.memset(s, ids.ptr, 0, t * 4).unwrap();
+    let e =
+        launch::embedding(&gpu, s, dt, at(8, 4 * c * 2), ids, at(458752, t * c * 4), t, 4, c).unwrap_err().to_string();
+    assert!(e.contains("embedding wte"), "{e}");
+    s.synchronize().unwrap();
+}

@@ -38,9 +38,9 @@ struct GpuOut {
     id: u32,
 }
 
-/// One `launch::sample` (the path it picks for `p`) on fresh buffers: see `run_on`.
+/// One `launch::sample` on the default (run 4's) path on fresh buffers: see `run_on`.
 fn run(gpu: &Gpu, logits: &[f32], ctx: &[u32], p: &SamplingParams, u: f64) -> GpuOut {
-    run_on(gpu, SampleDraw::for_params(p, logits.len()), logits, ctx, p, u)
+    run_on(gpu, SampleDraw::for_params(launch::SamplerPath::Run4, p, logits.len()), logits, ctx, p, u)
 }
 
 /// One `launch::sample` on fresh buffers: logits uploaded as they are, the flag workspace zeroed
@@ -493,7 +493,7 @@ fn sampling_launcher_rejects_bad_arguments() {
     let q = qwen_defaults();
     let call = |v: usize, probs_bytes: usize, n_ctx: usize, p: &SamplingParams, u: f64| {
         let pr = probs.slice().sub(0, probs_bytes).unwrap();
-        let draw = launch::SampleDraw::for_params(p, v);
+        let draw = launch::SampleDraw::for_params(launch::SamplerPath::Run4, p, v);
         launch::sample(
             &gpu,
             &gpu.stream,

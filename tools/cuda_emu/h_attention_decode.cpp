@@ -1,5 +1,7 @@
-// h_attention_decode.cpp — cuda/attention_decode.cu (attention_decode_* then attention_decode_combine_*,
-// and attention_decode_* with the combine fused in, counters checked back at zero)
+// h_attention_decode.cpp — cuda/attention_decode.cu (run 4's attention_decode_* then
+// attention_decode_combine_*) and cuda/attention_decode_fused.cu (attention_decode_fused_*, the combine
+// in the last block, counters checked back at zero; stale counters zeroed at the step head as the
+// executor's memset node does, and without that reset the output is shown to be wrong)
 // against a double-precision softmax attention over keys 0..min(pos0 + t, cap - 1); the per-split
 // partials (m, l, o) are checked against their definition too, and splits past the last key must be
 // exactly (-inf, 0, 0). Split lengths as launch::attention_decode picks them and forced odd ones,
@@ -7,13 +9,17 @@
 // 0xffffffff, guard tails on every output and on the caches.
 #include "util.h"
 #include "attention_decode_emu.cu"
+#include "attention_decode_fused_emu.cu"
 template <class T> struct K;
-template <> struct K<__nv_bfloat16> { static constexpr auto dec = attention_decode_bf16; static constexpr auto comb = attention_decode_combine_bf16; };
-template <> struct K<__half> { static constexpr auto dec = attention_decode_f16; static constexpr auto comb = attention_decode_combine_f16; };
+template <> struct K<__nv_bfloat16> { static constexpr auto dec = attention_decode_bf16; static constexpr auto comb = attention_decode_combine_bf16; static constexpr auto fused = attention_decode_fused_bf16; };
+template <> struct K<__half> { static constexpr auto dec = attention_decode_f16; static constexpr auto comb = attention_decode_combine_f16; static constexpr auto fused = attention_decode_fused_f16; };
 static int split_len_for(int cap) { return cap <= 1024 ? 64 : cap <= 16384 ? 128 : 256; }
-// fused: the combine inside attention_decode (counters [T, H], zero before, checked zero after);
-// else the separate combine kernel.
-template <class T> void run(int t, int h, int d, uint32_t pos0, int cap, bool shift_q, uint64_t seed, int split_len = 0, int n_splits = 0, bool fused = false) {
+// fused: attention_decode_fused (counters [T, H], zero before, checked zero after); else run 4's
+// split kernel and the separate combine kernel. stale (fused only): the counters hold a left-over
+// ticket count before the step; reset = zero them first, as the executor's memset node at the head of
+// every decode step does (the result must then be right); without the reset the result must be wrong
+// (the hazard the memset removes), and that case returns after checking so.
+template <class T> void run(int t, int h, int d, uint32_t pos0, int cap, bool shift_q, uint64_t seed, int split_len = 0, int n_splits = 0, bool fused = false, bool stale = false, bool reset = true) {
     rng_state = seed;
     const size_t P = (size_t)h * d;
     if (!split_len) { split_len = split_len_for(cap); n_splits = std::max(1, (cap + split_len - 1) / split_len); }
@@ -26,9 +32,13 @@ template <class T> void run(int t, int h, int d, uint32_t pos0, int cap, bool sh
     pz[0] = pos0;
     const float scale = (float)(1.0 / std::sqrt((double)d));
     Buf<uint32_t> counters((size_t)t * h);
-    for (size_t i = 0; i < (size_t)t * h; ++i) counters[i] = 0;
-    emu::launch({(unsigned)n_splits, (unsigned)h, (unsigned)t}, 256, [&] { K<T>::dec(q, kc.p, vc.p, po.p, pml.p, pz.p, h, d, cap, split_len, n_splits, scale, out.p, fused ? counters.p : nullptr); });
-    char what[160]; snprintf(what, sizeof what, "adec %s T%d H%d D%d pos0 %u cap %d split %dx%d%s%s", DT<T>::name, t, h, d, pos0, cap, n_splits, split_len, shift_q ? " q+2B" : "", fused ? " fused" : "");
+    for (size_t i = 0; i < (size_t)t * h; ++i) counters[i] = stale ? 3u + (uint32_t)i : 0u;
+    if (stale && reset) memset((void*)counters.p, 0, (size_t)t * h * sizeof(uint32_t));  // the step-head memset node
+    if (fused)
+        emu::launch({(unsigned)n_splits, (unsigned)h, (unsigned)t}, 256, [&] { K<T>::fused(q, kc.p, vc.p, po.p, pml.p, pz.p, h, d, cap, split_len, n_splits, scale, out.p, counters.p); });
+    else
+        emu::launch({(unsigned)n_splits, (unsigned)h, (unsigned)t}, 256, [&] { K<T>::dec(q, kc.p, vc.p, po.p, pml.p, pz.p, h, d, cap, split_len, n_splits, scale); });
+    char what[160]; snprintf(what, sizeof what, "adec %s T%d H%d D%d pos0 %u cap %d split %dx%d%s%s%s", DT<T>::name, t, h, d, pos0, cap, n_splits, split_len, shift_q ? " q+2B" : "", fused ? " fused" : "", stale ? (reset ? " stale+reset" : " stale, no reset") : "");
     long fl = emu::take_flags((std::string(what) + " decode").c_str());
     if (!fused) {
         emu::launch({(unsigned)h, (unsigned)t, 1}, 512, [&] { K<T>::comb(po.p, pml.p, out.p, pz.p, h, d, cap, split_len, n_splits); });
@@ -37,7 +47,7 @@ template <class T> void run(int t, int h, int d, uint32_t pos0, int cap, bool sh
     CHECK(fl == 0, "%s: emulator flags (see EMU lines)", what);
     long cbad = 0;
     for (size_t i = 0; i < (size_t)t * h; ++i) cbad += counters[i] != 0;
-    CHECK(cbad == 0 && counters.guard_ok(), "%s: %ld counters not left at zero", what, cbad);
+    if (!(stale && !reset)) CHECK(cbad == 0 && counters.guard_ok(), "%s: %ld counters not left at zero", what, cbad);
     float maxv = 0; for (size_t i = 0; i < cap * P; ++i) maxv = std::max(maxv, std::fabs(hf32(vc[i])));
     Stat so; long pbad = 0; double pworst = 0;
     for (int ti = 0; ti < t; ++ti)
@@ -79,6 +89,12 @@ template <class T> void run(int t, int h, int d, uint32_t pos0, int cap, bool sh
                 if (!(r <= pworst)) pworst = r;
             }
         }
+    if (stale && !reset) {  // the hazard: no block sees the last ticket, nothing is combined
+        printf("%-48s without the step-head reset: %s\n", what, so.ok() ? "right (UNEXPECTED)" : "wrong, as expected");
+        CHECK(!so.ok(), "%s: a stale counter went unnoticed: the negative control cannot fail", what);
+        case_done(what, 0.0);
+        return;
+    }
     so.print(what);
     printf("%-48s partials: %ld bad, worst %.3g of (m 1e-5, l 1e-4, o 1e-4·l·max|v|)\n", what, pbad, pworst);
     CHECK(so.ok() && pbad == 0, "%s", what);
@@ -105,5 +121,22 @@ int main(int argc, char** argv) {
             run<__nv_bfloat16>(c.t, c.h, c.d, c.pos0, c.cap, c.shift, s++, c.sl, c.ns, fused);
             run<__half>(c.t, c.h, c.d, c.pos0, c.cap, c.shift, s++, c.sl, c.ns, fused);
         }
+    if (mode != 2) {
+        // Stale tickets (issue 13 §2a): zeroed at the step head the fused kernel is right; without the
+        // reset it is wrong (so this check can fail).
+        for (bool reset : {true, false}) {
+            run<__nv_bfloat16>(1, 2, 128, 300, 400, false, s++, 0, 0, true, true, reset);
+            run<__half>(2, 2, 64, 90, 200, false, s++, 0, 0, true, true, reset);
+        }
+        // Grid by length (issue 13 §2b): a chat-size cache (cap 32767) and a short context, the grid
+        // sized for the length bucket (launch::adec_bucket_splits: the next power of two of the
+        // keys' splits), not for cap: both kernels must be right with the small grid.
+        for (bool fused : {false, true})
+            for (uint32_t p0 : {0u, 9u, 255u, 1000u}) {
+                const int sl = 256, used = (int)((p0 + 1 + sl - 1) / sl);
+                int ns = 1; while (ns < used) ns *= 2;
+                run<__nv_bfloat16>(1, 2, 128, p0, 32767, false, s++, sl, ns, fused);
+            }
+    }
     return finish("attention_decode");
 }

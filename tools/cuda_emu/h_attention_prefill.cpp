@@ -1,6 +1,7 @@
-// h_attention_prefill.cpp — cuda/attention_prefill.cu (attention_prefill_*: mma.sync + ldmatrix +
-// cp.async flash attention) and cuda/attention_prefill_wmma.cu (attention_prefill_wmma_*: its WMMA
-// fallback) against an f32 causal softmax attention written as cpu::attention: query t at
+// h_attention_prefill.cpp — cuda/attention_prefill.cu (attention_prefill_*: run 4's WMMA kernel, grid
+// (tiles, H)), cuda/attention_prefill_mma.cu (attention_prefill_mma_*: mma.sync + ldmatrix + cp.async
+// flash attention) and cuda/attention_prefill_wmma.cu (attention_prefill_wmma_*: WMMA, longest tile
+// first) against an f32 causal softmax attention written as cpu::attention: query t at
 // p = min(pos0 + t, cap - 1) sees keys 0..=p. Run twice per case: cp.async copies landing at issue and
 // deferred to the wait_group (a read before the right wait sees poison). mma.sync / ldmatrix follow
 // the PTX ISA's fragment tables, WMMA fragments use a scrambled
@@ -9,30 +10,42 @@
 // 63..65, 127, 300), pos0 > 0, key growth (large scores), all four head dims.
 #include "util.h"
 #include "attention_prefill_emu.cu"
+#include "attention_prefill_mma_emu.cu"
 #include "attention_prefill_wmma_emu.cu"
 
-// The two kernels of the same contract: mma (attention_prefill.cu) and wmma (attention_prefill_wmma.cu).
-template <typename T, bool WMMA> struct Kern;
-template <> struct Kern<__nv_bfloat16, false> {
+// The three kernels of the same contract: 0 run 4's (attention_prefill.cu, grid (tiles, H)), 1 mma
+// (attention_prefill_mma.cu) and 2 wmma (attention_prefill_wmma.cu), both grid (H, tiles).
+enum { RUN4 = 0, MMA = 1, WMMA = 2 };
+static const char* const KERN_NAME[] = {"run4", "mma", "wmma"};
+template <typename T, int KERN> struct Kern;
+template <> struct Kern<__nv_bfloat16, RUN4> {
     static constexpr auto fn = attention_prefill_bf16;
-    static size_t smem(int d) { return ap_mma::ap_smem_bytes(d); }
+    static size_t smem(int d) { return ap_smem_bytes(d); }
 };
-template <> struct Kern<__half, false> {
+template <> struct Kern<__half, RUN4> {
     static constexpr auto fn = attention_prefill_f16;
-    static size_t smem(int d) { return ap_mma::ap_smem_bytes(d); }
+    static size_t smem(int d) { return ap_smem_bytes(d); }
 };
-template <> struct Kern<__nv_bfloat16, true> {
+template <> struct Kern<__nv_bfloat16, MMA> {
+    static constexpr auto fn = attention_prefill_mma_bf16;
+    static size_t smem(int d) { return at_mma::at_smem_bytes(d); }
+};
+template <> struct Kern<__half, MMA> {
+    static constexpr auto fn = attention_prefill_mma_f16;
+    static size_t smem(int d) { return at_mma::at_smem_bytes(d); }
+};
+template <> struct Kern<__nv_bfloat16, WMMA> {
     static constexpr auto fn = attention_prefill_wmma_bf16;
-    static size_t smem(int d) { return ap_wmma::ap_smem_bytes(d); }
+    static size_t smem(int d) { return at_wmma::at_smem_bytes(d); }
 };
-template <> struct Kern<__half, true> {
+template <> struct Kern<__half, WMMA> {
     static constexpr auto fn = attention_prefill_wmma_f16;
-    static size_t smem(int d) { return ap_wmma::ap_smem_bytes(d); }
+    static size_t smem(int d) { return at_wmma::at_smem_bytes(d); }
 };
 
 struct Case { int h, d, t, pos0, cap; float growth; };
 
-template <typename T, bool WMMA> void run(const Case& c, uint64_t seed) {
+template <typename T, int KERN> void run(const Case& c, uint64_t seed) {
     const int P = c.h * c.d;
     const int filled = std::min(c.pos0 + c.t, c.cap);  // cache rows the queries can see
     rng_state = seed;
@@ -48,9 +61,11 @@ template <typename T, bool WMMA> void run(const Case& c, uint64_t seed) {
     Buf<uint32_t> pos0(1);
     pos0[0] = (uint32_t)c.pos0;
     const float scale = (float)(1.0 / std::sqrt((double)c.d));
-    const size_t smem = Kern<T, WMMA>::smem(c.d);
-    emu::launch({(unsigned)c.h, (unsigned)(c.t + 63) / 64, 1}, 128,
-                [&] { Kern<T, WMMA>::fn(q.p, k.p, v.p, out.p, pos0.p, c.t, c.h, c.d, c.cap, scale); }, smem);
+    const size_t smem = Kern<T, KERN>::smem(c.d);
+    const unsigned tiles = (unsigned)(c.t + 63) / 64;
+    const emu_dim3 grid = KERN == RUN4 ? emu_dim3{tiles, (unsigned)c.h, 1} : emu_dim3{(unsigned)c.h, tiles, 1};
+    emu::launch(grid, 128,
+                [&] { Kern<T, KERN>::fn(q.p, k.p, v.p, out.p, pos0.p, c.t, c.h, c.d, c.cap, scale); }, smem);
 
     // Reference (as cpu::attention, f32).
     float max_v = 0;
@@ -80,7 +95,7 @@ template <typename T, bool WMMA> void run(const Case& c, uint64_t seed) {
         }
     char what[160];
     snprintf(what, sizeof what, "prefill %s %s cp.async-%s H%d D%d T%d pos0 %d cap %d growth %.1f",
-             WMMA ? "wmma" : "mma", DT<T>::name,
+             KERN_NAME[KERN], DT<T>::name,
              emu::cp_deferred ? "deferred" : "immediate", c.h, c.d, c.t, c.pos0, c.cap, c.growth);
     st.print(what);
     CHECK(st.ok(), "%s", what);
@@ -106,10 +121,12 @@ int main(int argc, char** argv) {
     for (int deferred = 0; deferred < 2; ++deferred) {
         emu::cp_deferred = deferred;
         for (size_t i = 0; i < cases.size(); ++i) {
-            run<__nv_bfloat16, false>(cases[i], seed + i);
-            run<__half, false>(cases[i], seed + i);
-            run<__nv_bfloat16, true>(cases[i], seed + i);
-            run<__half, true>(cases[i], seed + i);
+            run<__nv_bfloat16, RUN4>(cases[i], seed + i);
+            run<__half, RUN4>(cases[i], seed + i);
+            run<__nv_bfloat16, MMA>(cases[i], seed + i);
+            run<__half, MMA>(cases[i], seed + i);
+            run<__nv_bfloat16, WMMA>(cases[i], seed + i);
+            run<__half, WMMA>(cases[i], seed + i);
         }
     }
     return finish("attention_prefill");

@@ -1,4 +1,5 @@
-// h_gemv.cpp — cuda/gemv.cu (gemv_*) against a double-precision y[b] = W · x[b], tolerance
+// h_gemv.cpp — cuda/gemv.cu (run 4's gemv_*) and cuda/gemv_fused.cu (gemv_plain_*, the same sums on the
+// post-run-4 stream) against a double-precision y[b] = W · x[b], tolerance
 // 1e-5·sqrt(K)·Σ|w·x| (f32 accumulation in any order). Batches 1..8, N not a multiple of the 8 rows
 // per block, K ragged / not a multiple of 8 (scalar path), W and x 2 bytes off 16-byte alignment
 // (must take the scalar path: the emulated ld.global.nc.v4 and every vector cast check alignment).
@@ -9,20 +10,23 @@
 // in h_gemv / h_simple / h_rotary), and within tolerance of a double-precision host reference;
 // every cache row not targeted keeps its pattern, a position >= cap writes nothing at all.
 // gemv_residual_rmsnorm_*: x bit-exact against gemv + add_rmsnorm, a within one ulp of T of it
-// (Σ x² in another order) and within tolerance of a double reference; the ticket counter back at 0.
+// (Σ x² in another order) and within tolerance of a double reference; the ticket counter back at 0;
+// a stale counter zeroed at the step head (the executor's memset node) gives the right result, and
+// left stale gives a wrong one (so that check can fail). The unfused chains use run 4's gemv.
 #include "util.h"
 #include "gemv_emu.cu"
+#include "gemv_fused_emu.cu"
 #include "swiglu_emu.cu"
 #include "rotary_emu.cu"
 #include "rmsnorm_emu.cu"
 template <class T> struct K;
 template <> struct K<__nv_bfloat16> {
-    static constexpr auto f = gemv_bf16; static constexpr auto sw = gemv_swiglu_bf16; static constexpr auto rope = gemv_qkv_rope_bf16;
+    static constexpr auto f = gemv_bf16; static constexpr auto plain = gemv_plain_bf16; static constexpr auto sw = gemv_swiglu_bf16; static constexpr auto rope = gemv_qkv_rope_bf16;
     static constexpr auto sw_alone = swiglu_bf16; static constexpr auto rope_alone = qkv_rope_append_bf16;
     static constexpr auto resnorm = gemv_residual_rmsnorm_bf16; static constexpr auto addnorm = add_rmsnorm_bf16;
 };
 template <> struct K<__half> {
-    static constexpr auto f = gemv_f16; static constexpr auto sw = gemv_swiglu_f16; static constexpr auto rope = gemv_qkv_rope_f16;
+    static constexpr auto f = gemv_f16; static constexpr auto plain = gemv_plain_f16; static constexpr auto sw = gemv_swiglu_f16; static constexpr auto rope = gemv_qkv_rope_f16;
     static constexpr auto sw_alone = swiglu_f16; static constexpr auto rope_alone = qkv_rope_append_f16;
     static constexpr auto resnorm = gemv_residual_rmsnorm_f16; static constexpr auto addnorm = add_rmsnorm_f16;
 };
@@ -62,7 +66,7 @@ template <class T> void run_swiglu(int f, int k, int b, int shift, unsigned stag
 }
 
 // gemv_residual_rmsnorm (B = 1): x [C] += W [C, K] · h, a = RMSNorm(x) · w_ln.
-template <class T> void run_resnorm(int c, int k, int shift, unsigned stages, unsigned grid, uint64_t seed) {
+template <class T> void run_resnorm(int c, int k, int shift, unsigned stages, unsigned grid, uint64_t seed, bool stale = false, bool reset = true) {
     rng_state = seed;
     const float eps = 1e-6f;
     Buf<T> wb((size_t)c * k + 1, 8), hb((size_t)k + 1, 8), wln(c), a(c), a2(c);
@@ -73,7 +77,8 @@ template <class T> void run_resnorm(int c, int k, int shift, unsigned stages, un
     for (int i = 0; i < c; ++i) { wln[i] = hto<T>(1.0f + rnd(0.5f)); x[i] = x2[i] = rnd(3.0f); }
     std::vector<float> x0(x.p, x.p + c);
     uint32_t* counter = (uint32_t*)(ws.p + (c + 7) / 8);
-    *counter = 0;
+    *counter = stale ? 1u : 0u;    // stale: a ticket left over by a launch that died half-way
+    if (stale && reset) *counter = 0;  // the step-head memset node
     emu::launch({grid, 1, 1}, 256, [&] { K<T>::resnorm(w, h, x.p, wln.p, a.p, ws.p, counter, c, k, stages, eps); });
     // The unfused chain: gemv into y, then add_rmsnorm (x2 += y, a2 = RMSNorm(x2) · w_ln).
     emu::launch({(unsigned)((c + 7) / 8), 1, 1}, 256, [&] { K<T>::f(w, h, y.p, c, k, 1, stages); });
@@ -93,7 +98,13 @@ template <class T> void run_resnorm(int c, int k, int shift, unsigned stages, un
         sxs.add(n, x[n], (float)xr[n], (float)(dot_ref(w, h, n, k, 0).second + 1e-6 * std::fabs(xr[n])), 0.0f);
         sas.add_t<T>(n, a[n], (float)(xr[n] * inv * hf32(wln[n])), (float)(1e-5 + sx * inv * 2), DT<T>::tol);
     }
-    char what[128]; snprintf(what, sizeof what, "gemv_residual_rmsnorm %s C%d K%d stages %u grid %u%s", DT<T>::name, c, k, stages, grid, shift ? " misaligned" : "");
+    char what[128]; snprintf(what, sizeof what, "gemv_residual_rmsnorm %s C%d K%d stages %u grid %u%s%s", DT<T>::name, c, k, stages, grid, shift ? " misaligned" : "", stale ? (reset ? " stale+reset" : " stale, no reset") : "");
+    if (stale && !reset) {  // no block sees the last ticket: a is never written (the hazard)
+        printf("%-56s without the step-head reset: %s\n", what, sas.ok() ? "right (UNEXPECTED)" : "wrong, as expected");
+        CHECK(!sas.ok(), "%s: a stale counter went unnoticed: the negative control cannot fail", what);
+        case_done(what, 0.0);
+        return;
+    }
     sxs.print(std::string(what) + " x"); sas.print(std::string(what) + " a");
     printf("%-56s x differing from gemv + add_rmsnorm: %ld, a max ulp from it: %ld, counter %u\n", what, xdiff, aulp, *counter);
     CHECK(sxs.ok() && sas.ok() && xdiff == 0 && aulp <= 1 && *counter == 0, "%s", what);
@@ -147,21 +158,22 @@ template <class T> void run_rope(int h, int d, int k, int shift, uint32_t pos0, 
     CHECK(st.ok() && differ == 0 && stray == 0, "%s", what);
     CHECK(q.guard_ok() && kc.guard_ok() && vc.guard_ok() && wb.guard_ok() && xb.guard_ok(), "%s guard", what); case_done(what, st.worst);
 }
-template <class T> void run(int n, int k, int b, int shift, unsigned stages, unsigned grid, uint64_t seed) {
+template <class T> void run(int n, int k, int b, int shift, unsigned stages, unsigned grid, uint64_t seed, bool plain) {
     rng_state = seed;
     Buf<T> wb((size_t)n * k + 1, 8), xb((size_t)b * k + 1, 8); Buf<float> y((size_t)b * n);
     T* w = wb.p + shift; T* x = xb.p + shift;
     for (size_t i = 0; i < (size_t)n * k; ++i) w[i] = hto<T>(rnd(1.0f));
     for (size_t i = 0; i < (size_t)b * k; ++i) x[i] = hto<T>(rnd(2.0f));
     // stages >> 8: the L2-prefetch field of the cfg word (cache hints only; must not change y).
-    emu::launch({grid, 1, 1}, 256, [&] { K<T>::f(w, x, y.p, n, k, b, stages); });
+    if (plain) emu::launch({grid, 1, 1}, 256, [&] { K<T>::plain(w, x, y.p, n, k, b, stages); });
+    else emu::launch({grid, 1, 1}, 256, [&] { K<T>::f(w, x, y.p, n, k, b, stages); });
     Stat s;
     for (int bi = 0; bi < b; ++bi) for (int ni = 0; ni < n; ++ni) {
         double acc = 0, aabs = 0;
         for (int ki = 0; ki < k; ++ki) { double p = (double)hf32(w[(size_t)ni * k + ki]) * hf32(x[(size_t)bi * k + ki]); acc += p; aabs += std::fabs(p); }
         s.add((size_t)bi * n + ni, y[(size_t)bi * n + ni], (float)acc, (float)(1e-5 * std::sqrt((double)k) * aabs + 1e-30), 0.0f);
     }
-    char what[128]; snprintf(what, sizeof what, "gemv %s N%d K%d B%d stages %u pf %u grid %u%s", DT<T>::name, n, k, b, stages & 0xFF, stages >> 8, grid, shift ? " misaligned" : "");
+    char what[128]; snprintf(what, sizeof what, "%s %s N%d K%d B%d stages %u pf %u grid %u%s", plain ? "gemv_plain" : "gemv", DT<T>::name, n, k, b, stages & 0xFF, stages >> 8, grid, shift ? " misaligned" : "");
     s.print(what); CHECK(s.ok(), "%s", what); CHECK(y.guard_ok() && wb.guard_ok() && xb.guard_ok(), "%s guard", what); case_done(what, s.worst);
 }
 int main(int argc, char** argv) {
@@ -174,14 +186,16 @@ int main(int argc, char** argv) {
     uint64_t s = 1;
     for (auto& c : cs) {
         const unsigned one_row = (unsigned)((c.n + 7) / 8);
+        for (bool plain : {false, true})
         for (unsigned stages : {1u, 2u, 2u | (3u << 8)}) {
+            if (!plain && (stages >> 8) != 0) continue;  // run 4's gemv has no prefetch field
             // One row per warp, and a grid of (at most) 1-3 blocks: warps stream several rows.
             const unsigned few = std::min(one_row, 1u + (unsigned)(s % 3));
             for (int gi = 0; gi < 2; ++gi) {
                 const unsigned grid = gi ? few : one_row;
                 if (gi && few == one_row) continue;  // the same launch again
-                run<__nv_bfloat16>(c.n, c.k, c.b, c.shift, stages, grid, s++);
-                run<__half>(c.n, c.k, c.b, c.shift, stages, grid, s++);
+                run<__nv_bfloat16>(c.n, c.k, c.b, c.shift, stages, grid, s++, plain);
+                run<__half>(c.n, c.k, c.b, c.shift, stages, grid, s++, plain);
             }
         }
     }
@@ -215,5 +229,7 @@ int main(int argc, char** argv) {
             }
         }
     }
+    if (mode != 2)  // stale tickets (issue 13 §2a): reset at the step head, and the negative control
+        for (bool reset : {true, false}) { run_resnorm<__nv_bfloat16>(300, 129, 0, 2, 3, s++, true, reset); run_resnorm<__half>(64, 520, 0, 2, 8, s++, true, reset); }
     return finish("gemv");
 }

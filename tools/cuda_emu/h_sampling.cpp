@@ -1,11 +1,13 @@
-// h_sampling.cpp — cuda/sampling.cu (sample_mark_f32, sample_process_f32, sample_draw_f32; for greedy
-// also sample_greedy_f32, for top_k = 0 also the multi-block sample_prep/exp/cut/walk_f32) against a
+// h_sampling.cpp — cuda/sampling.cu (run 4's sample_mark_f32, sample_process_f32, sample_draw_f32 with
+// bisection cuts) and cuda/sampling_fast.cu (sample_draw_radix_f32 on every case; for greedy also
+// sample_greedy_f32, for top_k = 0 also the multi-block sample_prep/exp/cut/walk_f32) against a
 // host re-implementation of steps 0-6 of the kernel's header (HF order: NaN / ids >= vocab_len -> -inf,
 // repetition penalty on context ids (ids >= V ignored), greedy argmax with lowest-id ties, temperature,
 // top-k, top-p keeping ties and the max, softmax, inverse-CDF draw with the host's u): the drawn id must
 // match and every probability be within 1e-6 + 1e-4 p; the flags workspace must be left zero.
 #include "util.h"
 #include "sampling_emu.cu"
+#include "sampling_fast_emu.cu"
 #include <numeric>
 // Reference of steps 0-6 from the header comment of sampling.cu (double where it does not matter).
 static void reference(std::vector<float> x, uint32_t vocab_len, const std::vector<uint32_t>& ctx, float pen, bool greedy, float temp,
@@ -58,6 +60,10 @@ void run(uint32_t V, uint32_t vocab_len, int n_ctx, float pen, bool greedy, floa
     emu::launch({(V + 255) / 256, 1, 1}, 256, [&] { sample_process_f32(logits.p, V, std::min(vocab_len, V), flags.p, penalise ? pen : 1.0f); });
     long fl = 0; for (uint32_t v = 0; v < V; ++v) fl += flags[v] != 0;
     emu::launch({1, 1, 1}, 1024, [&] { sample_draw_f32(logits.p, V, greedy, temp, top_k, top_p, u, probs.p, out.p); });
+    // sample_draw_radix_f32 (sampling_fast.cu) on a copy of the same processed logits: the same id and
+    // distribution as the reference (checked below with run 4's bisection draw's).
+    Buf<float> probs_r(V); Buf<uint32_t> out_r(1);
+    emu::launch({1, 1, 1}, 1024, [&] { sample_draw_radix_f32(logits.p, V, greedy, temp, top_k, top_p, u, probs_r.p, out_r.p); });
     std::vector<double> p; uint32_t id;
     reference(xh, std::min(vocab_len, V), penalise ? ch : std::vector<uint32_t>{}, pen, greedy, temp, top_k, top_p, u, p, id);
     if (greedy) {
@@ -80,9 +86,9 @@ void run(uint32_t V, uint32_t vocab_len, int n_ctx, float pen, bool greedy, floa
         // same id, the distribution within the same tolerance, flags and ticket counter left zero, the
         // search state's per-pass bins zero again.
         const unsigned blocks = (V + 1023) / 1024;
-        Buf<float> lg(V), pg(V); Buf<uint8_t> fg(V); Buf<double> part(blocks); Buf<uint32_t> og(1), counter(1); Buf<SmpState> st(1);
+        Buf<float> lg(V), pg(V); Buf<uint8_t> fg(V); Buf<double> part(blocks); Buf<uint32_t> og(1), counter(1); Buf<SmfState> st(1);
         memcpy(lg.p, xh.data(), 4 * V); memset(fg.p, 0, V); counter[0] = 0;
-        memset((void*)st.p, 0xA5, sizeof(SmpState));  // garbage: sample_prep_f32 must initialise it
+        memset((void*)st.p, 0xA5, sizeof(SmfState));  // garbage: sample_prep_f32 must initialise it
         if (penalise) emu::launch({(unsigned)std::min((n_ctx + 255) / 256, 1024), 1, 1}, 256, [&] { sample_mark_f32(ctx.p, n_ctx, fg.p, V); });
         emu::launch({blocks, 1, 1}, 256, [&] { sample_prep_f32(lg.p, V, std::min(vocab_len, V), fg.p, penalise ? pen : 1.0f, temp, pg.p, (float*)part.p, st.p, counter.p); });
         emu::launch({blocks, 1, 1}, 256, [&] { sample_exp_f32(pg.p, V, st.p); });
@@ -98,6 +104,9 @@ void run(uint32_t V, uint32_t vocab_len, int n_ctx, float pen, bool greedy, floa
         CHECK(lg.guard_ok() && pg.guard_ok() && fg.guard_ok() && part.guard_ok() && og.guard_ok(), "multi-block top-p V%u guard", V);
     }
     double perr = 0; for (uint32_t v = 0; v < V; ++v) perr = std::max(perr, std::fabs(probs[v] - p[v]) / (1e-6 + 1e-4 * p[v]));
+    double rerr = 0; for (uint32_t v = 0; v < V; ++v) rerr = std::max(rerr, std::fabs(probs_r[v] - p[v]) / (1e-6 + 1e-4 * p[v]));
+    printf("%-64s radix draw id %u (ref %u), probs worst %.3g\n", "", out_r[0], id, rerr);
+    CHECK(out_r[0] == id && rerr <= 1 && probs_r.guard_ok() && out_r.guard_ok(), "sample_draw_radix_f32 V%u", V);
     char what[160]; snprintf(what, sizeof what, "sample V%u vl%u ctx%d pen%.2f greedy%d t%.2f k%u p%.3f u%.3f%s q%g", V, vocab_len, n_ctx, pen, greedy, temp, top_k, top_p, u, spikes ? " spikes" : "", quant);
     printf("%-64s id %u (ref %u), probs worst %.3g of (1e-6 + 1e-4 p), flags left %ld\n", what, out[0], id, perr, fl);
     CHECK(out[0] == id && perr <= 1 && fl == 0, "%s", what);

@@ -281,7 +281,9 @@ impl Gpu {
         // SAFETY: no cudarc slice is shared between streams by this crate.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(cuda_err("creating a stream"))?;
-        let pdl = cc.0 >= 9 && super::switches::on_off("QWEN_PDL", true);
+        // Tuning::pdl (QWEN_PDL) as the environment has it when the process first opens the device
+        // (the Gpu is shared; CudaModel::load says a bad value when it reads the whole Tuning).
+        let pdl = cc.0 >= 9 && super::switches::Tuning::read(|n| std::env::var(n).ok()).0.pdl;
         let profile = std::sync::Mutex::new(None);
         Ok(Arc::new(Gpu { ctx, stream, name, cc, sms, pdl, _module: module, functions, profile }))
     }

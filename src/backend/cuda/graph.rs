@@ -12,9 +12,9 @@
 //! captured once as a CUDA graph and replayed: everything that changes between steps (the id,
 //! pos0, the NTK inverse frequencies) lives in device memory.
 use super::device::{cuda_err, gib, set_current, DevBuf, DevSlice, Gpu, GpuDType};
-use super::launch::{self, Blas, GemvConfig, GEMV_MAX_B};
+use super::launch::{self, Blas, GEMV_MAX_B};
 use super::plan::{Plan, Region, FALLBACK_ROWS, LOGIT_ROWS};
-use super::switches;
+use super::switches::{AdecGrid, Tuning};
 use super::upload::{synth_weights, upload_weights, GpuWeights};
 use crate::backend::{ComputeDType, LoadOptions};
 use crate::checkpoint::Checkpoint;
@@ -42,12 +42,16 @@ fn gpu_dtype(d: ComputeDType) -> Result<GpuDType> {
     }
 }
 
-/// QWEN_ATTN: unset or "mma" the mma.sync prefill kernel, "wmma" its WMMA fallback, "splitk" (None)
-/// the split-K decode kernel for prefill too (anything else is said, and mma used).
-fn prefill_kernel_from_env() -> Option<launch::PrefillKernel> {
-    use launch::PrefillKernel::{Mma, Wmma};
-    let kernels = [("mma", Some(Mma)), ("wmma", Some(Wmma)), ("splitk", None)];
-    switches::choice("QWEN_ATTN", &kernels, "mma").unwrap_or(Some(Mma))
+/// The switches, read once per load (`Tuning::from_env`: bad values said), with PDL as the device
+/// has it; the paths on that no GPU run has verified yet are said once on stderr.
+fn load_tuning(gpu: &Gpu) -> Tuning {
+    let mut tuning = Tuning::from_env();
+    tuning.pdl = gpu.pdl;
+    let u = tuning.unverified();
+    if !u.is_empty() {
+        eprintln!("note: CUDA paths not yet verified on a GPU are on: {}", u.join("; "));
+    }
+    tuning
 }
 
 /// A Qwen v1 model whose weights live on one GPU.
@@ -56,6 +60,7 @@ pub struct CudaModel {
     config: QwenConfig,
     dt: GpuDType,
     w: GpuWeights,
+    tuning: Tuning,
 }
 
 impl CudaModel {
@@ -78,8 +83,9 @@ impl CudaModel {
             ));
         }
         let gpu = Gpu::open(0)?;
+        let tuning = load_tuning(&gpu);
         let w = upload_weights(&gpu, &weights, dt, opts.progress)?;
-        Ok(CudaModel { gpu, config, dt, w })
+        Ok(CudaModel { gpu, config, dt, w, tuning })
     }
 
     /// A model of synth preset `p` (seed `seed`) generated on the GPU: the weights `synth_model`
@@ -90,8 +96,9 @@ impl CudaModel {
             return Err(Error::invalid(format!("synth preset {}: no layers", p.name)));
         }
         let gpu = Gpu::open(0)?;
+        let tuning = load_tuning(&gpu);
         let (config, w) = synth_weights(&gpu, p, seed, dt)?;
-        Ok(CudaModel { gpu, config, dt, w })
+        Ok(CudaModel { gpu, config, dt, w, tuning })
     }
 
     pub fn gpu(&self) -> &Arc<Gpu> {
@@ -99,6 +106,19 @@ impl CudaModel {
     }
     pub fn dtype(&self) -> GpuDType {
         self.dt
+    }
+    /// The switches this model runs with (read once at load; `qwen-run bench` prints them).
+    pub fn tuning(&self) -> &Tuning {
+        &self.tuning
+    }
+    /// This model with `tuning` instead of the environment's (GPU tests and A/B runs of one path).
+    pub fn with_tuning(mut self, tuning: Tuning) -> Self {
+        self.tuning = Tuning { pdl: self.gpu.pdl, ..tuning };
+        self
+    }
+    /// A sequence of capacity `cap` as its concrete type (GPU tests: `poison_step_counters`).
+    pub fn cuda_sequence(self: &Arc<Self>, cap: usize) -> Result<CudaSequence> {
+        CudaSequence::new(self.clone(), cap)
     }
     /// Device bytes held by the weights.
     pub fn weight_bytes(&self) -> usize {
@@ -152,6 +172,10 @@ impl Drop for DecodeGraph {
 /// the stream they use, the buffers before the model (whose weights the graph reads).
 pub struct CudaSequence {
     pub(super) graph: Option<DecodeGraph>,
+    /// Graphs captured for other length buckets (`AdecGrid::Length`): (grid splits, graph); `graph`
+    /// is the current bucket's, `graph_splits` its grid.
+    other_graphs: Vec<(usize, DecodeGraph)>,
+    graph_splits: usize,
     /// None when libcublas cannot be loaded: prefill matmuls then run as GEMVs of 8 rows.
     blas: Option<Blas>,
     act: DevBuf,
@@ -165,10 +189,10 @@ pub struct CudaSequence {
     pub(super) no_graph: bool,
     /// The pointwise kernels after a GEMV run in its epilogue (`gemv_qkv_rope` and
     /// `gemv_residual_rmsnorm` at decode, `gemv_swiglu` up to 8 tokens) and the split-K attention
-    /// combines in its own last block; QWEN_FUSE=0 launches them separately (for A/B runs).
+    /// combines in its own last block (`Tuning::fuse`, QWEN_FUSE=1; not yet verified on a GPU).
     fuse: bool,
-    /// Prefill attention: the mma.sync flash kernel (default), QWEN_ATTN=wmma its WMMA fallback,
-    /// QWEN_ATTN=splitk (None) the split-K decode kernel on slices of the queries (a debugging aid).
+    /// Prefill attention (`Tuning::attn`): run 4's WMMA kernel (default), QWEN_ATTN=mma / wmma the
+    /// newer ones, QWEN_ATTN=splitk (None) the split-K decode kernel on slices of the queries.
     prefill_kernel: Option<launch::PrefillKernel>,
     /// The context ids currently in `plan.ctx_ids` (for the repetition penalty on the GPU).
     ctx_on_device: Vec<u32>,
@@ -181,7 +205,7 @@ impl CudaSequence {
             return Err(Error::invalid(format!("max_seq_len {cap} is beyond what the CUDA kernels index (2^31 - 1)")));
         }
         let gpu = model.gpu.clone();
-        let plan = Plan::new(&model.config, model.dt, cap);
+        let plan = Plan::new(&model.config, model.dt, cap, model.tuning.adec_split);
         let (free, _) = gpu.mem_info()?;
         if plan.total_bytes() + SEQUENCE_RESERVE_BYTES > free {
             return Err(Error::Backend(format!(
@@ -203,6 +227,7 @@ impl CudaSequence {
                 None
             }
         };
+        let tuning = model.tuning;
         let seq = CudaSequence {
             model,
             stream,
@@ -213,9 +238,11 @@ impl CudaSequence {
             len: 0,
             alpha: 1.0,
             graph: None,
-            no_graph: !switches::on_off("QWEN_CUDA_GRAPH", true),
-            fuse: switches::on_off("QWEN_FUSE", true),
-            prefill_kernel: prefill_kernel_from_env(),
+            no_graph: !tuning.graph,
+            fuse: tuning.fuse,
+            prefill_kernel: tuning.attn,
+            other_graphs: Vec::new(),
+            graph_splits: 0,
             ctx_on_device: Vec::new(),
         };
         // The sampling flags and the attention tickets must start zeroed (the kernels leave them zeroed).
@@ -225,6 +252,16 @@ impl CudaSequence {
         seq.write_inv_freq(1.0)?;
         seq.stream.synchronize().map_err(cuda_err("initialising a sequence"))?;
         Ok(seq)
+    }
+
+    /// Test hook (issue 13 §2a): write a stale ticket into every cross-block counter of the decode
+    /// step, as a launch that died half-way would leave it. The next decode step must still be right
+    /// (its memset node zeroes them first).
+    #[doc(hidden)]
+    pub fn poison_step_counters(&self) -> Result<()> {
+        let sc = self.r(self.plan.step_counters());
+        self.model.gpu.memset(&self.stream, sc.ptr, 0x01, sc.bytes)?;
+        self.stream.synchronize().map_err(cuda_err("poisoning the step counters"))
     }
 
     /// A plan region as a device slice.
@@ -254,8 +291,9 @@ impl CudaSequence {
     #[allow(clippy::too_many_arguments)]
     fn matmul(&self, w: DevSlice, x: DevSlice, y: DevSlice, t: usize, n: usize, k: usize) -> Result<()> {
         let (g, s, dt) = (&*self.model.gpu, &*self.stream, self.model.dt);
+        let cfg = self.model.tuning.gemv;
         if t <= GEMV_MAX_B {
-            return launch::gemv(g, s, dt, w, x, y, n, k, t);
+            return launch::gemv_with(g, s, dt, w, x, y, n, k, t, cfg);
         }
         if let Some(b) = &self.blas {
             return b.gemm(dt, w, x, y, t, n, k);
@@ -264,7 +302,7 @@ impl CudaSequence {
         let mut r0 = 0;
         while r0 < t {
             let m = GEMV_MAX_B.min(t - r0);
-            launch::gemv(g, s, dt, w, x.sub(r0 * xr, m * xr)?, y.sub(r0 * yr, m * yr)?, n, k, m)?;
+            launch::gemv_with(g, s, dt, w, x.sub(r0 * xr, m * xr)?, y.sub(r0 * yr, m * yr)?, n, k, m, cfg)?;
             r0 += m;
         }
         Ok(())
@@ -281,7 +319,12 @@ impl CudaSequence {
         let counters = self.fuse.then(|| self.r(self.plan.adec_counters));
         if t == 1 {
             let pos = self.r(self.plan.pos0);
-            return launch::attention_decode(
+            // QWEN_ADEC_GRID=length: the grid for this length's bucket (the graph is per bucket).
+            let splits = match self.model.tuning.adec_grid {
+                AdecGrid::Capacity => self.plan.split.n_splits,
+                AdecGrid::Length => self.plan.split.bucket_splits(pos0 + 1),
+            };
+            return launch::attention_decode_grid(
                 g,
                 s,
                 dt,
@@ -297,6 +340,7 @@ impl CudaSequence {
                 d,
                 cap,
                 self.plan.split,
+                splits,
                 counters,
             );
         }
@@ -345,7 +389,7 @@ impl CudaSequence {
         let a = self.rows(pl.a, 0, t, c * dt.size())?; // [t, C] T
         if t == 1 && self.fuse {
             let ws = self.r(pl.norm_ws);
-            return launch::gemv_residual_rmsnorm(g, s, dt, w, h, x, w_ln, a, ws, c, k, eps, GemvConfig::get());
+            return launch::gemv_residual_rmsnorm(g, s, dt, w, h, x, w_ln, a, ws, c, k, eps, self.model.tuning.gemv);
         }
         let y = self.rows(pl.y, 0, t, c * 4)?; // [t, C] f32
         self.matmul(w, h, y, t, c, k)?;
@@ -370,6 +414,12 @@ impl CudaSequence {
         let upgate = self.rows(pl.upgate, 0, t, 2 * f * 4)?; // [t, 2F] f32
         let gact = self.rows(pl.g, 0, t, f * es)?; // [t, F] T
         let (inv_freq, pos) = (self.r(pl.inv_freq), self.r(pl.pos0));
+        if t == 1 && self.fuse {
+            // The fused kernels' cross-block tickets are zeroed at the head of every decode step (a
+            // memset node of the captured graph), whatever an earlier launch left (issue 13 §2a).
+            let sc = self.r(pl.step_counters());
+            g.memset(s, sc.ptr, 0, sc.bytes)?;
+        }
         launch::embedding(g, s, dt, m.w.wte, ids, x, t, v, c)?;
         launch::rmsnorm(g, s, dt, x, m.w.layers[0].ln_1, a, t, c, eps)?;
         for (l, lw) in m.w.layers.iter().enumerate() {
@@ -393,7 +443,7 @@ impl CudaSequence {
                     pl.cap,
                     cfg.seq_length,
                     cfg.use_logn_attn,
-                    GemvConfig::get(),
+                    m.tuning.gemv,
                 )?;
             } else {
                 self.matmul(lw.c_attn_w, a, qkv, t, 3 * p, c)?;
@@ -419,7 +469,7 @@ impl CudaSequence {
             self.attention(q, kc, vc, att, t, pos0)?;
             self.project_residual_norm(lw.c_proj, att, lw.ln_2, t, p)?;
             if t <= GEMV_MAX_B && self.fuse {
-                launch::gemv_swiglu(g, s, dt, lw.w12, a, gact, f, c, t, GemvConfig::get())?;
+                launch::gemv_swiglu(g, s, dt, lw.w12, a, gact, f, c, t, m.tuning.gemv)?;
             } else {
                 self.matmul(lw.w12, a, upgate, t, 2 * f, c)?;
                 launch::swiglu(g, s, dt, upgate, gact, t, f)?;
@@ -442,6 +492,20 @@ impl CudaSequence {
     /// One decode step for the id already in `ids[0]` at `pos0`: the captured graph, captured on
     /// first use; kernel by kernel if capture is off or failed. Leaves the logits in row 0.
     fn decode_step(&mut self, pos0: usize) -> Result<()> {
+        if self.model.tuning.adec_grid == AdecGrid::Length && !self.no_graph {
+            // One graph per length bucket of the decode attention's grid.
+            let want = self.plan.split.bucket_splits(pos0 + 1);
+            if self.graph.is_some() && self.graph_splits != want {
+                let old = self.graph.take().expect("checked");
+                self.other_graphs.push((self.graph_splits, old));
+            }
+            if self.graph.is_none() {
+                if let Some(i) = self.other_graphs.iter().position(|(n, _)| *n == want) {
+                    self.graph = Some(self.other_graphs.swap_remove(i).1);
+                }
+                self.graph_splits = want;
+            }
+        }
         if self.graph.is_none() && !self.no_graph {
             match self.capture(pos0) {
                 Ok(gr) => self.graph = Some(gr),
@@ -611,7 +675,7 @@ impl Sequence for CudaSequence {
         let sampled = launch::sample(
             g,
             s,
-            launch::SampleDraw::for_params(params, v),
+            launch::SampleDraw::for_params(self.model.tuning.sampler, params, v),
             logits,
             v,
             v.min(VOCAB_LEN as usize),

@@ -104,13 +104,14 @@ impl Carver {
 }
 
 impl Plan {
-    /// The plan for a sequence of `cap` tokens on a model with `cfg`, computing in `dt`.
-    pub fn new(cfg: &QwenConfig, dt: GpuDType, cap: usize) -> Plan {
+    /// The plan for a sequence of `cap` tokens on a model with `cfg`, computing in `dt`, with
+    /// `split_keys` keys per decode-attention split (`Tuning::adec_split`; None: by capacity).
+    pub fn new(cfg: &QwenConfig, dt: GpuDType, cap: usize, split_keys: Option<usize>) -> Plan {
         let (c, h, d, f, v) = (cfg.hidden_size, cfg.num_heads, cfg.head_dim, cfg.mlp_width, cfg.vocab_size);
         let p = h * d;
         let es = dt.size();
         let chunk = cap.clamp(1, PREFILL_CHUNK);
-        let split = DecodeSplit::for_sequence(cap);
+        let split = DecodeSplit::for_sequence(cap, split_keys);
         let (po, pml) = decode_workspace_bytes(FALLBACK_ROWS, h, d, split);
         let mut k = Carver { next: 0 };
         let plan_ids = k.take(chunk * 4);
@@ -192,6 +193,14 @@ impl Plan {
         ]
     }
 
+    /// The cross-block ticket counters of the fused decode kernels (`adec_counters`, then `norm_ws`
+    /// whose counter is its last u32; carved one after the other): one region, zeroed by a memset
+    /// node at the head of every decode step (issue 13 §2a).
+    pub fn step_counters(&self) -> Region {
+        let end = self.norm_ws.offset + self.norm_ws.bytes;
+        Region { offset: self.adec_counters.offset, bytes: end - self.adec_counters.offset }
+    }
+
     /// Device bytes this sequence needs: activations + KV cache.
     pub fn total_bytes(&self) -> usize {
         self.act_bytes + self.kv_bytes
@@ -219,7 +228,7 @@ mod tests {
     fn regions_are_aligned_disjoint_and_sized() {
         let cfg = cfg_7b();
         for cap in [1, 7, 2048, 8192, 32768] {
-            let plan = Plan::new(&cfg, GpuDType::BF16, cap);
+            let plan = Plan::new(&cfg, GpuDType::BF16, cap, None);
             let mut end = 0;
             for (name, r) in plan.regions() {
                 assert_eq!(r.offset % ALIGN, 0, "{name} misaligned");
@@ -238,7 +247,7 @@ mod tests {
     fn seven_b_fits_the_memory_target_at_2k() {
         // performance.md: peak GPU memory at a 2K context <= 16.5 GiB (bf16).
         let cfg = cfg_7b();
-        let plan = Plan::new(&cfg, GpuDType::BF16, 2048);
+        let plan = Plan::new(&cfg, GpuDType::BF16, 2048, None);
         let total = weight_bytes(&cfg, GpuDType::BF16, false) + plan.total_bytes();
         let gib = total as f64 / (1u64 << 30) as f64;
         assert!(gib < 16.5, "7B at 2K context plans {gib:.2} GiB");

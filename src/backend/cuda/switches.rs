@@ -1,61 +1,327 @@
-//! Place in the flow: backend::cuda, beside it: the environment switches `launch` and `graph` read.
-//! The CUDA backend's environment switches (fallbacks and A/B aids: QWEN_FUSE, QWEN_PDL,
-//! QWEN_CUDA_GRAPH, QWEN_ATTN, QWEN_SAMPLER). A value that is not one of a switch's choices is said on
-//! stderr, once per switch and process, and the default is used: an A/B run must not measure the
-//! default while believing it measures something else. (QWEN_GEMV, QWEN_ADEC_SPLIT and QWEN_PROFILE
-//! carry numbers and parse them where they are used.)
-use std::sync::Mutex;
+//! Place in the flow: backend::cuda, beside it: the backend's switches as data (read once at load).
+//! The CUDA backend's switches as data: one [`Tuning`] value, read from the environment once when a
+//! model is loaded (`CudaModel::load`, `Tuning::from_env`), kept by the model, passed down to the
+//! launchers and printed by `qwen-run bench`. No launcher reads the environment.
+//!
+//! Verified by default (issue 13): `Tuning::VERIFIED`, the default, is exactly the path H200 run 4
+//! verified (commit 9a9a5b1, 2026-11-26; cuda/README.md has the table). Every kernel, fused path and
+//! tuning value added since is opt-in by its switch, and `Tuning::unverified` names the ones that are
+//! on, so that `qwen-run` says them once on stderr. A value a switch does not know is said once per
+//! reading, and the verified default is used: an A/B run must not measure the default while
+//! believing it measures something else.
+//!
+//! | switch | verified (default) | opt-in (compiled + emulator-checked, not verified on a GPU) |
+//! |---|---|---|
+//! | QWEN_CUDA_GRAPH | on | 0 / off: kernel by kernel (a debugging aid, verified in run 4 too) |
+//! | QWEN_PDL | on (sm_90+) | 0 / off (verified in run 4 too) |
+//! | QWEN_FUSE | off | 1 / on: fused GEMV epilogues, fused attention combine, the gf_* GEMV stream |
+//! | QWEN_ATTN | run4 (run 4's WMMA prefill kernel) | mma, wmma (longest tile first), splitk |
+//! | QWEN_SAMPLER | run4 (process + one-block bisection draw) | block (radix draw + greedy kernel), auto (+ multi-block top-p) |
+//! | QWEN_GEMV | 2,8 (run 4's gemv) | STAGES,BLOCKS_PER_SM (run 4's kernel); a PREFETCH_MB > 0 runs the gf_* stream |
+//! | QWEN_ADEC_SPLIT | the split by capacity | KEYS (a positive multiple of 16) |
+//! | QWEN_ADEC_GRID | capacity (grid sized by the cache) | length (grid sized by the current length, captured per bucket) |
+use super::launch::{GemvConfig, GemvKernel, PrefillKernel, SamplerPath};
 
-/// `name`'s value among `choices` (value, meaning); None when unset or not one of them (said on
-/// stderr once, with `default` — the words for what the caller then uses).
-pub fn choice<T: Copy>(name: &str, choices: &[(&str, T)], default: &str) -> Option<T> {
-    let v = std::env::var(name).ok()?;
-    if let Some(&(_, t)) = choices.iter().find(|(c, _)| *c == v.trim()) {
-        return Some(t);
-    }
-    static WARNED: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
-    if !warned.iter().any(|w| w == name) {
-        warned.push(name.to_string());
-        let names: Vec<&str> = choices.iter().map(|(c, _)| *c).collect();
-        eprintln!("warning: {name}={v:?} is not one of {}; using {default}", names.join(", "));
-    }
-    None
+/// How the decode attention's grid is sized.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdecGrid {
+    /// `n_splits` for the whole cache (run 4): splits past the current length exit at once.
+    Capacity,
+    /// `n_splits` for the current length rounded up to a power-of-two bucket of splits; the decode
+    /// graph is captured once per bucket (`launch::adec_bucket_splits`).
+    Length,
 }
 
-/// An on/off switch: "1" / "on" and "0" / "off"; unset or anything else (said) is `default`.
-pub fn on_off(name: &str, default: bool) -> bool {
+/// Every switch of the CUDA backend, as one value (see the module table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuning {
+    /// QWEN_CUDA_GRAPH: replay the decode step as one captured graph.
+    pub graph: bool,
+    /// QWEN_PDL: programmatic dependent launch on sm_90+.
+    pub pdl: bool,
+    /// QWEN_FUSE: the decode step's fused GEMV epilogues (gemv_qkv_rope, gemv_swiglu,
+    /// gemv_residual_rmsnorm) and the split attention's fused combine; also runs the plain GEMVs on
+    /// the same post-run-4 stream (`GemvKernel::Stream`).
+    pub fuse: bool,
+    /// QWEN_ATTN: the prefill attention kernel; None = the split-K decode kernel on query slices.
+    pub attn: Option<PrefillKernel>,
+    /// QWEN_SAMPLER: which sampling kernels.
+    pub sampler: SamplerPath,
+    /// QWEN_GEMV: the GEMV's kernel and configuration.
+    pub gemv: GemvConfig,
+    /// QWEN_ADEC_SPLIT: keys per decode-attention split (None: by capacity, `DecodeSplit::for_capacity`).
+    pub adec_split: Option<usize>,
+    /// QWEN_ADEC_GRID: the decode attention's grid.
+    pub adec_grid: AdecGrid,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning::VERIFIED
+    }
+}
+
+impl Tuning {
+    /// What H200 run 4 verified (commit 9a9a5b1, 2026-11-26): the default.
+    pub const VERIFIED: Tuning = Tuning {
+        graph: true,
+        pdl: true,
+        fuse: false,
+        attn: Some(PrefillKernel::Run4),
+        sampler: SamplerPath::Run4,
+        gemv: GemvConfig::DEFAULT,
+        adec_split: None,
+        adec_grid: AdecGrid::Capacity,
+    };
+
+    /// The environment's switches; every value a switch does not know is said on stderr (one line
+    /// each) and the verified default used.
+    pub fn from_env() -> Tuning {
+        let (t, warnings) = Tuning::read(|name| std::env::var(name).ok());
+        for w in warnings {
+            eprintln!("warning: {w}");
+        }
+        t
+    }
+
+    /// The switches as `lookup` gives them (a variable's value, None when unset), and one message
+    /// per value that is not understood.
+    pub fn read(lookup: impl Fn(&str) -> Option<String>) -> (Tuning, Vec<String>) {
+        let mut warnings = Vec::new();
+        let v = Tuning::VERIFIED;
+        let mut w = |m: Option<String>| warnings.extend(m);
+        let (graph, m) = on_off(&lookup, "QWEN_CUDA_GRAPH", v.graph);
+        w(m);
+        let (pdl, m) = on_off(&lookup, "QWEN_PDL", v.pdl);
+        w(m);
+        let (fuse, m) = on_off(&lookup, "QWEN_FUSE", v.fuse);
+        w(m);
+        let attns = [
+            ("run4", Some(PrefillKernel::Run4)),
+            ("mma", Some(PrefillKernel::Mma)),
+            ("wmma", Some(PrefillKernel::Wmma)),
+            ("splitk", None),
+        ];
+        let (attn, m) = choice(&lookup, "QWEN_ATTN", &attns, v.attn, "run4 (run 4's WMMA kernel)");
+        w(m);
+        let samplers = [("run4", SamplerPath::Run4), ("block", SamplerPath::Block), ("auto", SamplerPath::Auto)];
+        let (sampler, m) = choice(&lookup, "QWEN_SAMPLER", &samplers, v.sampler, "run4 (the bisection draw)");
+        w(m);
+        let mut gemv = match lookup("QWEN_GEMV") {
+            None => v.gemv,
+            Some(s) => GemvConfig::parse(&s).unwrap_or_else(|| {
+                let d = v.gemv;
+                w(Some(format!(
+                    "QWEN_GEMV={s:?} is not STAGES,BLOCKS_PER_SM[,PREFETCH_MB] with STAGES 1 or 2; using {},{}",
+                    d.stages, d.blocks_per_sm
+                )));
+                d
+            }),
+        };
+        if fuse {
+            gemv.kernel = GemvKernel::Stream;
+        }
+        let adec_split = lookup("QWEN_ADEC_SPLIT").and_then(|s| match s.trim().parse::<usize>() {
+            Ok(n) if n > 0 && n % 16 == 0 => Some(n),
+            _ => {
+                w(Some(format!("QWEN_ADEC_SPLIT={s:?} is not a positive multiple of 16; using the split by capacity")));
+                None
+            }
+        });
+        let grids = [("capacity", AdecGrid::Capacity), ("length", AdecGrid::Length)];
+        let (adec_grid, m) = choice(&lookup, "QWEN_ADEC_GRID", &grids, v.adec_grid, "capacity");
+        w(m);
+        (Tuning { graph, pdl, fuse, attn, sampler, gemv, adec_split, adec_grid }, warnings)
+    }
+
+    /// The paths this tuning runs that no GPU run has verified yet (empty for `VERIFIED`), each
+    /// named by its switch and what it turns on.
+    pub fn unverified(&self) -> Vec<String> {
+        let mut u = Vec::new();
+        if self.fuse {
+            u.push(
+                "QWEN_FUSE=1 (gemv_qkv_rope, gemv_swiglu, gemv_residual_rmsnorm, attention_decode_fused, gemv_plain)"
+                    .into(),
+            );
+        }
+        match self.attn {
+            Some(PrefillKernel::Run4) => {}
+            Some(PrefillKernel::Mma) => u.push("QWEN_ATTN=mma (attention_prefill_mma)".into()),
+            Some(PrefillKernel::Wmma) => u.push("QWEN_ATTN=wmma (attention_prefill_wmma, longest tile first)".into()),
+            None => u.push("QWEN_ATTN=splitk (split-K decode attention for prefill)".into()),
+        }
+        match self.sampler {
+            SamplerPath::Run4 => {}
+            SamplerPath::Block => u.push("QWEN_SAMPLER=block (sample_draw_radix_f32, sample_greedy_f32)".into()),
+            SamplerPath::Auto => {
+                u.push("QWEN_SAMPLER=auto (multi-block top-p, sample_draw_radix_f32, sample_greedy_f32)".into())
+            }
+        }
+        if self.gemv.kernel == GemvKernel::Stream && !self.fuse {
+            u.push("QWEN_GEMV with PREFETCH_MB > 0 (gemv_plain with the L2 prefetch)".into());
+        } else if self.gemv.prefetch_mb > 0 {
+            u.push("QWEN_GEMV with PREFETCH_MB > 0 (the L2 prefetch)".into());
+        }
+        if let Some(n) = self.adec_split {
+            u.push(format!("QWEN_ADEC_SPLIT={n}"));
+        }
+        if self.adec_grid == AdecGrid::Length {
+            u.push("QWEN_ADEC_GRID=length (decode attention grid per length bucket)".into());
+        }
+        u
+    }
+
+    /// One line for `qwen-run bench` and logs: every switch's value, `verified` or what is not.
+    pub fn describe(&self) -> String {
+        let attn = match self.attn {
+            Some(PrefillKernel::Run4) => "run4",
+            Some(PrefillKernel::Mma) => "mma",
+            Some(PrefillKernel::Wmma) => "wmma",
+            None => "splitk",
+        };
+        let sampler = match self.sampler {
+            SamplerPath::Run4 => "run4",
+            SamplerPath::Block => "block",
+            SamplerPath::Auto => "auto",
+        };
+        let g = self.gemv;
+        let kernel = match g.kernel {
+            GemvKernel::Run4 => "run4",
+            GemvKernel::Stream => "stream",
+        };
+        let split = self.adec_split.map_or("capacity".to_string(), |n| n.to_string());
+        let grid = match self.adec_grid {
+            AdecGrid::Capacity => "capacity",
+            AdecGrid::Length => "length",
+        };
+        let u = self.unverified();
+        format!(
+            "graph={} pdl={} fuse={} attn={attn} sampler={sampler} gemv={kernel}:{},{},{} adec_split={split} adec_grid={grid} ({})",
+            self.graph as u8,
+            self.pdl as u8,
+            self.fuse as u8,
+            g.stages,
+            g.blocks_per_sm,
+            g.prefetch_mb,
+            if u.is_empty() { "all verified on a GPU, run 4".to_string() } else { format!("{} unverified", u.len()) }
+        )
+    }
+}
+
+/// `name`'s value among `choices` (value, meaning); `default` when unset, and when not one of them
+/// (then with a message naming `default_words`, the words for the default).
+fn choice<T: Copy>(
+    lookup: &impl Fn(&str) -> Option<String>,
+    name: &str,
+    choices: &[(&str, T)],
+    default: T,
+    default_words: &str,
+) -> (T, Option<String>) {
+    let Some(v) = lookup(name) else { return (default, None) };
+    if let Some(&(_, t)) = choices.iter().find(|(c, _)| *c == v.trim()) {
+        return (t, None);
+    }
+    let names: Vec<&str> = choices.iter().map(|(c, _)| *c).collect();
+    (default, Some(format!("{name}={v:?} is not one of {}; using {default_words}", names.join(", "))))
+}
+
+/// An on/off switch: "1" / "on" and "0" / "off"; unset is `default`, anything else is said.
+fn on_off(lookup: &impl Fn(&str) -> Option<String>, name: &str, default: bool) -> (bool, Option<String>) {
     let words = if default { "the default (on)" } else { "the default (off)" };
-    choice(name, &[("1", true), ("on", true), ("0", false), ("off", false)], words).unwrap_or(default)
+    choice(lookup, name, &[("1", true), ("on", true), ("0", false), ("off", false)], default, words)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::cuda::launch::GemvConfig;
 
-    // Each test uses its own variable: tests run in parallel threads of one process.
-    #[test]
-    fn choices_unset_and_unknown_values() {
-        std::env::remove_var("QWEN_TEST_SWITCH_A");
-        assert_eq!(choice("QWEN_TEST_SWITCH_A", &[("x", 1), ("y", 2)], "z"), None);
-        std::env::set_var("QWEN_TEST_SWITCH_A", " y ");
-        assert_eq!(choice("QWEN_TEST_SWITCH_A", &[("x", 1), ("y", 2)], "z"), Some(2));
-        std::env::set_var("QWEN_TEST_SWITCH_A", "Y");
-        assert_eq!(choice("QWEN_TEST_SWITCH_A", &[("x", 1), ("y", 2)], "z"), None);
+    fn read(vars: &[(&str, &str)]) -> (Tuning, Vec<String>) {
+        Tuning::read(|n| vars.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string()))
     }
 
     #[test]
-    fn on_off_values_and_defaults() {
-        let v = "QWEN_TEST_SWITCH_B";
-        std::env::remove_var(v);
-        assert!(on_off(v, true));
-        assert!(!on_off(v, false));
-        for (s, want) in [("0", false), ("off", false), ("1", true), ("on", true)] {
-            std::env::set_var(v, s);
-            assert_eq!(on_off(v, !want), want, "{v}={s}");
+    fn defaults_are_the_verified_run_4_path() {
+        let (t, w) = read(&[]);
+        assert_eq!(t, Tuning::VERIFIED);
+        assert!(w.is_empty());
+        assert!(t.unverified().is_empty(), "{:?}", t.unverified());
+        assert_eq!(t, Tuning::default());
+        // Run 4's set, spelled out: graph + PDL, nothing fused, run 4's prefill kernel, sampler and
+        // GEMV (2 stages, 8 blocks per SM, no prefetch), split and grid by capacity.
+        assert!(t.graph && t.pdl && !t.fuse);
+        assert_eq!(t.attn, Some(PrefillKernel::Run4));
+        assert_eq!(t.sampler, SamplerPath::Run4);
+        assert_eq!(t.gemv, GemvConfig { kernel: GemvKernel::Run4, stages: 2, blocks_per_sm: 8, prefetch_mb: 0 });
+        assert_eq!((t.adec_split, t.adec_grid), (None, AdecGrid::Capacity));
+        assert!(t.describe().contains("all verified"), "{}", t.describe());
+    }
+
+    #[test]
+    fn each_switch_value_maps_to_its_path() {
+        let one = |k: &str, v: &str| {
+            let (t, w) = read(&[(k, v)]);
+            assert!(w.is_empty(), "{k}={v}: {w:?}");
+            t
+        };
+        assert!(!one("QWEN_CUDA_GRAPH", "0").graph);
+        assert!(!one("QWEN_CUDA_GRAPH", "off").graph);
+        assert!(!one("QWEN_PDL", "0").pdl);
+        assert!(one("QWEN_PDL", "on").pdl);
+        let f = one("QWEN_FUSE", "1");
+        assert!(f.fuse && f.gemv.kernel == GemvKernel::Stream);
+        assert!(!one("QWEN_FUSE", "0").fuse);
+        assert_eq!(one("QWEN_ATTN", "run4").attn, Some(PrefillKernel::Run4));
+        assert_eq!(one("QWEN_ATTN", "mma").attn, Some(PrefillKernel::Mma));
+        assert_eq!(one("QWEN_ATTN", "wmma").attn, Some(PrefillKernel::Wmma));
+        assert_eq!(one("QWEN_ATTN", "splitk").attn, None);
+        assert_eq!(one("QWEN_SAMPLER", "run4").sampler, SamplerPath::Run4);
+        assert_eq!(one("QWEN_SAMPLER", "block").sampler, SamplerPath::Block);
+        assert_eq!(one("QWEN_SAMPLER", " auto ").sampler, SamplerPath::Auto);
+        assert_eq!(one("QWEN_GEMV", "1,0").gemv, GemvConfig::new(1, 0));
+        let p = one("QWEN_GEMV", "2,8,24").gemv;
+        assert_eq!((p.kernel, p.prefetch_mb), (GemvKernel::Stream, 24), "a prefetch runs the stream kernel");
+        assert_eq!(one("QWEN_ADEC_SPLIT", "512").adec_split, Some(512));
+        assert_eq!(one("QWEN_ADEC_GRID", "length").adec_grid, AdecGrid::Length);
+        // Every opt-in value is named as unverified; the verified ones are not.
+        for (k, v) in [
+            ("QWEN_FUSE", "1"),
+            ("QWEN_ATTN", "mma"),
+            ("QWEN_ATTN", "wmma"),
+            ("QWEN_ATTN", "splitk"),
+            ("QWEN_SAMPLER", "block"),
+            ("QWEN_SAMPLER", "auto"),
+            ("QWEN_GEMV", "2,8,24"),
+            ("QWEN_ADEC_SPLIT", "256"),
+            ("QWEN_ADEC_GRID", "length"),
+        ] {
+            let u = one(k, v).unverified();
+            assert_eq!(u.len(), 1, "{k}={v}: {u:?}");
+            assert!(u[0].starts_with(k), "{k}={v}: {u:?}");
         }
-        std::env::set_var(v, "no"); // a typo keeps the default either way
-        assert!(on_off(v, true));
-        assert!(!on_off(v, false));
+        for (k, v) in [("QWEN_CUDA_GRAPH", "0"), ("QWEN_PDL", "0"), ("QWEN_GEMV", "1,0"), ("QWEN_ATTN", "run4")] {
+            assert!(one(k, v).unverified().is_empty(), "{k}={v} was verified in run 4");
+        }
+    }
+
+    #[test]
+    fn unknown_values_are_said_and_the_verified_default_used() {
+        for (k, v) in [
+            ("QWEN_FUSE", "yes"),
+            ("QWEN_PDL", "2"),
+            ("QWEN_CUDA_GRAPH", "false"),
+            ("QWEN_ATTN", "MMA"),
+            ("QWEN_SAMPLER", "multi"),
+            ("QWEN_GEMV", "3,4"),
+            ("QWEN_ADEC_SPLIT", "100"),
+            ("QWEN_ADEC_GRID", "len"),
+        ] {
+            let (t, w) = read(&[(k, v)]);
+            assert_eq!(t, Tuning::VERIFIED, "{k}={v}");
+            assert_eq!(w.len(), 1, "{k}={v}: {w:?}");
+            assert!(w[0].contains(k) && w[0].contains(v), "{k}={v}: {w:?}");
+        }
+        let (_, w) = read(&[("QWEN_FUSE", "yes"), ("QWEN_ATTN", "x")]);
+        assert_eq!(w.len(), 2, "one line per bad switch: {w:?}");
     }
 }

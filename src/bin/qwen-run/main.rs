@@ -542,6 +542,7 @@ fn bench_cuda(
         }
     };
     let gb = GpuBench::open(source, &opts)?;
+    println!("tuning: {}", gb.tuning());
     let report = gb.report(lens, decode, decode_prompt)?;
     print!("{}", bench_table(&report));
     println!("{}", bench_json(&report));

@@ -1,6 +1,8 @@
-//! `attention_prefill_{bf16,f16}` (cuda/attention_prefill.cu, mma.sync) and its fallback
-//! `attention_prefill_wmma_{bf16,f16}` (cuda/attention_prefill_wmma.cu): causal flash attention over
-//! the KV cache for a chunk of T query rows; oracle `cpu::attention`.
+//! `attention_prefill_{bf16,f16}` (cuda/attention_prefill.cu, run 4's verified WMMA kernel, the
+//! default), `attention_prefill_mma_{bf16,f16}` (cuda/attention_prefill_mma.cu, mma.sync) and
+//! `attention_prefill_wmma_{bf16,f16}` (cuda/attention_prefill_wmma.cu, WMMA with the longest tile
+//! first): causal flash attention over the KV cache for a chunk of T query rows; oracle
+//! `cpu::attention`.
 use super::dim_u32;
 use crate::backend::cuda::device::{Arg, DevSlice, Gpu, GpuDType, Launch};
 use crate::error::{Error, Result};
@@ -17,34 +19,37 @@ pub fn attention_prefill_supports(d: usize) -> bool {
     matches!(d, 16 | 32 | 64 | 128)
 }
 
-/// Which of the two prefill attention kernels (same contract, same oracle, same grid).
+/// Which prefill attention kernel (same contract, same oracle; `Tuning::attn`, QWEN_ATTN).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PrefillKernel {
-    /// `attention_prefill_*`: mma.sync m16n8k16 with S, P and O in registers (the default).
+    /// `attention_prefill_*`: run 4's WMMA kernel, grid (tiles, H), verified on the H200 (the default).
+    Run4,
+    /// `attention_prefill_mma_*`: mma.sync m16n8k16 with S, P and O in registers (not yet verified).
     Mma,
-    /// `attention_prefill_wmma_*`: the previous WMMA kernel, S and P through shared memory (the
-    /// fallback, and the A/B baseline of the benches).
+    /// `attention_prefill_wmma_*`: run 4's WMMA kernel with the heaviest query tile dispatched first,
+    /// grid (H, tiles) (not yet verified).
     Wmma,
 }
 
 impl PrefillKernel {
-    pub const ALL: [PrefillKernel; 2] = [PrefillKernel::Mma, PrefillKernel::Wmma];
+    pub const ALL: [PrefillKernel; 3] = [PrefillKernel::Run4, PrefillKernel::Mma, PrefillKernel::Wmma];
 
     fn entry(self, dt: GpuDType) -> String {
         match self {
-            PrefillKernel::Mma => format!("attention_prefill_{}", dt.suffix()),
+            PrefillKernel::Run4 => format!("attention_prefill_{}", dt.suffix()),
+            PrefillKernel::Mma => format!("attention_prefill_mma_{}", dt.suffix()),
             PrefillKernel::Wmma => format!("attention_prefill_wmma_{}", dt.suffix()),
         }
     }
 
-    /// Dynamic shared memory at head dim `d`, as `ap_smem_bytes(D)` in each .cu. Mma: one K and one
-    /// V tile `[64, D + 8]` T. Wmma: the same plus S `[64, 68]` f32 (P aliased on it) and 3 × 64 f32
-    /// softmax statistics.
+    /// Dynamic shared memory at head dim `d`, as `ap_smem_bytes(D)` / `at_smem_bytes(D)` in each .cu.
+    /// Mma: one K and one V tile `[64, D + 8]` T. Run4, Wmma: the same plus S `[64, 68]` f32 (P
+    /// aliased on it) and 3 × 64 f32 softmax statistics.
     fn smem_bytes(self, d: usize) -> usize {
         let tiles = 2 * 64 * (d + 8) * 2;
         match self {
             PrefillKernel::Mma => tiles,
-            PrefillKernel::Wmma => tiles + 64 * 68 * 4 + 3 * 64 * 4,
+            PrefillKernel::Run4 | PrefillKernel::Wmma => tiles + 64 * 68 * 4 + 3 * 64 * 4,
         }
     }
 }
@@ -105,14 +110,16 @@ pub fn attention_prefill(
     if smem > SMEM_DEFAULT {
         gpu.allow_smem(&name, dim_u32(smem, "attention_prefill shared memory")?)?;
     }
-    // (H, query tiles): the kernel takes the tiles from the last (heaviest) down; grid.y <= 65535.
+    // Run4: (query tiles, H). Mma, Wmma: (H, query tiles), the kernel takes the tiles from the last
+    // (heaviest) down; grid.y <= 65535.
     let tiles = t.div_ceil(BQ);
     if tiles > 65535 {
         return Err(Error::Backend(format!(
             "internal: attention_prefill of {t} queries exceeds the grid (65535 tiles of {BQ})"
         )));
     }
-    let grid = (dim_u32(h, "H")?, dim_u32(tiles, "T / 64")?, 1);
+    let (h32, tiles32) = (dim_u32(h, "H")?, dim_u32(tiles, "T / 64")?);
+    let grid = if kernel == PrefillKernel::Run4 { (tiles32, h32, 1) } else { (h32, tiles32, 1) };
     let cfg = Launch::new(grid, THREADS, dim_u32(smem, "attention_prefill shared memory")?);
     let scale = crate::model::attention_scale(d);
     let args = [

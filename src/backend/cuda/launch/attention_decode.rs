@@ -1,8 +1,9 @@
-//! `attention_decode_{bf16,f16}` + `attention_decode_combine_{bf16,f16}` (cuda/attention_decode.cu):
-//! split-K causal attention (FlashDecoding) for decode steps and as the any-`D` prefill fallback;
-//! oracle `cpu::attention`.
+//! `attention_decode_{bf16,f16}` + `attention_decode_combine_{bf16,f16}` (cuda/attention_decode.cu,
+//! run 4's verified kernels) and `attention_decode_fused_{bf16,f16}` (cuda/attention_decode_fused.cu,
+//! the combine in the last block, not yet verified): split-K causal attention (FlashDecoding) for
+//! decode steps and as the any-`D` prefill fallback; oracle `cpu::attention`.
 use super::{dim_u32, f32_bytes};
-use crate::backend::cuda::device::{Arg, DevPtr, DevSlice, Gpu, GpuDType, Launch};
+use crate::backend::cuda::device::{Arg, DevSlice, Gpu, GpuDType, Launch};
 use crate::error::{Error, Result};
 use cudarc::driver::CudaStream;
 
@@ -45,23 +46,17 @@ impl DecodeSplit {
         DecodeSplit { split_len, n_splits: cap.div_ceil(split_len).max(1) }
     }
 
-    /// What a sequence uses: `for_capacity`, or `QWEN_ADEC_SPLIT=KEYS` (a tuning aid, read once; a
-    /// value that is not a positive multiple of 16 is said on stderr and ignored).
-    pub fn for_sequence(cap: usize) -> DecodeSplit {
-        static OVERRIDE: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-        let keys = *OVERRIDE.get_or_init(|| {
-            let v = std::env::var("QWEN_ADEC_SPLIT").ok()?;
-            match v.trim().parse::<usize>() {
-                Ok(n) if n > 0 && n % 16 == 0 => Some(n),
-                _ => {
-                    eprintln!(
-                        "warning: QWEN_ADEC_SPLIT={v:?} is not a positive multiple of 16; using the default split"
-                    );
-                    None
-                }
-            }
-        });
+    /// What a sequence of `cap` rows uses: `for_capacity`, or `keys` per split (`Tuning::adec_split`,
+    /// QWEN_ADEC_SPLIT, a tuning aid).
+    pub fn for_sequence(cap: usize, keys: Option<usize>) -> DecodeSplit {
         keys.map_or_else(|| DecodeSplit::for_capacity(cap), |n| DecodeSplit::with_len(cap, n))
+    }
+
+    /// Splits of the grid that covers `keys` keys when the grid is sized by length (`AdecGrid::Length`):
+    /// the splits those keys need, rounded up to a power of two (so a sequence captures at most
+    /// log2(n_splits) + 1 decode graphs), never more than `n_splits`.
+    pub fn bucket_splits(self, keys: usize) -> usize {
+        keys.max(1).div_ceil(self.split_len).next_power_of_two().min(self.n_splits)
     }
 }
 
@@ -78,7 +73,8 @@ pub fn decode_workspace_bytes(t: usize, h: usize, d: usize, split: DecodeSplit) 
 /// partials (sizes from [`decode_workspace_bytes`]), out `[T, P]` T, pos0 `[1]` u32 on the device;
 /// P = H·D, scale 1/√D. With `counters` (`[T, H]` u32, all zero; left zero) one launch: the last
 /// split block of each (query, head) does the combine (splits without keys are not written). Without
-/// them, the split kernel then the combine kernel (every split's partial written).
+/// them, run 4's split kernel then its combine kernel (every split's partial written). The grid covers
+/// the whole cache (`split.n_splits` splits).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_decode(
     gpu: &Gpu,
@@ -98,6 +94,41 @@ pub fn attention_decode(
     split: DecodeSplit,
     counters: Option<DevSlice>,
 ) -> Result<()> {
+    let n = split.n_splits;
+    attention_decode_grid(gpu, s, dt, q, k_cache, v_cache, part_o, part_ml, out, pos0, t, h, d, cap, split, n, counters)
+}
+
+/// `attention_decode` on a grid of `grid_splits` (1..=`split.n_splits`) splits: the grid sized by the
+/// current length (`AdecGrid::Length`). The kernels combine only the splits the grid has, so the CALLER
+/// guarantees that every query's key count, `min(*pos0 + i + 1, cap)`, is at most `grid_splits ·
+/// split_len` (the executor picks `grid_splits = split.bucket_splits(pos0 + t)` from the position it
+/// writes to `pos0`, and captures one decode graph per bucket).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_decode_grid(
+    gpu: &Gpu,
+    s: &CudaStream,
+    dt: GpuDType,
+    q: DevSlice,
+    k_cache: DevSlice,
+    v_cache: DevSlice,
+    part_o: DevSlice,
+    part_ml: DevSlice,
+    out: DevSlice,
+    pos0: DevSlice,
+    t: usize,
+    h: usize,
+    d: usize,
+    cap: usize,
+    split: DecodeSplit,
+    grid_splits: usize,
+    counters: Option<DevSlice>,
+) -> Result<()> {
+    if grid_splits == 0 || grid_splits > split.n_splits {
+        return Err(Error::Backend(format!(
+            "internal: attention_decode grid of {grid_splits} splits, the plan has 1..={}",
+            split.n_splits
+        )));
+    }
     if h == 0 || d == 0 || d > DECODE_MAX_D {
         return Err(Error::Backend(format!(
             "attention_decode: H = {h}, D = {d} unsupported (need H >= 1 and 1 <= D <= {DECODE_MAX_D})"
@@ -135,15 +166,15 @@ pub fn attention_decode(
     }
     let (t32, h32, d32) = (dim_u32(t, "T")?, dim_u32(h, "H")?, dim_u32(d, "D")?);
     dim_u32(p, "P = H*D")?;
-    let (cap32, len32, ns32) = (dim_u32(cap, "cap")?, dim_u32(split_len, "split_len")?, dim_u32(n_splits, "n_splits")?);
+    // The kernels' n_splits is the grid's (the partials' stride); the workspace holds the plan's.
+    let (cap32, len32, ns32) = (dim_u32(cap, "cap")?, dim_u32(split_len, "split_len")?, dim_u32(grid_splits, "grid")?);
     if n_splits > i32::MAX as usize {
         return Err(Error::Backend(format!("attention_decode: {n_splits} splits exceed the grid limit")));
     }
     let scale = crate::model::attention_scale(d);
 
-    let name = format!("attention_decode_{}", dt.suffix());
     let cfg = Launch::new((ns32, h32, t32), DECODE_THREADS, 0);
-    let args = [
+    let mut args = vec![
         Arg::Ptr(q.ptr),
         Arg::Ptr(k_cache.ptr),
         Arg::Ptr(v_cache.ptr),
@@ -156,11 +187,17 @@ pub fn attention_decode(
         Arg::U32(len32),
         Arg::U32(ns32),
         Arg::F32(scale),
-        Arg::Ptr(out.ptr),
-        Arg::Ptr(counters.map_or(DevPtr(0), |c| c.ptr)),
     ];
+    // Run 4's split kernel, or the fused one (two more arguments: out and the counters).
+    let name = match counters {
+        None => format!("attention_decode_{}", dt.suffix()),
+        Some(c) => {
+            args.extend([Arg::Ptr(out.ptr), Arg::Ptr(c.ptr)]);
+            format!("attention_decode_fused_{}", dt.suffix())
+        }
+    };
     // SAFETY: q holds [T, P] T, k/v_cache [cap, P] T, part_o [T, H, n_splits, D] f32, part_ml
-    // [T, H, n_splits, 2] f32, pos0 one u32, out [T, P] T, counters (when given) [T, H] u32 (all
+    // [T, H, n_splits, 2] f32 (the plan's n_splits >= the grid's, which the kernels index by), pos0 one u32, out [T, P] T, counters (when given) [T, H] u32 (all
     // checked above). Block (split, h, t) reads q row t, cache rows < min(*pos0 + t + 1, cap) <= cap
     // (clamped in the kernel whatever *pos0 holds), columns h*D..h*D+D < P, and writes only its own
     // partial (t, h, split); with counters it also updates counters[t, h] and, as the last block of

@@ -1,5 +1,5 @@
 //! `embedding_{bf16,f16}` (cuda/embedding.cu); oracle `cpu::embedding`.
-use super::dim_u32;
+use super::{dim_u32, need_aligned};
 use crate::backend::cuda::device::{Arg, DevSlice, Gpu, GpuDType, Launch};
 use crate::error::Result;
 use cudarc::driver::CudaStream;
@@ -20,6 +20,10 @@ pub fn embedding(
     wte.need(v * c * dt.size(), "embedding wte [V, C]")?;
     ids.need(t * 4, "embedding ids [T]")?;
     out.need(t * c * 4, "embedding out [T, C]")?;
+    if c % 8 == 0 {
+        // The kernel's vector path (C % 8 == 0): wte rows as uint4 (8 values of T).
+        need_aligned(wte, 16, "embedding wte")?;
+    }
     if t == 0 {
         return Ok(());
     }

@@ -1,5 +1,5 @@
-//! `gemv_{bf16,f16}` (cuda/gemv.cu): the decode matmul for B <= 8 rows; oracle `cpu::matmul`.
-//! `gemv_swiglu_*`, `gemv_qkv_rope_*` and `gemv_residual_rmsnorm_*`: the same matmul with swiglu.cu /
+//! `gemv_{bf16,f16}` (cuda/gemv.cu, run 4's verified kernel) and `gemv_plain_{bf16,f16}` (cuda/gemv_fused.cu, the post-run-4 stream): the decode matmul for B <= 8 rows; oracle `cpu::matmul`.
+//! `gemv_swiglu_*`, `gemv_qkv_rope_*` and `gemv_residual_rmsnorm_*` (gemv_fused.cu): the same matmul with swiglu.cu /
 //! rotary.cu / rmsnorm.cu's add_rmsnorm fused into its epilogue (oracle: `cpu::matmul`, then
 //! `cpu::swiglu` / `cpu::rope` + `model::logn_scale` / `cpu::add` + `cpu::rmsnorm`).
 use super::rotary::check_rope_operands;
@@ -15,47 +15,49 @@ pub const GEMV_MAX_B: usize = 8;
 const GEMV_BLOCK: u32 = 256;
 const GEMV_WARPS: u64 = 8;
 
-/// How `gemv` runs (cuda/gemv.cu's header): `stages` 1 (load a pass, then multiply it) or 2 (the
-/// next pass's loads in flight while this one is multiplied); `blocks_per_sm` caps the grid at that
-/// many blocks per multiprocessor so each warp streams several rows (0: no cap, one row per warp);
-/// `prefetch_mb` (an experiment, 0 = off): up to that many MB of the grid's first items are asked
-/// into L2 before the kernel waits for the previous one (PDL), to keep DRAM busy across the boundary.
+/// Which GEMV kernel the plain matmul runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemvKernel {
+    /// `gemv_*` (cuda/gemv.cu): run 4's verified kernel, the default.
+    Run4,
+    /// `gemv_plain_*` (cuda/gemv_fused.cu): the post-run-4 stream the fused epilogues use (the same
+    /// sums; two passes in flight before the PDL wait; the optional L2 prefetch). Not yet verified on
+    /// a GPU; on with QWEN_FUSE=1 or a QWEN_GEMV prefetch.
+    Stream,
+}
+
+/// How `gemv` runs (cuda/gemv.cu's header): `kernel`; `stages` 1 (load a pass, then multiply it) or
+/// 2 (the next pass's loads in flight while this one is multiplied); `blocks_per_sm` caps the grid at
+/// that many blocks per multiprocessor so each warp streams several rows (0: no cap, one row per
+/// warp); `prefetch_mb` (an experiment, 0 = off; `GemvKernel::Stream` only): up to that many MB of the
+/// grid's first items are asked into L2 before the kernel waits for the previous one (PDL), to keep
+/// DRAM busy across the boundary. The fused launchers always run the stream (gemv_fused.cu) and
+/// ignore `kernel`. Part of `Tuning` (QWEN_GEMV), passed down by the executor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GemvConfig {
+    pub kernel: GemvKernel,
     pub stages: u32,
     pub blocks_per_sm: u32,
     pub prefetch_mb: u32,
 }
 
 impl GemvConfig {
-    /// The default, or `QWEN_GEMV=STAGES,BLOCKS_PER_SM` (read once; for tuning runs). A value that
-    /// does not parse is said on stderr, once, and the default used: a tuning run must not measure
-    /// the default while believing it measures something else.
-    pub fn get() -> GemvConfig {
-        static CFG: std::sync::OnceLock<GemvConfig> = std::sync::OnceLock::new();
-        *CFG.get_or_init(|| match std::env::var("QWEN_GEMV") {
-            Err(_) => GemvConfig::DEFAULT,
-            Ok(v) => GemvConfig::parse(&v).unwrap_or_else(|| {
-                let d = GemvConfig::DEFAULT;
-                eprintln!(
-                    "warning: QWEN_GEMV={v:?} is not STAGES,BLOCKS_PER_SM[,PREFETCH_MB] with STAGES 1 or 2; using {},{},{}",
-                    d.stages, d.blocks_per_sm, d.prefetch_mb
-                );
-                d
-            }),
-        })
+    /// Chosen by the sweep in benches/kernels/gemv.rs (BENCHMARKS.md).
+    /// Run 4 verified this one (H200, 2026-11-26).
+    pub const DEFAULT: GemvConfig = GemvConfig::new(2, 8);
+
+    /// Run 4's kernel with `stages` and `blocks_per_sm`, no prefetch.
+    pub const fn new(stages: u32, blocks_per_sm: u32) -> GemvConfig {
+        GemvConfig { kernel: GemvKernel::Run4, stages, blocks_per_sm, prefetch_mb: 0 }
     }
 
-    /// Chosen by the sweep in benches/kernels/gemv.rs (BENCHMARKS.md).
-    pub const DEFAULT: GemvConfig = GemvConfig { stages: 2, blocks_per_sm: 8, prefetch_mb: 0 };
-
-    /// `stages` and `blocks_per_sm`, no prefetch.
-    pub const fn new(stages: u32, blocks_per_sm: u32) -> GemvConfig {
-        GemvConfig { stages, blocks_per_sm, prefetch_mb: 0 }
+    /// The stream kernel (`GemvKernel::Stream`) with `stages`, `blocks_per_sm` and `prefetch_mb`.
+    pub const fn stream(stages: u32, blocks_per_sm: u32, prefetch_mb: u32) -> GemvConfig {
+        GemvConfig { kernel: GemvKernel::Stream, stages, blocks_per_sm, prefetch_mb }
     }
 
     /// "STAGES,BLOCKS_PER_SM" or "STAGES,BLOCKS_PER_SM,PREFETCH_MB", e.g. "2,4" or "2,8,24"; None if
-    /// malformed.
+    /// malformed. A PREFETCH_MB > 0 needs (and selects) the stream kernel.
     pub fn parse(s: &str) -> Option<GemvConfig> {
         let mut it = s.split(',').map(str::trim);
         let stages = it.next()?.parse().ok().filter(|s| (1..=2).contains(s))?;
@@ -67,7 +69,8 @@ impl GemvConfig {
         if it.next().is_some() {
             return None;
         }
-        Some(GemvConfig { stages, blocks_per_sm, prefetch_mb })
+        let kernel = if prefetch_mb > 0 { GemvKernel::Stream } else { GemvKernel::Run4 };
+        Some(GemvConfig { kernel, stages, blocks_per_sm, prefetch_mb })
     }
 
     /// The kernel's `cfg` word for a grid of `grid` blocks over items of `item_bytes` bytes of W:
@@ -95,7 +98,8 @@ impl GemvConfig {
 
 /// `y[b, n] = Σ_k w[n, k] · x[b, k]` (fp32 accumulation): w `[N, K]` T, x `[B, K]` T, y `[B, N]` f32,
 /// B in 1..=`GEMV_MAX_B`. Any N, K (the kernel takes 16-byte loads when K % 8 == 0 and w, x are
-/// 16-byte aligned, scalar loads otherwise). Runs with `GemvConfig::get()`.
+/// 16-byte aligned, scalar loads otherwise). Runs with `GemvConfig::DEFAULT` (tests; the executor
+/// passes its `Tuning`'s configuration to `gemv_with`).
 #[allow(clippy::too_many_arguments)]
 pub fn gemv(
     gpu: &Gpu,
@@ -108,7 +112,7 @@ pub fn gemv(
     k: usize,
     b: usize,
 ) -> Result<()> {
-    gemv_with(gpu, s, dt, w, x, y, n, k, b, GemvConfig::get())
+    gemv_with(gpu, s, dt, w, x, y, n, k, b, GemvConfig::DEFAULT)
 }
 
 /// `gemv` with an explicit configuration (tests and the tuning bench).
@@ -125,9 +129,18 @@ pub fn gemv_with(
     b: usize,
     cfg: GemvConfig,
 ) -> Result<()> {
+    if cfg.kernel == GemvKernel::Run4 && cfg.prefetch_mb > 0 {
+        return Err(Error::Backend(
+            "internal: the GEMV L2 prefetch needs GemvKernel::Stream (run 4's gemv has none)".into(),
+        ));
+    }
     let Some((launch, word)) = gemv_grid(gpu, "gemv", w, x, n, 1, k, b, dt, cfg)? else { return Ok(()) };
     y.need(f32_bytes(b * n), "gemv y [B, N]")?;
-    let name = format!("gemv_{}", dt.suffix());
+    // Run 4's kernel takes the stage count where the stream takes its cfg word (stages | prefetch).
+    let (name, word) = match cfg.kernel {
+        GemvKernel::Run4 => (format!("gemv_{}", dt.suffix()), cfg.stages),
+        GemvKernel::Stream => (format!("gemv_plain_{}", dt.suffix()), word),
+    };
     let args = [
         Arg::Ptr(w.ptr),
         Arg::Ptr(x.ptr),
@@ -147,7 +160,7 @@ pub fn gemv_with(
 /// The matmul with SwiGLU fused into its epilogue: `out[b, f] = T(up · silu(gate))` with
 /// up = `w[f] · x[b]`, gate = `w[F + f] · x[b]` (f32 sums, exactly `gemv` + `swiglu`'s bits):
 /// w `[2F, K]` T (the executor's w1 ‖ w2), x `[B, K]` T, out `[B, F]` T, B in 1..=`GEMV_MAX_B`;
-/// `cfg` as `gemv_with` (the executor passes `GemvConfig::get()`).
+/// `cfg` as `gemv_with` (its `kernel` is ignored: the fused kernels are the stream's).
 #[allow(clippy::too_many_arguments)]
 pub fn gemv_swiglu(
     gpu: &Gpu,
@@ -350,7 +363,7 @@ mod tests {
     fn gemv_config_parses_and_sizes_the_grid() {
         assert_eq!(GemvConfig::parse("1,0"), Some(GemvConfig::new(1, 0)));
         assert_eq!(GemvConfig::parse(" 2 , 4"), Some(GemvConfig::new(2, 4)));
-        assert_eq!(GemvConfig::parse("2,8,24"), Some(GemvConfig { stages: 2, blocks_per_sm: 8, prefetch_mb: 24 }));
+        assert_eq!(GemvConfig::parse("2,8,24"), Some(GemvConfig::stream(2, 8, 24)));
         assert_eq!(GemvConfig::parse("3,4"), None);
         assert_eq!(GemvConfig::parse("2"), None);
         assert_eq!(GemvConfig::parse("x,1"), None);
@@ -359,7 +372,7 @@ mod tests {
         // The kernel word: stages in the low byte, prefetching warps above (24 MB of 8 KB rows = 3072
         // warps; never more than the grid has).
         assert_eq!(GemvConfig::new(2, 8).word(512, 8192), 2);
-        let p = GemvConfig { stages: 2, blocks_per_sm: 8, prefetch_mb: 24 };
+        let p = GemvConfig::stream(2, 8, 24);
         assert_eq!(p.word(512, 8192), 2 | (3072 << 8));
         assert_eq!(p.word(100, 8192), 2 | (800 << 8));
         let one_row = GemvConfig::new(2, 0);

@@ -1,6 +1,6 @@
 //! `rmsnorm_{bf16,f16}` and `add_rmsnorm_{bf16,f16}` (cuda/rmsnorm.cu); oracles `cpu::rmsnorm`,
 //! `cpu::add` + `cpu::rmsnorm`.
-use super::{dim_u32, f32_bytes};
+use super::{dim_u32, f32_bytes, need_aligned};
 use crate::backend::cuda::device::{Arg, DevSlice, Gpu, GpuDType, Launch};
 use crate::error::{Error, Result};
 use cudarc::driver::CudaStream;
@@ -37,6 +37,12 @@ pub fn rmsnorm(
     x.need(f32_bytes(t * c), "rmsnorm x [T, C]")?;
     w.need(c * dt.size(), "rmsnorm w [C]")?;
     out.need(t * c * dt.size(), "rmsnorm out [T, C]")?;
+    if c % 4 == 0 {
+        // The kernel's vector path (C % 4 == 0): x as float4, w and out as 4 values of T.
+        need_aligned(x, 16, "rmsnorm x")?;
+        need_aligned(w, 8, "rmsnorm w")?;
+        need_aligned(out, 8, "rmsnorm out")?;
+    }
     if t == 0 {
         return Ok(());
     }
@@ -67,6 +73,13 @@ pub fn add_rmsnorm(
     y.need(f32_bytes(t * c), "add_rmsnorm y [T, C]")?;
     w.need(c * dt.size(), "add_rmsnorm w [C]")?;
     out.need(t * c * dt.size(), "add_rmsnorm out [T, C]")?;
+    if c % 4 == 0 {
+        // The kernel's vector path (C % 4 == 0): x, y as float4, w and out as 4 values of T.
+        need_aligned(x, 16, "add_rmsnorm x")?;
+        need_aligned(y, 16, "add_rmsnorm y")?;
+        need_aligned(w, 8, "add_rmsnorm w")?;
+        need_aligned(out, 8, "add_rmsnorm out")?;
+    }
     if t == 0 {
         return Ok(());
     }

@@ -1,14 +1,15 @@
-//! `sample_mark_f32`, `sample_process_f32`, `sample_draw_f32`, `sample_greedy_f32` and the multi-block
-//! top-p path `sample_prep_f32`, `sample_exp_f32`, `sample_cut_f32`, `sample_walk_f32` (cuda/sampling.cu);
-//! oracle `sampler::Sampler` (`probabilities` for the distribution, the walk of `sample` for the id).
+//! `sample_mark_f32`, `sample_process_f32`, `sample_draw_f32` (cuda/sampling.cu, run 4's verified
+//! kernels, bisection cuts) and the post-run-4 `sample_draw_radix_f32`, `sample_greedy_f32` and
+//! multi-block top-p path `sample_prep_f32`, `sample_exp_f32`, `sample_cut_f32`, `sample_walk_f32`
+//! (cuda/sampling_fast.cu); oracle `sampler::Sampler` (`probabilities` for the distribution, the walk
+//! of `sample` for the id).
 use super::{dim_u32, f32_bytes};
 use crate::backend::cuda::device::{Arg, DevSlice, Gpu, Launch};
-use crate::backend::cuda::switches;
 use crate::config::SamplingParams;
 use crate::error::{Error, Result};
 use cudarc::driver::CudaStream;
 
-/// Threads of the single `sample_draw_f32` block (`SMP_THREADS` in sampling.cu).
+/// Threads of the single `sample_draw_f32` / `sample_draw_radix_f32` block (`SMP_THREADS` / `SMF_THREADS`).
 const DRAW_THREADS: u32 = 1024;
 /// Block of `sample_mark_f32` / `sample_process_f32`.
 const BLOCK: u32 = 256;
@@ -42,39 +43,48 @@ fn state_offset(v: usize) -> usize {
     (sample_counter_offset(v) + 4).div_ceil(8) * 8
 }
 
-/// How a sampled (not greedy) draw runs.
+/// Which sampling kernels run (`Tuning::sampler`, QWEN_SAMPLER).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SamplerPath {
+    /// Run 4's verified pipeline for every draw, greedy too: `sample_process_f32` + the one-block
+    /// `sample_draw_f32` with bisection cuts (the default).
+    Run4,
+    /// Greedy by `sample_greedy_f32`; every sampled draw by `sample_process_f32` + the one-block
+    /// `sample_draw_radix_f32` (not yet verified).
+    Block,
+    /// As Block, but without a top-k cut (Qwen's defaults) the multi-block top-p path (not yet verified).
+    Auto,
+}
+
+/// How one `sample` call runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SampleDraw {
+    /// `sample_process_f32` + run 4's one-block `sample_draw_f32` (bisection), greedy included.
+    Run4,
     /// `sample_prep_f32`, `sample_exp_f32`, 4 × `sample_cut_f32`, `sample_walk_f32`: each pass over
-    /// the whole GPU. Top-k 0 only (Qwen's defaults).
+    /// the whole GPU. Top-k 0 only (Qwen's defaults); greedy by `sample_greedy_f32`.
     MultiBlock,
-    /// `sample_process_f32` + the one-block `sample_draw_f32`: any parameters.
+    /// `sample_process_f32` + the one-block `sample_draw_radix_f32`: any parameters; greedy by
+    /// `sample_greedy_f32`.
     OneBlock,
 }
 
 impl SampleDraw {
-    /// The default path of `sample` for `params`: MultiBlock when no top-k cut applies, unless `QWEN_SAMPLER=block`
-    /// (read once: the one-block kernel for everything, a fallback and A/B aid; any other value is said
-    /// and auto used, see `switches`).
-    pub fn for_params(params: &SamplingParams, v: usize) -> SampleDraw {
-        static ONE_BLOCK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let forced = *ONE_BLOCK.get_or_init(|| {
-            let words = "auto (multi-block top-p when top_k is 0)";
-            switches::choice("QWEN_SAMPLER", &[("auto", false), ("block", true)], words).unwrap_or(false)
-        });
-        if !forced && Self::multi_block_can(params, v) {
-            SampleDraw::MultiBlock
-        } else {
-            SampleDraw::OneBlock
+    /// The draw `path` takes for `params` over V logits.
+    pub fn for_params(path: SamplerPath, params: &SamplingParams, v: usize) -> SampleDraw {
+        match path {
+            SamplerPath::Run4 => SampleDraw::Run4,
+            SamplerPath::Auto if Self::multi_block_can(params, v) => SampleDraw::MultiBlock,
+            SamplerPath::Auto | SamplerPath::Block => SampleDraw::OneBlock,
         }
     }
 
     /// Every path that can run `params` (for tests and benches that compare them).
     pub fn all_for(params: &SamplingParams, v: usize) -> Vec<SampleDraw> {
         if Self::multi_block_can(params, v) {
-            vec![SampleDraw::MultiBlock, SampleDraw::OneBlock]
+            vec![SampleDraw::Run4, SampleDraw::MultiBlock, SampleDraw::OneBlock]
         } else {
-            vec![SampleDraw::OneBlock]
+            vec![SampleDraw::Run4, SampleDraw::OneBlock]
         }
     }
 
@@ -100,8 +110,8 @@ pub fn sample_counter_offset(v: usize) -> usize {
 /// greedy). `u` in [0, 1) is the host's uniform draw (`Sampler::next_uniform`; ignored when greedy).
 /// `flags`: `sample_workspace_bytes(V)`, all zero on entry (and on exit). `ctx_ids` is not read (and
 /// may be empty) when the penalty is 1 or `n_ctx` is 0. `draw` is the path of a sampled draw
-/// (`SampleDraw::for_params` picks the default; greedy ignores it); MultiBlock with a top-k cut is
-/// refused.
+/// (`SampleDraw::for_params` picks it from the `Tuning`; greedy runs `sample_greedy_f32` except on
+/// Run4); MultiBlock with a top-k cut is refused.
 #[allow(clippy::too_many_arguments)]
 pub fn sample(
     gpu: &Gpu,
@@ -157,7 +167,12 @@ pub fn sample(
     // Without the mark launch the flags are all zero; penalty 1 keeps even a stale flag harmless.
     let penalty = if penalise { params.repetition_penalty } else { 1.0 };
     let blocks = dim_u32(v.div_ceil(BLOCK as usize), "process blocks")?;
-    if greedy {
+    if draw != SampleDraw::Run4 {
+        // The cross-block ticket of sample_greedy_f32 / the multi-block path is zeroed at the head of
+        // every call (issue 13 §2a): a launch that died half-way cannot leave a stale ticket behind.
+        gpu.memset(s, flags.ptr.offset(sample_counter_offset(v)), 0, 4)?;
+    }
+    if greedy && draw != SampleDraw::Run4 {
         let part = flags.ptr.offset(greedy_part_offset(v));
         let counter = flags.ptr.offset(sample_counter_offset(v));
         let cfg = Launch::new((blocks, 1, 1), BLOCK, 0);
@@ -189,6 +204,7 @@ pub fn sample(
     // top_k >= V keeps everything: pass 0 (disabled); then top_k < V <= 2^31 fits a u32.
     let top_k = if params.top_k >= v { 0 } else { dim_u32(params.top_k, "top_k")? };
     let cfg = Launch::new((1, 1, 1), DRAW_THREADS, 0);
+    let name = if draw == SampleDraw::Run4 { "sample_draw_f32" } else { "sample_draw_radix_f32" };
     let args = [
         Arg::Ptr(logits.ptr),
         Arg::U32(vu),
@@ -201,8 +217,9 @@ pub fn sample(
         Arg::Ptr(out_id.ptr),
     ];
     // SAFETY: logits [V] f32 is read, probs [V] f32 written (scratch, then the distribution) and
-    // out_id [1] u32 written (all checked above); one block of 1024 threads, indices < V only.
-    unsafe { gpu.launch(s, "sample_draw_f32", cfg, &args) }
+    // out_id [1] u32 written (all checked above); one block of 1024 threads, indices < V only (both
+    // draw kernels take the same arguments).
+    unsafe { gpu.launch(s, name, cfg, &args) }
 }
 
 /// Steps 0-6 without a top-k cut on ⌈V/1024⌉ blocks per pass (cuda/sampling.cu, "Multi-block

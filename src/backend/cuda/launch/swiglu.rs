@@ -1,5 +1,5 @@
 //! `swiglu_{bf16,f16}` (cuda/swiglu.cu); oracle `cpu::swiglu`.
-use super::{dim_u32, f32_bytes};
+use super::{dim_u32, f32_bytes, need_aligned};
 use crate::backend::cuda::device::{Arg, DevSlice, Gpu, GpuDType, Launch};
 use crate::error::{Error, Result};
 use cudarc::driver::CudaStream;
@@ -38,6 +38,11 @@ pub fn swiglu(
     let t32 = dim_u32(t, "T")?;
     upgate.need(f32_bytes(t * 2 * f), "swiglu upgate [T, 2F]")?;
     out.need(t * f * dt.size(), "swiglu out [T, F]")?;
+    if f % 4 == 0 {
+        // The kernel's vector path (F % 4 == 0): upgate as float4, out as 4 values of T.
+        need_aligned(upgate, 16, "swiglu upgate")?;
+        need_aligned(out, 8, "swiglu out")?;
+    }
     if t == 0 {
         return Ok(());
     }
