@@ -285,7 +285,7 @@ fn shard_truncated_under_a_loaded_model_is_an_error_not_sigbus() {
         assert!(size > 8192 || v == 16, "the shard must span pages: {size} bytes");
         let name = big.file_name().unwrap().to_str().unwrap().to_string();
         truncate(&big, 8);
-        let e = seq.forward(&[4], false).err().expect("a forward pass over a truncated shard succeeded").to_string();
+        let e = seq.forward(&[4], false).expect_err("a forward pass over a truncated shard succeeded").to_string();
         assert_has(&e, &[&name, "tensor `", how, "reload the model"]);
         assert_eq!(seq.len(), 3, "the failed forward pass advanced the sequence");
         // The page-in (and the CUDA upload, which uses the same check) says the same.
