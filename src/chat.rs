@@ -68,6 +68,14 @@ pub struct Message {
     pub content: String,
 }
 
+/// The `prompt` command's input: a JSON array of `{"role", "content"}` objects (other keys ignored).
+/// `source` names the input in the error.
+pub fn parse_messages(text: &str, source: &std::path::Path) -> Result<Vec<Message>> {
+    serde_json::from_str(text).map_err(|e| {
+        Error::bad_file(source, format!("expected a JSON array of {{\"role\", \"content\"}} objects: {e}"))
+    })
+}
+
 /// OpenAI-style messages → ChatML ids: optional leading system message (else DEFAULT_SYSTEM), then alternating
 /// user/assistant pairs as history, the last message must be user. Contents are used verbatim (not stripped).
 /// Errors (`Error::InvalidArgument`) name the message index and what is wrong.

@@ -8,7 +8,7 @@
 //! file is an `Error` naming the file and the tensor; never a panic.
 use crate::config::{GenerationConfig, QwenConfig};
 use crate::error::{Error, Result};
-use memmap2::Mmap;
+use crate::mapped::MappedFile;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -119,7 +119,7 @@ pub struct TensorView {
     pub shape: Vec<usize>,
     /// The shard file, for error messages.
     pub file: Arc<PathBuf>,
-    mmap: Arc<Mmap>,
+    mmap: Arc<MappedFile>,
     offset: usize,
 }
 
@@ -136,7 +136,7 @@ impl TensorView {
         dtype: DType,
         shape: Vec<usize>,
         file: Arc<PathBuf>,
-        mmap: Arc<Mmap>,
+        mmap: Arc<MappedFile>,
         offset: usize,
     ) -> Self {
         let v = TensorView { name, dtype, shape, file, mmap, offset };
@@ -160,7 +160,7 @@ impl TensorView {
             DType::F32,
             shape.to_vec(),
             Arc::new(PathBuf::from("<memory>")),
-            Arc::new(mmap),
+            Arc::new(MappedFile::anonymous(mmap)),
             0,
         ))
     }
@@ -185,6 +185,21 @@ impl TensorView {
         self.read_f32(0, &mut v);
         v
     }
+    /// Err naming this tensor and its file when its map could not be read since it was made (the file
+    /// was truncated or failed to read while mapped: see `mapped`); what was read from it is garbage.
+    pub fn check_mapped(&self) -> Result<()> {
+        match self.mmap.fault() {
+            None => Ok(()),
+            Some(what) => Err(self.error(format!(
+                "the file {what} while memory-mapped, so the weights read from it are garbage: reload the model \
+                 (replace model files by renaming a new file over the old one, never by rewriting them in place)"
+            ))),
+        }
+    }
+    /// True when both views lie in the same mapped file.
+    pub fn shares_map(&self, other: &TensorView) -> bool {
+        Arc::ptr_eq(&self.mmap, &other.mmap)
+    }
     /// Error helper that names this tensor and its file.
     pub fn error(&self, msg: impl Into<String>) -> Error {
         Error::tensor(self.file.as_ref().clone(), self.name.clone(), msg)
@@ -200,7 +215,7 @@ pub struct IntTensorView {
     pub shape: Vec<usize>,
     /// The shard file, for error messages.
     pub file: Arc<PathBuf>,
-    mmap: Arc<Mmap>,
+    mmap: Arc<MappedFile>,
     offset: usize,
 }
 
@@ -216,7 +231,7 @@ impl IntTensorView {
         dtype: IntDType,
         shape: Vec<usize>,
         file: Arc<PathBuf>,
-        mmap: Arc<Mmap>,
+        mmap: Arc<MappedFile>,
         offset: usize,
     ) -> Self {
         let v = IntTensorView { name, dtype, shape, file, mmap, offset };
@@ -315,52 +330,59 @@ fn parse_safetensors(path: &Path, mmap: &[u8]) -> Result<Vec<RawTensor>> {
             continue;
         }
         let terr = |msg: String| Error::tensor(path, name.as_str(), msg);
-        let entry = v.as_object().ok_or_else(|| terr(format!("header entry is not an object: {v}")))?;
-        let dtype_s = entry
-            .get("dtype")
-            .and_then(|d| d.as_str())
-            .ok_or_else(|| terr("header entry has no string `dtype`".into()))?;
-        let dtype = parse_dtype(dtype_s).ok_or_else(|| {
-            terr(format!(
-                "unsupported dtype {dtype_s} (supported: BF16, F16, F32, and U8, I8, I32 for quantized weights)"
-            ))
-        })?;
-        let shape_v = entry
-            .get("shape")
-            .and_then(|s| s.as_array())
-            .ok_or_else(|| terr("header entry has no `shape` list".into()))?;
+        let entry = v.as_object().ok_or_else(|| terr(format!("header entry is not an object: {}", clip(v))))?;
+        let dtype_s = match entry.get("dtype") {
+            Some(serde_json::Value::String(s)) => s.as_str(),
+            Some(d) => return Err(terr(format!("field `dtype` must be a string, got {}", clip(d)))),
+            None => return Err(terr("header entry has no field `dtype`".into())),
+        };
+        let dtype = parse_dtype(dtype_s)
+            .ok_or_else(|| terr(format!("field `dtype`: unsupported dtype {dtype_s:?} (supported: BF16, F16, F32, and U8, I8, I32 for quantized weights)")))?;
+        let shape_v = match entry.get("shape") {
+            Some(serde_json::Value::Array(a)) => a,
+            Some(s) => return Err(terr(format!("field `shape` must be a list of dimensions, got {}", clip(s)))),
+            None => return Err(terr("header entry has no field `shape`".into())),
+        };
+        let shape_text = clip(&entry["shape"]);
         let mut shape = Vec::with_capacity(shape_v.len());
         let mut numel: usize = 1;
-        for d in shape_v {
-            let d = d
-                .as_u64()
-                .and_then(|d| usize::try_from(d).ok())
-                .ok_or_else(|| terr(format!("shape {shape_v:?} has a non-integer dimension {d}")))?;
-            numel = numel.checked_mul(d).ok_or_else(|| terr(format!("shape {shape_v:?} overflows")))?;
+        for (i, d) in shape_v.iter().enumerate() {
+            let d = d.as_u64().and_then(|d| usize::try_from(d).ok()).ok_or_else(|| {
+                terr(format!("field `shape` {shape_text}: dimension {i} is {}, not a non-negative integer", clip(d)))
+            })?;
+            numel = numel
+                .checked_mul(d)
+                .ok_or_else(|| terr(format!("field `shape` {shape_text}: the element count overflows")))?;
             shape.push(d);
         }
-        let nbytes =
-            numel.checked_mul(dtype.size()).ok_or_else(|| terr(format!("shape {shape:?} overflows in bytes")))?;
+        let nbytes = numel
+            .checked_mul(dtype.size())
+            .ok_or_else(|| terr(format!("field `shape` {shape_text}: the byte count overflows")))?;
         let offs = entry
             .get("data_offsets")
             .and_then(|o| o.as_array())
             .filter(|o| o.len() == 2)
-            .ok_or_else(|| terr("header entry has no `data_offsets` [begin, end]".into()))?;
+            .ok_or_else(|| terr("header entry has no field `data_offsets` [begin, end]".into()))?;
         let (begin, end) = match (offs[0].as_u64(), offs[1].as_u64()) {
             (Some(b), Some(e)) => (b, e),
-            _ => return Err(terr(format!("data_offsets {offs:?} are not integers"))),
+            _ => {
+                return Err(terr(format!(
+                    "field `data_offsets` {}: not two non-negative integers",
+                    clip(&entry["data_offsets"])
+                )))
+            }
         };
         if begin > end {
-            return Err(terr(format!("data_offsets [{begin}, {end}]: begin > end")));
+            return Err(terr(format!("field `data_offsets` [{begin}, {end}]: begin > end")));
         }
         if end > data_len as u64 {
             return Err(terr(format!(
-                "data_offsets [{begin}, {end}] run past the end of the data section ({data_len} bytes): file truncated?"
+                "field `data_offsets` [{begin}, {end}] runs past the end of the data section ({data_len} bytes): file truncated?"
             )));
         }
         if end - begin != nbytes as u64 {
             return Err(terr(format!(
-                "data_offsets [{begin}, {end}] hold {} bytes, but {dtype_s} {shape:?} needs {nbytes}",
+                "field `data_offsets` [{begin}, {end}] holds {} bytes, but {dtype_s} {shape:?} needs {nbytes}",
                 end - begin
             )));
         }
@@ -381,20 +403,31 @@ fn parse_safetensors(path: &Path, mmap: &[u8]) -> Result<Vec<RawTensor>> {
     Ok(out)
 }
 
+/// A JSON value for an error message, cut to 80 characters (a hostile header can hold megabytes).
+fn clip(v: &serde_json::Value) -> String {
+    let s = v.to_string();
+    match s.char_indices().nth(80) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s,
+    }
+}
+
 /// Memory-map one shard read-only and validate its header.
-fn open_shard(path: &Path) -> Result<(Arc<Mmap>, Vec<RawTensor>, u64)> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
+fn open_shard(path: &Path) -> Result<(Arc<MappedFile>, Vec<RawTensor>, u64)> {
+    let (file, size) = crate::files::open_regular(path)?;
     if size < 8 {
         return Err(Error::bad_file(
             path,
             format!("not a safetensors file: {size} bytes, shorter than the 8-byte header length"),
         ));
     }
-    // SAFETY: read-only map. The file must not be truncated while mapped (same contract as every
-    // mmap-based loader); all ranges were validated against the length seen here.
-    let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    // All ranges are validated against the length mapped here; a truncation after this point is
+    // caught by the map's guard (see `mapped`).
+    let mmap = MappedFile::map(&file, path)?;
     let raw = parse_safetensors(path, &mmap)?;
+    if let Some(what) = mmap.fault() {
+        return Err(Error::bad_file(path, format!("the file {what} while its header was read")));
+    }
     Ok((Arc::new(mmap), raw, size))
 }
 
@@ -420,7 +453,7 @@ fn check_shard_name(index: &Path, name: &str) -> Result<()> {
 
 /// `weight_map` of `model.safetensors.index.json`: tensor name → shard file name.
 fn read_index(index: &Path) -> Result<BTreeMap<String, String>> {
-    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let text = crate::files::read_json_text(index)?;
     let v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| Error::bad_file(index, format!("invalid JSON: {e}")))?;
     let map = v

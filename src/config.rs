@@ -48,11 +48,11 @@ fn get<'a>(m: &'a Map<String, Value>, keys: &[&str]) -> Option<&'a Value> {
 
 fn usize_field(m: &Map<String, Value>, path: &Path, keys: &[&str], default: Option<usize>) -> Result<usize> {
     match get(m, keys) {
-        Some(v) => v
-            .as_u64()
-            .filter(|&n| n > 0 && n < (1u64 << 40))
-            .map(|n| n as usize)
-            .ok_or_else(|| Error::bad_file(path, format!("`{}` must be a positive integer, got {v}", keys[0]))),
+        Some(v) => v.as_u64().filter(|&n| n > 0 && n < (1u64 << 40)).map(|n| n as usize).ok_or_else(|| {
+            // Name the key the file has (keys[0] may be an alias it does not use).
+            let key = keys.iter().find(|k| m.get(**k).is_some_and(|x| !x.is_null())).unwrap_or(&keys[0]);
+            Error::bad_file(path, format!("`{key}` must be a positive integer below 2^40, got {v}"))
+        }),
         None => default.ok_or_else(|| Error::bad_file(path, format!("missing `{}`", keys.join("` / `")))),
     }
 }
@@ -75,8 +75,7 @@ fn bool_field(m: &Map<String, Value>, path: &Path, key: &str, default: bool) -> 
 }
 
 fn read_json_object(path: &Path) -> Result<Map<String, Value>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    parse_json_object(&text, path)
+    parse_json_object(&crate::files::read_json_text(path)?, path)
 }
 
 fn parse_json_object(text: &str, path: &Path) -> Result<Map<String, Value>> {
@@ -304,6 +303,19 @@ impl QuantConfig {
     }
 }
 
+/// A token id of generation_config.json must be one the tokenizer knows (ids >= VOCAB_LEN have no text,
+/// and no model can be trained to emit them meaningfully).
+fn check_token_id(path: &Path, key: &str, id: u32) -> Result<()> {
+    let n = crate::tokenizer::VOCAB_LEN;
+    if id >= n {
+        return Err(Error::bad_file(
+            path,
+            format!("`{key}` has token id {id}, beyond the vocabulary (the Qwen tokenizer has {n} ids, 0..{})", n - 1),
+        ));
+    }
+    Ok(())
+}
+
 /// `generation_config.json` (spec §5.6). A missing field takes the Hugging Face default.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerationConfig {
@@ -353,11 +365,14 @@ impl GenerationConfig {
         let d = GenerationConfig::default();
         let id = |key: &str, default: u32| -> Result<u32> {
             match get(m, &[key]) {
-                Some(v) => v
-                    .as_u64()
-                    .filter(|&n| n <= u32::MAX as u64)
-                    .map(|n| n as u32)
-                    .ok_or_else(|| Error::bad_file(path, format!("`{key}` must be a token id, got {v}"))),
+                Some(v) => {
+                    let id = v
+                        .as_u64()
+                        .and_then(|n| u32::try_from(n).ok())
+                        .ok_or_else(|| Error::bad_file(path, format!("`{key}` must be a token id, got {v}")))?;
+                    check_token_id(path, key, id)?;
+                    Ok(id)
+                }
                 None => Ok(default),
             }
         };
@@ -373,11 +388,29 @@ impl GenerationConfig {
             Some(v) => serde_json::from_value::<Vec<Vec<u32>>>(v.clone())
                 .map_err(|_| Error::bad_file(path, format!("`stop_words_ids` must be a list of id lists, got {v}")))?,
         };
+        for (i, ids) in stop_words_ids.iter().enumerate() {
+            for &id in ids {
+                check_token_id(path, &format!("stop_words_ids[{i}]"), id)?;
+            }
+        }
+        // The ranges of sampler::SamplingParams::validate, checked here so the message names the file.
         let top_p = f64_field(m, path, "top_p", d.top_p as f64)?;
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(Error::bad_file(path, format!("`top_p` must be in (0, 1], got {top_p}")));
+        }
         let temperature = f64_field(m, path, "temperature", d.temperature as f64)?;
+        if temperature < 0.0 || temperature > f32::MAX as f64 {
+            return Err(Error::bad_file(
+                path,
+                format!("`temperature` must be a finite number >= 0, got {temperature}"),
+            ));
+        }
         let repetition_penalty = f64_field(m, path, "repetition_penalty", d.repetition_penalty as f64)?;
-        if !(0.0..=1.0).contains(&top_p) || temperature < 0.0 || repetition_penalty <= 0.0 {
-            return Err(Error::bad_file(path, "top_p must be in [0, 1], temperature >= 0, repetition_penalty > 0"));
+        if !(repetition_penalty > 0.0 && repetition_penalty <= f32::MAX as f64) {
+            return Err(Error::bad_file(
+                path,
+                format!("`repetition_penalty` must be a finite number > 0, got {repetition_penalty}"),
+            ));
         }
         let top_k = match get(m, &["top_k"]) {
             None => d.top_k,

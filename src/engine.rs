@@ -123,7 +123,7 @@ impl Engine {
         let max_seq_len = ck.config.resolve_max_seq_len(opts.max_seq_len, "max_seq_len")?;
         let model = crate::backend::load_model(&ck, &opts)?;
         if model.backend_name() == "cpu" {
-            page_in(&ck, opts.progress);
+            page_in(&ck, opts.progress)?;
         }
         let model_id = ck.dir.file_name().map_or_else(|| ck.dir.display().to_string(), |n| n.to_string_lossy().into());
         Ok(Engine { model, tok, ck, max_seq_len, model_id })
@@ -196,7 +196,7 @@ const _: () = {
 
 /// Read every weight byte once (pages the memory map in), so the first token is not slowed by page
 /// faults; with `progress` a progress bar and, past 256 MiB, the GB/s on stderr.
-fn page_in(ck: &Checkpoint, progress: bool) {
+fn page_in(ck: &Checkpoint, progress: bool) -> Result<()> {
     let total: u64 = ck.tensors.values().map(|t| t.byte_len() as u64).sum();
     let bar = if progress { indicatif::ProgressBar::new(total) } else { indicatif::ProgressBar::hidden() };
     bar.set_style(
@@ -204,15 +204,7 @@ fn page_in(ck: &Checkpoint, progress: bool) {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let t = Instant::now();
-    let mut sink = 0u8;
-    for tv in ck.tensors.values() {
-        let b = tv.bytes();
-        for chunk in b.chunks(1 << 20) {
-            sink ^= chunk.iter().step_by(4096).fold(0u8, |a, &x| a ^ x);
-            bar.inc(chunk.len() as u64);
-        }
-    }
-    std::hint::black_box(sink);
+    crate::weights::page_in(ck.tensors.values(), |n| bar.inc(n))?;
     let secs = t.elapsed().as_secs_f64();
     bar.finish_and_clear();
     if progress && total > (256 << 20) {
@@ -223,6 +215,7 @@ fn page_in(ck: &Checkpoint, progress: bool) {
             total as f64 / 1e9 / secs.max(1e-9)
         );
     }
+    Ok(())
 }
 
 /// What a session does: sampling, lengths, the ChatML system prompt, extra stop strings.

@@ -51,7 +51,7 @@ pub struct Tokenizer {
 impl Tokenizer {
     /// Load a `qwen.tiktoken` file (errors name the file and the line).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let data = crate::files::read_regular(path, crate::files::MAX_VOCAB_BYTES)?;
         Self::from_bytes(&data, path)
     }
 
@@ -366,7 +366,7 @@ impl ModelTokenizer {
         if !path.exists() {
             return Ok(ModelTokenizer::Shared(Tokenizer::shared()));
         }
-        let data = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let data = crate::files::read_regular(&path, crate::files::MAX_VOCAB_BYTES)?;
         let hex: String = sha2::Sha256::digest(&data).iter().map(|b| format!("{b:02x}")).collect();
         if hex == QWEN_TIKTOKEN_SHA256 {
             Ok(ModelTokenizer::Shared(Tokenizer::shared()))

@@ -1,7 +1,7 @@
 //! Place in the flow: checkpoint → **weights** → tokenizer → model; the tensors the backends read.
 //! Typed views of every Qwen v1 weight, validated against the config: present, dtype, shape.
 //! Names and shapes: spec §2.2 (`nn.Linear` layout `[out, in]`, y = x·Wᵀ + b).
-use crate::checkpoint::{Checkpoint, TensorView};
+use crate::checkpoint::{Checkpoint, DType, TensorView};
 use crate::config::QwenConfig;
 use crate::error::{Error, Result};
 
@@ -120,4 +120,91 @@ pub(crate) fn checked(ck: &Checkpoint, name: &str, shape: &[usize]) -> Result<Te
         return Err(t.error(format!("shape {:?} {}, expected {shape:?} from config.json", t.shape, t.dtype.name())));
     }
     Ok(t.clone())
+}
+
+impl Weights {
+    /// Every tensor view the forward pass reads (lm_head again when tied: cheap, and harmless).
+    pub fn views(&self) -> impl Iterator<Item = &TensorView> {
+        let layers = self.layers.iter().flat_map(|l| {
+            [&l.ln_1, &l.c_attn_w, &l.c_attn_b, &l.c_proj, &l.ln_2, &l.w1, &l.w2, &l.mlp_c_proj].into_iter()
+        });
+        std::iter::once(&self.wte).chain(layers).chain([&self.ln_f, &self.lm_head])
+    }
+
+    /// Err naming the tensor and file when a weight file faulted (was truncated or failed to read) while
+    /// mapped: whatever was computed from the weights since is garbage. Call after every read of the
+    /// maps (a CPU forward pass); one atomic load and one fstat per run of tensors in the same file.
+    pub fn check_mapped(&self) -> Result<()> {
+        let mut last: Option<&TensorView> = None;
+        for t in self.views() {
+            // Neighbouring tensors mostly share a file: one check (an fstat) per run of them.
+            if !last.is_some_and(|l| l.shares_map(t)) {
+                t.check_mapped()?;
+                last = Some(t);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Check weights as they are read: `bytes` are elements `first..` of `t` (its little-endian stored
+/// values). Err naming the tensor, its file, the element and its value when one is NaN or ±inf, or when
+/// the map faulted while the bytes were read (`TensorView::check_mapped`). The one finiteness check of
+/// the crate: the page-in ([`page_in`]) and the CUDA upload call it on every chunk they read.
+pub fn check_finite(t: &TensorView, first: usize, bytes: &[u8]) -> Result<()> {
+    // Exponent-all-ones masks: such a value is inf (mantissa 0) or NaN.
+    fn find(bytes: &[u8], es: usize, mask: u32) -> Option<usize> {
+        let bad = |c: &[u8]| -> bool {
+            let bits = if es == 2 {
+                u16::from_le_bytes([c[0], c[1]]) as u32
+            } else {
+                u32::from_le_bytes([c[0], c[1], c[2], c[3]])
+            };
+            bits & mask == mask
+        };
+        // Blocks of 4 KiB without early exit (vectorises); the element is located in the bad block only.
+        for (bi, block) in bytes.chunks(4096).enumerate() {
+            if block.chunks_exact(es).fold(false, |acc, c| acc | bad(c)) {
+                let i = block.chunks_exact(es).position(bad)?;
+                return Some(bi * 4096 / es + i);
+            }
+        }
+        None
+    }
+    let es = t.dtype.size();
+    #[allow(unreachable_patterns)]
+    let mask = match t.dtype {
+        DType::BF16 => 0x7f80,
+        DType::F16 => 0x7c00,
+        DType::F32 => 0x7f80_0000,
+        _ => 0, // integer dtypes (if added): every value is finite
+    };
+    let found = if mask == 0 { None } else { find(bytes, es, mask) };
+    t.check_mapped()?;
+    if let Some(i) = found {
+        let mut v = [0f32];
+        crate::checkpoint::decode_f32(&bytes[i * es..(i + 1) * es], t.dtype, &mut v);
+        let at = first + i;
+        let place = match t.shape[..] {
+            [_, cols] if cols > 0 => format!("element {at} (row {}, column {})", at / cols, at % cols),
+            _ => format!("element {at}"),
+        };
+        return Err(t.error(format!("{place} is {} (weights must be finite numbers)", v[0])));
+    }
+    Ok(())
+}
+
+/// Read every byte of `tensors` once (pages their maps in), checking each value with [`check_finite`];
+/// `progress` gets the byte count of each chunk read (for a progress bar).
+pub fn page_in<'a>(tensors: impl IntoIterator<Item = &'a TensorView>, mut progress: impl FnMut(u64)) -> Result<()> {
+    const CHUNK: usize = 1 << 20;
+    for t in tensors {
+        let es = t.dtype.size();
+        let per = (CHUNK / es) * es;
+        for (i, chunk) in t.bytes().chunks(per).enumerate() {
+            check_finite(t, i * (per / es), chunk)?;
+            progress(chunk.len() as u64);
+        }
+    }
+    Ok(())
 }

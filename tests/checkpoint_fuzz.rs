@@ -134,8 +134,44 @@ fn mutated_safetensors_never_panic() {
     assert!(rejected > 100, "most mutations must be caught");
 }
 
+/// What loading must do with one config value.
+#[derive(Debug, PartialEq)]
+enum Expect {
+    /// `Checkpoint::open` refuses it with a message naming config.json and the key.
+    BadValue,
+    /// A valid number that disagrees with the weights: refused (open or weights), never run.
+    Refused,
+    /// Loads and runs (the value does not change any tensor shape).
+    Runs,
+}
+
+/// The expectation for `key = v`, from the rules of config.rs (spec §1.1) and the shapes of `config()`.
+fn expect(key: &str, v: &Value) -> Expect {
+    let original = &config()[key];
+    let int_key = !matches!(key, "layer_norm_epsilon" | "rotary_emb_base");
+    let shape_key = !matches!(key, "seq_length" | "max_position_embeddings" | "layer_norm_epsilon" | "rotary_emb_base");
+    if v.is_null() {
+        // Absent: the keys with a default take it (kv_channels' default C/H is the file's own value).
+        return if shape_key && key != "kv_channels" { Expect::BadValue } else { Expect::Runs };
+    }
+    let valid = if int_key {
+        v.as_u64().is_some_and(|n| n > 0 && n < 1 << 40)
+    } else {
+        match (key, v.as_f64()) {
+            ("layer_norm_epsilon", Some(x)) => x > 0.0 && x < 1.0,
+            (_, Some(x)) => x.is_finite() && x > 1.0,
+            _ => false,
+        }
+    };
+    match (valid, shape_key) {
+        (false, _) => Expect::BadValue,
+        (true, true) if v != original => Expect::Refused,
+        _ => Expect::Runs,
+    }
+}
+
 #[test]
-fn hostile_config_values_never_panic() {
+fn hostile_config_values_are_refused_or_run() {
     let good = valid_model_bytes();
     let keys = [
         "hidden_size",
@@ -167,15 +203,39 @@ fn hostile_config_values_never_panic() {
     ];
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("model.safetensors"), &good).unwrap();
-    let mut n = 0;
+    let mut counts = [0usize; 3];
     for k in keys {
         for v in &values {
             let mut cfg = config();
             cfg[k] = v.clone();
             std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
-            check(dir.path(), &format!("config {k} = {v}"));
-            n += 1;
+            let want = expect(k, v);
+            let what = format!("config {k} = {v} (expected {want:?})");
+            let open = Checkpoint::open(dir.path());
+            match want {
+                Expect::BadValue => {
+                    let e = open.err().unwrap_or_else(|| panic!("{what}: accepted")).to_string();
+                    assert!(
+                        e.contains("config.json") && e.contains(k),
+                        "{what}: message {e:?} names neither file nor key"
+                    );
+                    counts[0] += 1;
+                }
+                Expect::Refused => {
+                    assert!(!check(dir.path(), &what), "{what}: loaded and ran with weights of another shape");
+                    counts[1] += 1;
+                }
+                Expect::Runs => {
+                    assert!(open.is_ok(), "{what}: refused: {}", open.err().unwrap());
+                    assert!(check(dir.path(), &what), "{what}: did not load and run");
+                    counts[2] += 1;
+                }
+            }
         }
     }
-    eprintln!("{n} hostile config values: 0 panics");
+    eprintln!(
+        "{} bad values refused by name, {} shape conflicts refused, {} harmless values ran",
+        counts[0], counts[1], counts[2]
+    );
+    assert!(counts.iter().all(|&c| c > 0), "every class is exercised: {counts:?}");
 }

@@ -221,6 +221,7 @@ impl Sequence for CpuSequence {
         let model = &self.model;
         let cache = &mut self.cache;
         let logits = model.pool.install(|| model.forward_tokens(cache, tokens, pos0, inv_freq, all_logits))?;
+        model.weights.check_mapped()?; // a weight file truncated under us: the logits are garbage
         self.cache.advance(t);
         if let Some((alpha, inv_freq)) = prefill {
             self.alpha = alpha;

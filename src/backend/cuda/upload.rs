@@ -84,6 +84,7 @@ impl Stager {
             }
             let buf = self.bufs[slot].as_mut_slice().map_err(cuda_err("mapping a staging buffer"))?;
             let out = &mut buf[..m * dt.size()];
+            crate::weights::check_finite(t, done, &src[done * es..(done + m) * es])?;
             convert(&src[done * es..(done + m) * es], t.dtype, dt, out);
             // SAFETY: dst + done·2 .. + m·2 lies inside `dst` (checked above); `out` is pinned
             // memory that is not touched again until the event recorded below has completed.

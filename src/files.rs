@@ -1,0 +1,83 @@
+//! Place in the flow: beside it, below config / checkpoint / tokenizer (the files they open).
+//! Opening the files a model directory names (`config.json`, `generation_config.json`, the index, the
+//! shards, `qwen.tiktoken`): regular files only, and small files read with a size bound.
+//!
+//! A FIFO named `config.json` or `model.safetensors` would block `open(2)` or `read(2)` forever, a
+//! directory fails later with an unhelpful "Is a directory" / "No such device", and a device file can
+//! be endless. Every path is `stat`ed first (symlinks followed: the Hugging Face cache links its
+//! files to blobs), opened with `O_NONBLOCK` (so even a FIFO swapped in after the `stat` cannot block
+//! the open) and checked again on the open descriptor before anything is read.
+use crate::error::{Error, Result};
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::Path;
+
+/// Largest JSON file (config, generation config, index) read; the real ones are a few KB.
+pub const MAX_JSON_BYTES: u64 = 64 << 20;
+/// Largest `qwen.tiktoken` read (the real one is 2.5 MB).
+pub const MAX_VOCAB_BYTES: u64 = 256 << 20;
+
+/// What a non-regular file is, for the error message.
+fn kind(ft: &std::fs::FileType) -> &'static str {
+    if ft.is_dir() {
+        "a directory"
+    } else if ft.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else {
+        "not a regular file"
+    }
+}
+
+fn not_regular(path: &Path, ft: &std::fs::FileType) -> Error {
+    Error::bad_file(path, format!("is {}, expected a regular file", kind(ft)))
+}
+
+/// Open `path` for reading if it is a regular file (after following symlinks); returns the file and
+/// its size. Never blocks on a FIFO.
+pub fn open_regular(path: &Path) -> Result<(File, u64)> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(not_regular(path, &meta.file_type()));
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    // The path may have been replaced between the stat and the open: check what was opened.
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(not_regular(path, &meta.file_type()));
+    }
+    Ok((file, meta.len()))
+}
+
+/// The whole content of a regular file of at most `limit` bytes.
+pub fn read_regular(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    let (file, size) = open_regular(path)?;
+    if size > limit {
+        return Err(Error::bad_file(path, format!("is {size} bytes, more than the {limit} this file may have")));
+    }
+    let mut data = Vec::with_capacity(size as usize);
+    // `take`: a file that grows while being read still stops at the limit (+1 to detect it).
+    file.take(limit + 1).read_to_end(&mut data).map_err(|e| Error::io(path, e))?;
+    if data.len() as u64 > limit {
+        return Err(Error::bad_file(path, format!("grew past {limit} bytes while being read")));
+    }
+    Ok(data)
+}
+
+/// A JSON file's text: regular, at most [`MAX_JSON_BYTES`], UTF-8 (else a `BadFile` naming the byte).
+pub fn read_json_text(path: &Path) -> Result<String> {
+    let data = read_regular(path, MAX_JSON_BYTES)?;
+    String::from_utf8(data).map_err(|e| {
+        Error::bad_file(path, format!("is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()))
+    })
+}
