@@ -4,8 +4,9 @@
 # /tmp/qwen-ci-tools), checks formatting (rustfmt.toml), that every "spec §" cited resolves in
 # docs/qwen-v1-spec.md and that no src/ module imports one below it in the data flow
 # (tools/check_layers.py), runs every test target, clippy with warnings as errors, then every CUDA
-# kernel on the CPU emulator (tools/cuda_emu/run.sh: g++ + python3, no GPU). CI (.ci/run) calls it
-# with QWEN_REQUIRE_KERNELS=1.
+# kernel on the CPU emulator (tools/cuda_emu/run.sh: g++ + python3, no GPU), the server's Python tests
+# (tools/serve_tests.sh: openai client, headless Chromium) and a bounded fuzz run (tools/fuzz_smoke.sh).
+# CI (.ci/run) calls it with QWEN_REQUIRE_KERNELS=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,3 +37,11 @@ cargo clippy --all-targets -- -D warnings
 
 # The kernels in cuda/ on the CPU emulator against host references (~1 min on 2 cores; set -e: a failure fails CI).
 bash tools/cuda_emu/run.sh
+
+# `qwen-run serve` with the real openai client, 64 concurrent streams and the web page in headless Chromium
+# (installs chromium + a pinned venv on first use: ~3 min; then ~45 s).
+bash tools/serve_tests.sh
+
+# Coverage-guided fuzz targets (fuzz/, cargo-fuzz on the image's nightly toolchain), each on its committed
+# corpus for QWEN_FUZZ_SECS (12) seconds; the first build on a machine takes minutes (FUZZING.md).
+bash tools/fuzz_smoke.sh
