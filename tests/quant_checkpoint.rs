@@ -2,6 +2,7 @@
 //! linear is the real bitsandbytes-serialized tensor set of tests/data/quant/bnb_nf4_serialized,
 //! written by tools/gen_quant_fixtures.py), GPTQ in AutoGPTQ's layout, `quantization_config`
 //! parsing, and one named error per bad input (file and tensor in the message, never a panic).
+use qwen_rt::backend::cpu::LinearMatmul;
 use qwen_rt::checkpoint::{Checkpoint, TensorView};
 use qwen_rt::config::QuantConfig;
 use qwen_rt::quant::{nf4, Linear, QuantData, QuantFormat, QuantMatrix, QuantWeights};
