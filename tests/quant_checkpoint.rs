@@ -562,3 +562,23 @@ fn gptq_checkpoint_runs_end_to_end_on_the_cpu_backend() {
     let e = load_model(&ck, &LoadOptions { backend: BackendKind::Cuda, ..cpu }).err().unwrap().to_string();
     assert_err_has(&e, &["not yet supported on the CUDA backend", "--backend cpu"]);
 }
+
+#[test]
+fn cli_inspects_and_runs_a_quantized_checkpoint() {
+    let (dir, _, _, _) = gptq_model(4, false);
+    let bin = env!("CARGO_BIN_EXE_qwen-run");
+    let m = dir.path().to_str().unwrap();
+    let out = std::process::Command::new(bin).args(["inspect", "--model", m]).output().unwrap();
+    let so = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "inspect: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(so.contains("transformer.h.0.mlp.w1.qweight") && so.contains("I32"), "{so}");
+    assert!(so.contains("stored by dtype: ") && so.contains("quantization: gptq-int4"), "{so}");
+    let npy = dir.path().join("logits.npy");
+    let args = ["logits", "--model", m, "--backend", "cpu", "--ids", "1,2,3", "--out", npy.to_str().unwrap()];
+    let out = std::process::Command::new(bin).args(args).output().unwrap();
+    assert!(out.status.success(), "logits: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::metadata(&npy).unwrap().len() > 3 * V as u64 * 4);
+    let out = std::process::Command::new(bin).args([&args[..], &["--quant", "nf4"]].concat()).output().unwrap();
+    let se = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && se.contains("already quantized") && se.contains(m), "{se}");
+}

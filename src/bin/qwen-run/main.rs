@@ -8,7 +8,7 @@ use qwen_rt::chat::{messages_to_prompt, Message};
 use qwen_rt::checkpoint::Checkpoint;
 use qwen_rt::engine::{load_tokenizer, BackendKind, ComputeDType, Engine, LoadOptions, ModelSource, SessionOptions};
 use qwen_rt::generate::Generation;
-use qwen_rt::quant::QuantFormat;
+use qwen_rt::quant::{QuantFormat, QuantWeights};
 use qwen_rt::synth::{synth_model, SynthPreset};
 use qwen_rt::tokenizer::{ModelTokenizer, Tokenizer};
 use qwen_rt::{Error, Result};
@@ -459,7 +459,10 @@ fn cmd_logits(margs: &ModelArgs, ids: &str, out: &Path) -> Result<()> {
 
 fn cmd_inspect(dir: &Path) -> Result<()> {
     let ck = Checkpoint::open(dir)?;
-    let w = qwen_rt::weights::Weights::from_checkpoint(&ck)?;
+    let w = match qwen_rt::config::QuantConfig::load(&ck.dir)? {
+        Some(_) => QuantWeights::from_checkpoint(&ck)?,
+        None => QuantWeights::dense(&qwen_rt::weights::Weights::from_checkpoint(&ck)?),
+    };
     print!("{}", inspect_report(&ck, &w));
     Ok(())
 }
