@@ -26,7 +26,10 @@ fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/quant_model/tiny-bf16-q")
 }
 
-fn reference() -> (Value, HashMap<String, (Vec<usize>, Vec<f32>)>) {
+/// Reference tensors: name → (shape, f32 values).
+type Tensors = HashMap<String, (Vec<usize>, Vec<f32>)>;
+
+fn reference() -> (Value, Tensors) {
     let meta: Value = serde_json::from_str(&std::fs::read_to_string(dir().join("reference.json")).unwrap()).unwrap();
     let bytes = std::fs::read(dir().join("reference.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
