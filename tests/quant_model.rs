@@ -127,7 +127,7 @@ fn quantized_references_differ_from_the_float_one() {
 }
 
 #[test]
-fn quant_on_a_quantized_checkpoint_and_on_cuda_are_clear_errors() {
+fn quant_on_the_cuda_backend_is_a_clear_error() {
     // A float checkpoint asked for --quant on the CUDA backend: refused before any GPU is touched.
     let ck = Checkpoint::open(&dir()).unwrap();
     let opts = LoadOptions { backend: BackendKind::Cuda, quant: Some(QuantFormat::Int8), ..Default::default() };
