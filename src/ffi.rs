@@ -431,7 +431,7 @@ fn load_options(o: &qwen_model_options) -> FfiResult<LoadOptions> {
         return Err(invalid(format!("options.threads {} is more than {MAX_THREADS}", o.threads)));
     }
     let max_seq_len = Some(o.max_seq_len as usize);
-    Ok(LoadOptions { backend, dtype, threads: o.threads as usize, max_seq_len, progress: false })
+    Ok(LoadOptions { backend, dtype, threads: o.threads as usize, max_seq_len, progress: false, quant: None })
 }
 
 /// # Safety

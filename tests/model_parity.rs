@@ -11,6 +11,7 @@ use qwen_rt::backend::{BackendKind, LoadOptions};
 use qwen_rt::checkpoint::{Checkpoint, DType};
 use qwen_rt::config::QwenConfig;
 use qwen_rt::model::{self, Model};
+use qwen_rt::quant::Linear;
 use qwen_rt::Error;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -150,7 +151,11 @@ fn logits_and_greedy_match_reference() {
             "float16" => DType::F16,
             _ => DType::F32,
         };
-        assert!(w.layers.iter().all(|l| l.c_attn_w.dtype == dtype && l.w2.dtype == dtype), "{name}: dtype");
+        let dense_of = |l: &Linear| match l {
+            Linear::Dense(t) => t.dtype,
+            Linear::Quant(_) => panic!("{name}: a float checkpoint loaded quantized"),
+        };
+        assert!(w.layers.iter().all(|l| dense_of(&l.c_attn) == dtype && dense_of(&l.w2) == dtype), "{name}: dtype");
         assert_eq!(w.lm_head.dtype, dtype, "{name}: lm_head dtype");
         if reference.meta["sharded"].as_bool().unwrap() {
             assert_ne!(w.layers[1].ln_1.file, w.layers[1].ln_2.file, "{name}: layer 1 must straddle two shards");

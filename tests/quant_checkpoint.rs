@@ -2,6 +2,8 @@
 //! linear is the real bitsandbytes-serialized tensor set of tests/data/quant/bnb_nf4_serialized,
 //! written by tools/gen_quant_fixtures.py), GPTQ in AutoGPTQ's layout, `quantization_config`
 //! parsing, and one named error per bad input (file and tensor in the message, never a panic).
+use qwen_rt::backend::cpu::LinearMatmul;
+use qwen_rt::backend::{load_model, BackendKind, LoadOptions};
 use qwen_rt::checkpoint::{Checkpoint, TensorView};
 use qwen_rt::config::QuantConfig;
 use qwen_rt::quant::{nf4, Linear, QuantData, QuantFormat, QuantMatrix, QuantWeights};
@@ -523,4 +525,60 @@ fn quantize_at_load_keeps_float_tensors_and_shrinks_the_linears() {
     dense.layers[0].c_attn.matmul(&x, None, &mut y1).unwrap();
     qwen_rt::backend::cpu::matmul(&x, &w.layers[0].c_attn_w, None, &mut y2).unwrap();
     assert_eq!(bits(&y1), bits(&y2));
+}
+
+#[test]
+fn gptq_checkpoint_runs_end_to_end_on_the_cpu_backend() {
+    // The GPTQ checkpoint against a float checkpoint holding the dequantized weights computed here
+    // from the codes (AutoGPTQ's formula): the CPU backend's logits agree to f32 rounding (the two
+    // matmuls may sum in another order: max relative row error 1e-5).
+    let (dir, _, _, expected) = gptq_model(4, true);
+    let mut t = float_tensors(GPTQ_SHAPE);
+    for ((prefix, n, k), w) in linears(GPTQ_SHAPE).into_iter().zip(&expected) {
+        put_f32(&mut t, &format!("{prefix}.weight"), &[n, k], w);
+    }
+    let float_dir = write_model(&config(GPTQ_SHAPE, None), &t);
+    let cpu = LoadOptions { backend: BackendKind::Cpu, threads: 2, ..Default::default() };
+    let run = |d: &std::path::Path, opts: &LoadOptions| {
+        let ck = Checkpoint::open(d).unwrap();
+        let model = load_model(&ck, opts).unwrap_or_else(|e| panic!("{}: {e}", d.display()));
+        assert_eq!(model.backend_name(), "cpu");
+        model.new_sequence(8).unwrap().forward(&[1, 5, 3, 7], true).unwrap()
+    };
+    let got = run(dir.path(), &cpu);
+    assert_eq!(got.len(), 4 * V);
+    let want = run(float_dir.path(), &cpu);
+    for (r, (a, b)) in got.chunks_exact(V).zip(want.chunks_exact(V)).enumerate() {
+        let abs = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let scale = b.iter().map(|y| y.abs()).fold(0f32, f32::max);
+        assert!(abs <= 1e-5 * scale, "row {r}: max abs error {abs:e}, scale {scale}");
+    }
+    // --backend auto picks the CPU for quantized weights (a note on stderr).
+    assert_eq!(bits(&got), bits(&run(dir.path(), &LoadOptions { backend: BackendKind::Auto, ..cpu.clone() })));
+    // --quant on an already quantized model, and the CUDA backend: clear errors naming the cause.
+    let ck = Checkpoint::open(dir.path()).unwrap();
+    let e = load_model(&ck, &LoadOptions { quant: Some(QuantFormat::Int8), ..cpu.clone() }).err().unwrap().to_string();
+    assert_err_has(&e, &["--quant int8", "already quantized", &dir.path().display().to_string()]);
+    let e = load_model(&ck, &LoadOptions { backend: BackendKind::Cuda, ..cpu }).err().unwrap().to_string();
+    assert_err_has(&e, &["not yet supported on the CUDA backend", "--backend cpu"]);
+}
+
+#[test]
+fn cli_inspects_and_runs_a_quantized_checkpoint() {
+    let (dir, _, _, _) = gptq_model(4, false);
+    let bin = env!("CARGO_BIN_EXE_qwen-run");
+    let m = dir.path().to_str().unwrap();
+    let out = std::process::Command::new(bin).args(["inspect", "--model", m]).output().unwrap();
+    let so = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "inspect: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(so.contains("transformer.h.0.mlp.w1.qweight") && so.contains("I32"), "{so}");
+    assert!(so.contains("stored by dtype: ") && so.contains("quantization: gptq-int4"), "{so}");
+    let npy = dir.path().join("logits.npy");
+    let args = ["logits", "--model", m, "--backend", "cpu", "--ids", "1,2,3", "--out", npy.to_str().unwrap()];
+    let out = std::process::Command::new(bin).args(args).output().unwrap();
+    assert!(out.status.success(), "logits: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::metadata(&npy).unwrap().len() > 3 * V as u64 * 4);
+    let out = std::process::Command::new(bin).args([&args[..], &["--quant", "nf4"]].concat()).output().unwrap();
+    let se = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && se.contains("already quantized") && se.contains(m), "{se}");
 }

@@ -9,6 +9,7 @@ pub mod kernels;
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::model::Model;
+use crate::quant::QuantFormat;
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +67,9 @@ pub struct LoadOptions {
     /// Report on stderr while loading: the progress bar, the built-in tiny model, a model directory
     /// without `qwen.tiktoken` (the backend's own fallback notes are printed either way).
     pub progress: bool,
+    /// Quantize a float checkpoint's linears at load (`--quant nf4|nf4-dq|int8`; CPU backend only).
+    /// None: the checkpoint as stored (a quantized checkpoint stays quantized).
+    pub quant: Option<QuantFormat>,
 }
 
 impl Default for LoadOptions {
@@ -76,6 +80,7 @@ impl Default for LoadOptions {
             threads: 0,
             max_seq_len: None,
             progress: false,
+            quant: None,
         }
     }
 }
@@ -101,7 +106,23 @@ pub fn use_cuda(kind: BackendKind) -> Result<bool> {
 
 /// Load the weights of `ck` onto the chosen backend.
 pub fn load_model(ck: &Checkpoint, opts: &LoadOptions) -> Result<Arc<dyn Model>> {
-    let use_cuda = use_cuda(opts.backend)?;
+    // Quantized weights (a quantized checkpoint or --quant) run on the CPU only for now.
+    let quantized = match opts.quant {
+        Some(f) => Some(format!("--quant {}", f.name())),
+        None => crate::config::QuantConfig::load(&ck.dir)?.map(|_| format!("the quantized model {}", ck.dir.display())),
+    };
+    let use_cuda = match (&quantized, opts.backend) {
+        (Some(what), BackendKind::Cuda) => {
+            return Err(Error::invalid(format!(
+                "{what}: quantized weights are not yet supported on the CUDA backend: use --backend cpu"
+            )))
+        }
+        (Some(what), BackendKind::Auto) => {
+            eprintln!("note: {what}: quantized weights run on the CPU backend only (no CUDA kernels yet); using the CPU backend");
+            false
+        }
+        _ => use_cuda(opts.backend)?,
+    };
     if use_cuda {
         return cuda::load(ck, opts);
     }

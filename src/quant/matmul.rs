@@ -3,8 +3,9 @@
 //! packed bytes a group of rows at a time (never the whole matrix), parallel over N on the
 //! current rayon pool, each output a `Kernel::dot` (same lane order as `backend::cpu::dot`).
 //!
-//! `Linear` is the one type the CPU executor needs to call a linear layer without knowing
-//! whether its weight is quantized.
+//! `Linear` is the one type the CPU executor needs to hold a linear layer without knowing whether
+//! its weight is quantized; `backend::cpu::LinearMatmul` computes with it (the dense arm is the
+//! backend's own matmul, so quant does not import the backend).
 use super::simd::Kernel;
 use super::QuantMatrix;
 use crate::checkpoint::TensorView;
@@ -66,7 +67,7 @@ impl QuantMatrix {
 }
 
 /// A linear layer's weight `[N, K]` as the CPU executor uses it: the checkpoint's float view, or
-/// a quantized matrix. `matmul` has the contract of `backend::cpu::matmul`.
+/// a quantized matrix. `backend::cpu::LinearMatmul::matmul` computes `x · Wᵀ (+ b)` with it.
 #[derive(Clone, Debug)]
 pub enum Linear {
     Dense(TensorView),
@@ -74,13 +75,6 @@ pub enum Linear {
 }
 
 impl Linear {
-    /// `y[T, N] = x[T, K] · Wᵀ (+ b[N])`.
-    pub fn matmul(&self, x: &[f32], bias: Option<&[f32]>, out: &mut [f32]) -> Result<()> {
-        match self {
-            Linear::Dense(w) => crate::backend::cpu::matmul(x, w, bias, out),
-            Linear::Quant(q) => q.matmul(x, bias, out),
-        }
-    }
     /// (N, K).
     pub fn shape(&self) -> (usize, usize) {
         match self {

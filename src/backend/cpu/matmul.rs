@@ -3,6 +3,7 @@
 //! portable kernel and an AVX2 + FMA one, and bit for bit the same output for prefill and decode.
 use crate::checkpoint::{decode_f32, DType, TensorView};
 use crate::error::Result;
+use crate::quant::Linear;
 use rayon::prelude::*;
 
 /// Weight rows per parallel task so that each thread gets several tasks.
@@ -329,6 +330,23 @@ pub fn matmul(x: &[f32], w: &TensorView, bias: Option<&[f32]>, out: &mut [f32]) 
         }
     }
     Ok(())
+}
+
+/// The matmul of a linear layer whose weight may be quantized (`quant::Linear`): a float view goes
+/// through `matmul` above, a `QuantMatrix` through its own exact-dequant matmul
+/// (`QuantMatrix::matmul`). Same contract as `matmul`.
+pub trait LinearMatmul {
+    /// `y[T, N] = x[T, K] · Wᵀ (+ b[N])`.
+    fn matmul(&self, x: &[f32], bias: Option<&[f32]>, out: &mut [f32]) -> Result<()>;
+}
+
+impl LinearMatmul for Linear {
+    fn matmul(&self, x: &[f32], bias: Option<&[f32]>, out: &mut [f32]) -> Result<()> {
+        match self {
+            Linear::Dense(w) => matmul(x, w, bias, out),
+            Linear::Quant(q) => q.matmul(x, bias, out),
+        }
+    }
 }
 
 #[cfg(test)]

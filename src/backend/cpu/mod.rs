@@ -7,20 +7,25 @@
 //! without ever holding an f32 copy of a matrix. Only the small tensors (norms, the c_attn bias)
 //! are converted at load. Activations and the KV cache are f32.
 //!
+//! The five linears of each layer are `quant::Linear`s (`quant::QuantWeights`): float views, or
+//! quantized matrices (a quantized checkpoint, or `--quant` at load) computed with exactly their
+//! dequantized weights. `wte`, the norms and `lm_head` are always float.
+//!
 //! Dimension letters: T tokens of this call, C hidden, H heads, D head dim, P = H*D, F mlp width,
 //! V vocab rows, K / N the input / output width of a matmul.
 mod kv_cache;
 mod matmul;
 mod ops;
 
-pub use matmul::matmul;
+pub use matmul::{matmul, LinearMatmul};
 pub use ops::{add, attention, dot, embedding, rmsnorm, rope, swiglu};
 
 use super::LoadOptions;
 use crate::checkpoint::{Checkpoint, TensorView};
-use crate::config::QwenConfig;
+use crate::config::{QuantConfig, QwenConfig};
 use crate::error::{Error, Result};
 use crate::model::{self, Model, Sequence};
+use crate::quant::QuantWeights;
 use crate::weights::Weights;
 use kv_cache::KvCache;
 use std::sync::Arc;
@@ -29,10 +34,11 @@ use std::sync::Arc;
 // The model.
 // ---------------------------------------------------------------------------------------------
 
-/// A Qwen v1 model on the CPU: weight views into the mmap + f32 copies of the small tensors.
+/// A Qwen v1 model on the CPU: weight views into the mmap (linears possibly quantized) + f32
+/// copies of the small tensors.
 pub struct CpuModel {
     config: QwenConfig,
-    weights: Weights,
+    weights: QuantWeights,
     /// Per layer `[C]` f32.
     ln_1: Vec<Vec<f32>>,
     /// Per layer `[3P]` f32.
@@ -52,11 +58,32 @@ fn small_f32(t: &TensorView, n: usize) -> Result<Vec<f32>> {
     Ok(t.to_f32_vec())
 }
 
+/// The weights of `ck` as `opts.quant` asks (spec §7): a quantized checkpoint as stored (`--quant`
+/// is then an error), a float one quantized at load (one tensor at a time, never an f32 copy of
+/// the model) or as it is.
+fn load_weights(ck: &Checkpoint, opts: &LoadOptions) -> Result<QuantWeights> {
+    match (QuantConfig::load(&ck.dir)?, opts.quant) {
+        (Some(_), Some(f)) => Err(Error::invalid(format!(
+            "--quant {} on an already quantized model ({}): use --quant none",
+            f.name(),
+            ck.dir.display()
+        ))),
+        (Some(_), None) => QuantWeights::from_checkpoint(ck),
+        (None, Some(f)) => QuantWeights::quantize(&Weights::from_checkpoint(ck)?, f),
+        (None, None) => Ok(QuantWeights::dense(&Weights::from_checkpoint(ck)?)),
+    }
+}
+
 impl CpuModel {
-    /// Resolve the weights of `ck` (no copy of the matrices) and start `opts.threads` workers
-    /// (0 = all cores).
+    /// Resolve the weights of `ck` (no copy of the float matrices; `opts.quant` quantizes the
+    /// linears one at a time) and start `opts.threads` workers (0 = all cores).
     pub fn load(ck: &Checkpoint, opts: &LoadOptions) -> Result<Self> {
-        let weights = Weights::from_checkpoint(ck)?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(opts.threads)
+            .thread_name(|i| format!("qwen-cpu-{i}"))
+            .build()
+            .map_err(|e| Error::Backend(format!("cannot start {} CPU threads: {e}", opts.threads)))?;
+        let weights = pool.install(|| load_weights(ck, opts))?;
         let config = weights.config.clone();
         let (c, p) = (config.hidden_size, config.proj_size());
         if weights.layers.len() != config.num_layers {
@@ -74,15 +101,11 @@ impl CpuModel {
             ln_2.push(small_f32(&l.ln_2, c)?);
         }
         let ln_f = small_f32(&weights.ln_f, c)?;
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(opts.threads)
-            .thread_name(|i| format!("qwen-cpu-{i}"))
-            .build()
-            .map_err(|e| Error::Backend(format!("cannot start {} CPU threads: {e}", opts.threads)))?;
         Ok(CpuModel { config, weights, ln_1, c_attn_b, ln_2, ln_f, pool })
     }
 
-    pub fn weights(&self) -> &Weights {
+    /// The weights as computed with (`format`: how the linears are quantized, None: float).
+    pub fn weights(&self) -> &QuantWeights {
         &self.weights
     }
 
@@ -119,7 +142,7 @@ impl CpuModel {
         let mut g = vec![0f32; t * f]; // [T, F]
         for (l, lw) in w.layers.iter().enumerate() {
             rmsnorm(&x, &self.ln_1[l], eps, &mut a);
-            matmul(&a, &lw.c_attn_w, Some(&self.c_attn_b[l]), &mut qkv)?;
+            lw.c_attn.matmul(&a, Some(&self.c_attn_b[l]), &mut qkv)?;
             for (ti, row) in qkv.chunks_exact(3 * p).enumerate() {
                 let dst = ti * p..(ti + 1) * p;
                 q[dst.clone()].copy_from_slice(&row[..p]);
@@ -137,13 +160,13 @@ impl CpuModel {
             cache.write(l, pos0, &k, &vv);
             let (kc, vc) = cache.layer(l, pos0 + t); // [pos0+T, P] each
             attention(&q, kc, vc, pos0, h, d, &mut att);
-            matmul(&att, &lw.c_proj, None, &mut y)?;
+            lw.c_proj.matmul(&att, None, &mut y)?;
             add(&mut x, &y);
             rmsnorm(&x, &self.ln_2[l], eps, &mut a);
-            matmul(&a, &lw.w1, None, &mut up)?;
-            matmul(&a, &lw.w2, None, &mut gate)?;
+            lw.w1.matmul(&a, None, &mut up)?;
+            lw.w2.matmul(&a, None, &mut gate)?;
             swiglu(&up, &gate, &mut g);
-            matmul(&g, &lw.mlp_c_proj, None, &mut y)?;
+            lw.mlp_c_proj.matmul(&g, None, &mut y)?;
             add(&mut x, &y);
         }
         let rows = if all_logits { &x[..] } else { &x[(t - 1) * c..] }; // [T', C]

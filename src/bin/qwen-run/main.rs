@@ -8,6 +8,7 @@ use qwen_rt::chat::{messages_to_prompt, Message};
 use qwen_rt::checkpoint::Checkpoint;
 use qwen_rt::engine::{load_tokenizer, BackendKind, ComputeDType, Engine, LoadOptions, ModelSource, SessionOptions};
 use qwen_rt::generate::Generation;
+use qwen_rt::quant::{QuantFormat, QuantWeights};
 use qwen_rt::synth::{synth_model, SynthPreset};
 use qwen_rt::tokenizer::{ModelTokenizer, Tokenizer};
 use qwen_rt::{Error, Result};
@@ -148,6 +149,10 @@ struct ModelArgs {
     /// KV cache length in tokens (default or 0: the model's limit)
     #[arg(long)]
     max_seq_len: Option<usize>,
+    /// Quantize the linear weights at load: none, nf4, nf4-dq or int8 (CPU backend only; a
+    /// quantized checkpoint is used as stored)
+    #[arg(long, default_value = "none")]
+    quant: String,
 }
 
 #[derive(Args, Clone)]
@@ -208,6 +213,7 @@ fn load_options(args: &ModelArgs) -> Result<LoadOptions> {
         threads: args.threads,
         max_seq_len: args.max_seq_len,
         progress: true,
+        quant: QuantFormat::parse_load(&args.quant)?,
     })
 }
 
@@ -473,7 +479,10 @@ fn cmd_serve(m: &ModelArgs, serve: &qwen_rt::server::ServeArgs) -> Result<()> {
 
 fn cmd_inspect(dir: &Path) -> Result<()> {
     let ck = Checkpoint::open(dir)?;
-    let w = qwen_rt::weights::Weights::from_checkpoint(&ck)?;
+    let w = match qwen_rt::config::QuantConfig::load(&ck.dir)? {
+        Some(_) => QuantWeights::from_checkpoint(&ck)?,
+        None => QuantWeights::dense(&qwen_rt::weights::Weights::from_checkpoint(&ck)?),
+    };
     print!("{}", inspect_report(&ck, &w));
     Ok(())
 }

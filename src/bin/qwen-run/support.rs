@@ -3,7 +3,7 @@
 //! writer, the inspect report and the benchmark report's formatting.
 use qwen_rt::backend::bench::BenchReport;
 use qwen_rt::checkpoint::Checkpoint;
-use qwen_rt::weights::Weights;
+use qwen_rt::quant::QuantWeights;
 use qwen_rt::{Error, Result};
 use std::fmt::Write as _;
 use std::io::Write;
@@ -118,7 +118,7 @@ fn human(b: f64) -> String {
 }
 
 /// Config, tensor table, memory per precision.
-pub fn inspect_report(ck: &Checkpoint, w: &Weights) -> String {
+pub fn inspect_report(ck: &Checkpoint, w: &QuantWeights) -> String {
     let c = &ck.config;
     let mut s = String::new();
     let _ = writeln!(s, "model: {}", ck.dir.display());
@@ -136,10 +136,23 @@ pub fn inspect_report(ck: &Checkpoint, w: &Weights) -> String {
         g.chat_format, g.do_sample, g.temperature, g.top_k, g.top_p, g.repetition_penalty, g.max_new_tokens, g.max_window_size
     );
     let _ = writeln!(s, "\n{:<48} {:>5} {:>16}  file", "tensor", "dtype", "shape");
-    for (name, t) in &ck.tensors {
-        let file = t.file.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-        let _ = writeln!(s, "{:<48} {:>5} {:>16}  {}", name, t.dtype.name(), format!("{:?}", t.shape), file);
+    // Float and integer (quantized: codes, statistics) tensors in name order; bytes per dtype.
+    let mut rows: Vec<(&str, &str, &[usize], &std::path::Path, usize)> = Vec::new();
+    rows.extend(ck.tensors.iter().map(|(n, t)| (n.as_str(), t.dtype.name(), &t.shape[..], &**t.file, t.byte_len())));
+    rows.extend(
+        ck.int_tensors.iter().map(|(n, t)| (n.as_str(), t.dtype.name(), &t.shape[..], &**t.file, t.bytes().len())),
+    );
+    rows.sort_by_key(|r| r.0);
+    let mut by_dtype = std::collections::BTreeMap::<&str, usize>::new();
+    for (name, dtype, shape, file, bytes) in rows {
+        let file = file.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        let _ = writeln!(s, "{:<48} {:>5} {:>16}  {}", name, dtype, format!("{shape:?}"), file);
+        *by_dtype.entry(dtype).or_default() += bytes;
     }
+    let stored: Vec<String> = by_dtype.iter().map(|(d, b)| format!("{d} {}", human(*b as f64))).collect();
+    let quant =
+        w.format.map_or("none (float)".to_string(), |f| format!("{} (linears; wte, lm_head, norms float)", f.name()));
+    let _ = writeln!(s, "\nstored by dtype: {}; quantization: {quant}", stored.join(", "));
     let params = c.num_params() as f64;
     let emb = (c.vocab_size * c.hidden_size) as f64 * if c.tie_word_embeddings { 1.0 } else { 2.0 };
     let body = params - emb;
