@@ -7,13 +7,24 @@
  * - Every function returns a qwen_status, except qwen_version, qwen_last_error, qwen_status_name and
  *   qwen_model_options_default, which cannot fail.
  * - On failure the return value says what kind of error it was and qwen_last_error() says what exactly.
- *   Out-pointers are set to NULL / 0 at entry, so they are never left dangling on failure.
+ *   Out-pointers are set to NULL / 0 at entry (a qwen_finish to QWEN_FINISH_STOP), before any argument
+ *   is checked, so they are never left dangling on failure.
+ * - A malformed model file (config.json that is not UTF-8 text or not valid JSON, a bad safetensors
+ *   header) is QWEN_ERR_MODEL; QWEN_ERR_IO is a file that could not be opened or read.
  * - Strings passed in are NUL-terminated UTF-8 (QWEN_ERR_INVALID_UTF8 otherwise) and are only read
  *   during the call; the library keeps its own copies.
  * - NULL where a pointer is required gives QWEN_ERR_NULL_ARG. A freed or foreign handle or buffer is
  *   detected (a registry of live objects is consulted before any dereference) and gives
  *   QWEN_ERR_INVALID_HANDLE, so a double free is an error code, not a crash.
  * - No Rust panic crosses the boundary: an internal bug gives QWEN_ERR_PANIC.
+ *
+ * LIMITS (each gives a clear qwen_last_error() naming the argument)
+ * - A string argument is at most QWEN_MAX_INPUT_BYTES bytes (QWEN_ERR_INVALID_ARG); an id array at
+ *   most QWEN_MAX_INPUT_TOKENS ids (QWEN_ERR_INVALID_ARG); a prompt longer than the KV cache
+ *   (qwen_model_options.max_seq_len) is QWEN_ERR_CONTEXT_FULL.
+ * - options.threads at most 1024; options.max_new_tokens 1 to 1048576; options.max_window_size >= 1.
+ * - A model has at most QWEN_MAX_SESSIONS_PER_MODEL live sessions (each holds a whole KV cache); one
+ *   more is QWEN_ERR_BUSY until one is freed.
  *
  * OWNERSHIP
  * - qwen_model*    from qwen_model_load       -> free with qwen_model_free.
@@ -49,6 +60,11 @@ extern "C" {
 /* Pass as the model path to qwen_model_load to use the built-in tiny random-weight model (generated
  * once and cached in the temp directory; its output is random text). For tests and demos. */
 #define QWEN_TINY_MODEL ":tiny:"
+
+/* The limits of the LIMITS section above. */
+#define QWEN_MAX_SESSIONS_PER_MODEL 64
+#define QWEN_MAX_INPUT_BYTES 16777216
+#define QWEN_MAX_INPUT_TOKENS 4194304
 
 /* Result of every call that can fail. */
 typedef enum qwen_status {
@@ -131,7 +147,8 @@ typedef int (*qwen_stream_cb)(const char *piece, void *user_data);
 /* The library version, e.g. "0.1.0". Static string. */
 const char *qwen_version(void);
 
-/* The message of the last failed call on this thread ("" if the last call succeeded). Owned by the
+/* The message of the last failed call on this thread ("" if the last call succeeded, even when a call
+ * made from its stream callback failed). Owned by the
  * library; valid until the next qwen_* call on this thread. Never NULL. */
 const char *qwen_last_error(void);
 
@@ -185,8 +202,9 @@ qwen_status qwen_free_string(char *text);
 qwen_status qwen_session_options_default(const qwen_model *model, qwen_session_options *out_options);
 
 /* Create a chat session (a KV cache of max_seq_len tokens, a sampler, an empty history) on a model.
- * options: NULL = qwen_session_options_default(model). Invalid sampling values, max_new_tokens 0 or
- * max_window_size 0: QWEN_ERR_INVALID_ARG. On success free *out_session with qwen_session_free. */
+ * options: NULL = qwen_session_options_default(model). Invalid sampling values, max_new_tokens outside
+ * 1..1048576 or max_window_size 0: QWEN_ERR_INVALID_ARG. QWEN_MAX_SESSIONS_PER_MODEL live sessions on
+ * the model already: QWEN_ERR_BUSY. On success free *out_session with qwen_session_free. */
 qwen_status qwen_session_create(const qwen_model *model, const qwen_session_options *options,
                                 qwen_session **out_session);
 

@@ -35,7 +35,7 @@ use crate::model::{Model, Sequence};
 use crate::sampler::Sampler;
 use crate::tokenizer::{ModelTokenizer, Tokenizer};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -100,6 +100,18 @@ pub fn load_tokenizer(dir: &Path, say: bool) -> Result<ModelTokenizer> {
     ModelTokenizer::for_model_dir(dir)
 }
 
+/// Most CPU threads a model may be opened with (`LoadOptions::threads`; `qwen-run --threads`, the C
+/// ABI's `options.threads`): a typo such as 100000 must not spend minutes spawning threads.
+pub const MAX_THREADS: usize = 1024;
+
+/// Most tokens one call may generate (`SessionOptions::max_new_tokens`); generation also ends when
+/// the KV cache is full, whatever this says.
+pub const MAX_NEW_TOKENS: usize = 1 << 20;
+
+/// Most bytes of one text input (a prompt, a chat message, a system prompt, text to tokenize): 16 MiB,
+/// far beyond any context the model has, small enough that tokenizing it is quick.
+pub const MAX_INPUT_BYTES: usize = 16 << 20;
+
 /// One loaded model. See the module documentation.
 pub struct Engine {
     model: Arc<dyn Model>,
@@ -109,6 +121,8 @@ pub struct Engine {
     ck: Checkpoint,
     max_seq_len: usize,
     model_id: String,
+    /// Sessions of this engine not yet dropped (`Engine::live_sessions`).
+    live: Arc<AtomicUsize>,
 }
 
 impl Engine {
@@ -117,34 +131,59 @@ impl Engine {
     /// CPU: read once, so the first token does not pay the page faults), and resolve the KV length
     /// (`opts.max_seq_len`). Errors name the file, tensor or option at fault.
     pub fn open(source: ModelSource, opts: LoadOptions) -> Result<Engine> {
+        Self::open_naming(source, opts, &|field| field.to_string())
+    }
+
+    /// `open` for a front end whose arguments have their own names: `name("threads")`,
+    /// `name("max_seq_len")` is what its errors call those options (`--max-seq-len` in `qwen-run`,
+    /// `options.max_seq_len` in the C ABI).
+    pub fn open_naming(source: ModelSource, opts: LoadOptions, name: &dyn Fn(&str) -> String) -> Result<Engine> {
+        if opts.threads > MAX_THREADS {
+            return Err(Error::invalid(format!(
+                "{} {} is more than {MAX_THREADS} (0 = all cores)",
+                name("threads"),
+                opts.threads
+            )));
+        }
         let dir = source.dir(opts.progress)?;
         let ck = Checkpoint::open(&dir)?;
         let tok = load_tokenizer(&ck.dir, opts.progress)?;
-        let max_seq_len = ck.config.resolve_max_seq_len(opts.max_seq_len, "max_seq_len")?;
+        let max_seq_len = ck.config.resolve_max_seq_len(opts.max_seq_len, &name("max_seq_len"))?;
         let model = crate::backend::load_model(&ck, &opts)?;
         if model.backend_name() == "cpu" {
             page_in(&ck, opts.progress)?;
         }
         let model_id = ck.dir.file_name().map_or_else(|| ck.dir.display().to_string(), |n| n.to_string_lossy().into());
-        Ok(Engine { model, tok, ck, max_seq_len, model_id })
+        Ok(Engine { model, tok, ck, max_seq_len, model_id, live: Arc::default() })
     }
 
-    /// A new session (its own KV cache of `max_seq_len()` tokens and sampler). Errors: invalid
-    /// sampling parameters (naming the parameter), `max_new_tokens` or `max_window_size` of 0, an
-    /// empty stop string, or a backend that cannot hold another sequence.
+    /// A new session (its own KV cache of `max_seq_len()` tokens and sampler). Errors: options that
+    /// `SessionOptions::validate` refuses, or a backend that cannot hold another sequence.
     pub fn session(self: &Arc<Self>, options: SessionOptions) -> Result<Session> {
+        self.session_within(options, usize::MAX)
+    }
+
+    /// `session`, refused when the engine already has `limit` live sessions (the C ABI's
+    /// `QWEN_MAX_SESSIONS_PER_MODEL`; each session holds a whole KV cache).
+    pub fn session_within(self: &Arc<Self>, options: SessionOptions, limit: usize) -> Result<Session> {
+        options.validate(&|field| field.to_string())?;
         let sampler = Sampler::new(options.sampling.clone())?;
-        if options.max_new_tokens == 0 {
-            return Err(Error::invalid("max_new_tokens must be at least 1"));
-        }
-        if options.max_window_size == 0 {
-            return Err(Error::invalid("max_window_size must be at least 1"));
-        }
-        if options.stop.iter().any(|s| s.is_empty()) {
-            return Err(Error::invalid("stop strings must not be empty"));
-        }
+        let live = LiveSession::enter(&self.live, limit)?;
         let seq = self.model.clone().new_sequence(self.max_seq_len)?;
-        Ok(Session { engine: self.clone(), seq, sampler, options, history: Vec::new(), cancel: CancelToken::new() })
+        Ok(Session {
+            engine: self.clone(),
+            seq,
+            sampler,
+            options,
+            history: Vec::new(),
+            cancel: CancelToken::new(),
+            _live: live,
+        })
+    }
+
+    /// Sessions of this engine that exist now.
+    pub fn live_sessions(&self) -> usize {
+        self.live.load(Ordering::SeqCst)
     }
 
     /// The logits `[T, V]` of every position of `ids` in one forward pass on a fresh sequence of
@@ -218,6 +257,48 @@ fn page_in(ck: &Checkpoint, progress: bool) -> Result<()> {
     Ok(())
 }
 
+/// The rule for a ChatML token budget (`SessionOptions::max_window_size`, `qwen-run prompt
+/// --max-window-size`): at least 1. `arg` is the caller's name for it.
+pub fn check_max_window_size(w: usize, arg: &str) -> Result<()> {
+    if w == 0 {
+        return Err(Error::invalid(format!("{arg} must be at least 1 (got 0)")));
+    }
+    Ok(())
+}
+
+/// Refuse a text input longer than MAX_INPUT_BYTES (before tokenizing it).
+pub fn check_input(what: &str, text: &str) -> Result<()> {
+    if text.len() > MAX_INPUT_BYTES {
+        return Err(Error::invalid(format!(
+            "{what} is {} bytes, more than the limit of {MAX_INPUT_BYTES}",
+            text.len()
+        )));
+    }
+    Ok(())
+}
+
+/// One live session, counted in its engine's `live` while it exists.
+struct LiveSession(Arc<AtomicUsize>);
+
+impl LiveSession {
+    fn enter(live: &Arc<AtomicUsize>, limit: usize) -> Result<LiveSession> {
+        let before = live.fetch_add(1, Ordering::SeqCst);
+        let guard = LiveSession(live.clone());
+        if before >= limit {
+            return Err(Error::invalid(format!(
+                "the model already has {before} live sessions, the limit; free one first"
+            )));
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for LiveSession {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// What a session does: sampling, lengths, the ChatML system prompt, extra stop strings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionOptions {
@@ -244,6 +325,37 @@ impl SessionOptions {
             system: DEFAULT_SYSTEM.to_string(),
             stop: Vec::new(),
         }
+    }
+
+    /// The one rule for session options, used by `Engine::session`, `qwen-run` and the C ABI. `name`
+    /// turns a field name ("max_new_tokens") into what the caller's front end calls it
+    /// ("--max-new-tokens", "options.max_new_tokens"). Sampling parameters: `SamplingParams::validate`;
+    /// `max_new_tokens` in 1..=MAX_NEW_TOKENS; `max_window_size` at least 1; the system prompt and
+    /// each stop string at most MAX_INPUT_BYTES; no empty stop string.
+    pub fn validate(&self, name: &dyn Fn(&str) -> String) -> Result<()> {
+        self.sampling.validate()?;
+        if !(1..=MAX_NEW_TOKENS).contains(&self.max_new_tokens) {
+            return Err(Error::invalid(format!(
+                "{} {} is outside 1..={MAX_NEW_TOKENS}",
+                name("max_new_tokens"),
+                self.max_new_tokens
+            )));
+        }
+        check_max_window_size(self.max_window_size, &name("max_window_size"))?;
+        if self.system.len() > MAX_INPUT_BYTES {
+            return Err(Error::invalid(format!(
+                "{} is {} bytes, more than {MAX_INPUT_BYTES}",
+                name("system"),
+                self.system.len()
+            )));
+        }
+        if self.stop.iter().any(|s| s.is_empty() || s.len() > MAX_INPUT_BYTES) {
+            return Err(Error::invalid(format!(
+                "{} strings must be 1 to {MAX_INPUT_BYTES} bytes long (an empty one would stop at once)",
+                name("stop")
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -279,6 +391,7 @@ pub struct Session {
     options: SessionOptions,
     history: Vec<Turn>,
     cancel: CancelToken,
+    _live: LiveSession,
 }
 
 impl Session {
@@ -286,6 +399,7 @@ impl Session {
     /// `max_window_size`, newest first) + `query`, ChatML stops. The turn joins the history unless
     /// it was cancelled; the stored response is stripped as `decode_tokens` does.
     pub fn send(&mut self, query: &str, on_text: &mut dyn FnMut(&str) -> bool) -> Result<Generation> {
+        check_input("the query", query)?;
         let o = &self.options;
         let prompt = make_context(&self.engine.tok, &o.system, &self.history, query, o.max_window_size);
         let g = self.run(&prompt, StopRules::chatml(&self.options.stop), on_text)?;
@@ -298,6 +412,9 @@ impl Session {
     /// An OpenAI-style message list (`chat::messages_to_prompt`: its own system message, else the
     /// default one), ChatML stops. Neither reads nor changes the history.
     pub fn chat(&mut self, messages: &[Message], on_text: &mut dyn FnMut(&str) -> bool) -> Result<Generation> {
+        for m in messages {
+            check_input("a message", &m.content)?;
+        }
         let prompt = messages_to_prompt(&self.engine.tok, messages, self.options.max_window_size)?;
         self.run(&prompt, StopRules::chatml(&self.options.stop), on_text)
     }
@@ -305,6 +422,7 @@ impl Session {
     /// A raw continuation of `text` (special-token text such as `<|im_start|>` parsed, as Qwen's raw
     /// format), raw stops (`<|endoftext|>`, "Human:"). Ignores the history.
     pub fn generate(&mut self, text: &str, on_text: &mut dyn FnMut(&str) -> bool) -> Result<Generation> {
+        check_input("the prompt", text)?;
         let prompt = raw_context(&self.engine.tok, text);
         self.generate_ids(&prompt, on_text)
     }
@@ -401,6 +519,45 @@ mod tests {
         bad(|o| o.sampling.top_p = 0.0, "top_p");
         let opts = LoadOptions { backend: BackendKind::Cpu, max_seq_len: Some(usize::MAX), ..Default::default() };
         assert!(Engine::open(ModelSource::BuiltinTiny, opts).err().unwrap().to_string().contains("max_seq_len"));
+    }
+
+    #[test]
+    fn one_rule_for_session_options_named_by_each_front_end() {
+        let e = tiny();
+        let d = SessionOptions::from_generation_config(e.generation_config(), 0);
+        let flag = |f: &str| format!("--{}", f.replace('_', "-"));
+        let err = |f: fn(&mut SessionOptions)| {
+            let mut o = d.clone();
+            f(&mut o);
+            o.validate(&flag).unwrap_err().to_string()
+        };
+        assert!(err(|o| o.max_window_size = 0).contains("--max-window-size must be at least 1"));
+        assert!(err(|o| o.max_new_tokens = MAX_NEW_TOKENS + 1).contains("--max-new-tokens"));
+        assert!(err(|o| o.stop = vec![String::new()]).contains("--stop"));
+        assert!(err(|o| o.system = "x".repeat(MAX_INPUT_BYTES + 1)).contains("--system"));
+        let mut o = d.clone();
+        o.max_new_tokens = MAX_NEW_TOKENS;
+        assert!(o.validate(&flag).is_ok());
+        let opts = LoadOptions { backend: BackendKind::Cpu, threads: MAX_THREADS + 1, ..Default::default() };
+        let e2 = Engine::open_naming(ModelSource::BuiltinTiny, opts, &flag).err().unwrap().to_string();
+        assert!(e2.contains("--threads 1025 is more than 1024"), "{e2}");
+    }
+
+    #[test]
+    fn live_sessions_are_counted_and_limited() {
+        let opts = LoadOptions { backend: BackendKind::Cpu, max_seq_len: Some(16), ..Default::default() };
+        let e = Arc::new(Engine::open(ModelSource::BuiltinTiny, opts).unwrap());
+        let o = greedy(&e, 1);
+        let a = e.session_within(o.clone(), 2).unwrap();
+        let b = e.session_within(o.clone(), 2).unwrap();
+        assert_eq!(e.live_sessions(), 2);
+        let err = e.session_within(o.clone(), 2).err().expect("over the limit").to_string();
+        assert!(err.contains("2 live sessions"), "{err}");
+        assert_eq!(e.live_sessions(), 2, "a refused session is not counted");
+        drop(a);
+        let c = e.session_within(o, 2).unwrap();
+        drop((b, c));
+        assert_eq!(e.live_sessions(), 0);
     }
 
     #[test]

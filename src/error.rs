@@ -27,8 +27,22 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// "1 token", "2 tokens": `n` and `noun`, plural unless `n` is 1 (messages only).
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 impl Error {
+    /// A failed read or open of `path`. A read that found bytes which are not valid UTF-8 text
+    /// (`read_to_string`'s InvalidData) is a malformed file, so it becomes `BadFile`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        if source.kind() == std::io::ErrorKind::InvalidData {
+            return Error::BadFile { path: path.into(), msg: format!("not a valid text file: {source}") };
+        }
         Error::Io { path: path.into(), source }
     }
     pub fn bad_file(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {

@@ -18,6 +18,7 @@ use crate::chat::DEFAULT_SYSTEM;
 use crate::config::SamplingParams;
 use crate::engine::{
     BackendKind, ComputeDType, Engine, FinishReason, LoadOptions, ModelSource, Session, SessionOptions,
+    MAX_INPUT_BYTES, MAX_THREADS,
 };
 use crate::error::Error;
 use crate::generate::Generation;
@@ -29,6 +30,15 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
 
 /// Model path that selects the built-in tiny random-weight model (`synth::builtin_tiny_dir`).
 pub const QWEN_TINY_MODEL: &str = ":tiny:";
+
+/// Most live sessions one model may have (each holds a whole KV cache); one more is QWEN_ERR_BUSY.
+pub const QWEN_MAX_SESSIONS_PER_MODEL: u32 = 64;
+/// Most bytes of one string argument (text, message, prompt, system prompt), NUL excluded.
+pub const QWEN_MAX_INPUT_BYTES: u32 = 16777216;
+/// Most token ids one call takes (`n_tokens`).
+pub const QWEN_MAX_INPUT_TOKENS: u32 = 4194304;
+
+const _: () = assert!(QWEN_MAX_INPUT_BYTES as usize == MAX_INPUT_BYTES);
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,9 +125,6 @@ pub struct qwen_session {
     inner: Arc<SessionState>,
 }
 
-/// Upper bound of `qwen_model_options.threads` (a typo like -1 must not start 4 billion threads).
-const MAX_THREADS: u32 = 1024;
-
 const MODEL_MAGIC: u64 = 0x5157_454E_4D4F_444C; // "QWENMODL"
 const SESSION_MAGIC: u64 = 0x5157_454E_5345_5353; // "QWENSESS"
 
@@ -140,7 +147,10 @@ impl From<Error> for Fail {
             Error::Io { .. } => qwen_status::QWEN_ERR_IO,
             Error::BadFile { .. } | Error::Tensor { .. } => qwen_status::QWEN_ERR_MODEL,
             Error::InvalidArgument(_) => qwen_status::QWEN_ERR_INVALID_ARG,
-            Error::ContextFull(_) => qwen_status::QWEN_ERR_CONTEXT_FULL,
+            Error::ContextFull(m) => {
+                let hint = "qwen_model_options.max_seq_len sets the KV length";
+                return Fail(qwen_status::QWEN_ERR_CONTEXT_FULL, format!("context full: {m} ({hint})"));
+            }
             Error::Backend(_) => qwen_status::QWEN_ERR_BACKEND,
             #[allow(unreachable_patterns)]
             _ => qwen_status::QWEN_ERR_MODEL,
@@ -177,10 +187,15 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Run `body` for the entry point `name`: clear the thread's last error, catch panics, map failures.
+/// On success the last error is cleared again: a qwen_* call made inside `body` (from a stream
+/// callback) may have set it.
 fn guard(name: &str, body: impl FnOnce() -> FfiResult<()>) -> qwen_status {
     set_last_error("");
     match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(())) => qwen_status::QWEN_OK,
+        Ok(Ok(())) => {
+            set_last_error("");
+            qwen_status::QWEN_OK
+        }
         Ok(Err(Fail(code, msg))) => {
             set_last_error(&format!("{name}: {msg}"));
             code
@@ -324,14 +339,25 @@ fn c_text(s: &str) -> std::borrow::Cow<'_, str> {
 // ---------------------------------------------------------------------------------------------
 // Argument helpers.
 
-/// A NUL-terminated UTF-8 argument.
+/// A NUL-terminated UTF-8 argument of at most QWEN_MAX_INPUT_BYTES bytes (the scan for its NUL stops
+/// there).
 ///
 /// SAFETY: `p` is NULL or points to a NUL-terminated string that outlives the call.
 unsafe fn arg_str<'a>(p: *const c_char, name: &str) -> FfiResult<&'a str> {
     if p.is_null() {
         return Err(null_arg(name));
     }
-    CStr::from_ptr(p).to_str().map_err(|e| {
+    let mut len = 0usize;
+    // SAFETY: the string is NUL-terminated, and the scan stops at its NUL.
+    while *p.add(len) != 0 {
+        if len == MAX_INPUT_BYTES {
+            return Err(invalid(format!("argument `{name}` is longer than QWEN_MAX_INPUT_BYTES ({MAX_INPUT_BYTES})")));
+        }
+        len += 1;
+    }
+    // SAFETY: `len` readable bytes before the NUL, as just scanned.
+    let bytes = std::slice::from_raw_parts(p as *const u8, len);
+    std::str::from_utf8(bytes).map_err(|e| {
         Fail(
             qwen_status::QWEN_ERR_INVALID_UTF8,
             format!("argument `{name}` is not valid UTF-8 (at byte {})", e.valid_up_to()),
@@ -349,8 +375,10 @@ unsafe fn arg_slice<'a, T>(p: *const T, n: usize, name: &str) -> FfiResult<&'a [
     if p.is_null() {
         return Err(null_arg(name));
     }
-    if n > isize::MAX as usize / std::mem::size_of::<T>().max(1) {
-        return Err(invalid(format!("argument `{name}`: length {n} is too large")));
+    if n > QWEN_MAX_INPUT_TOKENS as usize {
+        return Err(invalid(format!(
+            "argument `{name}`: length {n} is more than QWEN_MAX_INPUT_TOKENS ({QWEN_MAX_INPUT_TOKENS})"
+        )));
     }
     Ok(std::slice::from_raw_parts(p, n))
 }
@@ -427,7 +455,7 @@ fn load_options(o: &qwen_model_options) -> FfiResult<LoadOptions> {
         3 => ComputeDType::F16,
         d => return Err(invalid(format!("options.dtype {d} is not a qwen_dtype (0 auto, 1 f32, 2 bf16, 3 f16)"))),
     };
-    if o.threads > MAX_THREADS {
+    if o.threads as usize > MAX_THREADS {
         return Err(invalid(format!("options.threads {} is more than {MAX_THREADS}", o.threads)));
     }
     let max_seq_len = Some(o.max_seq_len as usize);
@@ -451,7 +479,7 @@ pub unsafe extern "C" fn qwen_model_load(
             return Err(invalid(format!("argument `path` is empty (a model directory, or \"{QWEN_TINY_MODEL}\")")));
         }
         let source = if path == QWEN_TINY_MODEL { ModelSource::BuiltinTiny } else { ModelSource::Dir(path.into()) };
-        let engine = Arc::new(Engine::open(source, load)?);
+        let engine = Arc::new(Engine::open_naming(source, load, &|f| format!("options.{f}"))?);
         let p = Box::into_raw(Box::new(qwen_model { magic: MODEL_MAGIC, inner: engine }));
         register(p as usize, Live::Model);
         *out = p;
@@ -516,11 +544,13 @@ pub unsafe extern "C" fn qwen_tokenize(
     out_len: *mut usize,
 ) -> qwen_status {
     guard("qwen_tokenize", || {
+        if !out_len.is_null() {
+            *out_len = 0;
+        }
         let out = out_ptr(out_tokens, "out_tokens")?;
         if out_len.is_null() {
             return Err(null_arg("out_len"));
         }
-        *out_len = 0;
         let m = model_state(model, "model")?;
         let text = arg_str(text, "text")?;
         let tok = m.tokenizer();
@@ -543,10 +573,10 @@ pub unsafe extern "C" fn qwen_detokenize(
     out_len: *mut usize,
 ) -> qwen_status {
     guard("qwen_detokenize", || {
-        let out = out_ptr(out_text, "out_text")?;
         if !out_len.is_null() {
             *out_len = 0;
         }
+        let out = out_ptr(out_text, "out_text")?;
         let m = model_state(model, "model")?;
         let ids = arg_slice(tokens, n_tokens, "tokens")?;
         let bytes = m.tokenizer().decode_bytes(ids)?;
@@ -675,18 +705,19 @@ pub unsafe extern "C" fn qwen_session_create(
             seed: s.seed,
         };
         params.validate().map_err(|e| invalid(format!("options.sampling: {e}")))?;
-        if o.max_new_tokens == 0 {
-            return Err(invalid("options.max_new_tokens must be at least 1"));
-        }
-        if o.max_window_size == 0 {
-            return Err(invalid("options.max_window_size must be at least 1"));
-        }
-        let chat = m.session(SessionOptions {
+        let options = SessionOptions {
             sampling: params,
             max_new_tokens: o.max_new_tokens as usize,
             max_window_size: o.max_window_size as usize,
             system,
             stop: Vec::new(),
+        };
+        options.validate(&|f| format!("options.{f}"))?;
+        let chat = m.session_within(options, QWEN_MAX_SESSIONS_PER_MODEL as usize).map_err(|e| match e {
+            Error::InvalidArgument(msg) if msg.contains("live sessions") => {
+                Fail(qwen_status::QWEN_ERR_BUSY, format!("{msg} (QWEN_MAX_SESSIONS_PER_MODEL)"))
+            }
+            e => e.into(),
         })?;
         let state = Arc::new(SessionState { chat: Mutex::new(chat) });
         let p = Box::into_raw(Box::new(qwen_session { magic: SESSION_MAGIC, inner: state }));
@@ -747,6 +778,18 @@ fn finish_code(f: &FinishReason) -> qwen_finish {
     }
 }
 
+/// Clear a generating call's out-pointers (NULL text, finish 0) before it looks at any argument.
+///
+/// SAFETY: each pointer is NULL or writable.
+unsafe fn clear_generation_outs(out_text: *mut *mut c_char, out_finish: *mut qwen_finish) {
+    if !out_text.is_null() {
+        *out_text = std::ptr::null_mut();
+    }
+    if !out_finish.is_null() {
+        *out_finish = qwen_finish::QWEN_FINISH_STOP;
+    }
+}
+
 /// Shared body of the three generating calls: clear the outputs, lock the session, run `run` with a
 /// streaming closure that forwards non-empty pieces to `cb`, and hand out the text and finish reason.
 ///
@@ -759,9 +802,7 @@ unsafe fn run_generation(
     out_finish: *mut qwen_finish,
     run: impl FnOnce(&mut Session, &mut dyn FnMut(&str) -> bool) -> FfiResult<Generation>,
 ) -> FfiResult<()> {
-    if !out_text.is_null() {
-        *out_text = std::ptr::null_mut();
-    }
+    clear_generation_outs(out_text, out_finish);
     let s = session_state(session, "session")?;
     let mut chat = lock_chat(&s)?;
     let mut on_text = |piece: &str| -> bool {
@@ -798,6 +839,7 @@ pub unsafe extern "C" fn qwen_session_send(
     out_finish: *mut qwen_finish,
 ) -> qwen_status {
     guard("qwen_session_send", || {
+        clear_generation_outs(out_answer, out_finish);
         let message = arg_str(message, "message")?;
         run_generation(session, on_piece, user_data, out_answer, out_finish, |chat, on_text| {
             Ok(chat.send(message, on_text)?)
@@ -817,6 +859,7 @@ pub unsafe extern "C" fn qwen_session_generate(
     out_finish: *mut qwen_finish,
 ) -> qwen_status {
     guard("qwen_session_generate", || {
+        clear_generation_outs(out_text, out_finish);
         let prompt = arg_str(prompt, "prompt")?;
         run_generation(session, on_piece, user_data, out_text, out_finish, |chat, on_text| {
             Ok(chat.generate(prompt, on_text)?)
@@ -837,6 +880,7 @@ pub unsafe extern "C" fn qwen_session_generate_tokens(
     out_finish: *mut qwen_finish,
 ) -> qwen_status {
     guard("qwen_session_generate_tokens", || {
+        clear_generation_outs(out_text, out_finish);
         let ids = arg_slice(tokens, n_tokens, "tokens")?;
         if ids.is_empty() {
             return Err(invalid("argument `n_tokens` is 0 (the prompt needs at least one token)"));

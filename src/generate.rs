@@ -108,9 +108,9 @@ pub fn generate(
     }
     if prompt.len() >= seq.capacity() {
         return Err(Error::ContextFull(format!(
-            "the prompt has {} tokens but the context holds {} (raise --max-seq-len or shorten the prompt)",
-            prompt.len(),
-            seq.capacity()
+            "the prompt has {} but the context holds {}: shorten the prompt or give the model a longer KV length",
+            crate::error::count(prompt.len(), "token"),
+            crate::error::count(seq.capacity(), "token")
         )));
     }
     seq.reset();

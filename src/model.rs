@@ -68,7 +68,8 @@ pub fn check_forward(config: &QwenConfig, tokens: &[u32], len: usize, capacity: 
     }
     if tokens.len() > capacity.saturating_sub(len) {
         return Err(Error::ContextFull(format!(
-            "{len} tokens in the sequence + {} new exceed its capacity of {capacity}",
+            "{} in the sequence + {} new exceed its capacity of {capacity}",
+            crate::error::count(len, "token"),
             tokens.len()
         )));
     }

@@ -38,6 +38,15 @@ fn fails(args: &[&str], needle: &str) -> String {
     se
 }
 
+/// The command must be refused as bad usage (clap: status 2) with a message containing `needle`.
+fn usage_error(args: &[&str], needle: &str) -> String {
+    let out = qwen_run(args, None);
+    let se = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "qwen-run {args:?} should be refused with status 2; stderr: {se}");
+    assert!(se.contains("error: ") && se.contains(needle), "qwen-run {args:?}: expected `{needle}` in: {se}");
+    se
+}
+
 fn fixture(name: &str) -> Value {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name);
     serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
@@ -183,7 +192,7 @@ fn bad_arguments_are_clear_errors() {
     fails(&["generate", "--prompt", "x", "--temperature=-1"], "temperature");
     fails(&["generate", "--prompt", "x", "--top-p", "1.5"], "top_p");
     fails(&["generate", "--prompt", "a b c d e f g", "--max-seq-len", "3"], "context");
-    fails(&["generate", "--prompt", "x", "--max-new-tokens", "0"], "--max-new-tokens");
+    usage_error(&["generate", "--prompt", "x", "--max-new-tokens", "0"], "--max-new-tokens");
     fails(&["detokenize", "151851"], "151851");
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.json");
@@ -275,4 +284,152 @@ fn bench_reports_a_table_and_a_json_line() {
     // No GPU figures from the CPU backend.
     assert!(json["gpu"].is_null() && json["floor_fraction"].is_null(), "{json}");
     fails(&["bench", "--backend", "cpu", "--prefill", "4,x"], "--prefill");
+}
+
+#[test]
+fn hostile_arguments_are_refused_naming_the_flag() {
+    // --threads is capped as the C ABI caps options.threads (before any thread is spawned).
+    let t = std::time::Instant::now();
+    fails(
+        &["generate", "--prompt", "x", "--backend", "cpu", "--threads", "100000"],
+        "--threads 100000 is more than 1024",
+    );
+    assert!(t.elapsed().as_secs() < 60, "refused at once, not after spawning threads");
+    // Negative and zero counts: the flag and the accepted range, not clap's "unexpected argument".
+    let se = usage_error(&["generate", "--prompt", "x", "--max-new-tokens", "-1"], "from 1 to 1048576");
+    assert!(se.contains("--max-new-tokens") && !se.contains("unexpected argument"), "{se}");
+    usage_error(&["generate", "--prompt", "x", "--max-new-tokens", "1048577"], "from 1 to 1048576");
+    usage_error(&["generate", "--prompt", "x", "--max-window-size", "0"], "--max-window-size");
+    usage_error(&["chat", "--max-window-size", "-3"], "--max-window-size");
+    let dir = tempfile::tempdir().unwrap();
+    let msgs = dir.path().join("m.json");
+    std::fs::write(&msgs, r#"[{"role": "user", "content": "hi"}]"#).unwrap();
+    usage_error(&["prompt", "--messages", msgs.to_str().unwrap(), "--max-window-size", "0"], "--max-window-size");
+    // bench --decode 0 would print 0 tok/s.
+    fails(&["bench", "--backend", "cpu", "--prefill", "4", "--decode", "0"], "--decode 0");
+    fails(&["bench", "--backend", "cpu", "--prefill", "4", "--decode-prompt", "0"], "--decode-prompt");
+    // logits refuses more ids than the --max-seq-len it was given.
+    let out = dir.path().join("l.npy");
+    let o = out.to_str().unwrap();
+    fails(
+        &["logits", "--backend", "cpu", "--max-seq-len", "2", "--ids", "1,2,3,4,5", "--out", o],
+        "--max-seq-len is 2",
+    );
+    assert!(!out.exists());
+    // Errors name the flags the user gave, not the library's field names; "1 token", not "1 tokens".
+    let se = fails(
+        &["generate", "--backend", "cpu", "--prompt", "x", "--max-seq-len", "4000000000"],
+        "--max-seq-len 4000000000",
+    );
+    assert!(!se.contains("max_seq_len"), "{se}");
+    let se = fails(
+        &["generate", "--backend", "cpu", "--ids", "1", "--max-seq-len", "1"],
+        "has 1 token but the context holds 1 token",
+    );
+    assert!(se.contains("--max-seq-len sets the KV length"), "{se}");
+}
+
+#[test]
+fn tokenize_and_detokenize_need_a_real_model_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    fails(&["tokenize", "--model", missing.to_str().unwrap(), "hi"], "missing");
+    fails(&["detokenize", "--model", missing.to_str().unwrap(), "1,2"], "missing");
+    // A directory that is not a model (no config.json), as `prompt` and `generate` say.
+    let empty = dir.path().to_str().unwrap();
+    fails(&["tokenize", "--model", empty, "hi"], "config.json");
+    fails(&["detokenize", "--model", empty, "1,2"], "config.json");
+    fails(&["prompt", "--model", empty, "--messages", "/dev/null"], "config.json");
+    // A real model directory works.
+    let m = dir.path().join("m");
+    ok(&["synth", "--preset", "tiny", "--out", m.to_str().unwrap()], None);
+    let (ids, _) = ok(&["tokenize", "--model", m.to_str().unwrap(), "Hello world"], None);
+    assert_eq!(ids.trim(), "[9707,1879]");
+    let (text, _) = ok(&["detokenize", "--model", m.to_str().unwrap(), "9707,1879"], None);
+    assert_eq!(text, "Hello world");
+}
+
+#[test]
+fn logits_never_replaces_a_symlink_fifo_or_device() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("target.bin");
+    std::fs::write(&target, b"keep").unwrap();
+    let link = dir.path().join("link.npy");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let run = |out: &Path, needle: &str| {
+        fails(&["logits", "--backend", "cpu", "--ids", "1,2", "--out", out.to_str().unwrap()], needle);
+    };
+    run(&link, "symbolic link");
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link was replaced");
+    assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+    let fifo = dir.path().join("fifo.npy");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    run(&fifo, "not a regular file");
+    assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo(), "the FIFO was replaced");
+    run(Path::new("/dev/null"), "not a regular file");
+    assert!(std::fs::symlink_metadata("/dev/null").unwrap().file_type().is_char_device());
+    run(dir.path(), "a directory");
+    // A regular file is replaced atomically, with no temp file left.
+    let regular = dir.path().join("out.npy");
+    std::fs::write(&regular, b"old").unwrap();
+    ok(&["logits", "--backend", "cpu", "--ids", "1,2", "--out", regular.to_str().unwrap()], None);
+    assert_eq!(&std::fs::read(&regular).unwrap()[..6], b"\x93NUMPY");
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 4, "target, link, fifo, out.npy and nothing else: {names:?}");
+}
+
+#[test]
+fn chat_goes_on_after_bad_lines_and_ends_cleanly_at_eof() {
+    // Invalid UTF-8, a bare /system, a query longer than the context, then a normal one; no /exit.
+    let long = "word ".repeat(200);
+    let script = [&b"\xff\xfe not text\n/system\nhello\n"[..], long.as_bytes(), b"\nhi\n"].concat();
+    let args = ["chat", "--backend", "cpu", "--max-seq-len", "64", "--max-new-tokens", "2", "--seed", "1"];
+    let (_, se) = ok(&args, Some(&script));
+    assert!(se.contains("not valid UTF-8") && se.contains("ignored"), "{se}");
+    assert!(se.contains("the system prompt is: You are a helpful assistant."), "a bare /system shows it: {se}");
+    assert!(!se.contains("system prompt set"), "a bare /system must not set an empty prompt: {se}");
+    assert!(se.contains("context full") && se.contains("(the chat goes on)"), "{se}");
+    assert_eq!(se.matches("tok/s decode").count(), 2, "hello and hi answered: {se}");
+    assert!(se.contains("(end of input)"), "{se}");
+}
+
+#[test]
+fn ctrl_c_at_the_prompt_ends_the_chat_with_status_130() {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qwen-run"))
+        .args(["chat", "--backend", "cpu"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _stdin = child.stdin.take().unwrap(); // open: the chat waits at its prompt
+    let mut stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while let Ok(n) = stderr.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&chunk[..n]);
+            if String::from_utf8_lossy(&seen).contains("\n> ") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(60)).expect("the chat prompt appears");
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "Ctrl-C at the prompt did not end the chat");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(130), "{status}");
 }

@@ -5,6 +5,10 @@
 //! - `example`: examples/chat.c compiled with the `cc` crate, linked against libqwen_rt.so and run on the
 //!   built-in tiny model with a scripted conversation (its output must equal the same conversation run
 //!   in-process);
+//! - `limits`: include/qwen.h's promises hostile callers test (out-pointers cleared first, no stale
+//!   message after QWEN_OK, a binary config.json is QWEN_ERR_MODEL, C field names in messages) and its
+//!   LIMITS (threads, max_new_tokens, max_window_size, sessions per model, input sizes);
+//! - `stress`: 8 threads creating, using and freeing models and sessions at once, frees racing use;
 //! - `header`: header drift: bindgen on include/qwen.h against the `extern "C"` items of src/ffi.rs, both
 //!   ways, each side read with `syn`.
 //!
@@ -14,3 +18,5 @@ mod calls;
 mod common;
 mod example;
 mod header;
+mod limits;
+mod stress;

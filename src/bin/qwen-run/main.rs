@@ -6,7 +6,10 @@ use qwen_rt::backend::bench::{self, GpuBench, GpuBenchSource, KernelTime};
 use qwen_rt::backend::use_cuda;
 use qwen_rt::chat::{messages_to_prompt, Message};
 use qwen_rt::checkpoint::Checkpoint;
-use qwen_rt::engine::{load_tokenizer, BackendKind, ComputeDType, Engine, LoadOptions, ModelSource, SessionOptions};
+use qwen_rt::engine::{
+    check_max_window_size, load_tokenizer, BackendKind, ComputeDType, Engine, LoadOptions, ModelSource, SessionOptions,
+    MAX_NEW_TOKENS,
+};
 use qwen_rt::generate::Generation;
 use qwen_rt::quant::{QuantFormat, QuantWeights};
 use qwen_rt::synth::{synth_model, SynthPreset};
@@ -95,7 +98,7 @@ enum Cmd {
         model: Option<PathBuf>,
         #[arg(long)]
         messages: PathBuf,
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true, value_parser = parse_window)]
         max_window_size: Option<usize>,
     },
     /// Write float32 logits [n_ids, vocab] of every position of one forward pass as .npy.
@@ -171,17 +174,47 @@ struct GenArgs {
     /// Random seed (default: from the clock, printed on stderr)
     #[arg(long)]
     seed: Option<u64>,
-    #[arg(long)]
+    /// Most tokens to generate, 1 to 1048576 (default from generation_config.json)
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_max_new_tokens)]
     max_new_tokens: Option<usize>,
     /// System prompt for ChatML
     #[arg(long)]
     system: Option<String>,
-    /// Token budget for system + history in ChatML (default from generation_config.json)
-    #[arg(long)]
+    /// Token budget for system + history in ChatML, at least 1 (default from generation_config.json)
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_window)]
     max_window_size: Option<usize>,
     /// Extra stop string (repeatable), e.g. --stop "Observation:"
     #[arg(long)]
     stop: Vec<String>,
+}
+
+/// clap's parser of `--max-new-tokens`: the range in the message (not clap's "unexpected argument").
+fn parse_max_new_tokens(s: &str) -> std::result::Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=MAX_NEW_TOKENS).contains(&n) => Ok(n),
+        _ => Err(format!("--max-new-tokens takes a whole number from 1 to {MAX_NEW_TOKENS}")),
+    }
+}
+
+/// clap's parser of `--max-window-size`.
+fn parse_window(s: &str) -> std::result::Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err("--max-window-size takes a whole number of tokens, at least 1".into()),
+    }
+}
+
+/// What `qwen-run` calls a library option: its flag ("max_seq_len" → "--max-seq-len").
+fn flag(field: &str) -> String {
+    format!("--{}", field.replace('_', "-"))
+}
+
+/// An error as `qwen-run` prints it: a full context says which flag makes it longer.
+fn describe(e: &Error) -> String {
+    match e {
+        Error::ContextFull(_) => format!("{e} (--max-seq-len sets the KV length)"),
+        _ => e.to_string(),
+    }
 }
 
 fn main() {
@@ -201,7 +234,7 @@ fn main() {
         Cmd::Serve { model, serve } => cmd_serve(&model, &serve),
     };
     if let Err(e) = result {
-        eprintln!("error: {e}");
+        eprintln!("error: {}", describe(&e));
         std::process::exit(1);
     }
 }
@@ -220,7 +253,7 @@ fn load_options(args: &ModelArgs) -> Result<LoadOptions> {
 /// The engine of `--model` (the built-in tiny model without it) as the flags say.
 fn load(args: &ModelArgs) -> Result<Arc<Engine>> {
     let source = ModelSource::from(args.model.clone());
-    Ok(Arc::new(Engine::open(source, load_options(args)?)?))
+    Ok(Arc::new(Engine::open_naming(source, load_options(args)?, &flag)?))
 }
 
 /// The session options of the flags on top of the model's generation_config.json.
@@ -251,15 +284,8 @@ fn session_options(gen: &GenArgs, engine: &Engine) -> Result<SessionOptions> {
     if let Some(v) = gen.repetition_penalty {
         p.repetition_penalty = v;
     }
-    p.validate()?;
     if let Some(n) = gen.max_new_tokens {
-        if n == 0 {
-            return Err(Error::invalid("--max-new-tokens must be at least 1"));
-        }
         o.max_new_tokens = n;
-    }
-    if gen.stop.iter().any(|s| s.is_empty()) {
-        return Err(Error::invalid("--stop strings must not be empty"));
     }
     o.stop = gen.stop.clone();
     if let Some(s) = &gen.system {
@@ -268,6 +294,7 @@ fn session_options(gen: &GenArgs, engine: &Engine) -> Result<SessionOptions> {
     if let Some(w) = gen.max_window_size {
         o.max_window_size = w;
     }
+    o.validate(&flag)?;
     Ok(o)
 }
 
@@ -298,13 +325,18 @@ fn cmd_chat(margs: &ModelArgs, gen: &GenArgs) -> Result<()> {
         engine.backend_name()
     );
     let stdin = std::io::stdin();
-    let mut line = String::new();
+    let mut raw = Vec::new();
     loop {
         eprint!("\n> ");
-        line.clear();
-        if stdin.lock().read_line(&mut line).map_err(|e| Error::io("<stdin>", e))? == 0 {
+        raw.clear();
+        if stdin.lock().read_until(b'\n', &mut raw).map_err(|e| Error::io("<stdin>", e))? == 0 {
+            eprintln!("\n(end of input)");
             break;
         }
+        let Ok(line) = std::str::from_utf8(&raw) else {
+            eprintln!("error: that line is not valid UTF-8 text; it was ignored (the chat goes on)");
+            continue;
+        };
         let input = line.trim_end_matches(['\n', '\r']);
         match ChatCommand::parse(input) {
             ChatCommand::Exit => break,
@@ -312,6 +344,11 @@ fn cmd_chat(margs: &ModelArgs, gen: &GenArgs) -> Result<()> {
             ChatCommand::Reset => {
                 session.reset();
                 eprintln!("(history cleared)");
+                continue;
+            }
+            ChatCommand::System(s) if s.is_empty() => {
+                eprintln!("the system prompt is: {}", session.options().system);
+                eprintln!("(unchanged; /system TEXT sets it and clears the history)");
                 continue;
             }
             ChatCommand::System(s) => {
@@ -339,7 +376,7 @@ fn cmd_chat(margs: &ModelArgs, gen: &GenArgs) -> Result<()> {
                         println!();
                         report_speed(&g);
                     }
-                    Err(e) => eprintln!("error: {e}"),
+                    Err(e) => eprintln!("error: {} (the chat goes on)", describe(&e)),
                 }
             }
         }
@@ -405,11 +442,20 @@ fn report_speed(g: &Generation) {
     );
 }
 
+/// The tokenizer of `--model` (which must be a model directory, as for every command), else the
+/// built-in Qwen vocabulary.
+fn tokenizer_of(model: Option<&Path>) -> Result<ModelTokenizer> {
+    match model {
+        Some(d) => {
+            Checkpoint::open(d)?;
+            load_tokenizer(d, true)
+        }
+        None => Ok(ModelTokenizer::Shared(Tokenizer::shared())),
+    }
+}
+
 fn cmd_tokenize(model: Option<&Path>, allow_special: bool, text: &str) -> Result<()> {
-    let tok = match model {
-        Some(d) => load_tokenizer(d, true)?,
-        None => ModelTokenizer::Shared(Tokenizer::shared()),
-    };
+    let tok = tokenizer_of(model)?;
     let text = if text == "-" {
         let mut buf = Vec::new();
         std::io::stdin().read_to_end(&mut buf).map_err(|e| Error::io("<stdin>", e))?;
@@ -423,10 +469,7 @@ fn cmd_tokenize(model: Option<&Path>, allow_special: bool, text: &str) -> Result
 }
 
 fn cmd_detokenize(model: Option<&Path>, ids: &str) -> Result<()> {
-    let tok = match model {
-        Some(d) => load_tokenizer(d, true)?,
-        None => ModelTokenizer::Shared(Tokenizer::shared()),
-    };
+    let tok = tokenizer_of(model)?;
     let ids = parse_ids(ids)?;
     let text = tok.decode(&ids)?;
     let mut stdout = std::io::stdout();
@@ -448,7 +491,9 @@ fn cmd_prompt(model: Option<&Path>, messages: &Path, max_window_size: Option<usi
     let msgs: Vec<Message> = serde_json::from_str(&text).map_err(|e| {
         Error::bad_file(messages, format!("expected a JSON array of {{\"role\", \"content\"}} objects: {e}"))
     })?;
-    let ids = messages_to_prompt(&tok, &msgs, max_window_size.unwrap_or(gen_window))?;
+    let window = max_window_size.unwrap_or(gen_window);
+    check_max_window_size(window, "--max-window-size")?;
+    let ids = messages_to_prompt(&tok, &msgs, window)?;
     println!("{}", serde_json::to_string(&ids).map_err(|e| Error::invalid(e.to_string()))?);
     Ok(())
 }
@@ -458,6 +503,13 @@ fn cmd_logits(margs: &ModelArgs, ids: &str, out: &Path) -> Result<()> {
     if ids.is_empty() {
         return Err(Error::invalid("--ids is empty"));
     }
+    if let Some(n) = margs.max_seq_len.filter(|&n| n > 0 && ids.len() > n) {
+        return Err(Error::invalid(format!(
+            "--ids has {} but --max-seq-len is {n}: one forward pass holds at most --max-seq-len tokens",
+            qwen_rt::error::count(ids.len(), "token")
+        )));
+    }
+    check_output_target(out)?;
     let engine = load(margs)?;
     let logits = engine.logits(&ids)?; // [T, V]
     let v = engine.config().vocab_size;
@@ -506,6 +558,12 @@ fn cmd_bench(
     let (lens, dec, dec_prompt) = if use_cuda { ("128,512,2048", 256, 128) } else { ("16,128", 32, 16) };
     let lens = parse_usize_list(prefill.unwrap_or(lens), "--prefill")?;
     let (decode, decode_prompt) = (decode.unwrap_or(dec), decode_prompt.unwrap_or(dec_prompt));
+    if decode == 0 {
+        return Err(Error::invalid("--decode 0 measures nothing: give at least 1 token to decode"));
+    }
+    if decode_prompt == 0 {
+        return Err(Error::invalid("--decode-prompt must be at least 1 token"));
+    }
     if use_cuda {
         return bench_cuda(margs, synth, &lens, decode, decode_prompt);
     }

@@ -85,7 +85,34 @@ pub fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
     write_atomic(path, &bytes)
 }
 
+/// Refuse an output path that exists and is not a regular file (a symlink, FIFO, device, directory,
+/// socket): `write_atomic` would replace it with a regular file (as root, even `/dev/full`).
+pub fn check_output_target(path: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_file() => Ok(()),
+        Ok(m) => {
+            let ft = m.file_type();
+            let what = if ft.is_symlink() {
+                "a symbolic link"
+            } else if ft.is_dir() {
+                "a directory"
+            } else {
+                "not a regular file (a FIFO, device or socket)"
+            };
+            Err(Error::invalid(format!(
+                "{}: the output exists and is {what}; refusing to replace it (give a regular file path)",
+                path.display()
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// Write `bytes` to the regular file `path` atomically (a temp file beside it, then rename); an
+/// existing non-regular `path` is refused, never replaced (`check_output_target`).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    check_output_target(path)?;
     let name = path.file_name().ok_or_else(|| Error::invalid(format!("{}: not a file path", path.display())))?;
     let tmp = path.with_file_name(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
     let res = (|| {
