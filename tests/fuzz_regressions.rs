@@ -5,10 +5,9 @@ use std::ffi::c_char;
 /// fuzz target `c_abi` (2026-12-04): `qwen_session_generate_tokens` with `n_tokens` 0 returned
 /// QWEN_ERR_INVALID_ARG but left `*out_text` as the caller had it, against the header's "Out-pointers
 /// are set to NULL / 0 at entry". The same holds for qwen_session_send / qwen_session_generate with an
-/// invalid `message` / `prompt` and for `*out_finish`. Open: the C-ABI part of issue 17 fixes it; then
-/// drop the `ignore` and set `GENERATION_OUT_POINTERS_CLEARED` in fuzz/fuzz_targets/c_abi.rs.
+/// invalid `message` / `prompt` and for `*out_finish`. Fixed: every out-pointer is cleared before any
+/// argument is checked (src/ffi.rs).
 #[test]
-#[ignore = "open: out-pointers not cleared on early argument errors (issue 17, C-ABI part)"]
 fn out_pointers_cleared_on_argument_errors() {
     unsafe {
         let opts = qwen_model_options { backend: 1, dtype: 0, max_seq_len: 32, threads: 1 };

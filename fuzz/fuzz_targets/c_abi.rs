@@ -18,10 +18,10 @@ use unicode_normalization::UnicodeNormalization;
 use qwen_status::*;
 
 /// The header promises out-pointers are NULL after any failure. qwen_session_send / _generate /
-/// _generate_tokens break it on argument errors found before the output is cleared (found by this
-/// target; the C-ABI part of issue 17 fixes it, regression test `out_pointers_cleared_on_argument_errors`
-/// in tests/fuzz_regressions.rs, ignored until then). Set to true when that lands.
-const GENERATION_OUT_POINTERS_CLEARED: bool = false;
+/// _generate_tokens broke it on argument errors found before the output was cleared (found by this
+/// target; fixed in src/ffi.rs, regression test `out_pointers_cleared_on_argument_errors` in
+/// tests/fuzz_regressions.rs).
+const GENERATION_OUT_POINTERS_CLEARED: bool = true;
 
 struct Model(*mut qwen_model);
 // SAFETY: the C ABI allows a model to be used from any thread.

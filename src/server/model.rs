@@ -2,7 +2,7 @@
 //! stop rules (exactly as `qwen-run generate --chat` does), and running one generation on the worker.
 //! The model is the library's `Engine` (opened as `qwen-run` and the C ABI open it); everything above
 //! this file sees only `GenRequest` in and streamed pieces + `Output` out.
-use crate::backend::{BackendKind, ComputeDType, LoadOptions};
+use crate::backend::LoadOptions;
 use crate::chat::{messages_to_prompt, raw_context, Message, StopRules};
 use crate::config::{GenerationConfig, SamplingParams};
 use crate::engine::{Engine, ModelSource};
@@ -18,11 +18,8 @@ use std::sync::Arc;
 pub struct ModelOptions {
     /// None: the built-in tiny random-weight model (announced on stderr).
     pub dir: Option<PathBuf>,
-    pub backend: BackendKind,
-    pub dtype: ComputeDType,
-    pub threads: usize,
-    /// KV cache length (None or 0: the model's limit).
-    pub max_seq_len: Option<usize>,
+    /// Backend, dtype, threads, KV length, quantization: as every other front end loads.
+    pub load: LoadOptions,
 }
 
 /// What the prompt is made of.
@@ -106,14 +103,9 @@ impl ServedModel {
             Some(d) => ModelSource::Dir(d.clone()),
             None => ModelSource::BuiltinTiny,
         };
-        let opts = LoadOptions {
-            backend: o.backend,
-            dtype: o.dtype,
-            threads: o.threads,
-            progress: true,
-            max_seq_len: o.max_seq_len,
-        };
-        Ok(ServedModel { engine: Arc::new(Engine::open(source, opts)?) })
+        // Errors name the options by the `qwen-run serve` flags that set them.
+        let flag = |field: &str| format!("--{}", field.replace('_', "-"));
+        Ok(ServedModel { engine: Arc::new(Engine::open_naming(source, o.load.clone(), &flag)?) })
     }
 
     /// The model id of /v1/models: the directory's name.

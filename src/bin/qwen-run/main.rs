@@ -519,13 +519,7 @@ fn cmd_logits(margs: &ModelArgs, ids: &str, out: &Path) -> Result<()> {
 }
 
 fn cmd_serve(m: &ModelArgs, serve: &qwen_rt::server::ServeArgs) -> Result<()> {
-    let model = qwen_rt::server::ModelOptions {
-        dir: m.model.clone(),
-        backend: m.backend.parse::<BackendKind>()?,
-        dtype: m.dtype.parse::<ComputeDType>()?,
-        threads: m.threads,
-        max_seq_len: m.max_seq_len,
-    };
+    let model = qwen_rt::server::ModelOptions { dir: m.model.clone(), load: load_options(m)? };
     qwen_rt::server::run(serve.options(model)?)
 }
 
