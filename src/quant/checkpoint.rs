@@ -73,6 +73,30 @@ fn linear_names(cfg: &QwenConfig, i: usize) -> [(String, usize, usize); 5] {
 }
 
 impl QuantWeights {
+    /// `Weights::check_mapped` for these weights: Err naming the tensor and file when a weight file
+    /// faulted (truncated or failed to read) while mapped. Checks every float view (embedding, norms,
+    /// biases, lm_head, dense linears); a fault is recorded per mapped file, so the packed integer
+    /// tensors of a quantized shard are covered by any float tensor in the same shard.
+    pub fn check_mapped(&self) -> Result<()> {
+        let layers = self.layers.iter().flat_map(|l| {
+            let dense = [&l.c_attn, &l.c_proj, &l.w1, &l.w2, &l.mlp_c_proj].into_iter().filter_map(|x| match x {
+                Linear::Dense(t) => Some(t),
+                Linear::Quant(_) => None,
+            });
+            [&l.ln_1, &l.c_attn_b, &l.ln_2].into_iter().chain(dense)
+        });
+        let mut last: Option<&TensorView> = None;
+        for t in [&self.wte, &self.ln_f, &self.lm_head].into_iter().chain(layers) {
+            if !last.is_some_and(|l| l.shares_map(t)) {
+                t.check_mapped()?;
+                last = Some(t);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl QuantWeights {
     /// A float checkpoint as it is.
     pub fn dense(w: &Weights) -> Self {
         Self::from_weights(w, None, |t| Ok(Linear::Dense(t.clone()))).expect("dense never fails")
