@@ -517,23 +517,18 @@ fn uses_tools(req: &Value) -> bool {
         })
 }
 
-/// The server's request path (body → api::parse_chat → react plan → ServedModel::prepare) gives the
-/// fixture's exact prompt ids and stops for every function-calling request of the fixture, and its
-/// errors name the fixture's field.
+/// The server's request path (body → api::parse_chat → react plan → the prompt ids and stop rules that
+/// ServedModel::prepare uses for `PromptIn::React`) gives the fixture's exact prompt ids and stops for every
+/// function-calling request of the fixture, and its errors name the fixture's field. (prepare itself is
+/// checked over HTTP below: usage.prompt_tokens is the fixture's length. No ServedModel here, so this test
+/// does not depend on how the model is loaded.)
 #[test]
 fn the_request_path_builds_the_fixture_prompts() {
     use qwen_rt::server::api::parse_chat;
-    use qwen_rt::server::model::{ModelOptions, ServedModel};
-    let model = ServedModel::open(&ModelOptions {
-        dir: None,
-        backend: qwen_rt::backend::BackendKind::Cpu,
-        dtype: qwen_rt::backend::ComputeDType::Auto,
-        threads: 1,
-        max_seq_len: None,
-    })
-    .unwrap();
+    use qwen_rt::server::model::{react_stops, PromptIn};
+    let tok = qwen_rt::tokenizer::Tokenizer::builtin();
     let fx = function_call_fixture();
-    assert_eq!(model.generation_config().max_window_size as u64, fx["max_window_size"].as_u64().unwrap());
+    let max_window_size = fx["max_window_size"].as_u64().unwrap() as usize;
     let (mut planned, mut errors) = (0, 0);
     for case in fx["requests"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
@@ -541,7 +536,7 @@ fn the_request_path_builds_the_fixture_prompts() {
             continue; // plain chat: the CLI's path, checked against `generate --chat` above
         }
         let body = fixture_body(name, &[]);
-        let got = parse_chat(body.as_bytes(), model.context_len()).and_then(|r| r.to_gen_request());
+        let got = parse_chat(body.as_bytes(), 32768).and_then(|r| r.to_gen_request());
         let e = &case["expect"];
         if let Some(err) = e.get("error") {
             let got = got.expect_err(name);
@@ -552,11 +547,12 @@ fn the_request_path_builds_the_fixture_prompts() {
         let g = got.unwrap_or_else(|err| panic!("{name}: {err:?}"));
         let t = g.tools.as_ref().expect(name);
         assert_eq!(t.plan.functions_present, e["functions_present"].as_bool().unwrap(), "{name}");
-        let p = model.prepare(&g.gen).unwrap_or_else(|err| panic!("{name}: {err}"));
+        let PromptIn::React(plan) = &g.gen.prompt else { panic!("{name}: not planned by react") };
         let want: Vec<u32> = serde_json::from_value(e["ids"].clone()).unwrap();
-        assert_eq!(p.ids, want, "{name}: prompt ids");
+        assert_eq!(plan.input.prompt_ids(&tok, max_window_size), want, "{name}: prompt ids");
+        let stop = react_stops(plan);
         let words: Vec<String> = serde_json::from_value(e["stop_words"].clone()).unwrap();
-        assert_eq!(p.opts.stop.stop_strings, words, "{name}: stop strings");
+        assert_eq!(stop.stop_strings, words, "{name}: stop strings");
         // The original's single-id stops (<|im_end|>, and <|im_start|> for a new turn) and eos.
         let mut ids: Vec<u32> = e["generate_stop_words_ids"]
             .as_array()
@@ -568,7 +564,7 @@ fn the_request_path_builds_the_fixture_prompts() {
         ids.push(151643); // <|endoftext|>: generate's eos
         ids.sort();
         ids.dedup();
-        let mut got_ids = p.opts.stop.stop_ids.clone();
+        let mut got_ids = stop.stop_ids.clone();
         got_ids.sort();
         assert_eq!(got_ids, ids, "{name}: stop ids ({})", e["path"]);
         planned += 1;
