@@ -215,16 +215,34 @@ fn routes_and_error_statuses() {
             Some("repetition_penalty"),
         ),
         (
-            "tools not yet",
+            "tool without parameters",
             json!({"messages": user, "tools": [{"type": "function", "function": {"name": "f"}}]}).to_string().into(),
             400,
-            Some("tools"),
+            Some("tools[0].function.parameters"),
         ),
         (
-            "tool role not yet",
+            "tool without type",
+            json!({"messages": user, "tools": [{"function": {"name": "f", "parameters": {}}}]}).to_string().into(),
+            400,
+            Some("tools[0].type"),
+        ),
+        (
+            "functions not a list",
+            json!({"messages": user, "functions": {"name": "f"}}).to_string().into(),
+            400,
+            Some("functions"),
+        ),
+        (
+            "tool_choice required",
+            json!({"messages": user, "tools": [], "tool_choice": "required"}).to_string().into(),
+            400,
+            Some("tool_choice"),
+        ),
+        (
+            "tool result without a user message",
             json!({"messages": [{"role": "tool", "content": "1", "tool_call_id": "a"}]}).to_string().into(),
             400,
-            Some("messages[0].role"),
+            Some("messages"),
         ),
         ("history order", json!({"messages": [{"role": "assistant", "content": "x"}]}).to_string().into(), 400, None),
         ("unknown model", json!({"model": "gpt-4", "messages": user}).to_string().into(), 404, Some("model")),
@@ -463,4 +481,149 @@ fn a_client_that_hangs_up_on_a_non_streamed_request_cancels_it() {
     }
     assert_eq!(metric(a, "qwen_cancelled_total"), 1.0);
     assert!(metric(a, "qwen_generation_tokens_total") < 15_000.0);
+}
+
+/// The function-call fixture (tools/gen_function_call_fixtures.py, a transcription of Qwen's openai_api.py).
+fn function_call_fixture() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/function_call_cases.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// A fixture request as JSON text in its own key order (serde_json::Value would sort the keys of the
+/// tools' `parameters`, and so change the prompt), with `extra` fields appended.
+fn fixture_body(name: &str, extra: &[(&str, Value)]) -> String {
+    use qwen_rt::react::Json;
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/function_call_cases.json");
+    let fx: Json = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let Some(Json::Array(cases)) = fx.get("requests") else { panic!("fixture requests") };
+    let case = cases.iter().find(|c| c.get("name") == Some(&Json::Str(name.into()))).unwrap();
+    let mut req = case.get("request").unwrap().clone();
+    if let Json::Object(entries) = &mut req {
+        for (k, v) in extra {
+            entries.push((k.to_string(), serde_json::from_value(v.clone()).unwrap()));
+        }
+    }
+    req.to_python_json()
+}
+
+/// Does the server plan this fixture request with react (tool fields or tool/function messages)?
+fn uses_tools(req: &Value) -> bool {
+    req.get("tools").is_some()
+        || req.get("functions").is_some()
+        || req["messages"].as_array().unwrap().iter().any(|m| {
+            matches!(m["role"].as_str(), Some("tool") | Some("function"))
+                || m.get("tool_calls").is_some()
+                || m.get("function_call").is_some()
+        })
+}
+
+/// The server's request path (body → api::parse_chat → react plan → the prompt ids and stop rules that
+/// ServedModel::prepare uses for `PromptIn::React`) gives the fixture's exact prompt ids and stops for every
+/// function-calling request of the fixture, and its errors name the fixture's field. (prepare itself is
+/// checked over HTTP below: usage.prompt_tokens is the fixture's length. No ServedModel here, so this test
+/// does not depend on how the model is loaded.)
+#[test]
+fn the_request_path_builds_the_fixture_prompts() {
+    use qwen_rt::server::api::parse_chat;
+    use qwen_rt::server::model::{react_stops, PromptIn};
+    let tok = qwen_rt::tokenizer::Tokenizer::builtin();
+    let fx = function_call_fixture();
+    let max_window_size = fx["max_window_size"].as_u64().unwrap() as usize;
+    let (mut planned, mut errors) = (0, 0);
+    for case in fx["requests"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        if !uses_tools(&case["request"]) {
+            continue; // plain chat: the CLI's path, checked against `generate --chat` above
+        }
+        let body = fixture_body(name, &[]);
+        let got = parse_chat(body.as_bytes(), 32768).and_then(|r| r.to_gen_request());
+        let e = &case["expect"];
+        if let Some(err) = e.get("error") {
+            let got = got.expect_err(name);
+            assert_eq!((got.status.as_u16(), got.param.as_deref()), (400, err["path"].as_str()), "{name}: {got:?}");
+            errors += 1;
+            continue;
+        }
+        let g = got.unwrap_or_else(|err| panic!("{name}: {err:?}"));
+        let t = g.tools.as_ref().expect(name);
+        assert_eq!(t.plan.functions_present, e["functions_present"].as_bool().unwrap(), "{name}");
+        let PromptIn::React(plan) = &g.gen.prompt else { panic!("{name}: not planned by react") };
+        let want: Vec<u32> = serde_json::from_value(e["ids"].clone()).unwrap();
+        assert_eq!(plan.input.prompt_ids(&tok, max_window_size), want, "{name}: prompt ids");
+        let stop = react_stops(plan);
+        let words: Vec<String> = serde_json::from_value(e["stop_words"].clone()).unwrap();
+        assert_eq!(stop.stop_strings, words, "{name}: stop strings");
+        // The original's single-id stops (<|im_end|>, and <|im_start|> for a new turn) and eos.
+        let mut ids: Vec<u32> = e["generate_stop_words_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w.as_array().unwrap().len() == 1 && w[0].as_u64().unwrap() >= 151643)
+            .map(|w| w[0].as_u64().unwrap() as u32)
+            .collect();
+        ids.push(151643); // <|endoftext|>: generate's eos
+        ids.sort();
+        ids.dedup();
+        let mut got_ids = stop.stop_ids.clone();
+        got_ids.sort();
+        assert_eq!(got_ids, ids, "{name}: stop ids ({})", e["path"]);
+        planned += 1;
+    }
+    assert!(planned >= 15 && errors >= 10, "planned {planned}, errors {errors}");
+}
+
+/// Over HTTP: tools / functions requests are answered in OpenAI's shapes with the fixture's prompt
+/// length in usage; streaming with tools is 400 naming `stream`. (The tiny model's words are random, so
+/// which shape comes back is up to it; the call shapes themselves are checked with scripted replies in
+/// src/server/routes.rs.)
+#[test]
+fn tools_requests_over_http() {
+    let srv = Server::start(&[]);
+    let a = srv.addr.as_str();
+    let fx = function_call_fixture();
+    let mut seen = 0;
+    for case in fx["requests"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let req = &case["request"];
+        if case["expect"].get("error").is_some() || !uses_tools(req) {
+            continue;
+        }
+        let body = fixture_body(name, &[("temperature", json!(0)), ("max_tokens", json!(8)), ("n", json!(2))]);
+        let r = call(a, "POST", "/v1/chat/completions", "", body.as_bytes());
+        assert_eq!(r.status, 200, "{name}: {}", r.text());
+        let v = r.json();
+        let want = case["expect"]["ids"].as_array().unwrap().len();
+        assert_eq!(v["usage"]["prompt_tokens"], want, "{name}: {v}");
+        assert_eq!(v["object"], "chat.completion");
+        let legacy = req.get("functions").is_some();
+        for c in v["choices"].as_array().unwrap() {
+            let m = &c["message"];
+            assert_eq!(m["role"], "assistant", "{name}: {v}");
+            match c["finish_reason"].as_str().unwrap() {
+                "stop" | "length" => assert!(m["content"].is_string() && m.get("tool_calls").is_none(), "{v}"),
+                "tool_calls" => {
+                    assert!(!legacy, "{name}: {v}");
+                    let call = &m["tool_calls"][0];
+                    assert_eq!(call["type"], "function");
+                    assert!(call["id"].as_str().unwrap().starts_with("call_"));
+                    assert!(call["function"]["name"].is_string() && call["function"]["arguments"].is_string());
+                }
+                "function_call" => {
+                    assert!(legacy, "{name}: {v}");
+                    assert!(m["function_call"]["name"].is_string() && m["function_call"]["arguments"].is_string());
+                }
+                f => panic!("{name}: finish_reason {f}"),
+            }
+        }
+        seen += 1;
+    }
+    assert!(seen >= 15, "{seen}");
+    let body = fixture_body("tools_first_question", &[("stream", json!(true))]);
+    let e = call(a, "POST", "/v1/chat/completions", "", body.as_bytes()).error(400);
+    assert_eq!(e["param"], "stream", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("cannot be streamed"), "{e}");
+    let body = fixture_body("functions_first_question_with_system", &[("stream", json!(true))]);
+    assert_eq!(call(a, "POST", "/v1/chat/completions", "", body.as_bytes()).error(400)["param"], "stream");
+    // The server is still healthy.
+    assert_eq!(call(a, "GET", "/health", "", b"").status, 200);
 }

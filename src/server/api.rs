@@ -7,6 +7,7 @@
 use super::error::ApiError;
 use super::model::{GenRequest, PromptIn, SamplingIn};
 use crate::chat::Message;
+use crate::react::{CallShape, ReactPlan, ToolRequest};
 use serde_json::{json, Map, Value};
 
 /// The most choices one request may ask for (`n`).
@@ -23,8 +24,8 @@ pub enum Role {
     Function,
 }
 
-/// One chat message as OpenAI sends it. `tool` / `function` roles and the tool fields are parsed so
-/// the function-calling module can use them; until it is connected they are answered 400.
+/// One chat message as OpenAI sends it. Requests with `tool` / `function` roles or tool fields are
+/// planned by [`crate::react`] from the body text ([`ChatRequest::tool_request`]).
 #[derive(Clone, Debug)]
 pub struct ChatMessage {
     pub role: Role,
@@ -56,6 +57,25 @@ pub struct ChatRequest {
     pub functions: Option<Value>,
     pub tool_choice: Option<Value>,
     pub function_call: Option<Value>,
+    /// Function calling: set when the request has `tools` / `functions` or a message with a tool or
+    /// function role, `tool_calls` or `function_call`; parsed from the body text by react (which keeps
+    /// the key order of `parameters`, as the prompt needs it).
+    pub tool_request: Option<ToolRequest>,
+}
+
+/// How to answer a function-calling request: the plan (its `reply` parses the generated text) and the
+/// request's shape (`tools` → `tool_calls`, `functions` → `function_call`).
+#[derive(Clone, Debug)]
+pub struct ToolReply {
+    pub plan: ReactPlan,
+    pub shape: CallShape,
+}
+
+/// A chat request resolved: the model's request and, for function calling, how to answer.
+#[derive(Clone, Debug)]
+pub struct ChatGen {
+    pub gen: GenRequest,
+    pub tools: Option<ToolReply>,
 }
 
 #[derive(Clone, Debug)]
@@ -258,51 +278,94 @@ pub fn parse_chat(body: &[u8], context_len: usize) -> Result<ChatRequest, ApiErr
         None => return Err(ApiError::field("messages", "missing (a list of {role, content} messages)")),
     };
     let messages = msgs.iter().enumerate().map(|(i, v)| parse_message(i, v)).collect::<Result<Vec<_>, _>>()?;
+    let common = parse_common(&f, context_len)?;
+    let (tools, functions) = (f.get("tools").cloned(), f.get("functions").cloned());
+    let tool_messages = messages
+        .iter()
+        .any(|m| matches!(m.role, Role::Tool | Role::Function) || m.tool_calls.is_some() || m.function_call.is_some());
+    let tool_request = if tools.is_some() || functions.is_some() || tool_messages {
+        // The body was valid JSON, so it is UTF-8.
+        let text = std::str::from_utf8(body).map_err(|e| ApiError::invalid(format!("the request body: {e}")))?;
+        Some(ToolRequest::from_body(text).map_err(from_react)?)
+    } else {
+        None
+    };
     Ok(ChatRequest {
         messages,
-        common: parse_common(&f, context_len)?,
-        tools: f.get("tools").cloned(),
-        functions: f.get("functions").cloned(),
+        common,
+        tools,
+        functions,
         tool_choice: f.get("tool_choice").cloned(),
         function_call: f.get("function_call").cloned(),
+        tool_request,
     })
 }
 
-impl ChatRequest {
-    /// Plain chat (no function calling) → the model's request. Tool fields and roles are refused
-    /// until the function-calling module is connected.
-    pub fn to_gen_request(&self) -> Result<GenRequest, ApiError> {
-        for (key, v) in [("tools", &self.tools), ("functions", &self.functions)] {
-            if v.as_ref().is_some_and(|v| v.as_array().is_none_or(|a| !a.is_empty())) {
-                return Err(ApiError::unsupported(key, "function calling"));
+/// A react error (`InvalidArgument("messages[3].role: ...")`) as a 400 naming the field.
+fn from_react(e: crate::Error) -> ApiError {
+    match e {
+        crate::Error::InvalidArgument(m) => match m.split_once(": ") {
+            Some((path, _)) if !path.is_empty() && !path.contains(' ') => {
+                let mut e = ApiError::invalid(m.clone());
+                e.param = Some(path.to_string());
+                e
             }
+            _ => ApiError::invalid(m),
+        },
+        other => ApiError::from_model(other),
+    }
+}
+
+impl ChatRequest {
+    /// The model's request. Plain chat (no tool fields): ChatML messages, as `qwen-run generate --chat`.
+    /// Function calling: react's plan (the ReAct prompt of Qwen's openai_api.py); `tool_choice` /
+    /// `function_call` other than "none" / "auto" and streaming with functions are 400, as in the original.
+    pub fn to_gen_request(&self) -> Result<ChatGen, ApiError> {
+        if let Some(t) = &self.tool_request {
+            if self.common.stream && !t.functions.is_empty() {
+                let key = if t.shape == CallShape::Functions { "functions" } else { "tools" };
+                return Err(ApiError::field(
+                    "stream",
+                    format!("function calling (`{key}`) cannot be streamed (as in Qwen's openai_api.py); send stream: false"),
+                ));
+            }
+            let plan = t.plan().map_err(from_react)?;
+            let gen = GenRequest {
+                prompt: PromptIn::React(Box::new(plan.clone())),
+                sampling: self.common.sampling.clone(),
+                max_tokens: self.common.max_tokens,
+                stop: self.common.stop.clone(),
+            };
+            return Ok(ChatGen { gen, tools: Some(ToolReply { plan, shape: t.shape }) });
         }
         for (key, v) in [("tool_choice", &self.tool_choice), ("function_call", &self.function_call)] {
             if v.as_ref().is_some_and(|v| !matches!(v.as_str(), Some("none") | Some("auto"))) {
-                return Err(ApiError::unsupported(key, "function calling"));
+                return Err(ApiError::field(
+                    key,
+                    "only \"auto\" and \"none\" are supported (Qwen's ReAct prompt cannot force a function call)",
+                ));
             }
         }
         let mut out = Vec::with_capacity(self.messages.len());
-        for (i, m) in self.messages.iter().enumerate() {
+        for m in &self.messages {
             let role = match m.role {
                 Role::System => "system",
                 Role::User => "user",
                 Role::Assistant => "assistant",
+                // parse_chat makes a tool_request for these (above).
                 Role::Tool | Role::Function => {
-                    return Err(ApiError::unsupported(&format!("messages[{i}].role"), "the tool/function role"))
+                    return Err(ApiError::internal("a tool/function message was not planned by react"))
                 }
             };
-            if m.tool_calls.is_some() || m.function_call.is_some() {
-                return Err(ApiError::unsupported(&format!("messages[{i}]"), "tool_calls / function_call"));
-            }
             out.push(Message { role: role.into(), content: m.content.clone().unwrap_or_default() });
         }
-        Ok(GenRequest {
+        let gen = GenRequest {
             prompt: PromptIn::Chat(out),
             sampling: self.common.sampling.clone(),
             max_tokens: self.common.max_tokens,
             stop: self.common.stop.clone(),
-        })
+        };
+        Ok(ChatGen { gen, tools: None })
     }
 }
 
@@ -379,12 +442,51 @@ mod tests {
     }
 
     #[test]
-    fn tools_parse_but_are_refused_until_connected() {
-        let r = chat(r#"{"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}"#).unwrap();
-        assert_eq!(r.to_gen_request().unwrap_err().code, Some("unsupported_parameter"));
-        let r = chat(r#"{"messages": [{"role": "tool", "content": "42", "tool_call_id": "c1"}]}"#).unwrap();
-        assert_eq!(r.messages[0].role, Role::Tool);
-        assert!(r.to_gen_request().is_err());
+    fn tool_requests_are_planned_by_react() {
+        let tools = r#"[{"type": "function", "function": {"name": "f", "parameters": {"b": 1, "a": 2}}}]"#;
+        let r = chat(&format!(r#"{{"messages": [{{"role": "user", "content": "hi"}}], "tools": {tools}}}"#)).unwrap();
+        let g = r.to_gen_request().unwrap();
+        let t = g.tools.expect("a tools request has a tool reply");
+        assert_eq!(t.shape, CallShape::Tools);
+        assert!(t.plan.functions_present && t.plan.stop_words.contains(&"Observation:".to_string()));
+        match g.gen.prompt {
+            // The parameters keep the request's key order (not serde_json::Value's sorted order).
+            PromptIn::React(p) => match &p.input {
+                crate::react::ReactInput::Chat { query, .. } => {
+                    assert!(query.contains(r#"Parameters: {"b": 1, "a": 2}"#), "{query}")
+                }
+                i => panic!("{i:?}"),
+            },
+            p => panic!("{p:?}"),
+        }
+        // Legacy `functions`; a trailing function result continues the assistant turn.
+        let r = chat(
+            r#"{"messages": [{"role": "user", "content": "q"},
+                {"role": "assistant", "content": null, "function_call": {"name": "f", "arguments": "{}"}},
+                {"role": "function", "name": "f", "content": "42"}],
+                "functions": [{"name": "f", "parameters": {}}]}"#,
+        )
+        .unwrap();
+        let t = r.to_gen_request().unwrap().tools.unwrap();
+        assert_eq!(t.shape, CallShape::Functions);
+        assert!(matches!(t.plan.input, crate::react::ReactInput::Continue { .. }));
+        // Streaming with functions is refused, naming `stream`.
+        let r = chat(&format!(
+            r#"{{"messages": [{{"role": "user", "content": "hi"}}], "tools": {tools}, "stream": true}}"#
+        ))
+        .unwrap();
+        let e = r.to_gen_request().unwrap_err();
+        assert_eq!((e.status.as_u16(), e.param.as_deref()), (400, Some("stream")), "{e:?}");
+        assert!(e.message.contains("cannot be streamed"), "{}", e.message);
+        // Bad specs name the field.
+        let e = chat(r#"{"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": {"name": "f"}}]}"#)
+            .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("tools[0].function.parameters"), "{e:?}");
+        let r = chat(r#"{"messages": [{"role": "user", "content": "hi"}], "tools": [], "tool_choice": "required"}"#);
+        assert_eq!(r.unwrap_err().param.as_deref(), Some("tool_choice"));
+        let r =
+            chat(r#"{"messages": [{"role": "user", "content": "hi"}], "tool_choice": {"type": "function"}}"#).unwrap();
+        assert_eq!(r.to_gen_request().unwrap_err().param.as_deref(), Some("tool_choice"));
     }
 
     #[test]
@@ -397,7 +499,7 @@ mod tests {
         assert_eq!(r.common.stop, ["x"]);
         assert_eq!(r.common.sampling.seed, Some(u64::MAX));
         assert_eq!((r.common.n, r.common.stream, r.common.include_usage), (2, true, true));
-        match r.to_gen_request().unwrap().prompt {
+        match r.to_gen_request().unwrap().gen.prompt {
             PromptIn::Chat(m) => assert_eq!(m[0].content, "ab"),
             p => panic!("{p:?}"),
         }

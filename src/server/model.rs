@@ -9,7 +9,9 @@ use crate::engine::{Engine, ModelSource};
 use crate::error::{Error, Result};
 use crate::generate::{generate, FinishReason, GenerateOptions};
 use crate::model::Sequence;
+use crate::react::{ReactInput, ReactPlan};
 use crate::sampler::Sampler;
+use crate::tokenizer::{ENDOFTEXT, IM_END};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -31,6 +33,13 @@ pub enum PromptIn {
     Text(String),
     /// Raw token ids → raw stop rules.
     Ids(Vec<u32>),
+    /// A chat request with function calling (or tool/function messages), planned by [`crate::react`]:
+    /// the plan's prompt ids; stops as openai_api.py's: a new ChatML turn (`Chat`) stops at
+    /// `<|im_end|>` / `<|im_start|>` / `<|endoftext|>`, a continued assistant turn (`Continue`) at
+    /// `<|im_end|>` / `<|endoftext|>`; both at the plan's stop words (the request's `stop`, their
+    /// leading-newline-stripped variants, and "Observation:" when functions are present).
+    /// `GenRequest::stop` is not used (the plan's stop words hold it).
+    React(Box<ReactPlan>),
 }
 
 /// Sampling overrides; `None` takes the model's generation_config.json.
@@ -141,6 +150,7 @@ impl ServedModel {
                 }
                 (ids.clone(), StopRules::raw(&req.stop))
             }
+            PromptIn::React(plan) => (plan.input.prompt_ids(tok, g.max_window_size), react_stops(plan)),
         };
         if ids.is_empty() {
             return Err(Error::invalid("prompt: empty (no tokens)"));
@@ -185,6 +195,16 @@ impl ServedModel {
     pub fn worker(self: &Arc<Self>) -> Result<Worker> {
         let seq = self.engine.model().clone().new_sequence(self.engine.max_seq_len())?;
         Ok(Worker { model: self.clone(), seq })
+    }
+}
+
+/// The stop rules of a function-calling plan (see [`PromptIn::React`]).
+pub fn react_stops(plan: &ReactPlan) -> StopRules {
+    match plan.input {
+        ReactInput::Chat { .. } => StopRules::chatml(&plan.stop_words),
+        ReactInput::Continue { .. } => {
+            StopRules { stop_ids: vec![IM_END, ENDOFTEXT], stop_strings: plan.stop_words.clone() }
+        }
     }
 }
 

@@ -1,9 +1,10 @@
 //! HTTP handlers: the OpenAI routes (JSON and SSE), models, health, metrics, the web page; API-key
 //! check and request counting as one middleware.
-use super::api::{self, Common};
+use super::api::{self, Common, ToolReply};
 use super::error::ApiError;
 use super::model::{Finish, GenRequest, ServedModel};
 use super::scheduler::{Event, Rejected, Scheduler, Ticket};
+use crate::react::{CallShape, Reply};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Request, State};
@@ -143,8 +144,8 @@ async fn chat_completions(
     let body = body_bytes(body, s.max_body_bytes)?;
     let req = api::parse_chat(&body, s.model.context_len())?;
     check_model(&s, &req.common.model)?;
-    let gen = req.to_gen_request()?;
-    respond(s, gen, req.common, Kind::Chat, arrived).await
+    let planned = req.to_gen_request()?;
+    respond(s, planned.gen, req.common, Kind::Chat, planned.tools, arrived).await
 }
 
 async fn completions(
@@ -156,7 +157,7 @@ async fn completions(
     let req = api::parse_completion(&body, s.model.context_len())?;
     check_model(&s, &req.common.model)?;
     let gen = req.to_gen_request();
-    respond(s, gen, req.common, Kind::Completion, arrived).await
+    respond(s, gen, req.common, Kind::Completion, None, arrived).await
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -191,12 +192,13 @@ fn finish_name(f: Finish) -> &'static str {
 }
 
 /// Prepare (tokenize, resolve sampling: 400 on bad input), queue (429 when full), then answer as JSON
-/// or as an SSE stream.
+/// or as an SSE stream. `tools`: a function-calling request (never streamed), its replies parsed.
 async fn respond(
     s: Arc<AppState>,
     gen: GenRequest,
     common: Common,
     kind: Kind,
+    tools: Option<ToolReply>,
     arrived: Instant,
 ) -> Result<Response, ApiError> {
     let model = s.model.clone();
@@ -209,7 +211,7 @@ async fn respond(
         Rejected::Full(cap) => ApiError::queue_full(cap),
         Rejected::Closed => ApiError::unavailable(),
     })?;
-    let meta = Meta { id: response_id(kind), created: unix_now(), model: s.model.id().to_string(), kind };
+    let meta = Meta { id: response_id(kind), created: unix_now(), model: s.model.id().to_string(), kind, tools };
     if common.stream {
         Ok(stream_response(ticket, meta, common, deadline, s.request_timeout))
     } else {
@@ -222,6 +224,42 @@ struct Meta {
     created: u64,
     model: String,
     kind: Kind,
+    /// Function calling: how to read the generated text (non-streamed chat only).
+    tools: Option<ToolReply>,
+}
+
+/// A chat choice's `message` and `finish_reason`. Function calling: the generated text parsed as Qwen's
+/// openai_api.py parses it; a call becomes `tool_calls` [{id, type, function: {name, arguments}}] with
+/// finish_reason "tool_calls" (the `tools` shape) or `function_call` {name, arguments} with
+/// "function_call" (the legacy `functions` shape); the call's thought is the content (null when empty).
+fn chat_message(tools: Option<&ToolReply>, call_id: &str, text: &str, finish: Finish) -> (Value, &'static str) {
+    let Some(t) = tools else {
+        return (json!({"role": "assistant", "content": text}), finish_name(finish));
+    };
+    match t.plan.reply(text) {
+        Reply::Text(content) => (json!({"role": "assistant", "content": content}), finish_name(finish)),
+        Reply::FunctionCall { name, arguments, thought } => {
+            let content = if thought.is_empty() { Value::Null } else { Value::String(thought) };
+            let function = json!({"name": name, "arguments": arguments});
+            match t.shape {
+                CallShape::Tools => (
+                    json!({"role": "assistant", "content": content,
+                           "tool_calls": [{"id": call_id, "type": "function", "function": function}]}),
+                    "tool_calls",
+                ),
+                CallShape::Functions => {
+                    (json!({"role": "assistant", "content": content, "function_call": function}), "function_call")
+                }
+            }
+        }
+    }
+}
+
+/// `call_…`: a tool call's id, derived from the response id and the choice index.
+fn call_id(response_id: &str, k: usize) -> String {
+    let h = key_hash(&format!("{response_id}-{k}"));
+    let hex: String = h[..12].iter().map(|b| format!("{b:02x}")).collect();
+    format!("call_{hex}")
 }
 
 /// Waits for every choice; the ticket (dropped on a client disconnect, which drops this future)
@@ -261,8 +299,10 @@ async fn collect_response(
         .map(|(k, o)| {
             debug_assert_eq!(texts[k], o.text, "streamed pieces must add up to the text");
             match meta.kind {
-                Kind::Chat => json!({"index": k, "message": {"role": "assistant", "content": o.text},
-                                     "logprobs": null, "finish_reason": finish_name(o.finish)}),
+                Kind::Chat => {
+                    let (message, finish) = chat_message(meta.tools.as_ref(), &call_id(&meta.id, k), &o.text, o.finish);
+                    json!({"index": k, "message": message, "logprobs": null, "finish_reason": finish})
+                }
                 Kind::Completion => json!({"index": k, "text": o.text, "logprobs": null,
                                            "finish_reason": finish_name(o.finish)}),
             }
@@ -377,4 +417,69 @@ fn stream_response(ticket: Ticket, meta: Meta, common: Common, deadline: Instant
         }
     });
     Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::react::ToolRequest;
+
+    fn tool_reply(body: &str) -> ToolReply {
+        let t = ToolRequest::from_body(body).unwrap();
+        ToolReply { plan: t.plan().unwrap(), shape: t.shape }
+    }
+
+    const USER: &str = r#"[{"role": "user", "content": "Weather in Paris?"}]"#;
+    const WEATHER: &str = r#"{"name": "get_weather", "description": "Current weather.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}"#;
+    /// A scripted model reply: what Qwen writes for a call (generation stopped at "Observation:").
+    const CALL: &str =
+        "Thought: I should look up the weather.\nAction: get_weather\nAction Input: {\"city\": \"Paris\"}\n";
+
+    #[test]
+    fn a_call_becomes_tool_calls_or_function_call_by_the_request_shape() {
+        let tools =
+            tool_reply(&format!(r#"{{"messages": {USER}, "tools": [{{"type": "function", "function": {WEATHER}}}]}}"#));
+        let (m, finish) = chat_message(Some(&tools), "call_1", CALL, Finish::Stop);
+        assert_eq!(finish, "tool_calls");
+        assert_eq!(m["content"], "I should look up the weather.");
+        assert_eq!(m["tool_calls"].as_array().unwrap().len(), 1, "{m}");
+        let c = &m["tool_calls"][0];
+        assert_eq!((c["id"].as_str(), c["type"].as_str()), (Some("call_1"), Some("function")));
+        assert_eq!(c["function"]["name"], "get_weather");
+        let args: Value = serde_json::from_str(c["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(args, json!({"city": "Paris"}));
+        assert!(m.get("function_call").is_none());
+
+        let functions = tool_reply(&format!(r#"{{"messages": {USER}, "functions": [{WEATHER}]}}"#));
+        let (m, finish) = chat_message(Some(&functions), "call_1", CALL, Finish::Stop);
+        assert_eq!(finish, "function_call");
+        assert_eq!(m["function_call"], json!({"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}));
+        assert!(m.get("tool_calls").is_none());
+    }
+
+    #[test]
+    fn a_final_answer_or_plain_text_is_content() {
+        let tools =
+            tool_reply(&format!(r#"{{"messages": {USER}, "tools": [{{"type": "function", "function": {WEATHER}}}]}}"#));
+        let (m, finish) = chat_message(
+            Some(&tools),
+            "c",
+            "Thought: I now know the final answer.\nFinal Answer: Sunny.",
+            Finish::Stop,
+        );
+        assert_eq!((m["content"].as_str(), finish), (Some("Sunny."), "stop"));
+        assert!(m.get("tool_calls").is_none());
+        let (m, finish) = chat_message(Some(&tools), "c", "  just text  ", Finish::Length);
+        assert_eq!((m["content"].as_str(), finish), (Some("just text"), "length"));
+        // tool_choice "none": the same text is never read as a call.
+        let none = tool_reply(&format!(
+            r#"{{"messages": {USER}, "tools": [{{"type": "function", "function": {WEATHER}}}], "tool_choice": "none"}}"#
+        ));
+        let (m, finish) = chat_message(Some(&none), "c", CALL, Finish::Stop);
+        assert_eq!((m["content"].as_str(), finish), (Some(CALL.trim()), "stop"));
+        // Plain chat: the text as generated.
+        let (m, _) = chat_message(None, "c", " x ", Finish::Stop);
+        assert_eq!(m, json!({"role": "assistant", "content": " x "}));
+    }
 }

@@ -1,6 +1,7 @@
 """The real `openai` Python client against `qwen-run serve`: every answer is checked against the CLI
 (`qwen-run generate --greedy`), against the non-streamed answer, or against OpenAI's error classes."""
 import json
+import os
 import urllib.error
 import urllib.request
 
@@ -107,6 +108,51 @@ def test_multi_turn_history(client):
     assert r.usage.prompt_tokens == len(ids)
 
 
+FC_CASES = os.path.join(os.path.dirname(__file__), "..", "data", "function_call_cases.json")
+
+
+def fc_case(name):
+    """A request of tools/gen_function_call_fixtures.py's fixture (a transcription of Qwen's openai_api.py)."""
+    with open(FC_CASES) as f:
+        return next(c for c in json.load(f)["requests"] if c["name"] == name)
+
+
+def test_tools_round_trip(client):
+    """tools → a valid answer (content or tool_calls); the `tool` result continues the assistant turn. The
+    prompt is openai_api.py's ReAct prompt: its length is the fixture's. The tiny model's words are random, so the
+    follow-up takes the fixture's scripted assistant call and tool result rather than the model's answer."""
+    first = fc_case("tools_first_question")["request"]
+    r = client.chat.completions.create(model=TINY_ID, messages=first["messages"], tools=first["tools"],
+                                       temperature=0, max_tokens=16)
+    assert r.usage.prompt_tokens == len(fc_case("tools_first_question")["expect"]["ids"])
+    c = r.choices[0]
+    assert c.message.role == "assistant"
+    if c.finish_reason == "tool_calls":
+        call = c.message.tool_calls[0]
+        assert call.type == "function" and call.id and isinstance(call.function.arguments, str)
+    else:
+        assert c.finish_reason in ("stop", "length") and isinstance(c.message.content, str)
+        assert not c.message.tool_calls
+
+    case = fc_case("tools_round_trip_continues_after_observation")
+    req = case["request"]
+    assert req["messages"][-1]["role"] == "tool"
+    r = client.chat.completions.create(model=TINY_ID, messages=req["messages"], tools=req["tools"],
+                                       tool_choice=req["tool_choice"], temperature=0, max_tokens=16)
+    assert r.usage.prompt_tokens == len(case["expect"]["ids"])
+    assert r.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+    # Legacy `functions` → `function_call`.
+    req = fc_case("functions_round_trip_continues_after_observation")["request"]
+    r = client.chat.completions.create(model=TINY_ID, messages=req["messages"], functions=req["functions"],
+                                       temperature=0, max_tokens=16)
+    assert r.usage.prompt_tokens == len(fc_case("functions_round_trip_continues_after_observation")["expect"]["ids"])
+    c = r.choices[0]
+    assert c.finish_reason in ("stop", "length", "function_call")
+    if c.finish_reason == "function_call":
+        assert isinstance(c.message.function_call.name, str)
+
+
 def bad(client, exc, **kw):
     with pytest.raises(exc) as e:
         client.chat.completions.create(**kw)
@@ -125,8 +171,11 @@ def test_error_paths(client, server):
     e = bad(client, openai.BadRequestError, model=TINY_ID, messages=[])
     assert e.param == "messages"
     e = bad(client, openai.BadRequestError, model=TINY_ID, messages=user,
+            tools=[{"type": "function", "function": {"name": "f"}}])
+    assert e.param == "tools[0].function.parameters", e.body
+    e = bad(client, openai.BadRequestError, model=TINY_ID, messages=user, stream=True,
             tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])
-    assert "not yet supported" in e.message
+    assert e.param == "stream" and "cannot be streamed" in e.message, e.body
     e = bad(client, openai.BadRequestError, model=TINY_ID, messages=user, extra_body={"top_k": -1})
     assert e.param == "top_k"
     # Malformed JSON and an over-size body cannot come from the client library: raw HTTP.
