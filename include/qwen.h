@@ -163,7 +163,13 @@ qwen_model_options qwen_model_options_default(void);
 /* Load a Hugging Face Qwen v1 model directory (config.json, generation_config.json, safetensors,
  * qwen.tiktoken; without qwen.tiktoken the built-in vocabulary is used), or QWEN_TINY_MODEL.
  * options: NULL = qwen_model_options_default(). On success *out_model is a new handle
- * (free with qwen_model_free); on failure NULL. */
+ * (free with qwen_model_free); on failure NULL.
+ * Model files must be regular files (a FIFO or a directory gives QWEN_ERR_MODEL); weights holding NaN
+ * or inf are refused (QWEN_ERR_MODEL naming the tensor). The weights stay memory-mapped for the model's
+ * lifetime: if a weight file is truncated meanwhile, generating calls return QWEN_ERR_MODEL naming the
+ * file and the process does not receive SIGBUS. The library installs a SIGBUS handler on first load
+ * that passes signals outside its own maps to the handler installed before it; set QWEN_MMAP_GUARD=0
+ * to turn it off. Replace model files by renaming a new file over the old one, never in place. */
 qwen_status qwen_model_load(const char *path, const qwen_model_options *options, qwen_model **out_model);
 
 /* Free a model handle. Sessions created from it keep working (they keep the model alive).
