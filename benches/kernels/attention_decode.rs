@@ -49,6 +49,7 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
                             d,
                             cap,
                             split,
+                            split.n_splits,
                             c,
                         )
                         .unwrap();

@@ -87,6 +87,7 @@ fn run(
             d,
             cap,
             split,
+            split.n_splits,
             c,
         )
         .expect("launch attention_decode");
@@ -333,7 +334,7 @@ fn attention_decode_rejects_bad_shapes() {
     let s = buf.slice();
     // T = 0 checks every shape and buffer but launches nothing (the buffer holds no real data).
     let call = |t: usize, d: usize, cap: usize, split: DecodeSplit, q: DevSlice| {
-        launch::attention_decode(&gpu, &gpu.stream, dt, q, s, s, s, s, s, s, t, h, d, cap, split, None)
+        launch::attention_decode(&gpu, &gpu.stream, dt, q, s, s, s, s, s, s, t, h, d, cap, split, split.n_splits, None)
     };
     assert!(call(0, d, cap, split, s).is_ok());
     assert!(call(0, 258, cap, split, s).is_err(), "D > 256");
@@ -344,8 +345,25 @@ fn attention_decode_rejects_bad_shapes() {
     let small_q = s.sub(0, t * p * 2 - 2).unwrap();
     assert!(call(t, d, cap, split, small_q).is_err(), "q too small");
     let small_counters = s.sub(0, t * h * 4 - 4).unwrap();
-    let r =
-        launch::attention_decode(&gpu, &gpu.stream, dt, s, s, s, s, s, s, s, t, h, d, cap, split, Some(small_counters));
+    let r = launch::attention_decode(
+        &gpu,
+        &gpu.stream,
+        dt,
+        s,
+        s,
+        s,
+        s,
+        s,
+        s,
+        s,
+        t,
+        h,
+        d,
+        cap,
+        split,
+        split.n_splits,
+        Some(small_counters),
+    );
     assert!(r.is_err(), "counters [T, H] too small");
     gpu.sync().expect("sync");
 }

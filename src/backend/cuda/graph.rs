@@ -324,7 +324,7 @@ impl CudaSequence {
                 AdecGrid::Capacity => self.plan.split.n_splits,
                 AdecGrid::Length => self.plan.split.bucket_splits(pos0 + 1),
             };
-            return launch::attention_decode_grid(
+            return launch::attention_decode(
                 g,
                 s,
                 dt,
@@ -372,6 +372,7 @@ impl CudaSequence {
                 d,
                 cap,
                 self.plan.split,
+                self.plan.split.n_splits,
                 counters,
             )?;
             r0 += m;

@@ -73,38 +73,15 @@ pub fn decode_workspace_bytes(t: usize, h: usize, d: usize, split: DecodeSplit) 
 /// partials (sizes from [`decode_workspace_bytes`]), out `[T, P]` T, pos0 `[1]` u32 on the device;
 /// P = H·D, scale 1/√D. With `counters` (`[T, H]` u32, all zero; left zero) one launch: the last
 /// split block of each (query, head) does the combine (splits without keys are not written). Without
-/// them, run 4's split kernel then its combine kernel (every split's partial written). The grid covers
-/// the whole cache (`split.n_splits` splits).
-#[allow(clippy::too_many_arguments)]
-pub fn attention_decode(
-    gpu: &Gpu,
-    s: &CudaStream,
-    dt: GpuDType,
-    q: DevSlice,
-    k_cache: DevSlice,
-    v_cache: DevSlice,
-    part_o: DevSlice,
-    part_ml: DevSlice,
-    out: DevSlice,
-    pos0: DevSlice,
-    t: usize,
-    h: usize,
-    d: usize,
-    cap: usize,
-    split: DecodeSplit,
-    counters: Option<DevSlice>,
-) -> Result<()> {
-    let n = split.n_splits;
-    attention_decode_grid(gpu, s, dt, q, k_cache, v_cache, part_o, part_ml, out, pos0, t, h, d, cap, split, n, counters)
-}
-
-/// `attention_decode` on a grid of `grid_splits` (1..=`split.n_splits`) splits: the grid sized by the
-/// current length (`AdecGrid::Length`). The kernels combine only the splits the grid has, so the CALLER
+/// them, run 4's split kernel then its combine kernel (every split's partial written).
+///
+/// The grid has `grid_splits` (1..=`split.n_splits`) splits: `split.n_splits` covers the whole cache
+/// (run 4); fewer size it by the current length (`AdecGrid::Length`). The kernels combine only the splits the grid has, so the CALLER
 /// guarantees that every query's key count, `min(*pos0 + i + 1, cap)`, is at most `grid_splits ·
 /// split_len` (the executor picks `grid_splits = split.bucket_splits(pos0 + t)` from the position it
 /// writes to `pos0`, and captures one decode graph per bucket).
 #[allow(clippy::too_many_arguments)]
-pub fn attention_decode_grid(
+pub fn attention_decode(
     gpu: &Gpu,
     s: &CudaStream,
     dt: GpuDType,
