@@ -104,6 +104,12 @@ pub fn load_tokenizer(dir: &Path, say: bool) -> Result<ModelTokenizer> {
 /// ABI's `options.threads`): a typo such as 100000 must not spend minutes spawning threads.
 pub const MAX_THREADS: usize = 1024;
 
+/// What a command line (`qwen-run`, including `qwen-run serve`) calls a library option: its flag
+/// ("max_seq_len" → "--max-seq-len"), for `Engine::open_naming` and `SessionOptions::validate`.
+pub fn flag_name(field: &str) -> String {
+    format!("--{}", field.replace('_', "-"))
+}
+
 /// Most tokens one call may generate (`SessionOptions::max_new_tokens`); generation also ends when
 /// the KV cache is full, whatever this says.
 pub const MAX_NEW_TOKENS: usize = 1 << 20;

@@ -113,8 +113,7 @@ impl ServedModel {
             None => ModelSource::BuiltinTiny,
         };
         // Errors name the options by the `qwen-run serve` flags that set them.
-        let flag = |field: &str| format!("--{}", field.replace('_', "-"));
-        Ok(ServedModel { engine: Arc::new(Engine::open_naming(source, o.load.clone(), &flag)?) })
+        Ok(ServedModel { engine: Arc::new(Engine::open_naming(source, o.load.clone(), &crate::engine::flag_name)?) })
     }
 
     /// The model id of /v1/models: the directory's name.

@@ -204,11 +204,6 @@ fn parse_window(s: &str) -> std::result::Result<usize, String> {
     }
 }
 
-/// What `qwen-run` calls a library option: its flag ("max_seq_len" → "--max-seq-len").
-fn flag(field: &str) -> String {
-    format!("--{}", field.replace('_', "-"))
-}
-
 /// An error as `qwen-run` prints it: a full context says which flag makes it longer.
 fn describe(e: &Error) -> String {
     match e {
@@ -253,7 +248,7 @@ fn load_options(args: &ModelArgs) -> Result<LoadOptions> {
 /// The engine of `--model` (the built-in tiny model without it) as the flags say.
 fn load(args: &ModelArgs) -> Result<Arc<Engine>> {
     let source = ModelSource::from(args.model.clone());
-    Ok(Arc::new(Engine::open_naming(source, load_options(args)?, &flag)?))
+    Ok(Arc::new(Engine::open_naming(source, load_options(args)?, &qwen_rt::engine::flag_name)?))
 }
 
 /// The session options of the flags on top of the model's generation_config.json.
@@ -294,7 +289,7 @@ fn session_options(gen: &GenArgs, engine: &Engine) -> Result<SessionOptions> {
     if let Some(w) = gen.max_window_size {
         o.max_window_size = w;
     }
-    o.validate(&flag)?;
+    o.validate(&qwen_rt::engine::flag_name)?;
     Ok(o)
 }
 
