@@ -334,7 +334,7 @@ fn bad_inputs_and_outputs_are_named_errors_that_leave_nothing() {
     let file = tmp.path().join("a-file");
     std::fs::write(&file, b"x").unwrap();
     let e = quantize(&tiny(), &file.join("out"), "nf4", 1 << 30).unwrap_err().to_string();
-    assert!(e.contains("a-file"), "{e}");
+    has_all(&e, &["a-file/out", "cannot write the output here"]);
     // A NaN weight: named by tensor and element, and no output.
     let nan = the_fixture_model(true);
     let e = quantize(nan.path(), &tmp.path().join("nan"), "nf4", 1 << 30).unwrap_err().to_string();

@@ -360,7 +360,9 @@ fn temp_sibling(dir: &Path) -> Result<PathBuf> {
         .into_owned();
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let tmp = parent.join(format!(".{name}.tmp-{}-{nanos}", std::process::id()));
-    std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::create_dir(&tmp).map_err(|e| {
+        Error::bad_file(dir, format!("cannot write the output here (creating {} failed: {e})", tmp.display()))
+    })?;
     Ok(tmp)
 }
 

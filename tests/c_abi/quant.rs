@@ -86,7 +86,7 @@ fn quant_load_answers_as_the_library_and_the_written_checkpoint() {
 #[test]
 fn quant_errors_are_documented_statuses() {
     let load = |dir: &Path, o: qwen_model_options| {
-        let mut m = 0x1 as *mut qwen_model;
+        let mut m = std::ptr::dangling_mut::<qwen_model>(); // must be cleared
         let st = unsafe { qwen_model_load(cpath(dir).as_ptr(), &o, &mut m) };
         assert!(m.is_null(), "out_model is NULL on failure");
         st
