@@ -96,6 +96,21 @@ typedef enum qwen_dtype {
     QWEN_DTYPE_F16 = 3   /* CUDA only */
 } qwen_dtype;
 
+/* Values for qwen_model_options.quant: quantize the linear weights of a float (bf16 / f16 / f32)
+ * checkpoint at load, exactly as transformers + bitsandbytes do (attn.c_attn, attn.c_proj, mlp.w1,
+ * mlp.w2, mlp.c_proj; wte, lm_head, norms and biases stay float). The CPU backend only for now:
+ * with QWEN_BACKEND_CUDA a quant other than NONE is QWEN_ERR_INVALID_ARG; with QWEN_BACKEND_AUTO the
+ * model runs on the CPU (a note on stderr). A checkpoint that is already quantized (bitsandbytes 4/8-bit
+ * as transformers saves it, e.g. written by `qwen-run quantize`, or AutoGPTQ) is used as stored with
+ * QWEN_QUANT_NONE; any other value on it is QWEN_ERR_INVALID_ARG. A value not listed here:
+ * QWEN_ERR_INVALID_ARG ("options.quant N is not a qwen_quant ..."). */
+typedef enum qwen_quant {
+    QWEN_QUANT_NONE = 0,  /* the weights as stored */
+    QWEN_QUANT_NF4 = 1,   /* bitsandbytes NF4, blocks of 64 (load_in_4bit, bnb_4bit_quant_type "nf4") */
+    QWEN_QUANT_NF4_DQ = 2, /* NF4 with double-quantized statistics (bnb_4bit_use_double_quant) */
+    QWEN_QUANT_INT8 = 3   /* bitsandbytes Int8 weights, one scale per row (load_in_8bit); weight-only */
+} qwen_quant;
+
 /* Why a generation ended. */
 typedef enum qwen_finish {
     QWEN_FINISH_STOP = 0,         /* a stop token (e.g. <|im_end|>) or stop string */
@@ -114,6 +129,7 @@ typedef struct qwen_model_options {
     int32_t dtype;        /* a qwen_dtype value */
     uint32_t max_seq_len; /* KV cache size of each session in tokens; 0 = the model's limit */
     uint32_t threads;     /* CPU worker threads, at most 1024; 0 = all cores */
+    int32_t quant;        /* a qwen_quant value; QWEN_QUANT_NONE = the weights as stored */
 } qwen_model_options;
 
 /* Sampling (Hugging Face semantics). qwen_session_options_default fills it from the model's
@@ -157,7 +173,7 @@ const char *qwen_status_name(int32_t status);
 
 /* ---- model ---- */
 
-/* backend AUTO, dtype AUTO, max_seq_len 0 (model limit), threads 0 (all cores). */
+/* backend AUTO, dtype AUTO, max_seq_len 0 (model limit), threads 0 (all cores), quant NONE. */
 qwen_model_options qwen_model_options_default(void);
 
 /* Load a Hugging Face Qwen v1 model directory (config.json, generation_config.json, safetensors,

@@ -22,6 +22,7 @@ use crate::engine::{
 };
 use crate::error::Error;
 use crate::generate::Generation;
+use crate::quant::QuantFormat;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
@@ -75,6 +76,15 @@ pub enum qwen_dtype {
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum qwen_quant {
+    QWEN_QUANT_NONE = 0,
+    QWEN_QUANT_NF4 = 1,
+    QWEN_QUANT_NF4_DQ = 2,
+    QWEN_QUANT_INT8 = 3,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum qwen_finish {
     QWEN_FINISH_STOP = 0,
     QWEN_FINISH_LENGTH = 1,
@@ -89,6 +99,7 @@ pub struct qwen_model_options {
     pub dtype: i32,
     pub max_seq_len: u32,
     pub threads: u32,
+    pub quant: i32,
 }
 
 #[repr(C)]
@@ -437,6 +448,7 @@ pub extern "C" fn qwen_model_options_default() -> qwen_model_options {
         dtype: qwen_dtype::QWEN_DTYPE_AUTO as i32,
         max_seq_len: 0,
         threads: 0,
+        quant: qwen_quant::QWEN_QUANT_NONE as i32,
     }
 }
 
@@ -458,8 +470,35 @@ fn load_options(o: &qwen_model_options) -> FfiResult<LoadOptions> {
     if o.threads as usize > MAX_THREADS {
         return Err(invalid(format!("options.threads {} is more than {MAX_THREADS}", o.threads)));
     }
+    let quant = match o.quant {
+        0 => None,
+        1 => Some(QuantFormat::Nf4 { double_quant: false }),
+        2 => Some(QuantFormat::Nf4 { double_quant: true }),
+        3 => Some(QuantFormat::Int8),
+        q => return Err(invalid(format!("options.quant {q} is not a qwen_quant (0 none, 1 nf4, 2 nf4-dq, 3 int8)"))),
+    };
+    if quant.is_some() && backend == BackendKind::Cuda {
+        return Err(invalid(
+            "options.quant: quantized weights are not yet supported on the CUDA backend: use QWEN_BACKEND_CPU",
+        ));
+    }
     let max_seq_len = Some(o.max_seq_len as usize);
-    Ok(LoadOptions { backend, dtype, threads: o.threads as usize, max_seq_len, progress: false, quant: None })
+    Ok(LoadOptions { backend, dtype, threads: o.threads as usize, max_seq_len, progress: false, quant })
+}
+
+/// options.quant on a model directory that is already quantized: refused with the C names (the
+/// backend's own message names the `qwen-run` flag).
+fn check_quant_dir(dir: &std::path::Path, load: &LoadOptions) -> FfiResult<()> {
+    if let Some(f) = load.quant {
+        if crate::config::QuantConfig::load(dir)?.is_some() {
+            return Err(invalid(format!(
+                "options.quant {} on an already quantized model ({}): use QWEN_QUANT_NONE (it is used as stored)",
+                f.name(),
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// # Safety
@@ -479,6 +518,11 @@ pub unsafe extern "C" fn qwen_model_load(
             return Err(invalid(format!("argument `path` is empty (a model directory, or \"{QWEN_TINY_MODEL}\")")));
         }
         let source = if path == QWEN_TINY_MODEL { ModelSource::BuiltinTiny } else { ModelSource::Dir(path.into()) };
+        if let ModelSource::Dir(d) = &source {
+            if d.is_dir() {
+                check_quant_dir(d, &load)?;
+            }
+        }
         let engine = Arc::new(Engine::open_naming(source, load, &|f| format!("options.{f}"))?);
         let p = Box::into_raw(Box::new(qwen_model { magic: MODEL_MAGIC, inner: engine }));
         register(p as usize, Live::Model);

@@ -10,7 +10,7 @@ use std::ffi::c_char;
 #[test]
 fn out_pointers_cleared_on_argument_errors() {
     unsafe {
-        let opts = qwen_model_options { backend: 1, dtype: 0, max_seq_len: 32, threads: 1 };
+        let opts = qwen_model_options { backend: 1, dtype: 0, max_seq_len: 32, threads: 1, quant: 0 };
         let mut m = std::ptr::null_mut();
         assert_eq!(qwen_model_load(c":tiny:".as_ptr(), &opts, &mut m), qwen_status::QWEN_OK);
         let mut s = std::ptr::null_mut();

@@ -31,7 +31,7 @@ unsafe impl Sync for Model {}
 fn model() -> *mut qwen_model {
     static M: OnceLock<Model> = OnceLock::new();
     M.get_or_init(|| {
-        let opts = qwen_model_options { backend: 1, dtype: 0, max_seq_len: 32, threads: 1 };
+        let opts = qwen_model_options { backend: 1, dtype: 0, max_seq_len: 32, threads: 1, quant: 0 };
         let mut m = std::ptr::null_mut();
         // SAFETY: valid arguments.
         let s = unsafe { qwen_model_load(c":tiny:".as_ptr(), &opts, &mut m) };

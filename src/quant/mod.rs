@@ -10,8 +10,11 @@
 //!
 //! Files in data-flow order: `nf4` (+ `blockwise8`, its double quantization), `int8`, `gptq` (the
 //! formats) → `matrix` (`QuantMatrix`: quantize, `decode_rows`) → `simd` (dot kernels) → `matmul`
-//! (`QuantMatrix::matmul`, `Linear`) → `checkpoint` (the quantized-weights view of a checkpoint).
+//! (`QuantMatrix::matmul`, `Linear`) → `checkpoint` (the quantized-weights view of a checkpoint);
+//! `bnb` (one linear as bitsandbytes serializes it) → `writer` (`quantize_checkpoint`: a float
+//! checkpoint written quantized, `qwen-run quantize`).
 pub mod blockwise8;
+pub mod bnb;
 pub mod checkpoint;
 pub mod gptq;
 pub mod int8;
@@ -19,11 +22,13 @@ pub mod matmul;
 pub mod matrix;
 pub mod nf4;
 pub mod simd;
+pub mod writer;
 
 pub use checkpoint::{QuantLayer, QuantWeights};
 pub use matmul::Linear;
 pub use matrix::{Bytes, QuantData, QuantMatrix};
 pub use simd::Kernel;
+pub use writer::{quantize_checkpoint, QuantizeOptions, QuantizeSummary};
 
 /// A quantization format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -226,6 +226,7 @@ fn rust_layout(name: &str) -> Option<(usize, usize)> {
         "qwen_status" => l!(qwen_status),
         "qwen_backend" => l!(qwen_backend),
         "qwen_dtype" => l!(qwen_dtype),
+        "qwen_quant" => l!(qwen_quant),
         "qwen_finish" => l!(qwen_finish),
         _ => None,
     }
@@ -362,7 +363,7 @@ fn header_drift_checker_detects_changes() {
         .replace("parse_special: i32,", "parse_special: u32,")
         .replace("pub extern \"C\" fn qwen_version()", "pub extern \"C\" fn qwen_version_renamed()")
         .replace("QWEN_ERR_BUSY = 9,", "QWEN_ERR_BUSY = 11,")
-        .replace("    pub threads: u32,\n}", "    pub threads: u32,\n    pub extra: u32,\n}");
+        .replace("    pub quant: i32,\n}", "    pub quant: i32,\n    pub extra: u32,\n}");
     assert_ne!(tampered, ffi_src);
     let r = read_api(&tampered, true);
     assert_ne!(c.fns["qwen_tokenize"], r.fns["qwen_tokenize"]);

@@ -8,6 +8,8 @@
 //! - `limits`: include/qwen.h's promises hostile callers test (out-pointers cleared first, no stale
 //!   message after QWEN_OK, a binary config.json is QWEN_ERR_MODEL, C field names in messages) and its
 //!   LIMITS (threads, max_new_tokens, max_window_size, sessions per model, input sizes);
+//! - `quant`: `options.quant` loads (greedy text equal to the library's `LoadOptions.quant` and to the
+//!   checkpoint `quantize_checkpoint` wrote), its documented errors;
 //! - `stress`: 8 threads creating, using and freeing models and sessions at once, frees racing use;
 //! - `header`: header drift: bindgen on include/qwen.h against the `extern "C"` items of src/ffi.rs, both
 //!   ways, each side read with `syn`.
@@ -19,4 +21,5 @@ mod common;
 mod example;
 mod header;
 mod limits;
+mod quant;
 mod stress;

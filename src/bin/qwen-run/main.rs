@@ -1,6 +1,6 @@
 //! Place in the flow: engine → **qwen-run** (a front end: flags → `engine` calls, results → text).
 //! `qwen-run`: chat, generate, bench and the debugging tools (tokenize, detokenize, prompt, logits,
-//! inspect, synth). Every error is printed as one clear line and exits with status 1 (2 for bad usage).
+//! inspect, synth) and `quantize` (a float checkpoint written as bitsandbytes NF4 / Int8). Every error is printed as one clear line and exits with status 1 (2 for bad usage).
 use clap::{Args, Parser, Subcommand};
 use qwen_rt::backend::bench::{self, GpuBench, GpuBenchSource, KernelTime};
 use qwen_rt::backend::use_cuda;
@@ -11,7 +11,7 @@ use qwen_rt::engine::{
     MAX_NEW_TOKENS,
 };
 use qwen_rt::generate::Generation;
-use qwen_rt::quant::{QuantFormat, QuantWeights};
+use qwen_rt::quant::{quantize_checkpoint, QuantFormat, QuantWeights, QuantizeOptions};
 use qwen_rt::synth::{synth_model, SynthPreset};
 use qwen_rt::tokenizer::{ModelTokenizer, Tokenizer};
 use qwen_rt::{Error, Result};
@@ -123,6 +123,18 @@ enum Cmd {
         #[command(flatten)]
         serve: qwen_rt::server::ServeArgs,
     },
+    /// Write a float checkpoint quantized (nf4, nf4-dq or int8) in the layout transformers saves
+    /// bitsandbytes 4-bit / 8-bit models; OUT_DIR must not exist (written atomically).
+    Quantize {
+        /// nf4, nf4-dq or int8
+        #[arg(long)]
+        to: String,
+        /// Largest weight file, in bytes or with a suffix (500MB, 2GB); more become shards + index
+        #[arg(long, default_value = "2GB")]
+        max_shard_size: String,
+        in_dir: PathBuf,
+        out_dir: PathBuf,
+    },
     /// Write a random-weight model in the real Qwen v1 format.
     Synth {
         /// tiny or 7b
@@ -226,6 +238,7 @@ fn main() {
         Cmd::Logits { model, ids, out } => cmd_logits(&model, &ids, &out),
         Cmd::Inspect { model } => cmd_inspect(&model),
         Cmd::Synth { preset, seed, out } => cmd_synth(&preset, seed, &out),
+        Cmd::Quantize { to, max_shard_size, in_dir, out_dir } => cmd_quantize(&to, &max_shard_size, &in_dir, &out_dir),
         Cmd::Serve { model, serve } => cmd_serve(&model, &serve),
     };
     if let Err(e) = result {
@@ -525,6 +538,47 @@ fn cmd_inspect(dir: &Path) -> Result<()> {
         None => QuantWeights::dense(&qwen_rt::weights::Weights::from_checkpoint(&ck)?),
     };
     print!("{}", inspect_report(&ck, &w));
+    Ok(())
+}
+
+fn cmd_quantize(to: &str, max_shard_size: &str, input: &Path, output: &Path) -> Result<()> {
+    let format = QuantFormat::parse_load(to)
+        .map_err(|_| Error::invalid(format!("--to {to}: expected nf4, nf4-dq or int8")))?
+        .ok_or_else(|| Error::invalid("--to none: nothing to do (expected nf4, nf4-dq or int8)"))?;
+    let opts = QuantizeOptions {
+        max_shard_bytes: parse_size(max_shard_size, "--max-shard-size")?,
+        progress: true,
+        ..QuantizeOptions::new(format)
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let cancel = cancel.clone();
+        ctrlc::set_handler(move || cancel.store(true, Ordering::SeqCst))
+            .map_err(|e| Error::invalid(format!("cannot install the Ctrl-C handler: {e}")))?;
+    }
+    let t = std::time::Instant::now();
+    let s = match quantize_checkpoint(input, output, &opts, &cancel) {
+        Err(e) if cancel.load(Ordering::SeqCst) => {
+            eprintln!("error: {e}");
+            std::process::exit(130);
+        }
+        r => r?,
+    };
+    if !s.skipped.is_empty() {
+        eprintln!("not copied (not regular files): {}", s.skipped.join(", "));
+    }
+    eprintln!(
+        "wrote {} ({}) in {:.1} s: {} linear weights quantized, {} tensors copied; {} -> {} bytes of tensors in {}; also {}",
+        output.display(),
+        format.name(),
+        t.elapsed().as_secs_f64(),
+        s.quantized,
+        s.copied,
+        s.bytes_in,
+        s.bytes_out,
+        s.shards.join(", "),
+        if s.files_copied.is_empty() { "config.json".to_string() } else { format!("config.json, {}", s.files_copied.join(", ")) }
+    );
     Ok(())
 }
 

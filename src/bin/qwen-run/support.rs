@@ -61,6 +61,22 @@ pub fn parse_usize_list(s: &str, flag: &str) -> Result<Vec<usize>> {
         .collect()
 }
 
+/// A size in bytes: a positive whole number with an optional decimal suffix KB, MB or GB (as
+/// `save_pretrained`'s `max_shard_size`), e.g. `2GB`, `500MB`, `1048576`.
+pub fn parse_size(s: &str, flag: &str) -> Result<u64> {
+    let t = s.trim();
+    let upper = t.to_ascii_uppercase();
+    let (num, mult) = [("GB", 1_000_000_000u64), ("MB", 1_000_000), ("KB", 1_000), ("B", 1)]
+        .iter()
+        .find_map(|&(suf, m)| upper.strip_suffix(suf).map(|n| (n.trim().to_string(), m)))
+        .unwrap_or((upper.clone(), 1));
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| Error::invalid(format!("{flag} {s}: expected a positive size such as 2GB, 500MB or 1048576")))
+}
+
 /// Write a little-endian float32 .npy (format 1.0) atomically: a temp file beside `path`, then rename.
 pub fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
     let numel: usize = shape.iter().product();
