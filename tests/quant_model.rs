@@ -127,10 +127,17 @@ fn quantized_references_differ_from_the_float_one() {
 }
 
 #[test]
-fn quant_on_the_cuda_backend_is_a_clear_error() {
-    // A float checkpoint asked for --quant on the CUDA backend: refused before any GPU is touched.
+fn quant_on_the_cuda_backend_needs_a_usable_gpu() {
+    // --quant on the CUDA backend runs the quantized-weight kernels (not yet verified on a GPU; their
+    // parity with the CPU is tests/kernels/gemv_quant.rs and model.rs). Without a usable GPU it is the
+    // backend's own clear error; with one the model loads there.
     let ck = Checkpoint::open(&dir()).unwrap();
     let opts = LoadOptions { backend: BackendKind::Cuda, quant: Some(QuantFormat::Int8), ..Default::default() };
-    let e = qwen_rt::backend::load_model(&ck, &opts).err().expect("--quant on CUDA must fail").to_string();
-    assert!(e.contains("not yet supported on the CUDA backend") && e.contains("--backend cpu"), "{e}");
+    match qwen_rt::backend::cuda::probe() {
+        Err(why) => {
+            let e = qwen_rt::backend::load_model(&ck, &opts).err().expect("no usable GPU: must fail").to_string();
+            assert_eq!(e, why.to_string());
+        }
+        Ok(()) => assert_eq!(qwen_rt::backend::load_model(&ck, &opts).unwrap().backend_name(), "cuda"),
+    }
 }

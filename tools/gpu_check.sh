@@ -15,6 +15,8 @@
 #             on the default path and on each opt-in path, stale tickets, chat capacity) with
 #             QWEN_REQUIRE_GPU=1, then chat on the tiny model
 #   sanitize  compute-sanitizer memcheck + racecheck on the fused and cross-block kernels' tests
+#   quant     the quantized-weight kernels (issue 15; their parity tests run in `tests`): memcheck +
+#             racecheck on their tests, then their criterion benches (GB/s at the 7B shapes, short)
 #   bench     qwen-run bench --synth 7b on the default (verified) path: load, prefill 512 / 2048 /
 #             8000, decode 256 after 128 and 128 after 8000, memory at that context
 #   ab        each opt-in path against the default, interleaved (decode after 128 and 8000 tokens,
@@ -26,7 +28,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/qwen-gpu-out}; mkdir -p "$OUT"
 BUDGET=${BUDGET:-540}
-STEPS=${STEPS:-probe tests sanitize bench ab profile}
+STEPS=${STEPS:-probe tests sanitize quant bench ab profile}
 export QWEN_REPO_ROOT=$PWD QWEN_REQUIRE_GPU=1 RUST_BACKTRACE=1 PYTHONUNBUFFERED=1
 start=$(date +%s); deadline=$(( start + BUDGET ))
 Q=gpu-carry/qwen-run TK=gpu-carry/test-kernels BK=gpu-carry/bench-kernels SAN=compute-sanitizer
@@ -78,7 +80,7 @@ B="bench --backend cuda --synth 7b"
 # The opt-in paths the ab step measures against the default (name = environment).
 AB_PATHS=${AB_PATHS:-"fuse=QWEN_FUSE=1 attn_mma=QWEN_ATTN=mma attn_wmma=QWEN_ATTN=wmma sampler_block=QWEN_SAMPLER=block sampler_auto=QWEN_SAMPLER=auto gemv_prefetch=QWEN_GEMV=2,8,24 adec_length=QWEN_ADEC_GRID=length"}
 
-echo "gpu_check: BUDGET ${BUDGET}s, steps: $STEPS (budgets: probe 15, tests 130+20, sanitize 70, bench 60, ab 2x20 + 15 per path + 2x20, profile 30)"
+echo "gpu_check: BUDGET ${BUDGET}s, steps: $STEPS (budgets: probe 15, tests 130+20, sanitize 70, quant 20+25, bench 60, ab 2x20 + 15 per path + 2x20, profile 30)"
 for step in $STEPS; do case $step in
   probe)
     # qwen-run's probe says exactly why a present GPU cannot be used (not "no CUDA device").
@@ -91,6 +93,12 @@ for step in $STEPS; do case $step in
     # epilogues and the mma.sync / WMMA prefill (cp.async, ldmatrix).
     run sanitize 40 "$SAN" --tool memcheck --error-exitcode 99 "$TK" --test-threads=1 gemv_fused attention_decode_matches sampling_qwen attention_prefill_offset stale_tickets
     run sanitize 30 "$SAN" --tool racecheck --error-exitcode 99 "$TK" --test-threads=1 gemv_residual attention_decode_ragged sampling_top_k_matches attention_prefill_offset ;;
+  quant)
+    # gemv_quant.cu: bounds (memcheck) and the GPTQ block reduction / x staging in shared memory
+    # (racecheck) on the small-shape tests, then the kernels' GB/s (criterion, short windows).
+    run quant 12 "$SAN" --tool memcheck --error-exitcode 99 "$TK" --test-threads=1 gemv_quant_bnb gemv_quant_gptq
+    run quant 8 "$SAN" --tool racecheck --error-exitcode 99 "$TK" --test-threads=1 gemv_quant_gptq
+    run quant 25 "$BK" --bench 'gemv_quant|dequant' --warm-up-time 0.2 --measurement-time 0.5 --sample-size 10 ;;
   bench)
     run bench 35 "$Q" $B --prefill 512,2048,8000 --decode 256 --decode-prompt 128
     run bench 25 "$Q" $B --prefill 1 --decode 128 --decode-prompt 8000 ;;

@@ -15,6 +15,7 @@ mod attention_prefill;
 mod embedding;
 mod gemm;
 mod gemv;
+mod gemv_quant;
 mod rmsnorm;
 mod rotary;
 mod sampling;
@@ -57,6 +58,7 @@ fn benches(c: &mut Criterion) {
     attention_prefill::register(c, &gpu);
     attention_decode::register(c, &gpu);
     gemv::register(c, &gpu);
+    gemv_quant::register(c, &gpu);
     gemm::register(c, &gpu);
     sampling::register(c, &gpu);
 }

@@ -12,6 +12,7 @@ mod fill;
 mod gemm;
 mod gemv;
 mod gemv_fused;
+mod gemv_quant;
 mod model;
 mod rmsnorm;
 mod rotary;

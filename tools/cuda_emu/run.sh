@@ -8,7 +8,7 @@
 #     --full     the complete case lists (a bit slower; not in CI)
 #     --tsan     build with -fsanitize=thread and run the cases under ThreadSanitizer (not in CI)
 #     --asan     build with -fsanitize=address,undefined (not in CI)
-#     HARNESS    only these (rmsnorm simple rotary attention_decode attention_prefill gemv sampling)
+#     HARNESS    only these (rmsnorm simple rotary attention_decode attention_prefill gemv gemv_quant sampling)
 #   QWEN_CUDA_DIR   kernels to test (default: <repo>/cuda); point it at a copy for mutation checks
 #   QWEN_EMU_JOBS   harnesses built / run at once (default: nproc)
 #   QWEN_EMU_KEEP=1 keep the build dir (generated sources, binaries, full logs) and print its path

@@ -61,7 +61,7 @@ fn small_f32(t: &TensorView, n: usize) -> Result<Vec<f32>> {
 /// The weights of `ck` as `opts.quant` asks (spec §7): a quantized checkpoint as stored (`--quant`
 /// is then an error), a float one quantized at load (one tensor at a time, never an f32 copy of
 /// the model) or as it is.
-fn load_weights(ck: &Checkpoint, opts: &LoadOptions) -> Result<QuantWeights> {
+pub(crate) fn load_weights(ck: &Checkpoint, opts: &LoadOptions) -> Result<QuantWeights> {
     match (QuantConfig::load(&ck.dir)?, opts.quant) {
         (Some(_), Some(f)) => Err(Error::invalid(format!(
             "--quant {} on an already quantized model ({}): use --quant none",

@@ -479,9 +479,60 @@ impl Gpu {
     /// # Safety
     /// As `launch`.
     unsafe fn launch_now(&self, stream: &CudaStream, name: &str, cfg: Launch, args: &[Arg]) -> Result<()> {
-        let f = self.function(name)?;
         let mut slots: Vec<u64> = args.iter().map(|a| a.slot()).collect();
         let mut params: Vec<*mut c_void> = slots.iter_mut().map(|s| s as *mut u64 as *mut c_void).collect();
+        // SAFETY: the caller's contract, passed on; `slots` outlives the call.
+        unsafe { self.launch_ptrs(stream, name, cfg, &mut params) }
+    }
+
+    /// Launch kernel `name`, whose only parameter is a struct passed by value (the convention of the
+    /// quantized-weight kernels: cuda/quant_params.h), on `stream`; profiled like `launch`.
+    ///
+    /// # Safety
+    /// `P` must be the `#[repr(C)]` mirror of the kernel's parameter struct (same size, field order
+    /// and offsets), every device address in it must address a live buffer large enough for what the
+    /// kernel touches at this launch shape, and those buffers must stay alive until the stream has run
+    /// the kernel.
+    pub unsafe fn launch_params<P: Copy>(
+        &self,
+        stream: &CudaStream,
+        name: &str,
+        cfg: Launch,
+        params: &P,
+    ) -> Result<()> {
+        let mut value = *params;
+        let mut ptrs = [&mut value as *mut P as *mut c_void];
+        let mut profile = self.profile.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(recs) = profile.as_mut() else {
+            drop(profile);
+            // SAFETY: the caller's contract; `value` outlives the call, which copies it.
+            return unsafe { self.launch_ptrs(stream, name, cfg, &mut ptrs) };
+        };
+        let timed = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let start = self.ctx.new_event(timed).map_err(cuda_err("creating a profiling event"))?;
+        let end = self.ctx.new_event(timed).map_err(cuda_err("creating a profiling event"))?;
+        start.record(stream).map_err(cuda_err("recording a profiling event"))?;
+        // SAFETY: as above.
+        unsafe { self.launch_ptrs(stream, name, cfg, &mut ptrs) }?;
+        end.record(stream).map_err(cuda_err("recording a profiling event"))?;
+        if let Some((&key, _)) = self.functions.get_key_value(name) {
+            recs.push((key, start, end));
+        }
+        Ok(())
+    }
+
+    /// The launch itself: `params` holds one pointer per kernel parameter, to its value.
+    ///
+    /// # Safety
+    /// As `launch`; every pointer in `params` addresses a value of the kernel's parameter type.
+    unsafe fn launch_ptrs(
+        &self,
+        stream: &CudaStream,
+        name: &str,
+        cfg: Launch,
+        params: &mut [*mut c_void],
+    ) -> Result<()> {
+        let f = self.function(name)?;
         let failed = |e: result::DriverError| {
             Error::Backend(format!(
                 "launching `{name}` (grid {:?}, block {:?}, smem {}): {e}",
@@ -489,15 +540,8 @@ impl Gpu {
             ))
         };
         if !self.pdl {
-            return result::launch_kernel(
-                f.cu_function(),
-                cfg.grid,
-                cfg.block,
-                cfg.smem,
-                stream.cu_stream(),
-                &mut params,
-            )
-            .map_err(failed);
+            return result::launch_kernel(f.cu_function(), cfg.grid, cfg.block, cfg.smem, stream.cu_stream(), params)
+                .map_err(failed);
         }
         // SAFETY: an all-zero CUlaunchAttribute is a valid value of this plain C struct/union.
         let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };

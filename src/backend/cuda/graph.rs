@@ -16,6 +16,7 @@ use super::launch::{self, Blas, GEMV_MAX_B};
 use super::plan::{Plan, Region, FALLBACK_ROWS, LOGIT_ROWS};
 use super::switches::{AdecGrid, Tuning};
 use super::upload::{synth_weights, upload_weights, GpuWeights};
+use super::upload_quant::{upload_quant_weights, GpuQuantLayer};
 use crate::backend::{ComputeDType, LoadOptions};
 use crate::checkpoint::Checkpoint;
 use crate::config::{QwenConfig, SamplingParams};
@@ -65,14 +66,26 @@ pub struct CudaModel {
 
 impl CudaModel {
     /// Open GPU 0, check the weights, and stream them up in the compute dtype (`opts.dtype`:
-    /// auto and bf16 → bf16, f16 → f16; f32 is the CPU backend's).
+    /// auto and bf16 → bf16, f16 → f16; f32 is the CPU backend's). Quantized weights (a quantized
+    /// checkpoint, or `opts.quant`) are uploaded packed (`upload_quant`) and run on the
+    /// quantized-weight kernels, which no GPU run has verified yet: said once on stderr.
     pub fn load(ck: &Checkpoint, opts: &LoadOptions) -> Result<Self> {
-        let weights = Weights::from_checkpoint(ck)?;
-        let config = weights.config.clone();
-        if weights.layers.len() != config.num_layers || config.num_layers == 0 {
+        let quantized = opts.quant.is_some() || crate::config::QuantConfig::load(&ck.dir)?.is_some();
+        let (weights, qweights) = if quantized {
+            let qw = crate::backend::cpu::load_weights(ck, opts)?;
+            (None, Some(qw))
+        } else {
+            (Some(Weights::from_checkpoint(ck)?), None)
+        };
+        let (config, n_layers) = match (&weights, &qweights) {
+            (Some(w), _) => (w.config.clone(), w.layers.len()),
+            (_, Some(q)) => (q.config.clone(), q.layers.len()),
+            _ => unreachable!("one of them is loaded"),
+        };
+        if n_layers != config.num_layers || config.num_layers == 0 {
             return Err(Error::bad_file(
                 &ck.dir,
-                format!("{} layers of weights for {} in the config", weights.layers.len(), config.num_layers),
+                format!("{n_layers} layers of weights for {} in the config", config.num_layers),
             ));
         }
         let dt = gpu_dtype(opts.dtype)?;
@@ -84,7 +97,20 @@ impl CudaModel {
         }
         let gpu = Gpu::open(0)?;
         let tuning = load_tuning(&gpu);
-        let w = upload_weights(&gpu, &weights, dt, opts.progress)?;
+        let w = match (&weights, &qweights) {
+            (Some(w), _) => upload_weights(&gpu, w, dt, opts.progress)?,
+            (_, Some(q)) => {
+                let format = q.format.map_or("?", |f| f.name());
+                eprintln!(
+                    "note: {format} weights on the CUDA backend: the quantized-weight kernels (cuda/gemv_quant.cu) are compiled and emulator-checked, not yet verified on a GPU"
+                );
+                if tuning.fuse {
+                    eprintln!("note: QWEN_FUSE=1: the fused GEMV epilogues take dense weights; the quantized linears run unfused");
+                }
+                upload_quant_weights(&gpu, q, dt, opts.progress)?
+            }
+            _ => unreachable!("one of them is loaded"),
+        };
         Ok(CudaModel { gpu, config, dt, w, tuning })
     }
 
@@ -124,6 +150,10 @@ impl CudaModel {
     pub fn weight_bytes(&self) -> usize {
         self.w.bytes
     }
+    /// Whether the linears are quantized (`upload_quant`).
+    pub fn is_quantized(&self) -> bool {
+        self.w.quant.is_some()
+    }
 }
 
 impl Model for CudaModel {
@@ -136,6 +166,20 @@ impl Model for CudaModel {
     fn new_sequence(self: Arc<Self>, max_seq_len: usize) -> Result<Box<dyn Sequence>> {
         Ok(Box::new(CudaSequence::new(self, max_seq_len)?))
     }
+}
+
+/// A linear layer's weight as the executor passes it: dense T `[N, K]`, or quantized.
+#[derive(Clone, Copy)]
+enum Lin<'a> {
+    Dense(DevSlice),
+    Quant(&'a launch::QuantWeight),
+}
+
+/// Bytes of a quantized model's dequantization scratch: the largest stacked linear of a layer in T
+/// (`[max(3P·C, C·P, 2F·C, C·F)]`).
+fn dequant_scratch_bytes(cfg: &QwenConfig, dt: GpuDType) -> usize {
+    let (c, p, f) = (cfg.hidden_size, cfg.proj_size(), cfg.mlp_width);
+    [3 * p * c, c * p, 2 * f * c, c * f].into_iter().max().unwrap_or(0) * dt.size()
 }
 
 /// The captured decode step: the raw graph and its executable, destroyed on drop. Graph objects
@@ -196,6 +240,9 @@ pub struct CudaSequence {
     prefill_kernel: Option<launch::PrefillKernel>,
     /// The context ids currently in `plan.ctx_ids` (for the repetition penalty on the GPU).
     ctx_on_device: Vec<u32>,
+    /// Quantized models: one layer's largest linear dequantized to T (`[rows, K]`, rows up to 2F for
+    /// w1 ‖ w2), the prefill GEMM's weight operand, reused by every linear of every layer.
+    dq_scratch: Option<DevBuf>,
 }
 
 impl CudaSequence {
@@ -206,19 +253,26 @@ impl CudaSequence {
         }
         let gpu = model.gpu.clone();
         let plan = Plan::new(&model.config, model.dt, cap, model.tuning.adec_split);
+        let scratch_bytes = if model.is_quantized() { dequant_scratch_bytes(&model.config, model.dt) } else { 0 };
         let (free, _) = gpu.mem_info()?;
-        if plan.total_bytes() + SEQUENCE_RESERVE_BYTES > free {
+        if plan.total_bytes() + scratch_bytes + SEQUENCE_RESERVE_BYTES > free {
             return Err(Error::Backend(format!(
-                "a sequence of {cap} tokens needs {:.2} GiB on the GPU (KV cache {:.2} GiB + activations {:.2} GiB + {:.2} GiB for cuBLAS and the graph), {:.2} GiB free",
-                gib(plan.total_bytes() + SEQUENCE_RESERVE_BYTES),
+                "a sequence of {cap} tokens needs {:.2} GiB on the GPU (KV cache {:.2} GiB + activations {:.2} GiB + {:.2} GiB for cuBLAS and the graph{}), {:.2} GiB free",
+                gib(plan.total_bytes() + scratch_bytes + SEQUENCE_RESERVE_BYTES),
                 gib(plan.kv_bytes),
                 gib(plan.act_bytes),
                 gib(SEQUENCE_RESERVE_BYTES),
+                if scratch_bytes > 0 {
+                    format!(" + {:.2} GiB to dequantize a layer's weights for prefill", gib(scratch_bytes))
+                } else {
+                    String::new()
+                },
                 gib(free)
             )));
         }
         let act = gpu.alloc(plan.act_bytes)?;
         let kv = gpu.alloc(plan.kv_bytes)?;
+        let dq_scratch = if scratch_bytes > 0 { Some(gpu.alloc(scratch_bytes)?) } else { None };
         let stream = gpu.ctx.new_stream().map_err(cuda_err("creating a sequence stream"))?;
         let blas = match Blas::new(&gpu, &stream) {
             Ok(b) => Some(b),
@@ -228,6 +282,7 @@ impl CudaSequence {
             }
         };
         let tuning = model.tuning;
+        let quantized = model.is_quantized();
         let seq = CudaSequence {
             model,
             stream,
@@ -239,11 +294,13 @@ impl CudaSequence {
             alpha: 1.0,
             graph: None,
             no_graph: !tuning.graph,
-            fuse: tuning.fuse,
+            // The fused epilogues read dense T weights: a quantized model runs unfused.
+            fuse: tuning.fuse && !quantized,
             prefill_kernel: tuning.attn,
             other_graphs: Vec::new(),
             graph_splits: 0,
             ctx_on_device: Vec::new(),
+            dq_scratch,
         };
         // The sampling flags and the attention tickets must start zeroed (the kernels leave them zeroed).
         gpu.memset(&seq.stream, seq.r(seq.plan.flags).ptr, 0, seq.plan.flags.bytes)?;
@@ -306,6 +363,52 @@ impl CudaSequence {
             r0 += m;
         }
         Ok(())
+    }
+
+    /// `y[t, N] = x[t, K] · Wᵀ` for a linear `w` (N, K from the weight): dense, `matmul`; quantized,
+    /// `quant_matmul` of the one matrix.
+    fn linear(&self, w: Lin<'_>, x: DevSlice, y: DevSlice, t: usize, n: usize, k: usize) -> Result<()> {
+        match w {
+            Lin::Dense(w) => self.matmul(w, x, y, t, n, k),
+            Lin::Quant(q) if q.shape() == (n, k) => self.quant_matmul(&[q], x, y, t),
+            Lin::Quant(q) => {
+                Err(Error::Backend(format!("internal: a quantized {:?} weight used as [{n}, {k}]", q.shape())))
+            }
+        }
+    }
+
+    /// `y[t, ΣN] = x[t, K] · [W0; W1; …]ᵀ` for quantized matrices stacked by rows (w1 ‖ w2 gives the
+    /// `[t, 2F]` up ‖ gate rows): one token, the quantized GEMV of each into its columns of y; more,
+    /// each dequantized to T into its rows of the sequence's scratch, then one `matmul` (cuBLAS).
+    fn quant_matmul(&self, ws: &[&launch::QuantWeight], x: DevSlice, y: DevSlice, t: usize) -> Result<()> {
+        let (g, s, dt) = (&*self.model.gpu, &*self.stream, self.model.dt);
+        let k = ws[0].shape().1;
+        if ws.iter().any(|w| w.shape().1 != k) {
+            return Err(Error::Backend("internal: stacked quantized matrices of different K".into()));
+        }
+        let n_all: usize = ws.iter().map(|w| w.shape().0).sum();
+        if t == 1 {
+            let mut n0 = 0;
+            for w in ws {
+                let n = w.shape().0;
+                launch::gemv_quant(g, s, dt, w, x, y.sub(n0 * 4, n * 4)?)?;
+                n0 += n;
+            }
+            return Ok(());
+        }
+        let scratch = self
+            .dq_scratch
+            .as_ref()
+            .ok_or_else(|| Error::Backend("internal: a quantized matmul without the dequantization scratch".into()))?
+            .slice();
+        let row = k * dt.size();
+        let mut n0 = 0;
+        for w in ws {
+            let n = w.shape().0;
+            launch::dequant(g, s, dt, w, scratch.sub(n0 * row, n * row)?)?;
+            n0 += n;
+        }
+        self.matmul(scratch.sub(0, n_all * row)?, x, y, t, n_all, k)
     }
 
     /// Causal attention of the `t` queries in `q` (positions pos0..) over the cache.
@@ -382,18 +485,18 @@ impl CudaSequence {
 
     /// `x += h · wᵀ` (the residual stream, `[t, C]` f32; h `[t, K]` T), then `a = RMSNorm(x) · w_ln`:
     /// at decode with fusion one `gemv_residual_rmsnorm`, else the matmul into y and `add_rmsnorm`.
-    fn project_residual_norm(&self, w: DevSlice, h: DevSlice, w_ln: DevSlice, t: usize, k: usize) -> Result<()> {
+    fn project_residual_norm(&self, w: Lin<'_>, h: DevSlice, w_ln: DevSlice, t: usize, k: usize) -> Result<()> {
         let cfg = &self.model.config;
         let (g, s, dt) = (&*self.model.gpu, &*self.stream, self.model.dt);
         let (c, eps, pl) = (cfg.hidden_size, cfg.layer_norm_epsilon, &self.plan);
         let x = self.rows(pl.x, 0, t, c * 4)?; // [t, C] f32
         let a = self.rows(pl.a, 0, t, c * dt.size())?; // [t, C] T
-        if t == 1 && self.fuse {
+        if let (Lin::Dense(w), true) = (w, t == 1 && self.fuse) {
             let ws = self.r(pl.norm_ws);
             return launch::gemv_residual_rmsnorm(g, s, dt, w, h, x, w_ln, a, ws, c, k, eps, self.model.tuning.gemv);
         }
         let y = self.rows(pl.y, 0, t, c * 4)?; // [t, C] f32
-        self.matmul(w, h, y, t, c, k)?;
+        self.linear(w, h, y, t, c, k)?;
         launch::add_rmsnorm(g, s, dt, x, y, w_ln, a, t, c, eps)
     }
 
@@ -425,6 +528,12 @@ impl CudaSequence {
         launch::rmsnorm(g, s, dt, x, m.w.layers[0].ln_1, a, t, c, eps)?;
         for (l, lw) in m.w.layers.iter().enumerate() {
             let (kc, vc) = self.kv(l)?;
+            // Quantized linears (fuse is off for them: CudaSequence::new).
+            let ql = m.w.quant.as_ref().map(|q| &q[l]);
+            let lin = |dense: DevSlice, quant: fn(&GpuQuantLayer) -> &launch::QuantWeight| match ql {
+                Some(q) => Lin::Quant(quant(q)),
+                None => Lin::Dense(dense),
+            };
             if t == 1 && self.fuse {
                 launch::gemv_qkv_rope(
                     g,
@@ -447,7 +556,7 @@ impl CudaSequence {
                     m.tuning.gemv,
                 )?;
             } else {
-                self.matmul(lw.c_attn_w, a, qkv, t, 3 * p, c)?;
+                self.linear(lin(lw.c_attn_w, |q| &q.c_attn), a, qkv, t, 3 * p, c)?;
                 launch::qkv_rope_append(
                     g,
                     s,
@@ -468,15 +577,18 @@ impl CudaSequence {
                 )?;
             }
             self.attention(q, kc, vc, att, t, pos0)?;
-            self.project_residual_norm(lw.c_proj, att, lw.ln_2, t, p)?;
+            self.project_residual_norm(lin(lw.c_proj, |q| &q.c_proj), att, lw.ln_2, t, p)?;
             if t <= GEMV_MAX_B && self.fuse {
                 launch::gemv_swiglu(g, s, dt, lw.w12, a, gact, f, c, t, m.tuning.gemv)?;
             } else {
-                self.matmul(lw.w12, a, upgate, t, 2 * f, c)?;
+                match ql {
+                    Some(q) => self.quant_matmul(&[&q.w1, &q.w2], a, upgate, t)?,
+                    None => self.matmul(lw.w12, a, upgate, t, 2 * f, c)?,
+                }
                 launch::swiglu(g, s, dt, upgate, gact, t, f)?;
             }
             let next = m.w.layers.get(l + 1).map_or(m.w.ln_f, |n| n.ln_1);
-            self.project_residual_norm(lw.mlp_c_proj, gact, next, t, f)?;
+            self.project_residual_norm(lin(lw.mlp_c_proj, |q| &q.mlp_c_proj), gact, next, t, f)?;
         }
         Ok(())
     }

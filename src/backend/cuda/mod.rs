@@ -11,6 +11,7 @@ pub mod launch;
 pub mod plan;
 pub mod switches;
 pub mod upload;
+pub mod upload_quant;
 
 use super::kernels::KERNELS_BUILT;
 use super::LoadOptions;

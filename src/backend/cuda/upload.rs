@@ -37,7 +37,7 @@ pub struct GpuLayer {
 
 /// Every weight on the GPU, in one allocation.
 pub struct GpuWeights {
-    _buf: DevBuf,
+    pub(super) _buf: DevBuf,
     /// `[V, C]` T
     pub wte: DevSlice,
     pub layers: Vec<GpuLayer>,
@@ -46,6 +46,9 @@ pub struct GpuWeights {
     /// `[V, C]` T (the wte region when tied)
     pub lm_head: DevSlice,
     pub bytes: usize,
+    /// Quantized linears, one entry per layer (`upload_quant`); the dense linear slices of `layers`
+    /// are then empty. None: every linear is dense T.
+    pub quant: Option<Vec<super::upload_quant::GpuQuantLayer>>,
 }
 
 /// Size of one pinned staging buffer, and how many rotate.
@@ -56,7 +59,7 @@ const STAGES: usize = 3;
 /// checks its own plan (KV cache + activations) when it is created.
 pub const RESERVE_BYTES: usize = 512 << 20;
 
-struct Stager {
+pub(super) struct Stager {
     copy: Arc<CudaStream>,
     bufs: Vec<PinnedHostSlice<u8>>,
     done: Vec<Option<CudaEvent>>,
@@ -65,8 +68,71 @@ struct Stager {
 }
 
 impl Stager {
+    /// The pinned staging buffers and a copy stream of `gpu`; a progress bar over `total` bytes when
+    /// `progress`.
+    pub(super) fn new(gpu: &Gpu, total: u64, progress: bool) -> Result<Stager> {
+        let copy = gpu.ctx.new_stream().map_err(cuda_err("creating the copy stream"))?;
+        let mut bufs = Vec::with_capacity(STAGES);
+        for _ in 0..STAGES {
+            // SAFETY: the staging memory is written (by `convert` / `bytes`) before any copy reads it.
+            bufs.push(
+                unsafe { gpu.ctx.alloc_pinned::<u8>(STAGE_BYTES) }
+                    .map_err(cuda_err("allocating pinned staging memory"))?,
+            );
+        }
+        let progress = progress.then(|| {
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "uploading {bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar.set_message(format!("to {}", gpu.name));
+            bar
+        });
+        Ok(Stager { copy, bufs, done: (0..STAGES).map(|_| None).collect(), next: 0, progress })
+    }
+
+    /// Wait for every copy in flight (before the staging buffers or the destination may be freed, on
+    /// the error path too), then finish the progress bar.
+    pub(super) fn finish(&self) -> Result<()> {
+        self.copy.synchronize().map_err(cuda_err("finishing the weight upload"))?;
+        if let Some(p) = &self.progress {
+            p.finish();
+        }
+        Ok(())
+    }
+
+    /// Copy the raw bytes `src` into `dst` (at least as long) through the staging buffers.
+    pub(super) fn bytes(&mut self, src: &[u8], dst: DevSlice, what: &str) -> Result<()> {
+        if dst.bytes < src.len() {
+            return Err(Error::Backend(format!("internal: device region too small for {what}")));
+        }
+        for (i, piece) in src.chunks(STAGE_BYTES).enumerate() {
+            let slot = self.next;
+            self.next = (self.next + 1) % self.bufs.len();
+            if let Some(ev) = self.done[slot].take() {
+                ev.synchronize().map_err(cuda_err("waiting for a staging copy"))?;
+            }
+            let buf = self.bufs[slot].as_mut_slice().map_err(cuda_err("mapping a staging buffer"))?;
+            let out = &mut buf[..piece.len()];
+            out.copy_from_slice(piece);
+            // SAFETY: dst + i·STAGE_BYTES .. + piece.len() lies inside `dst` (checked above); `out` is
+            // pinned memory not touched again until the event recorded below has completed.
+            unsafe { result::memcpy_htod_async(dst.ptr.offset(i * STAGE_BYTES).0, &*out, self.copy.cu_stream()) }
+                .map_err(cuda_err("copying weights to the GPU"))?;
+            let ev = self.copy.record_event(None).map_err(cuda_err("recording a copy event"))?;
+            self.done[slot] = Some(ev);
+            if let Some(p) = &self.progress {
+                p.inc(piece.len() as u64);
+            }
+        }
+        Ok(())
+    }
+
     /// Stream `t` (converted to `dt`) into `dst`, which holds exactly numel · 2 bytes.
-    fn tensor(&mut self, t: &TensorView, dt: GpuDType, dst: DevSlice) -> Result<()> {
+    pub(super) fn tensor(&mut self, t: &TensorView, dt: GpuDType, dst: DevSlice) -> Result<()> {
         let es = t.dtype.size();
         let n = t.numel();
         if dst.bytes < n * dt.size() {
@@ -156,7 +222,7 @@ impl GpuWeights {
         }
         let ln_f = take(c)?;
         let lm_head = if tied { wte } else { take(v * c)? };
-        Ok(GpuWeights { _buf: buf, wte, layers, ln_f, lm_head, bytes: total })
+        Ok(GpuWeights { _buf: buf, wte, layers, ln_f, lm_head, bytes: total, quant: None })
     }
 
     /// The region of the checkpoint tensor `name` (w1 / w2 are the two halves of `w12`).
@@ -188,26 +254,7 @@ impl GpuWeights {
 /// Upload every weight of `w` in `dt` through the pinned staging buffers.
 pub fn upload_weights(gpu: &Gpu, w: &Weights, dt: GpuDType, progress: bool) -> Result<GpuWeights> {
     let gw = GpuWeights::carve(gpu, &w.config, dt)?;
-    let copy = gpu.ctx.new_stream().map_err(cuda_err("creating the copy stream"))?;
-    let mut bufs = Vec::with_capacity(STAGES);
-    for _ in 0..STAGES {
-        // SAFETY: the staging memory is written (by `convert`) before any copy reads it.
-        bufs.push(
-            unsafe { gpu.ctx.alloc_pinned::<u8>(STAGE_BYTES) }.map_err(cuda_err("allocating pinned staging memory"))?,
-        );
-    }
-    let progress = progress.then(|| {
-        let bar = indicatif::ProgressBar::new(w.byte_len() as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "uploading {bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar.set_message(format!("to {}", gpu.name));
-        bar
-    });
-    let mut st = Stager { copy: copy.clone(), bufs, done: (0..STAGES).map(|_| None).collect(), next: 0, progress };
+    let mut st = Stager::new(gpu, w.byte_len() as u64, progress)?;
     let mut tensors: Vec<&TensorView> = vec![&w.wte];
     for lw in &w.layers {
         tensors.extend([&lw.ln_1, &lw.c_attn_w, &lw.c_attn_b, &lw.c_proj, &lw.ln_2, &lw.w1, &lw.w2, &lw.mlp_c_proj]);
@@ -222,12 +269,9 @@ pub fn upload_weights(gpu: &Gpu, w: &Weights, dt: GpuDType, progress: bool) -> R
     });
     // Wait for the copies in flight before anything (staging buffers, the weight buffer) is freed,
     // on the error path too.
-    let finished = copy.synchronize().map_err(cuda_err("finishing the weight upload"));
+    let finished = st.finish();
     streamed?;
     finished?;
-    if let Some(p) = &st.progress {
-        p.finish();
-    }
     Ok(gw)
 }
 

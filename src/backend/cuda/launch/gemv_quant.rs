@@ -1,0 +1,280 @@
+//! `gemv_{nf4,int8,gptq4,gptq8}_{bf16,f16}` and `dequant_*` (cuda/gemv_quant.cu): the decode matmul
+//! straight from quantized weights (one token) and their dequantization to T for the prefill GEMM;
+//! oracle `quant::QuantMatrix::matmul` / `decode_rows`. Compiled + emulator-checked, not yet verified on
+//! a GPU (`--quant` / a quantized checkpoint on `--backend cuda` says so once on stderr).
+//!
+//! Parameters: one `#[repr(C)]` struct per format, the mirror of cuda/quant_params.h, passed by value
+//! (`Gpu::launch_params`); each `T*` of the header is a `u64` device address here.
+use super::{dim_u32, f32_bytes};
+use crate::backend::cuda::device::{DevPtr, DevSlice, Gpu, GpuDType, Launch};
+use crate::error::{Error, Result};
+use cudarc::driver::CudaStream;
+
+/// Threads per block of every entry (gemv_quant.cu's GQ_THREADS).
+const BLOCK: u32 = 256;
+/// Rows per block of the NF4 / Int8 GEMVs (one per warp).
+const ROWS_PER_BLOCK: usize = 8;
+/// Columns per block of the GPTQ GEMV (GQ_GPTQ_COLS).
+const GPTQ_COLS: usize = 16;
+/// Dynamic shared memory a kernel may use without opting in.
+const SMEM_DEFAULT: usize = 48 << 10;
+/// The most dynamic shared memory an sm_90 block can opt into (227 KiB); less on sm_80/86/89, where
+/// the driver refuses the launch with an error.
+const SMEM_MAX: usize = 227 << 10;
+
+/// cuda/quant_params.h `QuantNf4Params`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QuantNf4Params {
+    pub codes: u64,
+    pub absmax: u64,
+    pub x: u64,
+    pub out: u64,
+    pub n: u32,
+    pub k: u32,
+}
+
+/// cuda/quant_params.h `QuantInt8Params`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QuantInt8Params {
+    pub codes: u64,
+    pub scb: u64,
+    pub x: u64,
+    pub out: u64,
+    pub n: u32,
+    pub k: u32,
+}
+
+/// cuda/quant_params.h `QuantGptqParams`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QuantGptqParams {
+    pub qweight: u64,
+    pub row_group: u64,
+    pub perm: u64,
+    pub scales: u64,
+    pub zeros: u64,
+    pub x: u64,
+    pub out: u64,
+    pub n: u32,
+    pub k: u32,
+    pub rows: u32,
+    pub groups: u32,
+}
+
+/// One quantized linear weight W `[N, K]` on the GPU, in the device layout of cuda/quant_params.h
+/// (built by `upload_quant`).
+#[derive(Clone, Copy, Debug)]
+pub enum QuantWeight {
+    /// codes `[ceil(N·K/2)]` u8, absmax `[ceil(N·K/64)]` f32 (nf4-dq decoded at upload).
+    Nf4 { codes: DevSlice, absmax: DevSlice, n: usize, k: usize },
+    /// codes `[N, K]` i8, scb `[N]` f32.
+    Int8 { codes: DevSlice, scb: DevSlice, n: usize, k: usize },
+    /// qweight `[rows, N]` u32 (K-permuted slots), row_group `[rows]` u32, perm `[rows·32/bits]` u32
+    /// (None: identity), scales `[groups, N]` f32, zeros `[groups, N]` u16 (true zeros).
+    Gptq {
+        bits: u32,
+        qweight: DevSlice,
+        row_group: DevSlice,
+        perm: Option<DevSlice>,
+        scales: DevSlice,
+        zeros: DevSlice,
+        n: usize,
+        k: usize,
+        rows: usize,
+        groups: usize,
+    },
+}
+
+impl QuantWeight {
+    /// (N, K).
+    pub fn shape(&self) -> (usize, usize) {
+        match *self {
+            QuantWeight::Nf4 { n, k, .. } | QuantWeight::Int8 { n, k, .. } | QuantWeight::Gptq { n, k, .. } => (n, k),
+        }
+    }
+}
+
+/// The format's entry `kind_format_dtype` (kind "gemv" or "dequant").
+fn entry(kind: &str, w: &QuantWeight, dt: GpuDType) -> String {
+    let f = match w {
+        QuantWeight::Nf4 { .. } => "nf4",
+        QuantWeight::Int8 { .. } => "int8",
+        QuantWeight::Gptq { bits: 8, .. } => "gptq8",
+        QuantWeight::Gptq { .. } => "gptq4",
+    };
+    format!("{kind}_{f}_{}", dt.suffix())
+}
+
+/// What a launch passes: the format's parameter struct with x and out filled in.
+enum Params {
+    Nf4(QuantNf4Params),
+    Int8(QuantInt8Params),
+    Gptq(QuantGptqParams),
+}
+
+/// Check every weight buffer against W's shape and build the parameter struct (x, out as given).
+fn params(w: &QuantWeight, x: DevPtr, out: DevPtr) -> Result<Params> {
+    let (n, k) = w.shape();
+    let (n32, k32) = (dim_u32(n, "quantized W N")?, dim_u32(k, "quantized W K")?);
+    let total = n.checked_mul(k).ok_or_else(|| Error::Backend("internal: quantized W N·K overflows".into()))?;
+    Ok(match *w {
+        QuantWeight::Nf4 { codes, absmax, .. } => {
+            codes.need(total.div_ceil(2), "NF4 codes [ceil(N·K/2)]")?;
+            absmax.need(f32_bytes(total.div_ceil(64)), "NF4 absmax [ceil(N·K/64)] f32")?;
+            Params::Nf4(QuantNf4Params { codes: codes.ptr.0, absmax: absmax.ptr.0, x: x.0, out: out.0, n: n32, k: k32 })
+        }
+        QuantWeight::Int8 { codes, scb, .. } => {
+            codes.need(total, "Int8 codes [N, K]")?;
+            scb.need(f32_bytes(n), "Int8 SCB [N] f32")?;
+            Params::Int8(QuantInt8Params { codes: codes.ptr.0, scb: scb.ptr.0, x: x.0, out: out.0, n: n32, k: k32 })
+        }
+        QuantWeight::Gptq { bits, qweight, row_group, perm, scales, zeros, rows, groups, .. } => {
+            if bits != 4 && bits != 8 {
+                return Err(Error::Backend(format!("internal: GPTQ bits {bits} (4 or 8)")));
+            }
+            if n % 4 != 0 {
+                return Err(Error::Backend(format!("internal: GPTQ N = {n} is not a multiple of 4")));
+            }
+            let slots = rows * (32 / bits as usize);
+            if perm.is_none() && slots != k {
+                return Err(Error::Backend(format!(
+                    "internal: GPTQ without a permutation has {slots} slots for K {k}"
+                )));
+            }
+            qweight.need(rows * n * 4, "GPTQ qweight [rows, N] u32")?;
+            row_group.need(rows * 4, "GPTQ row_group [rows] u32")?;
+            if let Some(p) = perm {
+                p.need(slots * 4, "GPTQ perm [slots] u32")?;
+            }
+            scales.need(f32_bytes(groups * n), "GPTQ scales [G, N] f32")?;
+            zeros.need(groups * n * 2, "GPTQ zeros [G, N] u16")?;
+            Params::Gptq(QuantGptqParams {
+                qweight: qweight.ptr.0,
+                row_group: row_group.ptr.0,
+                perm: perm.map_or(0, |p| p.ptr.0),
+                scales: scales.ptr.0,
+                zeros: zeros.ptr.0,
+                x: x.0,
+                out: out.0,
+                n: n32,
+                k: k32,
+                rows: dim_u32(rows, "GPTQ rows")?,
+                groups: dim_u32(groups, "GPTQ groups")?,
+            })
+        }
+    })
+}
+
+/// `y[n] = Σ_k w[n, k] · x[k]` for one token (f32 accumulation), w the exact dequantized weight:
+/// x `[K]` T, y `[N]` f32. The decode step's matmul for quantized weights.
+pub fn gemv_quant(gpu: &Gpu, s: &CudaStream, dt: GpuDType, w: &QuantWeight, x: DevSlice, y: DevSlice) -> Result<()> {
+    let (n, k) = w.shape();
+    x.need(k * dt.size(), "quantized gemv x [K]")?;
+    y.need(f32_bytes(n), "quantized gemv y [N] f32")?;
+    if n == 0 {
+        return Ok(());
+    }
+    let name = entry("gemv", w, dt);
+    match params(w, x.ptr, y.ptr)? {
+        p @ (Params::Nf4(_) | Params::Int8(_)) => {
+            let launch = Launch::new((dim_u32(n.div_ceil(ROWS_PER_BLOCK), "quantized gemv grid")?, 1, 1), BLOCK, 0);
+            // SAFETY: every weight buffer holds what W [N, K] needs in its format (params), x [K] T and
+            // y [N] f32 (above). Warp g takes rows n = g, g + warps, ... < N: reads codes / scales of
+            // row n only (NF4: bytes nK/2 .. (n+1)K/2 and their absmax blocks), x[0..K], writes y[n].
+            unsafe {
+                match p {
+                    Params::Nf4(p) => gpu.launch_params(s, &name, launch, &p),
+                    Params::Int8(p) => gpu.launch_params(s, &name, launch, &p),
+                    Params::Gptq(_) => unreachable!("matched above"),
+                }
+            }
+        }
+        Params::Gptq(p) => {
+            let per = if let QuantWeight::Gptq { bits, .. } = *w { 32 / bits as usize } else { 1 };
+            let slots = p.rows as usize * per;
+            let smem = if p.perm != 0 { f32_bytes(slots) } else { 0 };
+            if smem > SMEM_MAX {
+                return Err(Error::Backend(format!(
+                    "GPTQ matrix {n}x{k} with act-order needs {smem} bytes of shared memory for x (at most {SMEM_MAX})"
+                )));
+            }
+            if smem > SMEM_DEFAULT {
+                gpu.allow_smem(&name, smem as u32)?;
+            }
+            let launch = Launch::new((dim_u32(n.div_ceil(GPTQ_COLS), "GPTQ gemv grid")?, 1, 1), BLOCK, smem as u32);
+            // SAFETY: as above (params checked qweight [rows, N], row_group [rows], perm [slots],
+            // scales / zeros [G, N]); block b reads qweight columns 16b .. 16b + 16 (< N, N % 4 == 0) of
+            // every row, their scales and zeros at row_group's groups (< G: built by the upload), x at
+            // perm's inputs (< K, or padding) into `smem` bytes of shared memory, writes y[16b ..] < N.
+            unsafe { gpu.launch_params(s, &name, launch, &p) }
+        }
+    }
+}
+
+/// `out[n, k] = T(w[n, k])`: W `[N, K]` T in the original input order (the prefill's cuBLAS operand).
+pub fn dequant(gpu: &Gpu, s: &CudaStream, dt: GpuDType, w: &QuantWeight, out: DevSlice) -> Result<()> {
+    let (n, k) = w.shape();
+    out.need(n * k * dt.size(), "dequantized W [N, K]")?;
+    let items = match *w {
+        QuantWeight::Nf4 { .. } => (n * k).div_ceil(2),
+        QuantWeight::Int8 { .. } => n * k,
+        QuantWeight::Gptq { rows, .. } => rows * n,
+    };
+    if items == 0 {
+        return Ok(());
+    }
+    let name = entry("dequant", w, dt);
+    let grid = items.div_ceil(BLOCK as usize).min(gpu.sms as usize * 16).max(1);
+    let launch = Launch::new((dim_u32(grid, "dequant grid")?, 1, 1), BLOCK, 0);
+    // SAFETY: the weight buffers hold W in its format (params) and out [N, K] T (above); the grid-
+    // stride loop reads items < `items` (code bytes / codes / qweight words) with their scales, and
+    // writes out[n, k] for n < N, k < K only (GPTQ: k = perm[slot] < K, padding slots skipped).
+    unsafe {
+        match params(w, DevPtr(0), out.ptr)? {
+            Params::Nf4(p) => gpu.launch_params(s, &name, launch, &p),
+            Params::Int8(p) => gpu.launch_params(s, &name, launch, &p),
+            Params::Gptq(p) => gpu.launch_params(s, &name, launch, &p),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_mirror_the_header_sizes() {
+        // The layout is checked field by field against bindgen's reading of cuda/quant_params.h in
+        // tests/quant_params.rs; here only that no padding crept in.
+        assert_eq!(std::mem::size_of::<QuantNf4Params>(), 4 * 8 + 2 * 4);
+        assert_eq!(std::mem::size_of::<QuantInt8Params>(), 4 * 8 + 2 * 4);
+        assert_eq!(std::mem::size_of::<QuantGptqParams>(), 7 * 8 + 4 * 4);
+    }
+
+    #[test]
+    fn bad_weights_are_refused_before_launch() {
+        let buf = |bytes| DevSlice::new(DevPtr(0x1000), bytes);
+        let w = QuantWeight::Nf4 { codes: buf(10), absmax: buf(4), n: 3, k: 7 };
+        assert!(params(&w, DevPtr(0), DevPtr(0)).is_err(), "21 codes need 11 bytes");
+        let w = QuantWeight::Nf4 { codes: buf(11), absmax: buf(4), n: 3, k: 7 };
+        assert!(params(&w, DevPtr(0), DevPtr(0)).is_ok());
+        let g = |n, perm: Option<DevSlice>, rows| QuantWeight::Gptq {
+            bits: 4,
+            qweight: buf(rows * n * 4),
+            row_group: buf(rows * 4),
+            perm,
+            scales: buf(n * 4),
+            zeros: buf(n * 2),
+            n,
+            k: 8,
+            rows,
+            groups: 1,
+        };
+        assert!(params(&g(4, None, 1), DevPtr(0), DevPtr(0)).is_ok());
+        assert!(params(&g(6, None, 1), DevPtr(0), DevPtr(0)).is_err(), "N % 4");
+        assert!(params(&g(4, None, 2), DevPtr(0), DevPtr(0)).is_err(), "16 slots for K 8 need a permutation");
+        assert!(params(&g(4, Some(buf(64)), 2), DevPtr(0), DevPtr(0)).is_ok());
+    }
+}
