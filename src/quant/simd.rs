@@ -1,27 +1,29 @@
-//! The dot product of the quantized matmul, with runtime SIMD dispatch. Both kernels compute the
-//! same arithmetic as `backend::cpu::dot` (16 independent lane sums, lane i taking k ≡ i mod 16 in
-//! increasing k, then a fixed reduction tree, then the K % 16 tail in order), with a separate
-//! multiply and add (no FMA), so the AVX2 kernel is bit-identical to the portable one: a quantized
-//! model gives the same numbers on every x86-64 CPU.
+//! Runtime SIMD dispatch of the quantized matmul (`Kernel`), and the dot product of the GPTQ path
+//! (which decodes rows to f32 first). `dot` computes the same arithmetic as `backend::cpu::dot`
+//! (16 independent lane sums, lane i taking k ≡ i mod 16 in increasing k, then a fixed reduction
+//! tree, then the K % 16 tail in order), with a separate multiply and add (no FMA), so the AVX2
+//! kernel is bit-identical to the portable one. The NF4 / Int8 kernels (`gemv`) fuse multiply and
+//! add in both kernels, and are likewise bit-identical to each other: a quantized model gives the
+//! same numbers with either kernel.
 
 /// Lanes of the accumulator.
-const LANES: usize = 16;
+pub(crate) const LANES: usize = 16;
 
 /// Which dot kernel a matmul uses. `detect` picks the fastest one the CPU supports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
     /// Plain Rust (any CPU).
     Portable,
-    /// AVX2, only built by `detect` after the CPU feature was checked.
+    /// AVX2 + FMA, only built by `detect` after both CPU features were checked.
     #[cfg(target_arch = "x86_64")]
     Avx2,
 }
 
 impl Kernel {
-    /// AVX2 when the CPU has it, else the portable kernel.
+    /// AVX2 (with FMA) when the CPU has it, else the portable kernel.
     pub fn detect() -> Kernel {
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") {
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             return Kernel::Avx2;
         }
         Kernel::Portable
@@ -52,7 +54,7 @@ impl Kernel {
 
 /// `dot`'s fixed reduction tree over the 16 lane sums.
 #[inline(always)]
-fn reduce(acc: &[f32; LANES]) -> f32 {
+pub(crate) fn reduce(acc: &[f32; LANES]) -> f32 {
     let mut h = [0f32; 8];
     for i in 0..8 {
         h[i] = acc[i] + acc[i + 8];
