@@ -19,8 +19,8 @@
 //! The portable kernel spells this out with `f32::mul_add` (a libm call on CPUs without FMA: slow
 //! but exact); the AVX2 + FMA kernel decodes 16 NF4 weights with two 8-entry table lookups
 //! (`vpermps` on the code table times the block's absmax, one multiply per 64 weights) and a blend
-//! on the code's top bit, or 16 Int8 weights with sign extension, conversion and the two scale
-//! multiplies.
+//! on the code's top bit (`Kernel::Avx512Vl`: one two-table `vpermi2ps` instead), or 16 Int8
+//! weights with sign extension, conversion and the two scale multiplies.
 use super::nf4::{Absmax, BLOCK, NF4_CODE};
 use super::simd::{reduce, Kernel, LANES};
 
@@ -100,7 +100,11 @@ pub fn nf4_row<const R: usize>(
             // SAFETY: `Avx2` is only constructed by `Kernel::detect` after AVX2 and FMA were
             // detected; body holds 32 bytes per block, xs R·64 values per block (asserted there).
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { avx2::nf4_body::<R>(body, am, xs, &mut acc) },
+            Kernel::Avx2 => unsafe { avx2::nf4_body::<R, false>(body, am, xs, &mut acc) },
+            // SAFETY: `Avx512Vl` is only constructed by `Kernel::detect` after AVX2, FMA, AVX-512F
+            // and AVX-512VL were detected; same bounds as above.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vl => unsafe { avx2::nf4_body::<R, true>(body, am, xs, &mut acc) },
         }
     }
     let outside = (0..h.min(k)).chain(h + blocks * BLOCK..k);
@@ -139,10 +143,10 @@ pub fn int8_row<const R: usize>(kernel: Kernel, codes: &[u8], scb: f32, k: usize
     let mut acc = [[0f32; LANES]; R];
     match kernel {
         Kernel::Portable => int8_body_portable::<R>(&codes[..body], scb, xs, &mut acc),
-        // SAFETY: `Avx2` is only constructed by `Kernel::detect` after AVX2 and FMA were detected;
-        // the kernel asserts the slice lengths.
+        // SAFETY: `Avx2` and `Avx512Vl` are only constructed by `Kernel::detect` after (at least)
+        // AVX2 and FMA were detected; the kernel asserts the slice lengths.
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => unsafe { avx2::int8_body::<R>(&codes[..body], scb, xs, &mut acc) },
+        Kernel::Avx2 | Kernel::Avx512Vl => unsafe { avx2::int8_body::<R>(&codes[..body], scb, xs, &mut acc) },
     }
     std::array::from_fn(|r| {
         let xr = &x[r * k..][..k];
@@ -178,13 +182,51 @@ mod avx2 {
     use super::{BLOCK, LANES, NF4_CODE};
     use std::arch::x86_64::*;
 
-    /// `nf4_body_portable` with lanes 0..8 of each token's sums in `lo[r]`, 8..16 in `hi[r]`.
-    /// body `[blocks · 32]` bytes, am `[blocks]`, xs `[blocks · 4][R][16]`.
+    /// The 16-entry lookup `[t0 | t1][idx & 15]` by AVX-512VL's two-table permute (`vpermi2ps`:
+    /// index bits 0..2 pick a lane, bit 3 the table), in inline assembly so that the crate's
+    /// minimum Rust (1.85, before the AVX-512 intrinsics) builds it.
     ///
     /// # Safety
-    /// The CPU must support AVX2 and FMA.
+    /// The CPU must support AVX-512F and AVX-512VL.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn nf4_body<const R: usize>(body: &[u8], am: &[f32], xs: &[f32], acc: &mut [[f32; LANES]; R]) {
+    #[inline]
+    unsafe fn lookup_vl(t0: __m256, t1: __m256, idx: __m256i) -> __m256 {
+        let mut v = _mm256_castsi256_ps(idx);
+        // SAFETY: register-only instruction, available per the caller's contract.
+        std::arch::asm!(
+            "vpermi2ps {v:y}, {t0:y}, {t1:y}",
+            v = inout(ymm_reg) v,
+            t0 = in(ymm_reg) t0,
+            t1 = in(ymm_reg) t1,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+        v
+    }
+
+    /// The same lookup in AVX2: two 8-entry `vpermps` (index bits 0..2) and a blend on `sel`'s
+    /// sign bit (the code's bit 3 moved there).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn lookup_avx2(t0: __m256, t1: __m256, idx: __m256i, sel: __m256i) -> __m256 {
+        _mm256_blendv_ps(_mm256_permutevar8x32_ps(t0, idx), _mm256_permutevar8x32_ps(t1, idx), _mm256_castsi256_ps(sel))
+    }
+
+    /// `nf4_body_portable` with lanes 0..8 of each token's sums in `lo[r]`, 8..16 in `hi[r]`.
+    /// body `[blocks · 32]` bytes, am `[blocks]`, xs `[blocks · 4][R][16]`. `VL`: the lookups by
+    /// `lookup_vl` (same values, fewer instructions).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA, and with `VL` AVX-512F and AVX-512VL.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn nf4_body<const R: usize, const VL: bool>(
+        body: &[u8],
+        am: &[f32],
+        xs: &[f32],
+        acc: &mut [[f32; LANES]; R],
+    ) {
         let blocks = am.len();
         assert!(body.len() == blocks * BLOCK / 2 && xs.len() == blocks * BLOCK * R, "nf4_body: bad shapes");
         // SAFETY (every pointer access below): NF4_CODE holds 16 values; block b reads body bytes
@@ -201,18 +243,16 @@ mod avx2 {
                 // 8 bytes = 16 codes → one dword per byte.
                 let v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(bp.cast::<__m128i>()));
                 let ih = _mm256_srli_epi32::<4>(v); // high nibbles: inputs 0, 2, .., 14
-                                                    // vpermps takes an index's low 3 bits; the code's bit 3 (byte bit 7 / bit 3),
-                                                    // moved to the sign bit, picks the table half.
-                let we = _mm256_blendv_ps(
-                    _mm256_permutevar8x32_ps(t0, ih),
-                    _mm256_permutevar8x32_ps(t1, ih),
-                    _mm256_castsi256_ps(_mm256_slli_epi32::<24>(v)),
-                );
-                let wo = _mm256_blendv_ps(
-                    _mm256_permutevar8x32_ps(t0, v),
-                    _mm256_permutevar8x32_ps(t1, v),
-                    _mm256_castsi256_ps(_mm256_slli_epi32::<28>(v)),
-                );
+                                                    // The lookups take an index's low 4 bits, so v itself indexes the low nibbles
+                                                    // (inputs 1, 3, .., 15); AVX2 blends on the code's bit 3 (byte bit 7 / bit 3).
+                let (we, wo) = if VL {
+                    (lookup_vl(t0, t1, ih), lookup_vl(t0, t1, v))
+                } else {
+                    (
+                        lookup_avx2(t0, t1, ih, _mm256_slli_epi32::<24>(v)),
+                        lookup_avx2(t0, t1, v, _mm256_slli_epi32::<28>(v)),
+                    )
+                };
                 for r in 0..R {
                     let x = xp.add(r * LANES);
                     lo[r] = _mm256_fmadd_ps(we, _mm256_loadu_ps(x), lo[r]);

@@ -112,6 +112,14 @@ impl QuantMatrix {
         Ok(())
     }
 
+    /// `matmul` through rows decoded to f32 and `Kernel::dot` (GPTQ's path), for any format: for
+    /// NF4 / Int8 the unfused way, which `benches/quant.rs` measures next to the fused kernels.
+    pub fn matmul_decoded_with(&self, kernel: Kernel, x: &[f32], bias: Option<&[f32]>, out: &mut [f32]) -> Result<()> {
+        let t = self.check_matmul(x, bias, out)?;
+        self.matmul_decoded(kernel, x, t, bias, out);
+        Ok(())
+    }
+
     /// NF4 / Int8 through the fused kernels of `gemv`.
     fn matmul_fused(&self, kernel: Kernel, x: &[f32], t: usize, bias: Option<&[f32]>, out: &mut [f32]) {
         let (n, k) = (self.n, self.k);
