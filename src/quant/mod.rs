@@ -9,13 +9,15 @@
 //! AutoGPTQ do).
 //!
 //! Files in data-flow order: `nf4` (+ `blockwise8`, its double quantization), `int8`, `gptq` (the
-//! formats) → `matrix` (`QuantMatrix`: quantize, `decode_rows`) → `simd` (dot kernels) → `matmul`
+//! formats) → `matrix` (`QuantMatrix`: quantize, `decode_rows`) → `simd` (kernel dispatch, the
+//! dot of decoded rows) → `gemv` (fused dequant-dot kernels over packed rows) → `matmul`
 //! (`QuantMatrix::matmul`, `Linear`) → `checkpoint` (the quantized-weights view of a checkpoint);
 //! `bnb` (one linear as bitsandbytes serializes it) → `writer` (`quantize_checkpoint`: a float
 //! checkpoint written quantized, `qwen-run quantize`).
 pub mod blockwise8;
 pub mod bnb;
 pub mod checkpoint;
+pub mod gemv;
 pub mod gptq;
 pub mod int8;
 pub mod matmul;

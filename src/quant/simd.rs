@@ -1,27 +1,36 @@
-//! The dot product of the quantized matmul, with runtime SIMD dispatch. Both kernels compute the
-//! same arithmetic as `backend::cpu::dot` (16 independent lane sums, lane i taking k ≡ i mod 16 in
-//! increasing k, then a fixed reduction tree, then the K % 16 tail in order), with a separate
-//! multiply and add (no FMA), so the AVX2 kernel is bit-identical to the portable one: a quantized
-//! model gives the same numbers on every x86-64 CPU.
+//! Runtime SIMD dispatch of the quantized matmul (`Kernel`), and the dot product of the GPTQ path
+//! (which decodes rows to f32 first). `dot` computes the same arithmetic as `backend::cpu::dot`
+//! (16 independent lane sums, lane i taking k ≡ i mod 16 in increasing k, then a fixed reduction
+//! tree, then the K % 16 tail in order), with a separate multiply and add (no FMA), so the AVX2
+//! kernel is bit-identical to the portable one. The NF4 / Int8 kernels (`gemv`) fuse multiply and
+//! add in both kernels, and are likewise bit-identical to each other: a quantized model gives the
+//! same numbers with either kernel.
 
 /// Lanes of the accumulator.
-const LANES: usize = 16;
+pub(crate) const LANES: usize = 16;
 
 /// Which dot kernel a matmul uses. `detect` picks the fastest one the CPU supports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
     /// Plain Rust (any CPU).
     Portable,
-    /// AVX2, only built by `detect` after the CPU feature was checked.
+    /// AVX2 + FMA, only built by `detect` after both CPU features were checked.
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// `Avx2` whose NF4 codebook lookup is one AVX-512VL instruction; only built by `detect` after
+    /// AVX2, FMA, AVX-512F and AVX-512VL were checked. Same results as `Avx2`.
+    #[cfg(target_arch = "x86_64")]
+    Avx512Vl,
 }
 
 impl Kernel {
-    /// AVX2 when the CPU has it, else the portable kernel.
+    /// The fastest kernel this CPU supports: AVX-512VL, AVX2 (both with FMA), else portable.
     pub fn detect() -> Kernel {
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") {
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") {
+                return Kernel::Avx512Vl;
+            }
             return Kernel::Avx2;
         }
         Kernel::Portable
@@ -30,8 +39,12 @@ impl Kernel {
     /// Every kernel this CPU can run (the portable one first), for tests that compare them.
     pub fn available() -> Vec<Kernel> {
         let mut v = vec![Kernel::Portable];
+        #[cfg(target_arch = "x86_64")]
         if Kernel::detect() != Kernel::Portable {
-            v.push(Kernel::detect());
+            v.push(Kernel::Avx2);
+            if Kernel::detect() == Kernel::Avx512Vl {
+                v.push(Kernel::Avx512Vl);
+            }
         }
         v
     }
@@ -42,17 +55,17 @@ impl Kernel {
         assert_eq!(a.len(), b.len(), "dot: lengths differ");
         match self {
             Kernel::Portable => dot_portable(a, b),
-            // SAFETY: `Avx2` is only constructed by `detect` after AVX2 was detected; the kernel
-            // reads within a.len() == b.len() (asserted above).
+            // SAFETY: `Avx2` / `Avx512Vl` are only constructed by `detect` after AVX2 was
+            // detected; the kernel reads within a.len() == b.len() (asserted above).
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { avx2::dot(a, b) },
+            Kernel::Avx2 | Kernel::Avx512Vl => unsafe { avx2::dot(a, b) },
         }
     }
 }
 
 /// `dot`'s fixed reduction tree over the 16 lane sums.
 #[inline(always)]
-fn reduce(acc: &[f32; LANES]) -> f32 {
+pub(crate) fn reduce(acc: &[f32; LANES]) -> f32 {
     let mut h = [0f32; 8];
     for i in 0..8 {
         h[i] = acc[i] + acc[i + 8];
