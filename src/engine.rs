@@ -101,6 +101,9 @@ pub fn load_tokenizer(dir: &Path, say: bool) -> Result<ModelTokenizer> {
     ModelTokenizer::for_model_dir(dir)
 }
 
+/// What makes an engine's model from the opened checkpoint (`Engine::open_with_model`).
+pub type LoadModel = dyn Fn(&Checkpoint, &LoadOptions) -> Result<Arc<dyn Model>>;
+
 /// Most CPU threads a model may be opened with (`LoadOptions::threads`; `qwen-run --threads`, the C
 /// ABI's `options.threads`): a typo such as 100000 must not spend minutes spawning threads.
 pub const MAX_THREADS: usize = 1024;
@@ -155,11 +158,7 @@ impl Engine {
     /// and for tests that script what the model emits and record what it is fed
     /// (`tests/chat_loop.rs`). The weights are paged in only when the model says it is the "cpu"
     /// backend (which computes from the checkpoint's memory maps).
-    pub fn open_with_model(
-        source: ModelSource,
-        opts: LoadOptions,
-        load: &dyn Fn(&Checkpoint, &LoadOptions) -> Result<Arc<dyn Model>>,
-    ) -> Result<Engine> {
+    pub fn open_with_model(source: ModelSource, opts: LoadOptions, load: &LoadModel) -> Result<Engine> {
         Self::open_inner(source, opts, &|field| field.to_string(), load)
     }
 
@@ -167,7 +166,7 @@ impl Engine {
         source: ModelSource,
         opts: LoadOptions,
         name: &dyn Fn(&str) -> String,
-        load: &dyn Fn(&Checkpoint, &LoadOptions) -> Result<Arc<dyn Model>>,
+        load: &LoadModel,
     ) -> Result<Engine> {
         if opts.threads > MAX_THREADS {
             return Err(Error::invalid(format!(
