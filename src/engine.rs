@@ -32,6 +32,7 @@ use crate::config::{GenerationConfig, QwenConfig, SamplingParams};
 use crate::error::{Error, Result};
 use crate::generate::{generate, GenerateOptions, Generation};
 use crate::model::{Model, Sequence};
+use crate::react::py_strip;
 use crate::sampler::Sampler;
 use crate::tokenizer::{ModelTokenizer, Tokenizer};
 use std::path::{Path, PathBuf};
@@ -100,6 +101,9 @@ pub fn load_tokenizer(dir: &Path, say: bool) -> Result<ModelTokenizer> {
     ModelTokenizer::for_model_dir(dir)
 }
 
+/// What makes an engine's model from the opened checkpoint (`Engine::open_with_model`).
+pub type LoadModel = dyn Fn(&Checkpoint, &LoadOptions) -> Result<Arc<dyn Model>>;
+
 /// Most CPU threads a model may be opened with (`LoadOptions::threads`; `qwen-run --threads`, the C
 /// ABI's `options.threads`): a typo such as 100000 must not spend minutes spawning threads.
 pub const MAX_THREADS: usize = 1024;
@@ -144,6 +148,26 @@ impl Engine {
     /// `name("max_seq_len")` is what its errors call those options (`--max-seq-len` in `qwen-run`,
     /// `options.max_seq_len` in the C ABI).
     pub fn open_naming(source: ModelSource, opts: LoadOptions, name: &dyn Fn(&str) -> String) -> Result<Engine> {
+        Self::open_inner(source, opts, name, &|ck, opts| crate::backend::load_model(ck, opts))
+    }
+
+    /// `open` with a model of the caller's own instead of a built-in backend: `load` gets the opened
+    /// checkpoint (config, generation_config.json, tensor views) and returns the model every session
+    /// of the engine runs on. The tokenizer, generation defaults, KV length and the whole chat /
+    /// generation loop are the engine's, as with `open`. For a backend that lives outside this crate,
+    /// and for tests that script what the model emits and record what it is fed
+    /// (`tests/chat_loop.rs`). The weights are paged in only when the model says it is the "cpu"
+    /// backend (which computes from the checkpoint's memory maps).
+    pub fn open_with_model(source: ModelSource, opts: LoadOptions, load: &LoadModel) -> Result<Engine> {
+        Self::open_inner(source, opts, &|field| field.to_string(), load)
+    }
+
+    fn open_inner(
+        source: ModelSource,
+        opts: LoadOptions,
+        name: &dyn Fn(&str) -> String,
+        load: &LoadModel,
+    ) -> Result<Engine> {
         if opts.threads > MAX_THREADS {
             return Err(Error::invalid(format!(
                 "{} {} is more than {MAX_THREADS} (0 = all cores)",
@@ -155,7 +179,7 @@ impl Engine {
         let ck = Checkpoint::open(&dir)?;
         let tok = load_tokenizer(&ck.dir, opts.progress)?;
         let max_seq_len = ck.config.resolve_max_seq_len(opts.max_seq_len, &name("max_seq_len"))?;
-        let model = crate::backend::load_model(&ck, &opts)?;
+        let model = load(&ck, &opts)?;
         if model.backend_name() == "cpu" {
             page_in(&ck, opts.progress)?;
         }
@@ -403,14 +427,15 @@ pub struct Session {
 impl Session {
     /// One ChatML turn, as Qwen's `model.chat` (spec §5.1–5.3): system + history (packed under
     /// `max_window_size`, newest first) + `query`, ChatML stops. The turn joins the history unless
-    /// it was cancelled; the stored response is stripped as `decode_tokens` does.
+    /// it was cancelled or failed; the stored response is stripped as `decode_tokens` does (Python's
+    /// `str.strip()`, whose whitespace includes U+001C..U+001F).
     pub fn send(&mut self, query: &str, on_text: &mut dyn FnMut(&str) -> bool) -> Result<Generation> {
         check_input("the query", query)?;
         let o = &self.options;
         let prompt = make_context(&self.engine.tok, &o.system, &self.history, query, o.max_window_size);
         let g = self.run(&prompt, StopRules::chatml(&self.options.stop), on_text)?;
         if g.finish != FinishReason::Cancelled {
-            self.history.push(Turn { query: query.to_string(), response: g.text.trim().to_string() });
+            self.history.push(Turn { query: query.to_string(), response: py_strip(&g.text).to_string() });
         }
         Ok(g)
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 /// A loaded model on one backend. Many sequences (on many threads) may share it.
 pub trait Model: Send + Sync {
     fn config(&self) -> &QwenConfig;
-    /// "cpu" or "cuda".
+    /// "cpu" or "cuda" (a model of an embedder's own, given to `Engine::open_with_model`, names itself).
     fn backend_name(&self) -> &'static str;
     /// A new empty sequence whose KV cache holds up to `max_seq_len` tokens.
     fn new_sequence(self: Arc<Self>, max_seq_len: usize) -> Result<Box<dyn Sequence>>;

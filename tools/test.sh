@@ -5,7 +5,8 @@
 # docs/qwen-v1-spec.md and that no src/ module imports one below it in the data flow
 # (tools/check_layers.py), runs every test target, clippy with warnings as errors, then every CUDA
 # kernel on the CPU emulator (tools/cuda_emu/run.sh: g++ + python3, no GPU), the server's Python tests
-# (tools/serve_tests.sh: openai client, headless Chromium) and a bounded fuzz run (tools/fuzz_smoke.sh).
+# (tools/serve_tests.sh: openai client, headless Chromium), the C-ABI stress test under ASan
+# (tools/sanitizers/run.sh) and a bounded fuzz run (tools/fuzz_smoke.sh).
 # CI (.ci/run) calls it with QWEN_REQUIRE_KERNELS=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +42,10 @@ bash tools/cuda_emu/run.sh
 # `qwen-run serve` with the real openai client, 64 concurrent streams and the web page in headless Chromium
 # (installs chromium + a pinned venv on first use: ~3 min; then ~45 s).
 bash tools/serve_tests.sh
+
+# The C-ABI stress test under AddressSanitizer (nightly; after a negative control ASan must report). Builds are
+# cached in $QWEN_TOOLS/sanitizer-target (tools/sanitizers/run.sh; ThreadSanitizer is not clean yet: see there).
+bash tools/sanitizers/run.sh
 
 # Coverage-guided fuzz targets (fuzz/, cargo-fuzz on the image's nightly toolchain), each on its committed
 # corpus for QWEN_FUZZ_SECS (12) seconds; the first build on a machine takes minutes (FUZZING.md).
