@@ -25,6 +25,7 @@
 //          split_len >= 1, n_splits · split_len >= cap, cap < 2^31.
 // Oracle:  backend::cpu::attention (src/backend/cpu.rs); launcher launch::attention_decode.
 #include "common.cuh"
+#include "params.h"
 
 constexpr uint32_t ADF_THREADS = 256;  // threads of an attention_decode block (8 warps)
 
@@ -307,20 +308,19 @@ __device__ void adf_impl(const T* __restrict__ q, const T* __restrict__ k_cache,
                                   red, sh.o);
 }
 
-extern "C" __global__ void __launch_bounds__(ADF_THREADS)
-attention_decode_fused_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k_cache, const __nv_bfloat16* v_cache,
-                      float* part_o, float* part_ml, const uint32_t* pos0, uint32_t H, uint32_t D, uint32_t cap,
-                      uint32_t split_len, uint32_t n_splits, float scale, __nv_bfloat16* out, uint32_t* counters) {
-    pdl_begin();
-    adf_impl(q, k_cache, v_cache, part_o, part_ml, pos0, H, D, cap, split_len, n_splits, scale, out,
-                          counters);
+// The entry points take AttentionDecodeParams (params.h) by value.
+template <typename T>
+__device__ __forceinline__ void adf_entry(const AttentionDecodeParams& p) {
+    adf_impl(static_cast<const T*>(p.q), static_cast<const T*>(p.k_cache), static_cast<const T*>(p.v_cache), p.part_o,
+             p.part_ml, p.pos0, p.H, p.D, p.cap, p.split_len, p.n_splits, p.scale, static_cast<T*>(p.out), p.counters);
 }
 
-extern "C" __global__ void __launch_bounds__(ADF_THREADS)
-attention_decode_fused_f16(const __half* q, const __half* k_cache, const __half* v_cache, float* part_o,
-                     float* part_ml, const uint32_t* pos0, uint32_t H, uint32_t D, uint32_t cap, uint32_t split_len,
-                     uint32_t n_splits, float scale, __half* out, uint32_t* counters) {
+extern "C" __global__ void __launch_bounds__(ADF_THREADS) attention_decode_fused_bf16(const AttentionDecodeParams p) {
     pdl_begin();
-    adf_impl(q, k_cache, v_cache, part_o, part_ml, pos0, H, D, cap, split_len, n_splits, scale, out,
-                          counters);
+    adf_entry<__nv_bfloat16>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(ADF_THREADS) attention_decode_fused_f16(const AttentionDecodeParams p) {
+    pdl_begin();
+    adf_entry<__half>(p);
 }

@@ -35,6 +35,7 @@
 //          V(kt) are copied with cp.async while the previous step computes.
 // Oracle:  backend::cpu::attention (src/backend/cpu.rs); launcher launch::attention_prefill.
 #include "attention_tile.cuh"
+#include "params.h"
 
 // Internals in their own namespace (attention_prefill_wmma.cu has its own at_impl).
 namespace at_mma {
@@ -279,17 +280,19 @@ struct Impl {
 
 }  // namespace at_mma
 
-extern "C" __global__ void __launch_bounds__(AT_THREADS)
-    attention_prefill_mma_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k_cache, const __nv_bfloat16* v_cache,
-                           __nv_bfloat16* out, const uint32_t* pos0, uint32_t T, uint32_t H, uint32_t D, uint32_t cap,
-                           float scale) {
-    pdl_begin();
-    at_dispatch<at_mma::Impl>(q, k_cache, v_cache, out, pos0, T, H, D, cap, scale);
+// The entry points take AttentionPrefillParams (params.h) by value.
+template <typename T>
+__device__ __forceinline__ void at_mma_entry(const AttentionPrefillParams& p) {
+    at_dispatch<at_mma::Impl>(static_cast<const T*>(p.q), static_cast<const T*>(p.k_cache), static_cast<const T*>(p.v_cache),
+                        static_cast<T*>(p.out), p.pos0, p.T, p.H, p.D, p.cap, p.scale);
 }
 
-extern "C" __global__ void __launch_bounds__(AT_THREADS)
-    attention_prefill_mma_f16(const __half* q, const __half* k_cache, const __half* v_cache, __half* out,
-                          const uint32_t* pos0, uint32_t T, uint32_t H, uint32_t D, uint32_t cap, float scale) {
+extern "C" __global__ void __launch_bounds__(AT_THREADS) attention_prefill_mma_bf16(const AttentionPrefillParams p) {
     pdl_begin();
-    at_dispatch<at_mma::Impl>(q, k_cache, v_cache, out, pos0, T, H, D, cap, scale);
+    at_mma_entry<__nv_bfloat16>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(AT_THREADS) attention_prefill_mma_f16(const AttentionPrefillParams p) {
+    pdl_begin();
+    at_mma_entry<__half>(p);
 }

@@ -27,6 +27,7 @@
 // Oracle:  backend::cpu::attention (src/backend/cpu.rs); launcher launch::attention_prefill
 //          (AttentionPrefillKernel::Wmma).
 #include "attention_tile.cuh"
+#include "params.h"
 #include <mma.h>
 
 // Internals in their own namespace (attention_prefill.cu has its own at_impl).
@@ -282,17 +283,19 @@ struct Impl {
 
 }  // namespace at_wmma
 
-extern "C" __global__ void __launch_bounds__(AT_THREADS)
-    attention_prefill_wmma_bf16(const __nv_bfloat16* q, const __nv_bfloat16* k_cache, const __nv_bfloat16* v_cache,
-                           __nv_bfloat16* out, const uint32_t* pos0, uint32_t T, uint32_t H, uint32_t D, uint32_t cap,
-                           float scale) {
-    pdl_begin();
-    at_dispatch<at_wmma::Impl>(q, k_cache, v_cache, out, pos0, T, H, D, cap, scale);
+// The entry points take AttentionPrefillParams (params.h) by value.
+template <typename T>
+__device__ __forceinline__ void at_wmma_entry(const AttentionPrefillParams& p) {
+    at_dispatch<at_wmma::Impl>(static_cast<const T*>(p.q), static_cast<const T*>(p.k_cache), static_cast<const T*>(p.v_cache),
+                        static_cast<T*>(p.out), p.pos0, p.T, p.H, p.D, p.cap, p.scale);
 }
 
-extern "C" __global__ void __launch_bounds__(AT_THREADS)
-    attention_prefill_wmma_f16(const __half* q, const __half* k_cache, const __half* v_cache, __half* out,
-                          const uint32_t* pos0, uint32_t T, uint32_t H, uint32_t D, uint32_t cap, float scale) {
+extern "C" __global__ void __launch_bounds__(AT_THREADS) attention_prefill_wmma_bf16(const AttentionPrefillParams p) {
     pdl_begin();
-    at_dispatch<at_wmma::Impl>(q, k_cache, v_cache, out, pos0, T, H, D, cap, scale);
+    at_wmma_entry<__nv_bfloat16>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(AT_THREADS) attention_prefill_wmma_f16(const AttentionPrefillParams p) {
+    pdl_begin();
+    at_wmma_entry<__half>(p);
 }

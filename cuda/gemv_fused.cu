@@ -51,6 +51,7 @@
 // Oracle:  backend::cpu::matmul (src/backend/cpu.rs), then cpu::swiglu / cpu::rope + logn_scale /
 //          cpu::add + cpu::rmsnorm; launchers launch::gemv (GemvKernel::Stream), launch::gemv_swiglu, launch::gemv_qkv_rope,
 //          launch::gemv_residual_rmsnorm.
+#include "params.h"
 #include "pointwise.cuh"
 
 namespace {
@@ -458,62 +459,53 @@ __device__ __forceinline__ void gf_dispatch(E e, const T* w, const T* x, uint32_
 // __launch_bounds__(256, 4): at most 64 registers, so 4 blocks (32 warps) fit per SM for every B.
 // cfg: bits 0-7 the stage count (1 or 2), bits 8-31 how many leading warps of the grid prefetch their
 // first item's rows into L2 before waiting for the previous kernel (0: none; GemvConfig::word).
-// y [B, N] f32 = x [B, K] · w [N, K]ᵀ.
-extern "C" __global__ void __launch_bounds__(GF_THREADS, 4)
-    gemv_plain_bf16(const __nv_bfloat16* w, const __nv_bfloat16* x, float* y, uint32_t N, uint32_t K, uint32_t B,
-              uint32_t cfg) {
-    gf_dispatch<GF_MAX_B>(GemvPlain{y, N}, w, x, K, B, cfg);
+// The entry points take GemvFusedParams (params.h) by value: the common fields w, x, K, B, cfg and
+// their own group.
+template <typename T> __device__ __forceinline__ const T* gf_in(const void* p) { return static_cast<const T*>(p); }
+
+// y [B, N] f32 = x · wᵀ, w [N, K].
+extern "C" __global__ void __launch_bounds__(GF_THREADS, 4) gemv_plain_bf16(const GemvFusedParams p) {
+    gf_dispatch<GF_MAX_B>(GemvPlain{p.y, p.N}, gf_in<__nv_bfloat16>(p.w), gf_in<__nv_bfloat16>(p.x), p.K, p.B, p.cfg);
 }
 
-extern "C" __global__ void __launch_bounds__(GF_THREADS, 4)
-    gemv_plain_f16(const __half* w, const __half* x, float* y, uint32_t N, uint32_t K, uint32_t B, uint32_t cfg) {
-    gf_dispatch<GF_MAX_B>(GemvPlain{y, N}, w, x, K, B, cfg);
+extern "C" __global__ void __launch_bounds__(GF_THREADS, 4) gemv_plain_f16(const GemvFusedParams p) {
+    gf_dispatch<GF_MAX_B>(GemvPlain{p.y, p.N}, gf_in<__half>(p.w), gf_in<__half>(p.x), p.K, p.B, p.cfg);
 }
 
 // out [B, F] T = swiglu(x · w[0:F]ᵀ, x · w[F:2F]ᵀ), w [2F, K].
-extern "C" __global__ void __launch_bounds__(GF_THREADS, 4)
-    gemv_swiglu_bf16(const __nv_bfloat16* w, const __nv_bfloat16* x, __nv_bfloat16* out, uint32_t F, uint32_t K,
-                     uint32_t B, uint32_t cfg) {
-    gf_dispatch<GF_MAX_B>(GemvSwiglu<__nv_bfloat16>{out, F}, w, x, K, B, cfg);
+template <typename T> __device__ __forceinline__ void gf_swiglu_entry(const GemvFusedParams& p) {
+    gf_dispatch<GF_MAX_B>(GemvSwiglu<T>{static_cast<T*>(p.out), p.F}, gf_in<T>(p.w), gf_in<T>(p.x), p.K, p.B, p.cfg);
 }
-
-extern "C" __global__ void __launch_bounds__(GF_THREADS, 4)
-    gemv_swiglu_f16(const __half* w, const __half* x, __half* out, uint32_t F, uint32_t K, uint32_t B,
-                    uint32_t cfg) {
-    gf_dispatch<GF_MAX_B>(GemvSwiglu<__half>{out, F}, w, x, K, B, cfg);
+extern "C" __global__ void __launch_bounds__(GF_THREADS, 4) gemv_swiglu_bf16(const GemvFusedParams p) {
+    gf_swiglu_entry<__nv_bfloat16>(p);
+}
+extern "C" __global__ void __launch_bounds__(GF_THREADS, 4) gemv_swiglu_f16(const GemvFusedParams p) {
+    gf_swiglu_entry<__half>(p);
 }
 
 // q [B, P] T, k_cache / v_cache rows *pos0 + b = qkv_rope_append(x · wᵀ), w [3P, K], P = H·D; B = 1 only.
-extern "C" __global__ void __launch_bounds__(GF_THREADS, 4)
-    gemv_qkv_rope_bf16(const __nv_bfloat16* w, const __nv_bfloat16* x, const __nv_bfloat16* bias,
-                       const float* inv_freq, const uint32_t* pos0, __nv_bfloat16* q, __nv_bfloat16* k_cache,
-                       __nv_bfloat16* v_cache, uint32_t K, uint32_t B, uint32_t cfg, uint32_t H, uint32_t D,
-                       uint32_t cap, uint32_t S, uint32_t use_logn) {
-    gf_dispatch<1>(GemvQkvRope<__nv_bfloat16>{bias, inv_freq, pos0, q, k_cache, v_cache, H, D, cap, S, use_logn}, w, x,
-                  K, B, cfg);
+template <typename T> __device__ __forceinline__ void gf_qkv_rope_entry(const GemvFusedParams& p) {
+    gf_dispatch<1>(GemvQkvRope<T>{gf_in<T>(p.bias), p.inv_freq, p.pos0, static_cast<T*>(p.q), static_cast<T*>(p.k_cache),
+                                  static_cast<T*>(p.v_cache), p.H, p.D, p.cap, p.S, p.use_logn},
+                   gf_in<T>(p.w), gf_in<T>(p.x), p.K, p.B, p.cfg);
+}
+extern "C" __global__ void __launch_bounds__(GF_THREADS, 4) gemv_qkv_rope_bf16(const GemvFusedParams p) {
+    gf_qkv_rope_entry<__nv_bfloat16>(p);
+}
+extern "C" __global__ void __launch_bounds__(GF_THREADS, 4) gemv_qkv_rope_f16(const GemvFusedParams p) {
+    gf_qkv_rope_entry<__half>(p);
 }
 
-extern "C" __global__ void __launch_bounds__(GF_THREADS, 4)
-    gemv_qkv_rope_f16(const __half* w, const __half* x, const __half* bias, const float* inv_freq,
-                      const uint32_t* pos0, __half* q, __half* k_cache, __half* v_cache, uint32_t K, uint32_t B,
-                      uint32_t cfg, uint32_t H, uint32_t D, uint32_t cap, uint32_t S, uint32_t use_logn) {
-    gf_dispatch<1>(GemvQkvRope<__half>{bias, inv_freq, pos0, q, k_cache, v_cache, H, D, cap, S, use_logn}, w, x, K, B,
-                  cfg);
-}
-
-// x [C] f32 += x_in [1, K] · wᵀ (w [C, K]), then a [C] T = RMSNorm(x) · w_ln by the last block;
+// resid [C] f32 += x [1, K] · wᵀ (w [C, K]), then a [C] T = RMSNorm(resid) · w_ln by the last block;
 // partials [grid] f32 and counter [1] u32 (zero) are its workspace. B = 1 only.
-extern "C" __global__ void __launch_bounds__(GF_THREADS, 4)
-    gemv_residual_rmsnorm_bf16(const __nv_bfloat16* w, const __nv_bfloat16* x_in, float* x,
-                               const __nv_bfloat16* w_ln, __nv_bfloat16* a, float* partials, uint32_t* counter,
-                               uint32_t C, uint32_t K, uint32_t cfg, float eps) {
-    gf_dispatch<1>(GemvResidualNorm<__nv_bfloat16>{x, w_ln, a, partials, counter, C, eps, 0.0f}, w, x_in, K, 1u,
-                     cfg);
+template <typename T> __device__ __forceinline__ void gf_residual_rmsnorm_entry(const GemvFusedParams& p) {
+    gf_dispatch<1>(GemvResidualNorm<T>{p.resid, gf_in<T>(p.w_ln), static_cast<T*>(p.a), p.partials, p.counter, p.C,
+                                       p.eps, 0.0f},
+                   gf_in<T>(p.w), gf_in<T>(p.x), p.K, 1u, p.cfg);
 }
-
-extern "C" __global__ void __launch_bounds__(GF_THREADS, 4)
-    gemv_residual_rmsnorm_f16(const __half* w, const __half* x_in, float* x, const __half* w_ln, __half* a,
-                              float* partials, uint32_t* counter, uint32_t C, uint32_t K, uint32_t cfg,
-                              float eps) {
-    gf_dispatch<1>(GemvResidualNorm<__half>{x, w_ln, a, partials, counter, C, eps, 0.0f}, w, x_in, K, 1u, cfg);
+extern "C" __global__ void __launch_bounds__(GF_THREADS, 4) gemv_residual_rmsnorm_bf16(const GemvFusedParams p) {
+    gf_residual_rmsnorm_entry<__nv_bfloat16>(p);
+}
+extern "C" __global__ void __launch_bounds__(GF_THREADS, 4) gemv_residual_rmsnorm_f16(const GemvFusedParams p) {
+    gf_residual_rmsnorm_entry<__half>(p);
 }

@@ -1,8 +1,8 @@
 /* quant_params.h — the parameters of the quantized-weight kernels (cuda/gemv_quant.cu), one struct per
  * weight format, passed BY VALUE as the kernel's only parameter. Plain C (stdint.h only) so that bindgen
  * and the host-side emulator read it as it is; the Rust mirror is src/backend/cuda/launch/gemv_quant.rs
- * (`#[repr(C)]`, each `T*` field a `u64` device address: same size, alignment and offsets on 64-bit
- * targets; tests/quant_params.rs checks them against bindgen's layout of this file).
+ * (`#[repr(C)]`, each `T*` field a `DevPtr`, an 8-byte device address: same size, alignment and offsets
+ * on 64-bit targets; tests/kernel_params.rs checks them against bindgen's layout of this file).
  *
  * One struct serves both entries of its format: the decode GEMV (`gemv_*`: x [K] T in, y [N] f32 out)
  * and the prefill dequantization (`dequant_*`: x unused, out = W [N, K] T). W is the nn.Linear weight

@@ -28,31 +28,27 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
         g.throughput(Throughput::Bytes((n_keys * 2 * p * 2) as u64));
         // Separate combine kernel, then the combine fused into the split kernel (the executor's default).
         for fused in [false, true] {
-            let c = fused.then(|| counters.slice());
+            let params = launch::AttentionDecodeParams {
+                q: q.slice(),
+                k_cache: k.slice(),
+                v_cache: v.slice(),
+                part_o: part_o.slice(),
+                part_ml: part_ml.slice(),
+                pos0: pos0.slice(),
+                h,
+                d,
+                cap,
+                split_len: split.split_len,
+                n_splits: split.n_splits,
+                scale: qwen_rt::model::attention_scale(d),
+                out: out.slice(),
+                counters: counters.slice(),
+            };
             let name = format!("bf16_H{h}_D{d}_T{t}_keys{n_keys}{}", if fused { "_fused" } else { "" });
             g.bench_function(name, |b| {
                 b.iter_custom(|iters| {
                     gpu_time(gpu, iters, |_| {
-                        launch::attention_decode(
-                            gpu,
-                            &gpu.stream,
-                            dt,
-                            q.slice(),
-                            k.slice(),
-                            v.slice(),
-                            part_o.slice(),
-                            part_ml.slice(),
-                            out.slice(),
-                            pos0.slice(),
-                            t,
-                            h,
-                            d,
-                            cap,
-                            split,
-                            split.n_splits,
-                            c,
-                        )
-                        .unwrap();
+                        launch::attention_decode(gpu, &gpu.stream, dt, &params, t, split, fused).unwrap();
                     })
                 })
             });

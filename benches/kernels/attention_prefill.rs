@@ -30,7 +30,20 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
                 b.iter_custom(|iters| {
                     gpu_time(gpu, iters, |_| {
                         let (q, k, v, o, p0) = (q.slice(), k.slice(), v.slice(), out.slice(), pos0.slice());
-                        launch::attention_prefill(gpu, &gpu.stream, kernel, dt, q, k, v, o, p0, t, h, d, cap).unwrap();
+                        let scale = qwen_rt::model::attention_scale(d);
+                        let params = launch::AttentionPrefillParams {
+                            q,
+                            k_cache: k,
+                            v_cache: v,
+                            out: o,
+                            pos0: p0,
+                            t,
+                            h,
+                            d,
+                            cap,
+                            scale,
+                        };
+                        launch::attention_prefill(gpu, &gpu.stream, kernel, dt, &params).unwrap();
                     })
                 })
             });

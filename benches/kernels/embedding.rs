@@ -19,7 +19,9 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
         g.bench_function(format!("bf16_T{t}"), |b| {
             b.iter_custom(|iters| {
                 gpu_time(gpu, iters, |_| {
-                    launch::embedding(gpu, &gpu.stream, dt, wte.slice(), ids.slice(), out.slice(), t, v, cc).unwrap();
+                    let params =
+                        launch::EmbeddingParams { wte: wte.slice(), ids: ids.slice(), out: out.slice(), v, c: cc };
+                    launch::embedding(gpu, &gpu.stream, dt, &params, t).unwrap();
                 })
             })
         });

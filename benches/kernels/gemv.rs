@@ -40,7 +40,8 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
                 bch.iter_custom(|iters| {
                     gpu_time(gpu, iters, |i| {
                         let w = ws[i % copies].slice();
-                        launch::gemv_with(gpu, &gpu.stream, dt, w, x.slice(), y.slice(), n, k, b, cfg).unwrap();
+                        let params = launch::GemvParams { w, x: x.slice(), y: y.slice(), n, k, b, stages: 0 };
+                        launch::gemv_with(gpu, &gpu.stream, dt, &params, cfg).unwrap();
                     })
                 })
             });
@@ -68,7 +69,8 @@ fn register_ramp(c: &mut Criterion, gpu: &Arc<Gpu>) {
             bch.iter_custom(|iters| {
                 gpu_time(gpu, iters, |i| {
                     let w = ws[i % copies].slice();
-                    launch::gemv_with(gpu, &gpu.stream, dt, w, x.slice(), y.slice(), n, k, 1, cfg).unwrap();
+                    let params = launch::GemvParams { w, x: x.slice(), y: y.slice(), n, k, b: 1, stages: 0 };
+                    launch::gemv_with(gpu, &gpu.stream, dt, &params, cfg).unwrap();
                 })
             })
         });
@@ -101,7 +103,9 @@ fn register_fused(c: &mut Criterion, gpu: &Arc<Gpu>) {
         bch.iter_custom(|iters| {
             gpu_time(gpu, iters, |i| {
                 let w = ws[i % copies].slice();
-                launch::gemv_swiglu(gpu, &gpu.stream, dt, w, x.slice(), gact.slice(), f, k, 1, cfg).unwrap();
+                let p =
+                    launch::GemvFusedParams { w, x: x.slice(), k, b: 1, f, out: gact.slice(), ..Default::default() };
+                launch::gemv_swiglu(gpu, &gpu.stream, dt, &p, cfg).unwrap();
             })
         })
     });
@@ -109,8 +113,10 @@ fn register_fused(c: &mut Criterion, gpu: &Arc<Gpu>) {
         bch.iter_custom(|iters| {
             gpu_time(gpu, iters, |i| {
                 let w = ws[i % copies].slice();
-                launch::gemv_with(gpu, &gpu.stream, dt, w, x.slice(), upgate.slice(), 2 * f, k, 1, cfg).unwrap();
-                launch::swiglu(gpu, &gpu.stream, dt, upgate.slice(), gact.slice(), 1, f).unwrap();
+                let mm = launch::GemvParams { w, x: x.slice(), y: upgate.slice(), n: 2 * f, k, b: 1, stages: 0 };
+                launch::gemv_with(gpu, &gpu.stream, dt, &mm, cfg).unwrap();
+                let sw = launch::SwigluParams { upgate: upgate.slice(), out: gact.slice(), f, t: 1 };
+                launch::swiglu(gpu, &gpu.stream, dt, &sw).unwrap();
             })
         })
     });
@@ -125,27 +131,25 @@ fn register_fused(c: &mut Criterion, gpu: &Arc<Gpu>) {
         bch.iter_custom(|iters| {
             gpu_time(gpu, iters, |i| {
                 let w = ws[i % copies].slice();
-                launch::gemv_qkv_rope(
-                    gpu,
-                    &gpu.stream,
-                    dt,
+                let p = launch::GemvFusedParams {
                     w,
-                    x.slice(),
-                    bias.slice(),
-                    inv.slice(),
-                    pos.slice(),
-                    q.slice(),
-                    kc.slice(),
-                    vc.slice(),
+                    x: x.slice(),
                     k,
+                    b: 1,
+                    bias: bias.slice(),
+                    inv_freq: inv.slice(),
+                    pos0: pos.slice(),
+                    q: q.slice(),
+                    k_cache: kc.slice(),
+                    v_cache: vc.slice(),
                     h,
                     d,
                     cap,
-                    8192,
-                    true,
-                    cfg,
-                )
-                .unwrap();
+                    s: 8192,
+                    use_logn: 1,
+                    ..Default::default()
+                };
+                launch::gemv_qkv_rope(gpu, &gpu.stream, dt, &p, cfg).unwrap();
             })
         })
     });
@@ -153,26 +157,24 @@ fn register_fused(c: &mut Criterion, gpu: &Arc<Gpu>) {
         bch.iter_custom(|iters| {
             gpu_time(gpu, iters, |i| {
                 let w = ws[i % copies].slice();
-                launch::gemv_with(gpu, &gpu.stream, dt, w, x.slice(), qkv.slice(), 3 * p, k, 1, cfg).unwrap();
-                launch::qkv_rope_append(
-                    gpu,
-                    &gpu.stream,
-                    dt,
-                    qkv.slice(),
-                    bias.slice(),
-                    inv.slice(),
-                    pos.slice(),
-                    q.slice(),
-                    kc.slice(),
-                    vc.slice(),
-                    1,
+                let mm = launch::GemvParams { w, x: x.slice(), y: qkv.slice(), n: 3 * p, k, b: 1, stages: 0 };
+                launch::gemv_with(gpu, &gpu.stream, dt, &mm, cfg).unwrap();
+                let rope = launch::RopeParams {
+                    qkv: qkv.slice(),
+                    bias: bias.slice(),
+                    inv_freq: inv.slice(),
+                    pos0: pos.slice(),
+                    q: q.slice(),
+                    k_cache: kc.slice(),
+                    v_cache: vc.slice(),
+                    t: 1,
                     h,
                     d,
                     cap,
-                    8192,
-                    true,
-                )
-                .unwrap();
+                    s: 8192,
+                    use_logn: 1,
+                };
+                launch::qkv_rope_append(gpu, &gpu.stream, dt, &rope).unwrap();
             })
         })
     });
@@ -187,22 +189,20 @@ fn register_fused(c: &mut Criterion, gpu: &Arc<Gpu>) {
         bch.iter_custom(|iters| {
             gpu_time(gpu, iters, |i| {
                 let w = ws[i % copies].slice();
-                launch::gemv_residual_rmsnorm(
-                    gpu,
-                    &gpu.stream,
-                    dt,
+                let p = launch::GemvFusedParams {
                     w,
-                    x.slice(),
-                    xr.slice(),
-                    ln.slice(),
-                    a.slice(),
-                    norm_ws.slice(),
-                    c,
+                    x: x.slice(),
                     k,
-                    1e-6,
-                    cfg,
-                )
-                .unwrap();
+                    b: 1,
+                    c,
+                    resid: xr.slice(),
+                    w_ln: ln.slice(),
+                    a: a.slice(),
+                    partials: norm_ws.slice(),
+                    eps: 1e-6,
+                    ..Default::default()
+                };
+                launch::gemv_residual_rmsnorm(gpu, &gpu.stream, dt, &p, cfg).unwrap();
             })
         })
     });
@@ -210,9 +210,11 @@ fn register_fused(c: &mut Criterion, gpu: &Arc<Gpu>) {
         bch.iter_custom(|iters| {
             gpu_time(gpu, iters, |i| {
                 let w = ws[i % copies].slice();
-                launch::gemv_with(gpu, &gpu.stream, dt, w, x.slice(), y.slice(), c, k, 1, cfg).unwrap();
-                launch::add_rmsnorm(gpu, &gpu.stream, dt, xr.slice(), y.slice(), ln.slice(), a.slice(), 1, c, 1e-6)
-                    .unwrap();
+                let mm = launch::GemvParams { w, x: x.slice(), y: y.slice(), n: c, k, b: 1, stages: 0 };
+                launch::gemv_with(gpu, &gpu.stream, dt, &mm, cfg).unwrap();
+                let norm =
+                    launch::RmsnormParams { x: xr.slice(), y: y.slice(), w: ln.slice(), out: a.slice(), c, eps: 1e-6 };
+                launch::add_rmsnorm(gpu, &gpu.stream, dt, &norm, 1).unwrap();
             })
         })
     });

@@ -27,7 +27,15 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
         g.bench_function(format!("bf16_T{t}"), |b| {
             b.iter_custom(|iters| {
                 gpu_time(gpu, iters, |_| {
-                    launch::rmsnorm(gpu, &gpu.stream, dt, x.slice(), w.slice(), out.slice(), t, cc, eps).unwrap();
+                    let p = launch::RmsnormParams {
+                        x: x.slice(),
+                        w: w.slice(),
+                        out: out.slice(),
+                        c: cc,
+                        eps,
+                        ..Default::default()
+                    };
+                    launch::rmsnorm(gpu, &gpu.stream, dt, &p, t).unwrap();
                 })
             })
         });
@@ -35,8 +43,15 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
         g.bench_function(format!("add_bf16_T{t}"), |b| {
             b.iter_custom(|iters| {
                 gpu_time(gpu, iters, |_| {
-                    launch::add_rmsnorm(gpu, &gpu.stream, dt, x.slice(), y.slice(), w.slice(), out.slice(), t, cc, eps)
-                        .unwrap();
+                    let p = launch::RmsnormParams {
+                        x: x.slice(),
+                        y: y.slice(),
+                        w: w.slice(),
+                        out: out.slice(),
+                        c: cc,
+                        eps,
+                    };
+                    launch::add_rmsnorm(gpu, &gpu.stream, dt, &p, t).unwrap();
                 })
             })
         });

@@ -29,25 +29,22 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
         g.bench_function(format!("qkv_rope_append_bf16_T{t}"), |b| {
             b.iter_custom(|iters| {
                 gpu_time(gpu, iters, |_| {
-                    launch::qkv_rope_append(
-                        gpu,
-                        &gpu.stream,
-                        dt,
-                        qkv.slice(),
-                        bias.slice(),
-                        inv.slice(),
-                        pos0.slice(),
-                        q.slice(),
-                        kc.slice(),
-                        vc.slice(),
+                    let p = launch::RopeParams {
+                        qkv: qkv.slice(),
+                        bias: bias.slice(),
+                        inv_freq: inv.slice(),
+                        pos0: pos0.slice(),
+                        q: q.slice(),
+                        k_cache: kc.slice(),
+                        v_cache: vc.slice(),
                         t,
                         h,
                         d,
                         cap,
-                        8192,
-                        true,
-                    )
-                    .unwrap();
+                        s: 8192,
+                        use_logn: 1,
+                    };
+                    launch::qkv_rope_append(gpu, &gpu.stream, dt, &p).unwrap();
                 })
             })
         });

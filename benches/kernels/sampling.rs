@@ -49,8 +49,18 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
         g.bench_function(format!("V{v}_{name}"), |b| {
             b.iter_custom(|iters| {
                 gpu_time(gpu, iters, |_| {
-                    let (l, c, f, pr, o) = (logits.slice(), ctx.slice(), flags.slice(), probs.slice(), out.slice());
-                    launch::sample(gpu, &gpu.stream, draw, l, v, 151851, c, 1000, &p, 0.37, f, pr, o).unwrap();
+                    let params = launch::SampleParams {
+                        logits: logits.slice(),
+                        v,
+                        vocab_len: 151851,
+                        flags: flags.slice(),
+                        ctx_ids: ctx.slice(),
+                        n_ctx: 1000,
+                        probs: probs.slice(),
+                        out_id: out.slice(),
+                        ..Default::default()
+                    };
+                    launch::sample(gpu, &gpu.stream, draw, &params, &p, 0.37).unwrap();
                 })
             })
         });

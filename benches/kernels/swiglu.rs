@@ -19,7 +19,8 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
         g.bench_function(format!("bf16_T{t}"), |b| {
             b.iter_custom(|iters| {
                 gpu_time(gpu, iters, |_| {
-                    launch::swiglu(gpu, &gpu.stream, dt, upgate.slice(), out.slice(), t, f).unwrap();
+                    let p = launch::SwigluParams { upgate: upgate.slice(), out: out.slice(), f, t };
+                    launch::swiglu(gpu, &gpu.stream, dt, &p).unwrap();
                 })
             })
         });

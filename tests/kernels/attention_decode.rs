@@ -17,7 +17,8 @@
 use crate::common::*;
 use qwen_rt::backend::cpu;
 use qwen_rt::backend::cuda::device::{DevBuf, DevSlice, Gpu, GpuDType};
-use qwen_rt::backend::cuda::launch::{self, DecodeSplit};
+use qwen_rt::backend::cuda::launch::{self, AttentionDecodeParams, DecodeSplit};
+use qwen_rt::model::attention_scale;
 
 /// Poisoned rows after each KV cache: a kernel reading past row cap - 1 gets NaN.
 const CACHE_GUARD_ROWS: usize = 4;
@@ -70,27 +71,23 @@ fn run(
     let counters = poisoned(gpu, (t * h + OUT_GUARD) * 4);
     gpu.memset(&gpu.stream, counters.ptr(), 0, t * h * 4).expect("zero counters");
     let launch_once = || {
-        let c = fused.then(|| counters.slice().sub(0, t * h * 4).unwrap());
-        launch::attention_decode(
-            gpu,
-            &gpu.stream,
-            dt,
+        let params = AttentionDecodeParams {
             q,
-            k,
-            v,
-            part_o.slice(),
-            part_ml.slice(),
-            out.slice(),
-            pos0_buf.slice(),
-            t,
+            k_cache: k,
+            v_cache: v,
+            part_o: part_o.slice(),
+            part_ml: part_ml.slice(),
+            pos0: pos0_buf.slice(),
             h,
             d,
             cap,
-            split,
-            split.n_splits,
-            c,
-        )
-        .expect("launch attention_decode");
+            split_len: split.split_len,
+            n_splits: split.n_splits,
+            scale: attention_scale(d),
+            out: out.slice(),
+            counters: if fused { counters.slice().sub(0, t * h * 4).unwrap() } else { DevSlice::default() },
+        };
+        launch::attention_decode(gpu, &gpu.stream, dt, &params, t, split, fused).expect("launch attention_decode");
         let c = read_u32(gpu, counters.slice(), t * h + OUT_GUARD);
         assert!(c[..t * h].iter().all(|&x| x == 0), "the combine counters were not left at zero: {:?}", &c[..t * h]);
         assert!(c[t * h..].iter().all(|&b| b == u32::MAX), "counters guard tail was written");
@@ -333,8 +330,24 @@ fn attention_decode_rejects_bad_shapes() {
     let buf = gpu.alloc(1 << 20).expect("alloc");
     let s = buf.slice();
     // T = 0 checks every shape and buffer but launches nothing (the buffer holds no real data).
+    let params = |d: usize, cap: usize, split: DecodeSplit, q: DevSlice| AttentionDecodeParams {
+        q,
+        k_cache: s,
+        v_cache: s,
+        part_o: s,
+        part_ml: s,
+        pos0: s,
+        h,
+        d,
+        cap,
+        split_len: split.split_len,
+        n_splits: split.n_splits,
+        scale: 1.0,
+        out: s,
+        counters: s,
+    };
     let call = |t: usize, d: usize, cap: usize, split: DecodeSplit, q: DevSlice| {
-        launch::attention_decode(&gpu, &gpu.stream, dt, q, s, s, s, s, s, s, t, h, d, cap, split, split.n_splits, None)
+        launch::attention_decode(&gpu, &gpu.stream, dt, &params(d, cap, split, q), t, split, false)
     };
     assert!(call(0, d, cap, split, s).is_ok());
     assert!(call(0, 258, cap, split, s).is_err(), "D > 256");
@@ -345,26 +358,14 @@ fn attention_decode_rejects_bad_shapes() {
     let small_q = s.sub(0, t * p * 2 - 2).unwrap();
     assert!(call(t, d, cap, split, small_q).is_err(), "q too small");
     let small_counters = s.sub(0, t * h * 4 - 4).unwrap();
-    let r = launch::attention_decode(
-        &gpu,
-        &gpu.stream,
-        dt,
-        s,
-        s,
-        s,
-        s,
-        s,
-        s,
-        s,
-        t,
-        h,
-        d,
-        cap,
-        split,
-        split.n_splits,
-        Some(small_counters),
-    );
+    let small = AttentionDecodeParams { counters: small_counters, ..params(d, cap, split, s) };
+    let r = launch::attention_decode(&gpu, &gpu.stream, dt, &small, t, split, true);
     assert!(r.is_err(), "counters [T, H] too small");
+    let wrong_len = AttentionDecodeParams { split_len: split.split_len * 2, ..params(d, cap, split, s) };
+    assert!(
+        launch::attention_decode(&gpu, &gpu.stream, dt, &wrong_len, 0, split, false).is_err(),
+        "split_len not the plan's"
+    );
     gpu.sync().expect("sync");
 }
 

@@ -15,9 +15,10 @@
 //! every output buffer a poisoned guard tail that must stay untouched.
 use crate::common::*;
 use qwen_rt::backend::cpu;
-use qwen_rt::backend::cuda::device::{DevBuf, Gpu, GpuDType};
-use qwen_rt::backend::cuda::launch::{self, PrefillKernel};
+use qwen_rt::backend::cuda::device::{DevBuf, DevSlice, Gpu, GpuDType};
+use qwen_rt::backend::cuda::launch::{self, AttentionPrefillParams, PrefillKernel};
 use qwen_rt::error::Error;
+use qwen_rt::model::attention_scale;
 
 /// Poisoned rows after each KV cache's `cap` rows: a kernel reading past row cap - 1 gets NaN.
 const CACHE_GUARD_ROWS: usize = 4;
@@ -79,22 +80,19 @@ fn check_kernel(gpu: &Gpu, kernel: PrefillKernel, dt: GpuDType, c: Case, seed: u
     let out = poisoned(gpu, (t * p + OUT_GUARD) * 2);
     let cap_slice = k.slice().sub(0, cap * p * 2).unwrap(); // the launcher sees exactly cap rows
     let v_slice = v.slice().sub(0, cap * p * 2).unwrap();
-    launch::attention_prefill(
-        gpu,
-        &gpu.stream,
-        kernel,
-        dt,
-        q.slice(),
-        cap_slice,
-        v_slice,
-        out.slice().sub(0, t * p * 2).unwrap(),
-        pos0_buf.slice(),
+    let params = AttentionPrefillParams {
+        q: q.slice(),
+        k_cache: cap_slice,
+        v_cache: v_slice,
+        out: out.slice().sub(0, t * p * 2).unwrap(),
+        pos0: pos0_buf.slice(),
         t,
         h,
         d,
         cap,
-    )
-    .unwrap();
+        scale: attention_scale(d),
+    };
+    launch::attention_prefill(gpu, &gpu.stream, kernel, dt, &params).unwrap();
     let all = gpu.read::<u16>(out.ptr(), t * p + OUT_GUARD).expect("read out");
     let touched = all[t * p..].iter().filter(|&&b| b != 0xFFFF).count();
     assert_eq!(
@@ -168,10 +166,22 @@ fn attention_prefill_rejects_bad_shapes() {
     let buf = poisoned(&gpu, cap * h * 256 * 2);
     let pos0 = upload_u32(&gpu, &[0]);
     let s = buf.slice();
+    let params = |k_cache: DevSlice, t: usize, d: usize| AttentionPrefillParams {
+        q: s,
+        k_cache,
+        v_cache: s,
+        out: s,
+        pos0: pos0.slice(),
+        t,
+        h,
+        d,
+        cap,
+        scale: 1.0,
+    };
     for (dt, k) in DTYPES.into_iter().flat_map(|dt| PrefillKernel::ALL.map(|k| (dt, k))) {
         // Unsupported head dims are refused, naming D.
         for d in [8, 48, 96, 256] {
-            match launch::attention_prefill(&gpu, &gpu.stream, k, dt, s, s, s, s, pos0.slice(), t, h, d, cap) {
+            match launch::attention_prefill(&gpu, &gpu.stream, k, dt, &params(s, t, d)) {
                 Err(Error::Backend(msg)) => assert!(msg.contains(&format!("D = {d}")), "message `{msg}`"),
                 other => panic!("D = {d}: expected Error::Backend, got {other:?}"),
             }
@@ -179,9 +189,9 @@ fn attention_prefill_rejects_bad_shapes() {
         // A cache smaller than cap rows, and T > cap, are refused too.
         let d = 128;
         let short = s.sub(0, (cap - 1) * h * d * 2).unwrap();
-        let r = launch::attention_prefill(&gpu, &gpu.stream, k, dt, s, short, s, s, pos0.slice(), t, h, d, cap);
+        let r = launch::attention_prefill(&gpu, &gpu.stream, k, dt, &params(short, t, d));
         assert!(matches!(r, Err(Error::Backend(_))), "short k_cache: {r:?}");
-        let r = launch::attention_prefill(&gpu, &gpu.stream, k, dt, s, s, s, s, pos0.slice(), cap + 1, h, d, cap);
+        let r = launch::attention_prefill(&gpu, &gpu.stream, k, dt, &params(s, cap + 1, d));
         assert!(matches!(r, Err(Error::Backend(_))), "T > cap: {r:?}");
     }
     gpu.sync().unwrap();

@@ -1,7 +1,7 @@
 //! `embedding_{bf16,f16}` vs `cpu::embedding`.
 use crate::common::*;
 use qwen_rt::backend::cpu;
-use qwen_rt::backend::cuda::launch;
+use qwen_rt::backend::cuda::launch::{self, EmbeddingParams};
 use qwen_rt::checkpoint::TensorView;
 
 #[test]
@@ -14,7 +14,8 @@ fn embedding_matches_cpu() {
             let ids: Vec<u32> = (0..t as u32).map(|i| (i * 7919 + 13) % v as u32).collect();
             let ids_buf = upload_u32(&gpu, &ids);
             let out = poisoned(&gpu, t * c * 4);
-            launch::embedding(&gpu, &gpu.stream, dt, wte.slice(), ids_buf.slice(), out.slice(), t, v, c).unwrap();
+            let params = EmbeddingParams { wte: wte.slice(), ids: ids_buf.slice(), out: out.slice(), v, c };
+            launch::embedding(&gpu, &gpu.stream, dt, &params, t).unwrap();
             let got = read_f32(&gpu, out.slice(), t * c);
             let view = TensorView::from_f32("wte", &[v, c], &wte_host).unwrap();
             let mut want = vec![0f32; t * c];

@@ -3,7 +3,7 @@
 use crate::common::*;
 use qwen_rt::backend::cpu;
 use qwen_rt::backend::cuda::device::{DevBuf, DevSlice, Gpu, GpuDType};
-use qwen_rt::backend::cuda::launch;
+use qwen_rt::backend::cuda::launch::{self, GemvParams};
 use qwen_rt::checkpoint::TensorView;
 
 /// f32 values of poison after y that must still be poison (0xFFFFFFFF) after the call.
@@ -124,7 +124,7 @@ fn check_with(
     let xs = xbuf.slice().sub(x_off, b * k * 2).unwrap();
     let (ybuf, ys) = poisoned_out(gpu, b * n);
     let what = format!("gemv {dt:?} N{n} K{k} B{b} x+{x_off} w+{} {cfg:?}", w.ptr.0 % 16);
-    launch::gemv_with(gpu, &gpu.stream, dt, w, xs, ys, n, k, b, cfg).unwrap();
+    launch::gemv_with(gpu, &gpu.stream, dt, &GemvParams { w, x: xs, y: ys, n, k, b, stages: 0 }, cfg).unwrap();
     let got = read_checked(gpu, &ybuf, b * n, &what);
     let (want, lim) = oracle.run(&x_host, b);
     assert_within(&what, &got, &want, &lim);
@@ -227,24 +227,25 @@ fn gemv_rejects_bad_shapes() {
     let x = gpu.alloc(9 * k * 2).unwrap();
     let y = gpu.alloc(9 * n * 4).unwrap();
     let dt = GpuDType::BF16;
+    let params = |w, y, b| GemvParams { w, x: x.slice(), y, n, k, b, stages: 0 };
     for b in [0, launch::GEMV_MAX_B + 1] {
-        let r = launch::gemv(&gpu, &gpu.stream, dt, w.slice(), x.slice(), y.slice(), n, k, b);
+        let r = launch::gemv(&gpu, &gpu.stream, dt, &params(w.slice(), y.slice(), b));
         assert!(r.is_err(), "gemv with B = {b} must be refused");
     }
     for stages in [0, 3] {
         let cfg = launch::GemvConfig::new(stages, 0);
-        let r = launch::gemv_with(&gpu, &gpu.stream, dt, w.slice(), x.slice(), y.slice(), n, k, 1, cfg);
+        let r = launch::gemv_with(&gpu, &gpu.stream, dt, &params(w.slice(), y.slice(), 1), cfg);
         assert!(r.is_err(), "gemv with {stages} stages must be refused");
     }
     // Run 4's kernel has no L2 prefetch: asking it for one is refused, not ignored.
     let run4_prefetch = launch::GemvConfig { prefetch_mb: 4, ..launch::GemvConfig::DEFAULT };
-    let r = launch::gemv_with(&gpu, &gpu.stream, dt, w.slice(), x.slice(), y.slice(), n, k, 1, run4_prefetch);
+    let r = launch::gemv_with(&gpu, &gpu.stream, dt, &params(w.slice(), y.slice(), 1), run4_prefetch);
     assert!(r.is_err(), "a prefetch on run 4's gemv must be refused");
     // y one value too small, w one row too small.
     let y_small = y.slice().sub(0, 2 * n * 4 - 4).unwrap();
-    assert!(launch::gemv(&gpu, &gpu.stream, dt, w.slice(), x.slice(), y_small, n, k, 2).is_err());
+    assert!(launch::gemv(&gpu, &gpu.stream, dt, &params(w.slice(), y_small, 2)).is_err());
     let w_small = w.slice().sub(0, (n - 1) * k * 2).unwrap();
-    assert!(launch::gemv(&gpu, &gpu.stream, dt, w_small, x.slice(), y.slice(), n, k, 2).is_err());
+    assert!(launch::gemv(&gpu, &gpu.stream, dt, &params(w_small, y.slice(), 2)).is_err());
     gpu.sync().unwrap();
 }
 
@@ -256,7 +257,8 @@ fn gemv_zero_depth_writes_zeros() {
     let (w, x) = (gpu.alloc(16).unwrap(), gpu.alloc(16).unwrap());
     for dt in DTYPES {
         let (ybuf, ys) = poisoned_out(&gpu, b * n);
-        launch::gemv(&gpu, &gpu.stream, dt, w.slice(), x.slice(), ys, n, 0, b).unwrap();
+        launch::gemv(&gpu, &gpu.stream, dt, &GemvParams { w: w.slice(), x: x.slice(), y: ys, n, k: 0, b, stages: 0 })
+            .unwrap();
         let got = read_checked(&gpu, &ybuf, b * n, "gemv K0");
         assert!(got.iter().all(|&v| v == 0.0), "gemv {dt:?} K = 0 must write zeros: {got:?}");
     }

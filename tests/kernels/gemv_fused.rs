@@ -13,7 +13,9 @@ use crate::common::*;
 use crate::gemv::{assert_within, Oracle};
 use qwen_rt::backend::cpu;
 use qwen_rt::backend::cuda::device::{DevBuf, Gpu, GpuDType};
-use qwen_rt::backend::cuda::launch::{self, GemvConfig};
+use qwen_rt::backend::cuda::launch::{
+    self, GemvConfig, GemvFusedParams, GemvParams, RmsnormParams, RopeParams, SwigluParams,
+};
 
 const POISON: u16 = 0xFFFF;
 
@@ -49,14 +51,17 @@ fn swiglu_case(gpu: &Gpu, dt: GpuDType, f: usize, k: usize, b: usize, x_off: usi
 
     let out = poisoned(gpu, (b + 1) * f * 2); // one guard row
     let out_s = out.slice().sub(0, b * f * 2).unwrap();
-    launch::gemv_swiglu(gpu, &gpu.stream, dt, w.slice(), x, out_s, f, k, b, cfg).unwrap();
+    let params = GemvFusedParams { w: w.slice(), x, k, b, f, out: out_s, ..Default::default() };
+    launch::gemv_swiglu(gpu, &gpu.stream, dt, &params, cfg).unwrap();
     let got = bits(gpu, &out, (b + 1) * f);
 
     // The unfused chain with the same configuration.
     let upgate = poisoned(gpu, b * 2 * f * 4);
     let chain = poisoned(gpu, b * f * 2);
-    launch::gemv_with(gpu, &gpu.stream, dt, w.slice(), x, upgate.slice(), 2 * f, k, b, cfg).unwrap();
-    launch::swiglu(gpu, &gpu.stream, dt, upgate.slice(), chain.slice(), b, f).unwrap();
+    let mm = GemvParams { w: w.slice(), x, y: upgate.slice(), n: 2 * f, k, b, stages: 0 };
+    launch::gemv_with(gpu, &gpu.stream, dt, &mm, cfg).unwrap();
+    launch::swiglu(gpu, &gpu.stream, dt, &SwigluParams { upgate: upgate.slice(), out: chain.slice(), f, t: b })
+        .unwrap();
     let want_bits = bits(gpu, &chain, b * f);
     let (n, at) = first_diffs(&got[..b * f], &want_bits);
     assert_eq!(n, 0, "{what}: {n} values differ from gemv + swiglu (first at {at:?})");
@@ -135,49 +140,45 @@ fn rope_case(
         let (ks, vs) = (kc.slice().sub(0, cap * p * 2).unwrap(), vc.slice().sub(0, cap * p * 2).unwrap());
         let qs = q.slice().sub(0, p * 2).unwrap();
         if fused {
-            launch::gemv_qkv_rope(
-                gpu,
-                &gpu.stream,
-                dt,
-                w.slice(),
-                x.slice(),
-                bias.slice(),
-                inv_buf.slice(),
-                pos.slice(),
-                qs,
-                ks,
-                vs,
+            let params = GemvFusedParams {
+                w: w.slice(),
+                x: x.slice(),
                 k,
+                b: 1,
+                bias: bias.slice(),
+                inv_freq: inv_buf.slice(),
+                pos0: pos.slice(),
+                q: qs,
+                k_cache: ks,
+                v_cache: vs,
                 h,
                 d,
                 cap,
                 s,
-                true,
-                cfg,
-            )
-            .unwrap();
+                use_logn: 1,
+                ..Default::default()
+            };
+            launch::gemv_qkv_rope(gpu, &gpu.stream, dt, &params, cfg).unwrap();
         } else {
             let qkv = poisoned(gpu, 3 * p * 4);
-            launch::gemv_with(gpu, &gpu.stream, dt, w.slice(), x.slice(), qkv.slice(), 3 * p, k, 1, cfg).unwrap();
-            launch::qkv_rope_append(
-                gpu,
-                &gpu.stream,
-                dt,
-                qkv.slice(),
-                bias.slice(),
-                inv_buf.slice(),
-                pos.slice(),
-                qs,
-                ks,
-                vs,
-                1,
+            let mm = GemvParams { w: w.slice(), x: x.slice(), y: qkv.slice(), n: 3 * p, k, b: 1, stages: 0 };
+            launch::gemv_with(gpu, &gpu.stream, dt, &mm, cfg).unwrap();
+            let params = RopeParams {
+                qkv: qkv.slice(),
+                bias: bias.slice(),
+                inv_freq: inv_buf.slice(),
+                pos0: pos.slice(),
+                q: qs,
+                k_cache: ks,
+                v_cache: vs,
+                t: 1,
                 h,
                 d,
                 cap,
                 s,
-                true,
-            )
-            .unwrap();
+                use_logn: 1,
+            };
+            launch::qkv_rope_append(gpu, &gpu.stream, dt, &params).unwrap();
         }
         [bits(gpu, &q, 2 * p), bits(gpu, &kc, (cap + 1) * p), bits(gpu, &vc, (cap + 1) * p)]
     };
@@ -225,7 +226,8 @@ fn gemv_fused_rejects_bad_shapes() {
     let (w, x, o) = (poisoned(&gpu, 1 << 16), poisoned(&gpu, 1 << 12), poisoned(&gpu, 1 << 12));
     let cfg = GemvConfig::DEFAULT;
     let sw = |f: usize, k: usize, b: usize, c: GemvConfig| {
-        launch::gemv_swiglu(&gpu, &gpu.stream, dt, w.slice(), x.slice(), o.slice(), f, k, b, c)
+        let params = GemvFusedParams { w: w.slice(), x: x.slice(), k, b, f, out: o.slice(), ..Default::default() };
+        launch::gemv_swiglu(&gpu, &gpu.stream, dt, &params, c)
     };
     assert!(sw(8, 16, 9, cfg).is_err(), "B = 9 must be refused");
     assert!(sw(8, 16, 0, cfg).is_err(), "B = 0 must be refused");
@@ -234,47 +236,47 @@ fn gemv_fused_rejects_bad_shapes() {
     assert!(sw(8, 16, 1, cfg).is_ok());
     let rope = |h: usize, d: usize, cap: usize| {
         let s = o.slice();
-        launch::gemv_qkv_rope(
-            &gpu,
-            &gpu.stream,
-            dt,
-            w.slice(),
-            x.slice(),
-            s,
-            s,
-            s,
-            s,
-            s,
-            s,
-            16,
+        let params = GemvFusedParams {
+            w: w.slice(),
+            x: x.slice(),
+            k: 16,
+            b: 1,
+            bias: s,
+            inv_freq: s,
+            pos0: s,
+            q: s,
+            k_cache: s,
+            v_cache: s,
             h,
             d,
             cap,
-            8,
-            true,
-            cfg,
-        )
+            s: 8,
+            use_logn: 1,
+            ..Default::default()
+        };
+        launch::gemv_qkv_rope(&gpu, &gpu.stream, dt, &params, cfg)
     };
     assert!(rope(2, 7, 1).is_err(), "an odd head dim must be refused");
     assert!(rope(1, 258, 1).is_err(), "a head dim over 256 must be refused");
     assert!(rope(2, 8, 1000).is_err(), "caches larger than their buffers must be refused");
+    let two_rows = GemvFusedParams { w: w.slice(), x: x.slice(), k: 16, b: 2, c: 8, ..Default::default() };
+    assert!(launch::gemv_residual_rmsnorm(&gpu, &gpu.stream, dt, &two_rows, cfg).is_err(), "B = 2 must be refused");
     let ws_small = o.slice().sub(0, launch::residual_norm_workspace_bytes(64) - 4).unwrap();
     let rn = |ws| {
-        launch::gemv_residual_rmsnorm(
-            &gpu,
-            &gpu.stream,
-            dt,
-            w.slice(),
-            x.slice(),
-            o.slice(),
-            o.slice(),
-            o.slice(),
-            ws,
-            64,
-            16,
-            1e-6,
-            cfg,
-        )
+        let params = GemvFusedParams {
+            w: w.slice(),
+            x: x.slice(),
+            k: 16,
+            b: 1,
+            c: 64,
+            resid: o.slice(),
+            w_ln: o.slice(),
+            a: o.slice(),
+            partials: ws,
+            eps: 1e-6,
+            ..Default::default()
+        };
+        launch::gemv_residual_rmsnorm(&gpu, &gpu.stream, dt, &params, cfg)
     };
     assert!(rn(ws_small).is_err(), "a workspace without room for the counter must be refused");
     gpu.stream.synchronize().unwrap();
@@ -298,22 +300,20 @@ fn resnorm_case(gpu: &Gpu, dt: GpuDType, c: usize, k: usize, cfg: GemvConfig) {
         let x = upload_f32(gpu, &x0);
         let a = poisoned(gpu, (c + 8) * 2);
         let a_s = a.slice().sub(0, c * 2).unwrap();
-        launch::gemv_residual_rmsnorm(
-            gpu,
-            &gpu.stream,
-            dt,
-            w.slice(),
-            h.slice(),
-            x.slice(),
-            w_ln.slice(),
-            a_s,
-            ws.slice(),
-            c,
+        let params = GemvFusedParams {
+            w: w.slice(),
+            x: h.slice(),
             k,
+            b: 1,
+            c,
+            resid: x.slice(),
+            w_ln: w_ln.slice(),
+            a: a_s,
+            partials: ws.slice(),
             eps,
-            cfg,
-        )
-        .unwrap();
+            ..Default::default()
+        };
+        launch::gemv_residual_rmsnorm(gpu, &gpu.stream, dt, &params, cfg).unwrap();
         let counter = gpu.read::<u32>(ws.ptr().offset(ws_bytes - 4), 1).unwrap()[0];
         assert_eq!(counter, 0, "{what}: the ticket counter was left at {counter}");
         let a_bits = bits(gpu, &a, c + 8);
@@ -326,8 +326,10 @@ fn resnorm_case(gpu: &Gpu, dt: GpuDType, c: usize, k: usize, cfg: GemvConfig) {
 
     // The chain: gemv into y, then add_rmsnorm.
     let (x2, y, a2) = (upload_f32(gpu, &x0), poisoned(gpu, c * 4), poisoned(gpu, c * 2));
-    launch::gemv_with(gpu, &gpu.stream, dt, w.slice(), h.slice(), y.slice(), c, k, 1, cfg).unwrap();
-    launch::add_rmsnorm(gpu, &gpu.stream, dt, x2.slice(), y.slice(), w_ln.slice(), a2.slice(), 1, c, eps).unwrap();
+    let mm = GemvParams { w: w.slice(), x: h.slice(), y: y.slice(), n: c, k, b: 1, stages: 0 };
+    launch::gemv_with(gpu, &gpu.stream, dt, &mm, cfg).unwrap();
+    let norm = RmsnormParams { x: x2.slice(), y: y.slice(), w: w_ln.slice(), out: a2.slice(), c, eps };
+    launch::add_rmsnorm(gpu, &gpu.stream, dt, &norm, 1).unwrap();
     let x_chain = read_f32(gpu, x2.slice(), c);
     let a_chain = bits(gpu, &a2, c);
     let xd = (0..c).filter(|&i| x_got[i].to_bits() != x_chain[i].to_bits()).count();

@@ -10,7 +10,13 @@
 //! by add_rmsnorm is the same single IEEE addition as `cpu::add`: compared bit for bit.
 use crate::common::*;
 use qwen_rt::backend::cpu;
-use qwen_rt::backend::cuda::launch;
+use qwen_rt::backend::cuda::device::DevSlice;
+use qwen_rt::backend::cuda::launch::{self, EmbeddingParams, RmsnormParams, SwigluParams};
+
+/// The rmsnorm family's parameters (`y` only read by add_rmsnorm), eps = EPS.
+fn norm(x: DevSlice, y: DevSlice, w: DevSlice, out: DevSlice, c: usize) -> RmsnormParams<DevSlice, usize> {
+    RmsnormParams { x, y, w, out, c, eps: EPS }
+}
 
 /// (T, C): the 7B hidden size at decode and prefill widths, the largest C the kernels promise
 /// (8192), C % 4 != 0 (scalar path: 1, 7, 127, 4097) and small C % 4 == 0 (vector path: 4, 12).
@@ -44,7 +50,8 @@ fn rmsnorm_matches_cpu() {
             let x = upload_f32(&gpu, &x_host);
             let (w, w_host) = upload_dt(&gpu, dt, &rand_vec(c, 5 + c as u64, 1.5));
             let out = poisoned(&gpu, (t + 1) * c * 2); // one guard row
-            launch::rmsnorm(&gpu, &gpu.stream, dt, x.slice(), w.slice(), out.slice(), t, c, EPS).unwrap();
+            launch::rmsnorm(&gpu, &gpu.stream, dt, &norm(x.slice(), DevSlice::default(), w.slice(), out.slice(), c), t)
+                .unwrap();
             let got = read_dt(&gpu, dt, out.slice(), t * c);
             let guard = gpu.read::<u16>(out.ptr().offset(t * c * 2), c).unwrap();
             let mut want = vec![0f32; t * c];
@@ -67,7 +74,8 @@ fn rmsnorm_zero_row_gives_zeros() {
         let x = upload_f32(&gpu, &vec![0f32; t * c]);
         let (w, _) = upload_dt(&gpu, dt, &rand_vec(c, 3, 1.0));
         let out = poisoned(&gpu, t * c * 2);
-        launch::rmsnorm(&gpu, &gpu.stream, dt, x.slice(), w.slice(), out.slice(), t, c, EPS).unwrap();
+        launch::rmsnorm(&gpu, &gpu.stream, dt, &norm(x.slice(), DevSlice::default(), w.slice(), out.slice(), c), t)
+            .unwrap();
         let got = read_dt(&gpu, dt, out.slice(), t * c);
         assert_close(&format!("rmsnorm zero rows {dt:?}"), &got, &vec![0f32; t * c], 0.0, 0.0);
     }
@@ -84,7 +92,7 @@ fn rmsnorm_add_matches_cpu() {
             let y = upload_f32(&gpu, &y_host);
             let (w, w_host) = upload_dt(&gpu, dt, &rand_vec(c, 7 + c as u64, 1.5));
             let out = poisoned(&gpu, (t + 1) * c * 2); // one guard row
-            launch::add_rmsnorm(&gpu, &gpu.stream, dt, x.slice(), y.slice(), w.slice(), out.slice(), t, c, EPS)
+            launch::add_rmsnorm(&gpu, &gpu.stream, dt, &norm(x.slice(), y.slice(), w.slice(), out.slice(), c), t)
                 .unwrap();
             let got = read_dt(&gpu, dt, out.slice(), t * c);
             let got_x = read_f32(&gpu, x.slice(), t * c);
@@ -113,10 +121,13 @@ fn rmsnorm_rejects_short_buffers() {
     let out = poisoned(&gpu, t * c * 2);
     let short = poisoned(&gpu, t * c * 2 - 2);
     let s = &gpu.stream;
-    assert!(launch::rmsnorm(&gpu, s, dt, x.slice(), w.slice(), short.slice(), t, c, EPS).is_err());
-    assert!(launch::rmsnorm(&gpu, s, dt, x.slice(), w.slice(), out.slice(), t, 0, EPS).is_err());
-    assert!(launch::rmsnorm(&gpu, s, dt, x.slice(), short.slice(), out.slice(), t, c + 1, EPS).is_err());
-    assert!(launch::add_rmsnorm(&gpu, s, dt, x.slice(), short.slice(), w.slice(), out.slice(), t, c, EPS).is_err());
+    assert!(
+        launch::rmsnorm(&gpu, s, dt, &norm(x.slice(), DevSlice::default(), w.slice(), short.slice(), c), t).is_err()
+    );
+    assert!(launch::rmsnorm(&gpu, s, dt, &norm(x.slice(), DevSlice::default(), w.slice(), out.slice(), 0), t).is_err());
+    assert!(launch::rmsnorm(&gpu, s, dt, &norm(x.slice(), DevSlice::default(), short.slice(), out.slice(), c + 1), t)
+        .is_err());
+    assert!(launch::add_rmsnorm(&gpu, s, dt, &norm(x.slice(), short.slice(), w.slice(), out.slice(), c), t).is_err());
 }
 
 #[test]
@@ -129,18 +140,20 @@ fn pointwise_vector_paths_refuse_misaligned_views() {
     let at = |off: usize, bytes: usize| buf.slice().sub(off, bytes).unwrap();
     let (c, odd) = (64usize, 63usize);
     let (x, w, out) = (at(4, t * c * 4), at(65536, c * 2), at(131072, t * c * 2));
-    let e = launch::rmsnorm(&gpu, s, dt, x, w, out, t, c, EPS).unwrap_err().to_string();
+    let e = launch::rmsnorm(&gpu, s, dt, &norm(x, DevSlice::default(), w, out, c), t).unwrap_err().to_string();
     assert!(e.contains("rmsnorm x") && e.contains("aligned"), "{e}");
     let y = at(262144 + 4, t * c * 4);
-    assert!(launch::add_rmsnorm(&gpu, s, dt, at(196608, t * c * 4), y, w, out, t, c, EPS).is_err());
-    launch::rmsnorm(&gpu, s, dt, at(4, t * odd * 4), w, out, t, odd, EPS)
+    assert!(launch::add_rmsnorm(&gpu, s, dt, &norm(at(196608, t * c * 4), y, w, out, c), t).is_err());
+    launch::rmsnorm(&gpu, s, dt, &norm(at(4, t * odd * 4), DevSlice::default(), w, out, odd), t)
         .expect("C % 4 != 0: scalar path, any 4-byte view");
-    let e = launch::swiglu(&gpu, s, dt, at(4, t * 2 * c * 4), out, t, c).unwrap_err().to_string();
+    let e = launch::swiglu(&gpu, s, dt, &SwigluParams { upgate: at(4, t * 2 * c * 4), out, f: c, t })
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("swiglu upgate"), "{e}");
     let ids = at(393216, t * 4);
     gpu.memset(s, ids.ptr, 0, t * 4).unwrap();
-    let e =
-        launch::embedding(&gpu, s, dt, at(8, 4 * c * 2), ids, at(458752, t * c * 4), t, 4, c).unwrap_err().to_string();
+    let emb = EmbeddingParams { wte: at(8, 4 * c * 2), ids, out: at(458752, t * c * 4), v: 4, c };
+    let e = launch::embedding(&gpu, s, dt, &emb, t).unwrap_err().to_string();
     assert!(e.contains("embedding wte"), "{e}");
     s.synchronize().unwrap();
 }

@@ -16,7 +16,7 @@
 use crate::common::*;
 use qwen_rt::backend::cpu;
 use qwen_rt::backend::cuda::device::{Gpu, GpuDType};
-use qwen_rt::backend::cuda::launch;
+use qwen_rt::backend::cuda::launch::{self, RopeParams};
 use qwen_rt::config::QwenConfig;
 use qwen_rt::model;
 
@@ -106,25 +106,22 @@ fn run(gpu: &Gpu, dt: GpuDType, c: Case) {
     let q = poisoned(gpu, (t + 1) * p * 2); // one guard row
     let kc = poisoned(gpu, (cap + GUARD_ROWS) * p * 2);
     let vc = poisoned(gpu, (cap + GUARD_ROWS) * p * 2);
-    launch::qkv_rope_append(
-        gpu,
-        &gpu.stream,
-        dt,
-        qkv.slice(),
-        bias.slice(),
-        inv_buf.slice(),
-        pos0.slice(),
-        q.slice(),
-        kc.slice(),
-        vc.slice(),
+    let params = RopeParams {
+        qkv: qkv.slice(),
+        bias: bias.slice(),
+        inv_freq: inv_buf.slice(),
+        pos0: pos0.slice(),
+        q: q.slice(),
+        k_cache: kc.slice(),
+        v_cache: vc.slice(),
         t,
         h,
         d,
         cap,
-        c.seq_length,
-        c.use_logn,
-    )
-    .unwrap();
+        s: c.seq_length,
+        use_logn: c.use_logn as usize,
+    };
+    launch::qkv_rope_append(gpu, &gpu.stream, dt, &params).unwrap();
     let q_bits = gpu.read::<u16>(q.ptr(), (t + 1) * p).unwrap();
     let k_bits = gpu.read::<u16>(kc.ptr(), (cap + GUARD_ROWS) * p).unwrap();
     let v_bits = gpu.read::<u16>(vc.ptr(), (cap + GUARD_ROWS) * p).unwrap();
@@ -251,24 +248,22 @@ fn rotary_rejects_bad_shapes() {
     let vc = poisoned(&gpu, cap * p * 2);
     let s = &gpu.stream;
     let go = |h: usize, d: usize, cap: usize, inv: &qwen_rt::backend::cuda::device::DevBuf| {
-        launch::qkv_rope_append(
-            &gpu,
-            s,
-            dt,
-            qkv.slice(),
-            bias.slice(),
-            inv.slice(),
-            pos0.slice(),
-            q.slice(),
-            kc.slice(),
-            vc.slice(),
+        let params = RopeParams {
+            qkv: qkv.slice(),
+            bias: bias.slice(),
+            inv_freq: inv.slice(),
+            pos0: pos0.slice(),
+            q: q.slice(),
+            k_cache: kc.slice(),
+            v_cache: vc.slice(),
             t,
             h,
             d,
             cap,
-            8192,
-            true,
-        )
+            s: 8192,
+            use_logn: 1,
+        };
+        launch::qkv_rope_append(&gpu, s, dt, &params)
     };
     assert!(go(h, d, cap, &inv).is_ok());
     assert!(go(h, d, cap + 1, &inv).is_err(), "cache smaller than cap rows");

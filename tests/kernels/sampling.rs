@@ -22,7 +22,7 @@
 //! to compare at V = 151936, where neighbouring boundaries are ~1e-5 apart.
 use crate::common::*;
 use qwen_rt::backend::cuda::device::Gpu;
-use qwen_rt::backend::cuda::launch::{self, SampleDraw};
+use qwen_rt::backend::cuda::launch::{self, SampleDraw, SampleParams};
 use qwen_rt::sampler::{Sampler, SamplingParams};
 use qwen_rt::tokenizer::VOCAB_LEN;
 
@@ -55,22 +55,18 @@ fn run_on(gpu: &Gpu, draw: SampleDraw, logits: &[f32], ctx: &[u32], p: &Sampling
     gpu.memset(&gpu.stream, flags.ptr(), 0, wbytes).expect("zero flags");
     let probs = poisoned(gpu, v * 4);
     let out = poisoned(gpu, 4);
-    launch::sample(
-        gpu,
-        &gpu.stream,
-        draw,
-        l.slice(),
+    let params = SampleParams {
+        logits: l.slice(),
         v,
-        VOCAB_LEN as usize,
-        ctx_buf.slice(),
-        ctx.len(),
-        p,
-        u,
-        flags.slice(),
-        probs.slice(),
-        out.slice(),
-    )
-    .expect("launch::sample");
+        vocab_len: VOCAB_LEN as usize,
+        flags: flags.slice(),
+        ctx_ids: ctx_buf.slice(),
+        n_ctx: ctx.len(),
+        probs: probs.slice(),
+        out_id: out.slice(),
+        ..Default::default()
+    };
+    launch::sample(gpu, &gpu.stream, draw, &params, p, u).expect("launch::sample");
     let probs = read_f32(gpu, probs.slice(), v);
     let id = read_u32(gpu, out.slice(), 1)[0];
     let fl = gpu.read::<u8>(flags.ptr(), wbytes).expect("read flags");
@@ -494,21 +490,18 @@ fn sampling_launcher_rejects_bad_arguments() {
     let call = |v: usize, probs_bytes: usize, n_ctx: usize, p: &SamplingParams, u: f64| {
         let pr = probs.slice().sub(0, probs_bytes).unwrap();
         let draw = launch::SampleDraw::for_params(launch::SamplerPath::Run4, p, v);
-        launch::sample(
-            &gpu,
-            &gpu.stream,
-            draw,
-            l.slice(),
+        let params = SampleParams {
+            logits: l.slice(),
             v,
-            v,
-            ctx.slice(),
+            vocab_len: v,
+            flags: flags.slice(),
+            ctx_ids: ctx.slice(),
             n_ctx,
-            p,
-            u,
-            flags.slice(),
-            pr,
-            out.slice(),
-        )
+            probs: pr,
+            out_id: out.slice(),
+            ..Default::default()
+        };
+        launch::sample(&gpu, &gpu.stream, draw, &params, p, u)
     };
     assert!(call(v, v * 4, 2, &q, 0.5).is_ok());
     assert!(call(0, v * 4, 2, &q, 0.5).is_err(), "V = 0");

@@ -7,7 +7,7 @@
 //! subnormal results (spacing 6e-8).
 use crate::common::*;
 use qwen_rt::backend::cpu;
-use qwen_rt::backend::cuda::launch;
+use qwen_rt::backend::cuda::launch::{self, SwigluParams};
 
 /// (T, F): the 7B MLP width at decode and prefill widths, ragged F (1, 7, 127: scalar path;
 /// 4, 12, 4100: vector path with partly filled blocks).
@@ -28,7 +28,7 @@ fn check(gpu: &qwen_rt::backend::cuda::device::Gpu, t: usize, f: usize, upgate_h
     for dt in DTYPES {
         let upgate = upload_f32(gpu, upgate_host);
         let out = poisoned(gpu, (t + 1) * f * 2); // one guard row
-        launch::swiglu(gpu, &gpu.stream, dt, upgate.slice(), out.slice(), t, f).unwrap();
+        launch::swiglu(gpu, &gpu.stream, dt, &SwigluParams { upgate: upgate.slice(), out: out.slice(), f, t }).unwrap();
         let got = read_dt(gpu, dt, out.slice(), t * f);
         let guard = gpu.read::<u16>(out.ptr().offset(t * f * 2), f).unwrap();
         let (up, gate) = split(upgate_host, f);
@@ -80,7 +80,8 @@ fn swiglu_rejects_short_buffers() {
     let upgate = upload_f32(&gpu, &vec![1f32; t * 2 * f]);
     let out = poisoned(&gpu, t * f * 2);
     let s = &gpu.stream;
-    assert!(launch::swiglu(&gpu, s, dt, upgate.slice(), out.slice(), t, f + 1).is_err());
-    assert!(launch::swiglu(&gpu, s, dt, upgate.slice(), out.slice(), t + 1, f).is_err());
-    assert!(launch::swiglu(&gpu, s, dt, upgate.slice(), out.slice(), t, 0).is_err());
+    let params = |t, f| SwigluParams { upgate: upgate.slice(), out: out.slice(), f, t };
+    assert!(launch::swiglu(&gpu, s, dt, &params(t, f + 1)).is_err());
+    assert!(launch::swiglu(&gpu, s, dt, &params(t + 1, f)).is_err());
+    assert!(launch::swiglu(&gpu, s, dt, &params(t, 0)).is_err());
 }

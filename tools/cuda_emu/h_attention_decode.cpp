@@ -11,8 +11,18 @@
 #include "attention_decode_emu.cu"
 #include "attention_decode_fused_emu.cu"
 template <class T> struct K;
-template <> struct K<__nv_bfloat16> { static constexpr auto dec = attention_decode_bf16; static constexpr auto comb = attention_decode_combine_bf16; static constexpr auto fused = attention_decode_fused_bf16; };
-template <> struct K<__half> { static constexpr auto dec = attention_decode_f16; static constexpr auto comb = attention_decode_combine_f16; static constexpr auto fused = attention_decode_fused_f16; };
+// attention_decode_fused takes AttentionDecodeParams (params.h) by value: called through this adapter
+// with the positional arguments of run 4's split kernel plus out and the counters.
+template <auto F, typename T>
+void fused_by_value(const T* q, const T* k, const T* v, float* po, float* pml, const uint32_t* pos0, uint32_t h,
+                    uint32_t d, uint32_t cap, uint32_t split_len, uint32_t n_splits, float scale, T* out,
+                    uint32_t* counters) {
+    F(AttentionDecodeParams{.q = q, .k_cache = k, .v_cache = v, .part_o = po, .part_ml = pml, .pos0 = pos0, .H = h,
+                            .D = d, .cap = cap, .split_len = split_len, .n_splits = n_splits, .scale = scale,
+                            .out = out, .counters = counters});
+}
+template <> struct K<__nv_bfloat16> { static constexpr auto dec = attention_decode_bf16; static constexpr auto comb = attention_decode_combine_bf16; static constexpr auto fused = fused_by_value<attention_decode_fused_bf16, __nv_bfloat16>; };
+template <> struct K<__half> { static constexpr auto dec = attention_decode_f16; static constexpr auto comb = attention_decode_combine_f16; static constexpr auto fused = fused_by_value<attention_decode_fused_f16, __half>; };
 static int split_len_for(int cap) { return cap <= 1024 ? 64 : cap <= 16384 ? 128 : 256; }
 // fused: attention_decode_fused (counters [T, H], zero before, checked zero after); else run 4's
 // split kernel and the separate combine kernel. stale (fused only): the counters hold a left-over

@@ -18,6 +18,14 @@
 enum { RUN4 = 0, MMA = 1, WMMA = 2 };
 static const char* const KERN_NAME[] = {"run4", "mma", "wmma"};
 template <typename T, int KERN> struct Kern;
+// The mma / wmma kernels take AttentionPrefillParams (params.h) by value: called through this adapter
+// with run 4's positional arguments.
+template <auto F, typename T>
+void by_value(const T* q, const T* k, const T* v, T* out, const uint32_t* pos0, uint32_t t, uint32_t h, uint32_t d,
+              uint32_t cap, float scale) {
+    F(AttentionPrefillParams{.q = q, .k_cache = k, .v_cache = v, .out = out, .pos0 = pos0, .T = t, .H = h, .D = d,
+                             .cap = cap, .scale = scale});
+}
 template <> struct Kern<__nv_bfloat16, RUN4> {
     static constexpr auto fn = attention_prefill_bf16;
     static size_t smem(int d) { return ap_smem_bytes(d); }
@@ -27,19 +35,19 @@ template <> struct Kern<__half, RUN4> {
     static size_t smem(int d) { return ap_smem_bytes(d); }
 };
 template <> struct Kern<__nv_bfloat16, MMA> {
-    static constexpr auto fn = attention_prefill_mma_bf16;
+    static constexpr auto fn = by_value<attention_prefill_mma_bf16, __nv_bfloat16>;
     static size_t smem(int d) { return at_mma::at_smem_bytes(d); }
 };
 template <> struct Kern<__half, MMA> {
-    static constexpr auto fn = attention_prefill_mma_f16;
+    static constexpr auto fn = by_value<attention_prefill_mma_f16, __half>;
     static size_t smem(int d) { return at_mma::at_smem_bytes(d); }
 };
 template <> struct Kern<__nv_bfloat16, WMMA> {
-    static constexpr auto fn = attention_prefill_wmma_bf16;
+    static constexpr auto fn = by_value<attention_prefill_wmma_bf16, __nv_bfloat16>;
     static size_t smem(int d) { return at_wmma::at_smem_bytes(d); }
 };
 template <> struct Kern<__half, WMMA> {
-    static constexpr auto fn = attention_prefill_wmma_f16;
+    static constexpr auto fn = by_value<attention_prefill_wmma_f16, __half>;
     static size_t smem(int d) { return at_wmma::at_smem_bytes(d); }
 };
 

@@ -20,15 +20,37 @@
 #include "rotary_emu.cu"
 #include "rmsnorm_emu.cu"
 template <class T> struct K;
+// gemv_fused.cu's kernels take GemvFusedParams (params.h) by value: called through these adapters
+// with their former positional arguments.
+template <auto F, class T> void plain_v(const T* w, const T* x, float* y, uint32_t n, uint32_t k, uint32_t b, uint32_t cfg) {
+    F(GemvFusedParams{.w = w, .x = x, .K = k, .B = b, .cfg = cfg, .y = y, .N = n});
+}
+template <auto F, class T> void swiglu_v(const T* w, const T* x, T* out, uint32_t f, uint32_t k, uint32_t b, uint32_t cfg) {
+    F(GemvFusedParams{.w = w, .x = x, .K = k, .B = b, .cfg = cfg, .F = f, .out = out});
+}
+template <auto F, class T>
+void rope_v(const T* w, const T* x, const T* bias, const float* inv_freq, const uint32_t* pos0, T* q, T* kc, T* vc,
+            uint32_t k, uint32_t b, uint32_t cfg, uint32_t h, uint32_t d, uint32_t cap, uint32_t s, uint32_t logn) {
+    F(GemvFusedParams{.w = w, .x = x, .K = k, .B = b, .cfg = cfg, .bias = bias, .inv_freq = inv_freq, .pos0 = pos0,
+                      .q = q, .k_cache = kc, .v_cache = vc, .H = h, .D = d, .cap = cap, .S = s, .use_logn = logn});
+}
+template <auto F, class T>
+void resnorm_v(const T* w, const T* x_in, float* x, const T* w_ln, T* a, float* partials, uint32_t* counter, uint32_t c,
+               uint32_t k, uint32_t cfg, float eps) {
+    F(GemvFusedParams{.w = w, .x = x_in, .K = k, .B = 1, .cfg = cfg, .C = c, .resid = x, .w_ln = w_ln, .a = a,
+                      .partials = partials, .counter = counter, .eps = eps});
+}
 template <> struct K<__nv_bfloat16> {
-    static constexpr auto f = gemv_bf16; static constexpr auto plain = gemv_plain_bf16; static constexpr auto sw = gemv_swiglu_bf16; static constexpr auto rope = gemv_qkv_rope_bf16;
+    static constexpr auto f = gemv_bf16; static constexpr auto plain = plain_v<gemv_plain_bf16, __nv_bfloat16>; static constexpr auto sw = swiglu_v<gemv_swiglu_bf16, __nv_bfloat16>;
+    static constexpr auto rope = rope_v<gemv_qkv_rope_bf16, __nv_bfloat16>;
     static constexpr auto sw_alone = swiglu_bf16; static constexpr auto rope_alone = qkv_rope_append_bf16;
-    static constexpr auto resnorm = gemv_residual_rmsnorm_bf16; static constexpr auto addnorm = add_rmsnorm_bf16;
+    static constexpr auto resnorm = resnorm_v<gemv_residual_rmsnorm_bf16, __nv_bfloat16>; static constexpr auto addnorm = add_rmsnorm_bf16;
 };
 template <> struct K<__half> {
-    static constexpr auto f = gemv_f16; static constexpr auto plain = gemv_plain_f16; static constexpr auto sw = gemv_swiglu_f16; static constexpr auto rope = gemv_qkv_rope_f16;
+    static constexpr auto f = gemv_f16; static constexpr auto plain = plain_v<gemv_plain_f16, __half>; static constexpr auto sw = swiglu_v<gemv_swiglu_f16, __half>;
+    static constexpr auto rope = rope_v<gemv_qkv_rope_f16, __half>;
     static constexpr auto sw_alone = swiglu_f16; static constexpr auto rope_alone = qkv_rope_append_f16;
-    static constexpr auto resnorm = gemv_residual_rmsnorm_f16; static constexpr auto addnorm = add_rmsnorm_f16;
+    static constexpr auto resnorm = resnorm_v<gemv_residual_rmsnorm_f16, __half>; static constexpr auto addnorm = add_rmsnorm_f16;
 };
 // Double-precision W · x[b] of row n, and the tolerance scale 1e-5 sqrt(K) Σ|w x| of its f32 sum.
 template <class T> std::pair<double, double> dot_ref(const T* w, const T* x, int n, int k, int b) {

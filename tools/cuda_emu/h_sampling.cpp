@@ -1,6 +1,6 @@
 // h_sampling.cpp — cuda/sampling.cu (run 4's sample_mark_f32, sample_process_f32, sample_draw_f32 with
-// bisection cuts) and cuda/sampling_fast.cu (sample_draw_radix_f32 on every case; for greedy also
-// sample_greedy_f32, for top_k = 0 also the multi-block sample_prep/exp/cut/walk_f32) against a
+// bisection cuts), cuda/sampling_fast.cu (sample_draw_radix_f32 on every case; for greedy also
+// sample_greedy_f32) and cuda/sampling_topp.cu (for top_k = 0 the multi-block sample_prep/exp/cut/walk_f32) against a
 // host re-implementation of steps 0-6 of the kernel's header (HF order: NaN / ids >= vocab_len -> -inf,
 // repetition penalty on context ids (ids >= V ignored), greedy argmax with lowest-id ties, temperature,
 // top-k, top-p keeping ties and the max, softmax, inverse-CDF draw with the host's u): the drawn id must
@@ -8,6 +8,7 @@
 #include "util.h"
 #include "sampling_emu.cu"
 #include "sampling_fast_emu.cu"
+#include "sampling_topp_emu.cu"
 #include <numeric>
 // Reference of steps 0-6 from the header comment of sampling.cu (double where it does not matter).
 static void reference(std::vector<float> x, uint32_t vocab_len, const std::vector<uint32_t>& ctx, float pen, bool greedy, float temp,
@@ -63,7 +64,7 @@ void run(uint32_t V, uint32_t vocab_len, int n_ctx, float pen, bool greedy, floa
     // sample_draw_radix_f32 (sampling_fast.cu) on a copy of the same processed logits: the same id and
     // distribution as the reference (checked below with run 4's bisection draw's).
     Buf<float> probs_r(V); Buf<uint32_t> out_r(1);
-    emu::launch({1, 1, 1}, 1024, [&] { sample_draw_radix_f32(logits.p, V, greedy, temp, top_k, top_p, u, probs_r.p, out_r.p); });
+    emu::launch({1, 1, 1}, 1024, [&] { sample_draw_radix_f32(SampleParams{.logits = logits.p, .V = V, .greedy = greedy, .temperature = temp, .top_k = top_k, .top_p = top_p, .u = u, .probs = probs_r.p, .out_id = out_r.p}); });
     std::vector<double> p; uint32_t id;
     reference(xh, std::min(vocab_len, V), penalise ? ch : std::vector<uint32_t>{}, pen, greedy, temp, top_k, top_p, u, p, id);
     if (greedy) {
@@ -74,7 +75,7 @@ void run(uint32_t V, uint32_t vocab_len, int n_ctx, float pen, bool greedy, floa
         Buf<float> lg(V), pg(V); Buf<uint8_t> fg(V); Buf<unsigned long long> part(blocks); Buf<uint32_t> og(1), counter(1);
         memcpy(lg.p, xh.data(), 4 * V); memset(fg.p, 0, V); counter[0] = 0;
         if (penalise) emu::launch({(unsigned)std::min((n_ctx + 255) / 256, 1024), 1, 1}, 256, [&] { sample_mark_f32(ctx.p, n_ctx, fg.p, V); });
-        emu::launch({blocks, 1, 1}, 256, [&] { sample_greedy_f32(lg.p, V, std::min(vocab_len, V), fg.p, penalise ? pen : 1.0f, pg.p, og.p, part.p, counter.p); });
+        emu::launch({blocks, 1, 1}, 256, [&] { sample_greedy_f32(SampleParams{.logits = lg.p, .V = V, .vocab_len = std::min(vocab_len, V), .flags = fg.p, .penalty = penalise ? pen : 1.0f, .probs = pg.p, .out_id = og.p, .part = part.p, .counter = counter.p}); });
         long bad = 0;
         for (uint32_t v = 0; v < V; ++v) bad += memcmp(&lg[v], &logits[v], 4) != 0 || pg[v] != (v == id ? 1.0f : 0.0f) || fg[v] != 0;
         printf("%-64s greedy kernel id %u (ref %u), %ld logits / probs / flags wrong, counter %u\n", "", og[0], id, bad, counter[0]);
@@ -90,11 +91,14 @@ void run(uint32_t V, uint32_t vocab_len, int n_ctx, float pen, bool greedy, floa
         memcpy(lg.p, xh.data(), 4 * V); memset(fg.p, 0, V); counter[0] = 0;
         memset((void*)st.p, 0xA5, sizeof(SmfState));  // garbage: sample_prep_f32 must initialise it
         if (penalise) emu::launch({(unsigned)std::min((n_ctx + 255) / 256, 1024), 1, 1}, 256, [&] { sample_mark_f32(ctx.p, n_ctx, fg.p, V); });
-        emu::launch({blocks, 1, 1}, 256, [&] { sample_prep_f32(lg.p, V, std::min(vocab_len, V), fg.p, penalise ? pen : 1.0f, temp, pg.p, (float*)part.p, st.p, counter.p); });
-        emu::launch({blocks, 1, 1}, 256, [&] { sample_exp_f32(pg.p, V, st.p); });
+        // The four kernels take the same SampleParams (params.h) by value, as launch::sample passes it.
         const float thr = (float)(1.0 - (double)top_p);
-        if (top_p < 1.0f) for (int pass = 0; pass < 4; ++pass) emu::launch({blocks, 1, 1}, 256, [&] { sample_cut_f32(pg.p, V, thr, st.p, counter.p); });
-        emu::launch({blocks, 1, 1}, 256, [&] { sample_walk_f32(pg.p, V, u, st.p, og.p, part.p, counter.p); });
+        const SampleParams sp{.logits = lg.p, .V = V, .vocab_len = std::min(vocab_len, V), .flags = fg.p, .penalty = penalise ? pen : 1.0f,
+                              .temperature = temp, .thr = thr, .u = u, .probs = pg.p, .out_id = og.p, .part = part.p, .counter = counter.p, .state = st.p};
+        emu::launch({blocks, 1, 1}, 256, [&] { sample_prep_f32(sp); });
+        emu::launch({blocks, 1, 1}, 256, [&] { sample_exp_f32(sp); });
+        if (top_p < 1.0f) for (int pass = 0; pass < 4; ++pass) emu::launch({blocks, 1, 1}, 256, [&] { sample_cut_f32(sp); });
+        emu::launch({blocks, 1, 1}, 256, [&] { sample_walk_f32(sp); });
         double merr = 0; for (uint32_t v = 0; v < V; ++v) merr = std::max(merr, std::fabs(pg[v] - p[v]) / (1e-6 + 1e-4 * p[v]));
         long bad = 0; for (uint32_t v = 0; v < V; ++v) bad += memcmp(&lg[v], &logits[v], 4) != 0 || fg[v] != 0;
         long dirty = st[0].below != 0; for (uint32_t b = 0; b < 256; ++b) dirty += st[0].hist[b] != 0;

@@ -1,10 +1,9 @@
 #!/usr/bin/env python3
-"""Turn cuda/*.cu and cuda/*.cuh into host C++ for the CPU emulator (tools/cuda_emu/emu.h).
+"""Turn cuda/*.cu, cuda/*.cuh and cuda/*.h (params.h) into host C++ for the CPU emulator (tools/cuda_emu/emu.h).
 
     python3 make_emu.py CUDA_DIR OUT_DIR
 
-For every X.cu / X.cuh in CUDA_DIR writes OUT_DIR/X_emu.cu / OUT_DIR/X.cuh (stdlib only); plain C
-headers X.h are copied unchanged. Rewrites:
+For every X.cu / X.cuh / X.h in CUDA_DIR writes OUT_DIR/X_emu.cu / OUT_DIR/X.cuh / OUT_DIR/X.h (stdlib only). Rewrites:
   * #include <cuda_*.h> / <cuda/...> / <mma.h>      -> #include "emu.h"
   * __shared__ T name[...];                          -> static T name[...]; registered + poisoned per block
   * extern __shared__ [__align__(n)] T name[];       -> T* const name = the emulator's dynamic arena
@@ -248,15 +247,9 @@ def main():
         sys.exit('usage: make_emu.py CUDA_DIR OUT_DIR')
     src_dir, out_dir = sys.argv[1], sys.argv[2]
     os.makedirs(out_dir, exist_ok=True)
-    names = sorted(f for f in os.listdir(src_dir) if f.endswith(('.cu', '.cuh')))
+    names = sorted(f for f in os.listdir(src_dir) if f.endswith(('.cu', '.cuh', '.h')))
     if not names:
         sys.exit(f'make_emu.py: no .cu / .cuh files in {src_dir}')
-    # Plain C headers (parameter structs, e.g. quant_params.h) are host code already: copied as they are.
-    for f in sorted(f for f in os.listdir(src_dir) if f.endswith('.h')):
-        path = os.path.abspath(os.path.join(src_dir, f))
-        with open(os.path.join(out_dir, f), 'w', encoding='utf-8') as o:
-            o.write(f'// COPIED by tools/cuda_emu/make_emu.py from {path}: do not edit.\n#line 1 "{path}"\n')
-            o.write(open(path, encoding='utf-8').read())
     bad = False
     for f in names:
         path = os.path.abspath(os.path.join(src_dir, f))

@@ -52,8 +52,10 @@ impl GpuDType {
     }
 }
 
-/// A raw device address (what a kernel's `T*` parameter receives).
+/// A raw device address (what a kernel's `T*` parameter receives; transparent, so a `#[repr(C)]`
+/// parameter struct holds it as the kernel's 8-byte pointer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(transparent)]
 pub struct DevPtr(pub u64);
 
 impl DevPtr {
@@ -155,7 +157,7 @@ pub enum Arg {
 impl Arg {
     /// The value in the low bytes of an 8-byte slot (little endian, so a 4-byte parameter reads
     /// exactly its value from the slot start).
-    fn slot(self) -> u64 {
+    pub(crate) fn slot(self) -> u64 {
         match self {
             Arg::Ptr(p) => p.0,
             Arg::U32(v) => v as u64,
@@ -165,6 +167,13 @@ impl Arg {
         }
     }
 }
+
+/// A kernel's parameter struct, passed by value as the kernel's one parameter (`launch/params.rs`).
+///
+/// # Safety
+/// The type is `#[repr(C)]` with exactly the layout of the kernel's parameter type in cuda/params.h
+/// (tests/kernel_params.rs checks each implementation against bindgen's reading of the header).
+pub unsafe trait KernelParams: Copy {}
 
 /// Grid and block of a launch, plus dynamic shared memory in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -455,18 +464,54 @@ impl Gpu {
     /// and those buffers must stay alive until the stream has run the kernel. Each launcher in
     /// `launch/` checks its shapes and states what it checked in a `// SAFETY:` line.
     pub unsafe fn launch(&self, stream: &CudaStream, name: &str, cfg: Launch, args: &[Arg]) -> Result<()> {
+        let mut slots: Vec<u64> = args.iter().map(|a| a.slot()).collect();
+        let mut params: Vec<*mut c_void> = slots.iter_mut().map(|s| s as *mut u64 as *mut c_void).collect();
+        // SAFETY: the caller's contract, passed on; `slots` outlives the launch, which copies them.
+        unsafe { self.launch_raw(stream, name, cfg, &mut params) }
+    }
+
+    /// Launch kernel `name`, whose one parameter is the struct `P`, passed by value.
+    ///
+    /// # Safety
+    /// `name`'s parameter type must be `P`'s C struct (`KernelParams`); the buffers `p` addresses, as
+    /// `launch`.
+    pub unsafe fn launch_params<P: KernelParams>(
+        &self,
+        stream: &CudaStream,
+        name: &str,
+        cfg: Launch,
+        p: &P,
+    ) -> Result<()> {
+        let mut copy = *p;
+        let mut params = [&mut copy as *mut P as *mut c_void];
+        // SAFETY: the caller's contract, passed on; `copy` outlives the launch, which copies it.
+        unsafe { self.launch_raw(stream, name, cfg, &mut params) }
+    }
+
+    /// `launch` with the parameters as the driver takes them (one pointer per parameter), through
+    /// the profiling hook.
+    ///
+    /// # Safety
+    /// As `launch`, for what `params` points at.
+    unsafe fn launch_raw(
+        &self,
+        stream: &CudaStream,
+        name: &str,
+        cfg: Launch,
+        params: &mut [*mut c_void],
+    ) -> Result<()> {
         let mut profile = self.profile.lock().unwrap_or_else(|e| e.into_inner());
         let Some(recs) = profile.as_mut() else {
             drop(profile);
             // SAFETY: the caller's contract, passed on.
-            return unsafe { self.launch_now(stream, name, cfg, args) };
+            return unsafe { self.launch_now(stream, name, cfg, params) };
         };
         let timed = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
         let start = self.ctx.new_event(timed).map_err(cuda_err("creating a profiling event"))?;
         let end = self.ctx.new_event(timed).map_err(cuda_err("creating a profiling event"))?;
         start.record(stream).map_err(cuda_err("recording a profiling event"))?;
         // SAFETY: the caller's contract, passed on.
-        unsafe { self.launch_now(stream, name, cfg, args) }?;
+        unsafe { self.launch_now(stream, name, cfg, params) }?;
         end.record(stream).map_err(cuda_err("recording a profiling event"))?;
         if let Some((&key, _)) = self.functions.get_key_value(name) {
             recs.push((key, start, end)); // always found: launch_now resolved the name
@@ -474,58 +519,11 @@ impl Gpu {
         Ok(())
     }
 
-    /// `launch` without the profiling hook.
+    /// `launch_raw` without the profiling hook.
     ///
     /// # Safety
-    /// As `launch`.
-    unsafe fn launch_now(&self, stream: &CudaStream, name: &str, cfg: Launch, args: &[Arg]) -> Result<()> {
-        let mut slots: Vec<u64> = args.iter().map(|a| a.slot()).collect();
-        let mut params: Vec<*mut c_void> = slots.iter_mut().map(|s| s as *mut u64 as *mut c_void).collect();
-        // SAFETY: the caller's contract, passed on; `slots` outlives the call.
-        unsafe { self.launch_ptrs(stream, name, cfg, &mut params) }
-    }
-
-    /// Launch kernel `name`, whose only parameter is a struct passed by value (the convention of the
-    /// quantized-weight kernels: cuda/quant_params.h), on `stream`; profiled like `launch`.
-    ///
-    /// # Safety
-    /// `P` must be the `#[repr(C)]` mirror of the kernel's parameter struct (same size, field order
-    /// and offsets), every device address in it must address a live buffer large enough for what the
-    /// kernel touches at this launch shape, and those buffers must stay alive until the stream has run
-    /// the kernel.
-    pub unsafe fn launch_params<P: Copy>(
-        &self,
-        stream: &CudaStream,
-        name: &str,
-        cfg: Launch,
-        params: &P,
-    ) -> Result<()> {
-        let mut value = *params;
-        let mut ptrs = [&mut value as *mut P as *mut c_void];
-        let mut profile = self.profile.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(recs) = profile.as_mut() else {
-            drop(profile);
-            // SAFETY: the caller's contract; `value` outlives the call, which copies it.
-            return unsafe { self.launch_ptrs(stream, name, cfg, &mut ptrs) };
-        };
-        let timed = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
-        let start = self.ctx.new_event(timed).map_err(cuda_err("creating a profiling event"))?;
-        let end = self.ctx.new_event(timed).map_err(cuda_err("creating a profiling event"))?;
-        start.record(stream).map_err(cuda_err("recording a profiling event"))?;
-        // SAFETY: as above.
-        unsafe { self.launch_ptrs(stream, name, cfg, &mut ptrs) }?;
-        end.record(stream).map_err(cuda_err("recording a profiling event"))?;
-        if let Some((&key, _)) = self.functions.get_key_value(name) {
-            recs.push((key, start, end));
-        }
-        Ok(())
-    }
-
-    /// The launch itself: `params` holds one pointer per kernel parameter, to its value.
-    ///
-    /// # Safety
-    /// As `launch`; every pointer in `params` addresses a value of the kernel's parameter type.
-    unsafe fn launch_ptrs(
+    /// As `launch_raw`.
+    unsafe fn launch_now(
         &self,
         stream: &CudaStream,
         name: &str,

@@ -350,7 +350,7 @@ impl CudaSequence {
         let (g, s, dt) = (&*self.model.gpu, &*self.stream, self.model.dt);
         let cfg = self.model.tuning.gemv;
         if t <= GEMV_MAX_B {
-            return launch::gemv_with(g, s, dt, w, x, y, n, k, t, cfg);
+            return launch::gemv_with(g, s, dt, &launch::GemvParams { w, x, y, n, k, b: t, stages: 0 }, cfg);
         }
         if let Some(b) = &self.blas {
             return b.gemm(dt, w, x, y, t, n, k);
@@ -359,7 +359,8 @@ impl CudaSequence {
         let mut r0 = 0;
         while r0 < t {
             let m = GEMV_MAX_B.min(t - r0);
-            launch::gemv_with(g, s, dt, w, x.sub(r0 * xr, m * xr)?, y.sub(r0 * yr, m * yr)?, n, k, m, cfg)?;
+            let (x, y) = (x.sub(r0 * xr, m * xr)?, y.sub(r0 * yr, m * yr)?);
+            launch::gemv_with(g, s, dt, &launch::GemvParams { w, x, y, n, k, b: m, stages: 0 }, cfg)?;
             r0 += m;
         }
         Ok(())
@@ -419,7 +420,9 @@ impl CudaSequence {
         let (g, s, dt) = (&*self.model.gpu, &*self.stream, self.model.dt);
         let (h, d, cap) = (cfg.num_heads, cfg.head_dim, self.plan.cap);
         let (part_o, part_ml) = (self.r(self.plan.part_o), self.r(self.plan.part_ml));
-        let counters = self.fuse.then(|| self.r(self.plan.adec_counters));
+        let counters = if self.fuse { self.r(self.plan.adec_counters) } else { DevSlice::default() };
+        let split = self.plan.split;
+        let (split_len, scale) = (split.split_len, model::attention_scale(d));
         if t == 1 {
             let pos = self.r(self.plan.pos0);
             // QWEN_ADEC_GRID=length: the grid for this length's bucket (the graph is per bucket).
@@ -427,29 +430,39 @@ impl CudaSequence {
                 AdecGrid::Capacity => self.plan.split.n_splits,
                 AdecGrid::Length => self.plan.split.bucket_splits(pos0 + 1),
             };
-            return launch::attention_decode(
-                g,
-                s,
-                dt,
+            let p = launch::AttentionDecodeParams {
                 q,
-                kc,
-                vc,
+                k_cache: kc,
+                v_cache: vc,
                 part_o,
                 part_ml,
-                att,
-                pos,
-                1,
+                pos0: pos,
                 h,
                 d,
                 cap,
-                self.plan.split,
-                splits,
+                split_len,
+                n_splits: splits,
+                scale,
+                out: att,
                 counters,
-            );
+            };
+            return launch::attention_decode(g, s, dt, &p, 1, split, self.fuse);
         }
         if let Some(kernel) = self.prefill_kernel.filter(|_| launch::attention_prefill_supports(d)) {
             let pos = self.r(self.plan.pos0);
-            return launch::attention_prefill(g, s, kernel, dt, q, kc, vc, att, pos, t, h, d, cap);
+            let p = launch::AttentionPrefillParams {
+                q,
+                k_cache: kc,
+                v_cache: vc,
+                out: att,
+                pos0: pos,
+                t,
+                h,
+                d,
+                cap,
+                scale,
+            };
+            return launch::attention_prefill(g, s, kernel, dt, &p);
         }
         // Split-K kernel for the queries in slices of FALLBACK_ROWS, each with its own pos0.
         let row = h * d * dt.size();
@@ -459,25 +472,23 @@ impl CudaSequence {
             let m = FALLBACK_ROWS.min(t - r0);
             g.set_u32(s, pos_sub.ptr, (pos0 + r0) as u32)?;
             let (qs, os) = (q.sub(r0 * row, m * row)?, att.sub(r0 * row, m * row)?);
-            launch::attention_decode(
-                g,
-                s,
-                dt,
-                qs,
-                kc,
-                vc,
+            let p = launch::AttentionDecodeParams {
+                q: qs,
+                k_cache: kc,
+                v_cache: vc,
                 part_o,
                 part_ml,
-                os,
-                pos_sub,
-                m,
+                pos0: pos_sub,
                 h,
                 d,
                 cap,
-                self.plan.split,
-                self.plan.split.n_splits,
+                split_len,
+                n_splits: split.n_splits,
+                scale,
+                out: os,
                 counters,
-            )?;
+            };
+            launch::attention_decode(g, s, dt, &p, m, split, self.fuse)?;
             r0 += m;
         }
         Ok(())
@@ -493,11 +504,24 @@ impl CudaSequence {
         let a = self.rows(pl.a, 0, t, c * dt.size())?; // [t, C] T
         if let (Lin::Dense(w), true) = (w, t == 1 && self.fuse) {
             let ws = self.r(pl.norm_ws);
-            return launch::gemv_residual_rmsnorm(g, s, dt, w, h, x, w_ln, a, ws, c, k, eps, self.model.tuning.gemv);
+            let p = launch::GemvFusedParams {
+                w,
+                x: h,
+                k,
+                b: 1,
+                c,
+                resid: x,
+                w_ln,
+                a,
+                partials: ws,
+                eps,
+                ..Default::default()
+            };
+            return launch::gemv_residual_rmsnorm(g, s, dt, &p, self.model.tuning.gemv);
         }
         let y = self.rows(pl.y, 0, t, c * 4)?; // [t, C] f32
         self.linear(w, h, y, t, c, k)?;
-        launch::add_rmsnorm(g, s, dt, x, y, w_ln, a, t, c, eps)
+        launch::add_rmsnorm(g, s, dt, &launch::RmsnormParams { x, y, w: w_ln, out: a, c, eps }, t)
     }
 
     /// The transformer on the `t` tokens in `ids` at positions `pos0..` (host copy `pos0`):
@@ -524,8 +548,9 @@ impl CudaSequence {
             let sc = self.r(pl.step_counters());
             g.memset(s, sc.ptr, 0, sc.bytes)?;
         }
-        launch::embedding(g, s, dt, m.w.wte, ids, x, t, v, c)?;
-        launch::rmsnorm(g, s, dt, x, m.w.layers[0].ln_1, a, t, c, eps)?;
+        launch::embedding(g, s, dt, &launch::EmbeddingParams { wte: m.w.wte, ids, out: x, v, c }, t)?;
+        let ln_1 = m.w.layers[0].ln_1;
+        launch::rmsnorm(g, s, dt, &launch::RmsnormParams { x, w: ln_1, out: a, c, eps, ..Default::default() }, t)?;
         for (l, lw) in m.w.layers.iter().enumerate() {
             let (kc, vc) = self.kv(l)?;
             // Quantized linears (fuse is off for them: CudaSequence::new).
@@ -535,57 +560,55 @@ impl CudaSequence {
                 None => Lin::Dense(dense),
             };
             if t == 1 && self.fuse {
-                launch::gemv_qkv_rope(
-                    g,
-                    s,
-                    dt,
-                    lw.c_attn_w,
-                    a,
-                    lw.c_attn_b,
+                let p = launch::GemvFusedParams {
+                    w: lw.c_attn_w,
+                    x: a,
+                    k: c,
+                    b: 1,
+                    bias: lw.c_attn_b,
                     inv_freq,
-                    pos,
+                    pos0: pos,
                     q,
-                    kc,
-                    vc,
-                    c,
+                    k_cache: kc,
+                    v_cache: vc,
                     h,
                     d,
-                    pl.cap,
-                    cfg.seq_length,
-                    cfg.use_logn_attn,
-                    m.tuning.gemv,
-                )?;
+                    cap: pl.cap,
+                    s: cfg.seq_length,
+                    use_logn: cfg.use_logn_attn as usize,
+                    ..Default::default()
+                };
+                launch::gemv_qkv_rope(g, s, dt, &p, m.tuning.gemv)?;
             } else {
                 self.linear(lin(lw.c_attn_w, |q| &q.c_attn), a, qkv, t, 3 * p, c)?;
-                launch::qkv_rope_append(
-                    g,
-                    s,
-                    dt,
+                let p = launch::RopeParams {
                     qkv,
-                    lw.c_attn_b,
+                    bias: lw.c_attn_b,
                     inv_freq,
-                    pos,
+                    pos0: pos,
                     q,
-                    kc,
-                    vc,
+                    k_cache: kc,
+                    v_cache: vc,
                     t,
                     h,
                     d,
-                    pl.cap,
-                    cfg.seq_length,
-                    cfg.use_logn_attn,
-                )?;
+                    cap: pl.cap,
+                    s: cfg.seq_length,
+                    use_logn: cfg.use_logn_attn as usize,
+                };
+                launch::qkv_rope_append(g, s, dt, &p)?;
             }
             self.attention(q, kc, vc, att, t, pos0)?;
             self.project_residual_norm(lin(lw.c_proj, |q| &q.c_proj), att, lw.ln_2, t, p)?;
             if t <= GEMV_MAX_B && self.fuse {
-                launch::gemv_swiglu(g, s, dt, lw.w12, a, gact, f, c, t, m.tuning.gemv)?;
+                let p = launch::GemvFusedParams { w: lw.w12, x: a, k: c, b: t, f, out: gact, ..Default::default() };
+                launch::gemv_swiglu(g, s, dt, &p, m.tuning.gemv)?;
             } else {
                 match ql {
                     Some(q) => self.quant_matmul(&[&q.w1, &q.w2], a, upgate, t)?,
                     None => self.matmul(lw.w12, a, upgate, t, 2 * f, c)?,
                 }
-                launch::swiglu(g, s, dt, upgate, gact, t, f)?;
+                launch::swiglu(g, s, dt, &launch::SwigluParams { upgate, out: gact, f, t })?;
             }
             let next = m.w.layers.get(l + 1).map_or(m.w.ln_f, |n| n.ln_1);
             self.project_residual_norm(lin(lw.mlp_c_proj, |q| &q.mlp_c_proj), gact, next, t, f)?;
@@ -785,21 +808,19 @@ impl Sequence for CudaSequence {
         let (g, s) = (&*self.model.gpu, &*self.stream);
         let pl = &self.plan;
         let logits = self.rows(pl.logits, 0, 1, v * 4)?;
-        let sampled = launch::sample(
-            g,
-            s,
-            launch::SampleDraw::for_params(self.model.tuning.sampler, params, v),
+        let p = launch::SampleParams {
             logits,
             v,
-            v.min(VOCAB_LEN as usize),
-            self.r(pl.ctx_ids),
-            context.len(),
-            params,
-            u,
-            self.r(pl.flags),
-            self.r(pl.probs),
-            self.r(pl.out_id),
-        );
+            vocab_len: v.min(VOCAB_LEN as usize),
+            flags: self.r(pl.flags),
+            ctx_ids: self.r(pl.ctx_ids),
+            n_ctx: context.len(),
+            probs: self.r(pl.probs),
+            out_id: self.r(pl.out_id),
+            ..Default::default()
+        };
+        let draw = launch::SampleDraw::for_params(self.model.tuning.sampler, params, v);
+        let sampled = launch::sample(g, s, draw, &p, params, u);
         if let Err(e) = sampled {
             // The penalty flags must be all zero for the next call, whatever step failed.
             let _ = g.memset(s, self.r(pl.flags).ptr, 0, pl.flags.bytes);

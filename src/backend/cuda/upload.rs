@@ -285,7 +285,12 @@ pub fn synth_weights(gpu: &Gpu, p: &SynthPreset, seed: u64, dt: GpuDType) -> Res
             .region(&t.name)
             .ok_or_else(|| Error::Backend(format!("internal: no GPU region for synth tensor {}", t.name)))?;
         let n: usize = t.shape.iter().product();
-        launch::fill_uniform(gpu, &gpu.stream, dt, dst, n, t.key, t.offset, t.scale)?;
+        launch::fill_uniform(
+            gpu,
+            &gpu.stream,
+            dt,
+            &launch::FillParams { out: dst, n: n as u64, key: t.key, offset: t.offset, scale: t.scale },
+        )?;
     }
     gpu.sync()?;
     Ok((cfg, gw))

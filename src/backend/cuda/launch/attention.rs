@@ -3,8 +3,9 @@
 //! `attention_prefill_wmma_{bf16,f16}` (cuda/attention_prefill_wmma.cu, WMMA with the longest tile
 //! first): causal flash attention over the KV cache for a chunk of T query rows; oracle
 //! `cpu::attention`.
-use super::dim_u32;
-use crate::backend::cuda::device::{Arg, DevSlice, Gpu, GpuDType, Launch};
+use super::params::positional;
+use super::{dim_u32, AttentionPrefillParams};
+use crate::backend::cuda::device::{DevSlice, Gpu, GpuDType, Launch};
 use crate::error::{Error, Result};
 use cudarc::driver::CudaStream;
 
@@ -56,24 +57,17 @@ impl PrefillKernel {
 
 /// Causal attention of T query rows against the cache: query row t is at position `*pos0 + t` and
 /// sees cache rows `0..=pos0 + t`. q `[T, P]` T, k_cache / v_cache `[cap, P]` T, out `[T, P]` T,
-/// pos0 a device u32, P = H·D; scale = 1/√D. The caller guarantees `pos0 + T <= cap` (the kernel
-/// clamps positions to `cap - 1` so it never reads past the cache either way).
-#[allow(clippy::too_many_arguments)]
+/// pos0 a device u32, P = H·D; `scale` the softmax scale (the model's `attention_scale(D)` = 1/√D).
+/// The caller guarantees `pos0 + T <= cap` (the kernel clamps positions to `cap - 1` so it never
+/// reads past the cache either way).
 pub fn attention_prefill(
     gpu: &Gpu,
     s: &CudaStream,
     kernel: PrefillKernel,
     dt: GpuDType,
-    q: DevSlice,
-    k_cache: DevSlice,
-    v_cache: DevSlice,
-    out: DevSlice,
-    pos0: DevSlice,
-    t: usize,
-    h: usize,
-    d: usize,
-    cap: usize,
+    p: &AttentionPrefillParams<DevSlice, usize>,
 ) -> Result<()> {
+    let (t, h, d, cap) = (p.t, p.h, p.d, p.cap);
     if !attention_prefill_supports(d) {
         return Err(Error::Backend(format!(
             "attention_prefill: head dim D = {d} is not supported (kernels exist for D = 16, 32, 64, 128)"
@@ -85,19 +79,19 @@ pub fn attention_prefill(
     if cap == 0 || t > cap {
         return Err(Error::Backend(format!("attention_prefill: T = {t} rows do not fit a KV cache of {cap} rows")));
     }
-    let p = h * d;
-    dim_u32(p, "attention_prefill P = H * D")?;
-    let row = p * dt.size();
+    let width = h * d;
+    dim_u32(width, "attention_prefill P = H * D")?;
+    let row = width * dt.size();
     let bytes = |rows: usize, what: &str| {
         rows.checked_mul(row).ok_or_else(|| Error::Backend(format!("attention_prefill: {what} size overflows")))
     };
-    q.need(bytes(t, "q")?, "attention_prefill q [T, P]")?;
-    k_cache.need(bytes(cap, "k_cache")?, "attention_prefill k_cache [cap, P]")?;
-    v_cache.need(bytes(cap, "v_cache")?, "attention_prefill v_cache [cap, P]")?;
-    out.need(bytes(t, "out")?, "attention_prefill out [T, P]")?;
-    pos0.need(4, "attention_prefill pos0 [1] u32")?;
+    p.q.need(bytes(t, "q")?, "attention_prefill q [T, P]")?;
+    p.k_cache.need(bytes(cap, "k_cache")?, "attention_prefill k_cache [cap, P]")?;
+    p.v_cache.need(bytes(cap, "v_cache")?, "attention_prefill v_cache [cap, P]")?;
+    p.out.need(bytes(t, "out")?, "attention_prefill out [T, P]")?;
+    p.pos0.need(4, "attention_prefill pos0 [1] u32")?;
     // The kernel moves every row in 16-byte pieces (rows are P·2 = 32·k bytes long).
-    for (buf, what) in [(q, "q"), (k_cache, "k_cache"), (v_cache, "v_cache"), (out, "out")] {
+    for (buf, what) in [(p.q, "q"), (p.k_cache, "k_cache"), (p.v_cache, "v_cache"), (p.out, "out")] {
         if buf.ptr.0 % 16 != 0 {
             return Err(Error::Backend(format!("internal: attention_prefill {what} is not 16-byte aligned")));
         }
@@ -121,22 +115,16 @@ pub fn attention_prefill(
     let (h32, tiles32) = (dim_u32(h, "H")?, dim_u32(tiles, "T / 64")?);
     let grid = if kernel == PrefillKernel::Run4 { (tiles32, h32, 1) } else { (h32, tiles32, 1) };
     let cfg = Launch::new(grid, THREADS, dim_u32(smem, "attention_prefill shared memory")?);
-    let scale = crate::model::attention_scale(d);
-    let args = [
-        Arg::Ptr(q.ptr),
-        Arg::Ptr(k_cache.ptr),
-        Arg::Ptr(v_cache.ptr),
-        Arg::Ptr(out.ptr),
-        Arg::Ptr(pos0.ptr),
-        Arg::U32(dim_u32(t, "T")?),
-        Arg::U32(dim_u32(h, "H")?),
-        Arg::U32(dim_u32(d, "D")?),
-        Arg::U32(dim_u32(cap, "cap")?),
-        Arg::F32(scale),
-    ];
+    let kp = p.kernel()?;
     // SAFETY: q and out hold [T, P] T, k_cache and v_cache [cap, P] T, pos0 one u32 (checked above),
     // all 16-byte aligned; D is one either kernel is instantiated for and the block is the 128 threads
     // and `smem` bytes it expects (raised above 48 KiB first). The kernel reads q rows < T, cache rows
     // <= min(pos0 + T - 1, cap - 1) and writes out rows < T, columns h·D..h·D+D of head h < H only.
-    unsafe { gpu.launch(s, &name, cfg, &args) }
+    // Run 4's kernel takes the fields positionally, the others the struct by value.
+    unsafe {
+        match kernel {
+            PrefillKernel::Run4 => gpu.launch(s, &name, cfg, &positional::attention_prefill(&kp)),
+            PrefillKernel::Mma | PrefillKernel::Wmma => gpu.launch_params(s, &name, cfg, &kp),
+        }
+    }
 }

@@ -2,8 +2,9 @@
 //! run 4's verified kernels) and `attention_decode_fused_{bf16,f16}` (cuda/attention_decode_fused.cu,
 //! the combine in the last block, not yet verified): split-K causal attention (FlashDecoding) for
 //! decode steps and as the any-`D` prefill fallback; oracle `cpu::attention`.
-use super::{dim_u32, f32_bytes};
-use crate::backend::cuda::device::{Arg, DevSlice, Gpu, GpuDType, Launch};
+use super::params::positional;
+use super::{dim_u32, f32_bytes, AttentionDecodeParams};
+use crate::backend::cuda::device::{DevSlice, Gpu, GpuDType, Launch};
 use crate::error::{Error, Result};
 use cudarc::driver::CudaStream;
 
@@ -70,40 +71,38 @@ pub fn decode_workspace_bytes(t: usize, h: usize, d: usize, split: DecodeSplit) 
 /// Causal attention of `t` queries at absolute positions `*pos0 + i` (i < t) over a KV cache of
 /// `cap` rows: query i sees keys `0 .. min(*pos0 + i + 1, cap)` (a position past the cache clamps
 /// to all `cap` rows). q `[T, P]` T, k_cache / v_cache `[cap, P]` T, part_o / part_ml the split
-/// partials (sizes from [`decode_workspace_bytes`]), out `[T, P]` T, pos0 `[1]` u32 on the device;
-/// P = H·D, scale 1/√D. With `counters` (`[T, H]` u32, all zero; left zero) one launch: the last
-/// split block of each (query, head) does the combine (splits without keys are not written). Without
-/// them, run 4's split kernel then its combine kernel (every split's partial written).
+/// partials (sizes from [`decode_workspace_bytes`] for `plan`), out `[T, P]` T, pos0 `[1]` u32 on the
+/// device; P = H·D, `scale` the softmax scale (`attention_scale(D)`). `fused`: one launch of
+/// `attention_decode_fused` (counters `[T, H]` u32, all zero; left zero), whose last split block of
+/// each (query, head) does the combine (splits without keys are not written). Else run 4's split
+/// kernel then its combine kernel (every split's partial written; `counters` unused).
 ///
-/// The grid has `grid_splits` (1..=`split.n_splits`) splits: `split.n_splits` covers the whole cache
-/// (run 4); fewer size it by the current length (`AdecGrid::Length`). The kernels combine only the splits the grid has, so the CALLER
-/// guarantees that every query's key count, `min(*pos0 + i + 1, cap)`, is at most `grid_splits ·
-/// split_len` (the executor picks `grid_splits = split.bucket_splits(pos0 + t)` from the position it
-/// writes to `pos0`, and captures one decode graph per bucket).
-#[allow(clippy::too_many_arguments)]
+/// `p.split_len` is `plan.split_len`; the grid has `p.n_splits` (1..=`plan.n_splits`) splits:
+/// `plan.n_splits` covers the whole cache (run 4); fewer size it by the current length
+/// (`AdecGrid::Length`). The kernels combine only the splits the grid has, so the CALLER guarantees
+/// that every query's key count, `min(*pos0 + i + 1, cap)`, is at most `p.n_splits · split_len` (the
+/// executor picks `p.n_splits = plan.bucket_splits(pos0 + t)` from the position it writes to `pos0`,
+/// and captures one decode graph per bucket).
 pub fn attention_decode(
     gpu: &Gpu,
     s: &CudaStream,
     dt: GpuDType,
-    q: DevSlice,
-    k_cache: DevSlice,
-    v_cache: DevSlice,
-    part_o: DevSlice,
-    part_ml: DevSlice,
-    out: DevSlice,
-    pos0: DevSlice,
+    p: &AttentionDecodeParams<DevSlice, usize>,
     t: usize,
-    h: usize,
-    d: usize,
-    cap: usize,
-    split: DecodeSplit,
-    grid_splits: usize,
-    counters: Option<DevSlice>,
+    plan: DecodeSplit,
+    fused: bool,
 ) -> Result<()> {
-    if grid_splits == 0 || grid_splits > split.n_splits {
+    let (h, d, cap, grid_splits) = (p.h, p.d, p.cap, p.n_splits);
+    if p.split_len != plan.split_len {
+        return Err(Error::Backend(format!(
+            "internal: attention_decode split_len {} is not the plan's {}",
+            p.split_len, plan.split_len
+        )));
+    }
+    if grid_splits == 0 || grid_splits > plan.n_splits {
         return Err(Error::Backend(format!(
             "internal: attention_decode grid of {grid_splits} splits, the plan has 1..={}",
-            split.n_splits
+            plan.n_splits
         )));
     }
     if h == 0 || d == 0 || d > DECODE_MAX_D {
@@ -115,7 +114,7 @@ pub fn attention_decode(
     if cap == 0 || cap > i32::MAX as usize {
         return Err(Error::Backend(format!("attention_decode: KV cache capacity {cap} must be in 1..2^31")));
     }
-    let DecodeSplit { split_len, n_splits } = split;
+    let DecodeSplit { split_len, n_splits } = plan;
     if split_len == 0 || n_splits == 0 || split_len.checked_mul(n_splits).is_none_or(|covered| covered < cap) {
         return Err(Error::Backend(format!(
             "attention_decode: {n_splits} splits of {split_len} keys do not cover the {cap}-row cache"
@@ -125,79 +124,47 @@ pub fn attention_decode(
     if h > 65535 || t > 65535 {
         return Err(Error::Backend(format!("attention_decode: H = {h} or T = {t} exceeds the 65535 grid limit")));
     }
-    let p = h * d;
-    let row = p * dt.size();
-    let (o_bytes, ml_bytes) = decode_workspace_bytes(t, h, d, split);
-    q.need(t * row, "attention_decode q [T, P]")?;
-    k_cache.need(cap * row, "attention_decode k_cache [cap, P]")?;
-    v_cache.need(cap * row, "attention_decode v_cache [cap, P]")?;
-    part_o.need(o_bytes, "attention_decode part_o [T, H, n_splits, D]")?;
-    part_ml.need(ml_bytes, "attention_decode part_ml [T, H, n_splits, 2]")?;
-    out.need(t * row, "attention_decode out [T, P]")?;
-    pos0.need(4, "attention_decode pos0 [1]")?;
-    if let Some(c) = counters {
-        c.need(t * h * 4, "attention_decode counters [T, H]")?;
+    let width = h * d;
+    let row = width * dt.size();
+    let (o_bytes, ml_bytes) = decode_workspace_bytes(t, h, d, plan);
+    p.q.need(t * row, "attention_decode q [T, P]")?;
+    p.k_cache.need(cap * row, "attention_decode k_cache [cap, P]")?;
+    p.v_cache.need(cap * row, "attention_decode v_cache [cap, P]")?;
+    p.part_o.need(o_bytes, "attention_decode part_o [T, H, n_splits, D]")?;
+    p.part_ml.need(ml_bytes, "attention_decode part_ml [T, H, n_splits, 2]")?;
+    p.out.need(t * row, "attention_decode out [T, P]")?;
+    p.pos0.need(4, "attention_decode pos0 [1]")?;
+    if fused {
+        p.counters.need(t * h * 4, "attention_decode counters [T, H]")?;
     }
     if t == 0 {
         return Ok(());
     }
-    let (t32, h32, d32) = (dim_u32(t, "T")?, dim_u32(h, "H")?, dim_u32(d, "D")?);
-    dim_u32(p, "P = H*D")?;
-    // The kernels' n_splits is the grid's (the partials' stride); the workspace holds the plan's.
-    let (cap32, len32, ns32) = (dim_u32(cap, "cap")?, dim_u32(split_len, "split_len")?, dim_u32(grid_splits, "grid")?);
+    let (t32, h32) = (dim_u32(t, "T")?, dim_u32(h, "H")?);
+    dim_u32(width, "P = H*D")?;
     if n_splits > i32::MAX as usize {
         return Err(Error::Backend(format!("attention_decode: {n_splits} splits exceed the grid limit")));
     }
-    let scale = crate::model::attention_scale(d);
-
-    let cfg = Launch::new((ns32, h32, t32), DECODE_THREADS, 0);
-    let mut args = vec![
-        Arg::Ptr(q.ptr),
-        Arg::Ptr(k_cache.ptr),
-        Arg::Ptr(v_cache.ptr),
-        Arg::Ptr(part_o.ptr),
-        Arg::Ptr(part_ml.ptr),
-        Arg::Ptr(pos0.ptr),
-        Arg::U32(h32),
-        Arg::U32(d32),
-        Arg::U32(cap32),
-        Arg::U32(len32),
-        Arg::U32(ns32),
-        Arg::F32(scale),
-    ];
-    // Run 4's split kernel, or the fused one (two more arguments: out and the counters).
-    let name = match counters {
-        None => format!("attention_decode_{}", dt.suffix()),
-        Some(c) => {
-            args.extend([Arg::Ptr(out.ptr), Arg::Ptr(c.ptr)]);
-            format!("attention_decode_fused_{}", dt.suffix())
-        }
-    };
+    // The kernels' n_splits is the grid's (the partials' stride); the workspace holds the plan's.
+    let kp = p.kernel()?;
+    let cfg = Launch::new((kp.n_splits, h32, t32), DECODE_THREADS, 0);
     // SAFETY: q holds [T, P] T, k/v_cache [cap, P] T, part_o [T, H, n_splits, D] f32, part_ml
-    // [T, H, n_splits, 2] f32 (the plan's n_splits >= the grid's, which the kernels index by), pos0 one u32, out [T, P] T, counters (when given) [T, H] u32 (all
-    // checked above). Block (split, h, t) reads q row t, cache rows < min(*pos0 + t + 1, cap) <= cap
-    // (clamped in the kernel whatever *pos0 holds), columns h*D..h*D+D < P, and writes only its own
-    // partial (t, h, split); with counters it also updates counters[t, h] and, as the last block of
-    // (t, h), reads the partials (t, h, i < n_splits) and writes out row t, columns h*D..h*D+D.
-    unsafe { gpu.launch(s, &name, cfg, &args) }?;
-    if counters.is_some() {
-        return Ok(());
+    // [T, H, n_splits, 2] f32 (the plan's n_splits >= the grid's, which the kernels index by), pos0
+    // one u32, out [T, P] T, counters (fused) [T, H] u32 (all checked above). Block (split, h, t)
+    // reads q row t, cache rows < min(*pos0 + t + 1, cap) <= cap (clamped in the kernel whatever
+    // *pos0 holds), columns h*D..h*D+D < P, and writes only its own partial (t, h, split); fused it
+    // also updates counters[t, h] and, as the last block of (t, h), reads the partials (t, h, i <
+    // n_splits) and writes out row t, columns h*D..h*D+D.
+    if fused {
+        let name = format!("attention_decode_fused_{}", dt.suffix());
+        return unsafe { gpu.launch_params(s, &name, cfg, &kp) };
     }
+    let name = format!("attention_decode_{}", dt.suffix());
+    unsafe { gpu.launch(s, &name, cfg, &positional::attention_decode(&kp)) }?;
 
     let name = format!("attention_decode_combine_{}", dt.suffix());
     let cfg = Launch::new((h32, t32, 1), COMBINE_THREADS, 0);
-    let args = [
-        Arg::Ptr(part_o.ptr),
-        Arg::Ptr(part_ml.ptr),
-        Arg::Ptr(out.ptr),
-        Arg::Ptr(pos0.ptr),
-        Arg::U32(h32),
-        Arg::U32(d32),
-        Arg::U32(cap32),
-        Arg::U32(len32),
-        Arg::U32(ns32),
-    ];
     // SAFETY: same buffers as above; block (h, t) reads the partials (t, h, i) for
     // i < min(ceil(n_keys / split_len), n_splits) and writes out row t, columns h*D..h*D+D < P.
-    unsafe { gpu.launch(s, &name, cfg, &args) }
+    unsafe { gpu.launch(s, &name, cfg, &positional::attention_decode_combine(&kp)) }
 }

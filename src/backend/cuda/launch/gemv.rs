@@ -2,9 +2,10 @@
 //! `gemv_swiglu_*`, `gemv_qkv_rope_*` and `gemv_residual_rmsnorm_*` (gemv_fused.cu): the same matmul with swiglu.cu /
 //! rotary.cu / rmsnorm.cu's add_rmsnorm fused into its epilogue (oracle: `cpu::matmul`, then
 //! `cpu::swiglu` / `cpu::rope` + `model::logn_scale` / `cpu::add` + `cpu::rmsnorm`).
+use super::params::positional;
 use super::rotary::check_rope_operands;
-use super::{dim_u32, f32_bytes};
-use crate::backend::cuda::device::{Arg, DevSlice, Gpu, GpuDType, Launch};
+use super::{dim_u32, f32_bytes, GemvFusedParams, GemvParams, RopeParams};
+use crate::backend::cuda::device::{DevSlice, Gpu, GpuDType, Launch};
 use crate::error::{Error, Result};
 use cudarc::driver::CudaStream;
 
@@ -99,34 +100,18 @@ impl GemvConfig {
 /// `y[b, n] = Σ_k w[n, k] · x[b, k]` (fp32 accumulation): w `[N, K]` T, x `[B, K]` T, y `[B, N]` f32,
 /// B in 1..=`GEMV_MAX_B`. Any N, K (the kernel takes 16-byte loads when K % 8 == 0 and w, x are
 /// 16-byte aligned, scalar loads otherwise). Runs with `GemvConfig::DEFAULT` (tests; the executor
-/// passes its `Tuning`'s configuration to `gemv_with`).
-#[allow(clippy::too_many_arguments)]
-pub fn gemv(
-    gpu: &Gpu,
-    s: &CudaStream,
-    dt: GpuDType,
-    w: DevSlice,
-    x: DevSlice,
-    y: DevSlice,
-    n: usize,
-    k: usize,
-    b: usize,
-) -> Result<()> {
-    gemv_with(gpu, s, dt, w, x, y, n, k, b, GemvConfig::DEFAULT)
+/// passes its `Tuning`'s configuration to `gemv_with`); `p.stages` is the launcher's.
+pub fn gemv(gpu: &Gpu, s: &CudaStream, dt: GpuDType, p: &GemvParams<DevSlice, usize>) -> Result<()> {
+    gemv_with(gpu, s, dt, p, GemvConfig::DEFAULT)
 }
 
-/// `gemv` with an explicit configuration (tests and the tuning bench).
-#[allow(clippy::too_many_arguments)]
+/// `gemv` with an explicit configuration (tests and the tuning bench): run 4's `gemv` (positional)
+/// or, for `GemvKernel::Stream`, `gemv_plain` (gemv_fused.cu, by value).
 pub fn gemv_with(
     gpu: &Gpu,
     s: &CudaStream,
     dt: GpuDType,
-    w: DevSlice,
-    x: DevSlice,
-    y: DevSlice,
-    n: usize,
-    k: usize,
-    b: usize,
+    p: &GemvParams<DevSlice, usize>,
     cfg: GemvConfig,
 ) -> Result<()> {
     if cfg.kernel == GemvKernel::Run4 && cfg.prefetch_mb > 0 {
@@ -134,121 +119,94 @@ pub fn gemv_with(
             "internal: the GEMV L2 prefetch needs GemvKernel::Stream (run 4's gemv has none)".into(),
         ));
     }
-    let Some((launch, word)) = gemv_grid(gpu, "gemv", w, x, n, 1, k, b, dt, cfg)? else { return Ok(()) };
-    y.need(f32_bytes(b * n), "gemv y [B, N]")?;
-    // Run 4's kernel takes the stage count where the stream takes its cfg word (stages | prefetch).
-    let (name, word) = match cfg.kernel {
-        GemvKernel::Run4 => (format!("gemv_{}", dt.suffix()), cfg.stages),
-        GemvKernel::Stream => (format!("gemv_plain_{}", dt.suffix()), word),
-    };
-    let args = [
-        Arg::Ptr(w.ptr),
-        Arg::Ptr(x.ptr),
-        Arg::Ptr(y.ptr),
-        Arg::U32(dim_u32(n, "gemv N")?),
-        Arg::U32(dim_u32(k, "gemv K")?),
-        Arg::U32(dim_u32(b, "gemv B")?),
-        Arg::U32(word),
-    ];
-    // SAFETY: w holds [N, K] T, x [B, K] T (gemv_grid), y [B, N] f32 (above), 1 <= B <= 8; the
-    // kernel (warp g takes rows g, g + warps, ... < N) reads w rows n < N at k < K (loads past a
-    // row's end are clamped into the row), x rows b < B at k < K, and writes y[b, n] for b < B,
-    // n < N only.
-    unsafe { gpu.launch(s, &name, launch, &args) }
+    let (n, k, b) = (p.n, p.k, p.b);
+    let Some((launch, word)) = gemv_grid(gpu, "gemv", dt, p.w, p.x, (n, 1, k, b), cfg)? else { return Ok(()) };
+    p.y.need(f32_bytes(b * n), "gemv y [B, N]")?;
+    // SAFETY (both kernels): w holds [N, K] T, x [B, K] T (gemv_grid), y [B, N] f32 (above), 1 <= B
+    // <= 8; the kernel (warp g takes rows g, g + warps, ... < N) reads w rows n < N at k < K (loads
+    // past a row's end are clamped into the row), x rows b < B at k < K, and writes y[b, n] for
+    // b < B, n < N only.
+    match cfg.kernel {
+        // Run 4's kernel takes the stage count where the stream takes its cfg word (stages | prefetch).
+        GemvKernel::Run4 => {
+            let kp = GemvParams { stages: cfg.stages as usize, ..*p }.kernel()?;
+            let name = format!("gemv_{}", dt.suffix());
+            // SAFETY: as above.
+            unsafe { gpu.launch(s, &name, launch, &positional::gemv(&kp)) }
+        }
+        GemvKernel::Stream => {
+            let fp = GemvFusedParams { w: p.w, x: p.x, k, b, cfg: word as usize, y: p.y, n, ..Default::default() };
+            let name = format!("gemv_plain_{}", dt.suffix());
+            // SAFETY: as above.
+            unsafe { gpu.launch_params(s, &name, launch, &fp.kernel()?) }
+        }
+    }
 }
 
 /// The matmul with SwiGLU fused into its epilogue: `out[b, f] = T(up · silu(gate))` with
 /// up = `w[f] · x[b]`, gate = `w[F + f] · x[b]` (f32 sums, exactly `gemv` + `swiglu`'s bits):
-/// w `[2F, K]` T (the executor's w1 ‖ w2), x `[B, K]` T, out `[B, F]` T, B in 1..=`GEMV_MAX_B`;
-/// `cfg` as `gemv_with` (its `kernel` is ignored: the fused kernels are the stream's).
-#[allow(clippy::too_many_arguments)]
+/// w `[2F, K]` T (the executor's w1 ‖ w2), x `[B, K]` T, out `[B, F]` T, B in 1..=`GEMV_MAX_B`
+/// (fields w, x, k, b, f, out of `p`); `cfg` as `gemv_with` (its `kernel` is ignored: the fused
+/// kernels are the stream's).
 pub fn gemv_swiglu(
     gpu: &Gpu,
     s: &CudaStream,
     dt: GpuDType,
-    w: DevSlice,
-    x: DevSlice,
-    out: DevSlice,
-    f: usize,
-    k: usize,
-    b: usize,
+    p: &GemvFusedParams<DevSlice, usize>,
     cfg: GemvConfig,
 ) -> Result<()> {
-    let Some((launch, word)) = gemv_grid(gpu, "gemv_swiglu", w, x, f, 2, k, b, dt, cfg)? else { return Ok(()) };
-    out.need(b * f * dt.size(), "gemv_swiglu out [B, F]")?;
+    let (f, k, b) = (p.f, p.k, p.b);
+    let Some((launch, word)) = gemv_grid(gpu, "gemv_swiglu", dt, p.w, p.x, (f, 2, k, b), cfg)? else { return Ok(()) };
+    p.out.need(b * f * dt.size(), "gemv_swiglu out [B, F]")?;
+    let kp = GemvFusedParams { cfg: word as usize, ..*p }.kernel()?;
     let name = format!("gemv_swiglu_{}", dt.suffix());
-    let args = [
-        Arg::Ptr(w.ptr),
-        Arg::Ptr(x.ptr),
-        Arg::Ptr(out.ptr),
-        Arg::U32(dim_u32(f, "gemv_swiglu F")?),
-        Arg::U32(dim_u32(k, "gemv_swiglu K")?),
-        Arg::U32(dim_u32(b, "gemv_swiglu B")?),
-        Arg::U32(word),
-    ];
     // SAFETY: w holds [2F, K] T, x [B, K] T (gemv_grid), out [B, F] T (above), 1 <= B <= 8; warp g
     // takes items f = g, g + warps, ... < F, reads w rows f and F + f (< 2F) at k < K (clamped into
     // the row) and x rows b < B, and writes out[b, f] for b < B, f < F only.
-    unsafe { gpu.launch(s, &name, launch, &args) }
+    unsafe { gpu.launch_params(s, &name, launch, &kp) }
 }
 
-/// The QKV matmul with `qkv_rope_append` fused into its epilogue, for one token (decode): bias add,
-/// rotate-half RoPE at p = `*pos0`, logN on q, q → `q` `[1, P]` T, k / v → row p of `k_cache` /
-/// `v_cache` `[cap, P]` T (nothing at all when p >= cap). w `[3P, K]` T (c_attn), x `[1, K]` T,
-/// bias `[3P]` T, inv_freq `[D/2]` f32, pos0 `[1]` u32 (device scalar); P = H·D, D even, <= 256.
+/// The QKV matmul with `qkv_rope_append` fused into its epilogue, for one token (decode, `p.b` = 1):
+/// bias add, rotate-half RoPE at p = `*pos0`, logN on q, q → `q` `[1, P]` T, k / v → row p of
+/// `k_cache` / `v_cache` `[cap, P]` T (nothing at all when p >= cap). w `[3P, K]` T (c_attn), x `[1, K]`
+/// T, bias `[3P]` T, inv_freq `[D/2]` f32, pos0 `[1]` u32 (device scalar); P = H·D, D even, <= 256.
 /// Stores exactly what `gemv` + `qkv_rope_append` store; `cfg` as `gemv_with`.
-#[allow(clippy::too_many_arguments)]
 pub fn gemv_qkv_rope(
     gpu: &Gpu,
     s: &CudaStream,
     dt: GpuDType,
-    w: DevSlice,
-    x: DevSlice,
-    bias: DevSlice,
-    inv_freq: DevSlice,
-    pos0: DevSlice,
-    q: DevSlice,
-    k_cache: DevSlice,
-    v_cache: DevSlice,
-    k: usize,
-    h: usize,
-    d: usize,
-    cap: usize,
-    seq_length: usize,
-    use_logn: bool,
+    p: &GemvFusedParams<DevSlice, usize>,
     cfg: GemvConfig,
 ) -> Result<()> {
-    // One token (the kernel instantiates B = 1).
-    let p = check_rope_operands("gemv_qkv_rope", dt, bias, inv_freq, pos0, q, k_cache, v_cache, 1, h, d, cap)?;
+    need_one_row("gemv_qkv_rope", p.b)?;
+    let rope = RopeParams {
+        qkv: DevSlice::default(),
+        bias: p.bias,
+        inv_freq: p.inv_freq,
+        pos0: p.pos0,
+        q: p.q,
+        k_cache: p.k_cache,
+        v_cache: p.v_cache,
+        t: 1,
+        h: p.h,
+        d: p.d,
+        cap: p.cap,
+        s: p.s,
+        use_logn: p.use_logn,
+    };
+    let width = check_rope_operands("gemv_qkv_rope", dt, &rope)?;
     // Items: the 3P/2 pairs (x[j], x[j + D/2]) of q, k and v.
-    let Some((launch, word)) = gemv_grid(gpu, "gemv_qkv_rope", w, x, 3 * p / 2, 2, k, 1, dt, cfg)? else {
+    let Some((launch, word)) = gemv_grid(gpu, "gemv_qkv_rope", dt, p.w, p.x, (3 * width / 2, 2, p.k, 1), cfg)? else {
         return Ok(());
     };
+    let kp = GemvFusedParams { cfg: word as usize, ..*p }.kernel()?;
     let name = format!("gemv_qkv_rope_{}", dt.suffix());
-    let args = [
-        Arg::Ptr(w.ptr),
-        Arg::Ptr(x.ptr),
-        Arg::Ptr(bias.ptr),
-        Arg::Ptr(inv_freq.ptr),
-        Arg::Ptr(pos0.ptr),
-        Arg::Ptr(q.ptr),
-        Arg::Ptr(k_cache.ptr),
-        Arg::Ptr(v_cache.ptr),
-        Arg::U32(dim_u32(k, "gemv_qkv_rope K")?),
-        Arg::U32(1),
-        Arg::U32(word),
-        Arg::U32(dim_u32(h, "H")?),
-        Arg::U32(dim_u32(d, "D")?),
-        Arg::U32(dim_u32(cap, "cap")?),
-        Arg::U32(dim_u32(seq_length, "seq_length")?),
-        Arg::U32(use_logn as u32),
-    ];
     // SAFETY: w holds [3P, K] T and x [1, K] T (gemv_grid), bias [3P] T, inv_freq [D/2] f32, pos0 one
     // u32, q [1, P] T, both caches [cap, P] T (above). Warp g takes pairs i = g, g + warps, ... < 3P/2,
     // reads w rows (i / (D/2))·D + i % (D/2) and that + D/2 (< 3P) at k < K, bias at those rows,
     // inv_freq[i % (D/2)] and pos0; it writes only when p = *pos0 < cap (64-bit): two columns of
     // head (i / (D/2)) % H in q, or in row p of the k or v cache.
-    unsafe { gpu.launch(s, &name, launch, &args) }
+    unsafe { gpu.launch_params(s, &name, launch, &kp) }
 }
 
 /// Bytes of `gemv_residual_rmsnorm`'s workspace for C rows: the per-block partial sums of squares
@@ -259,74 +217,60 @@ pub fn residual_norm_workspace_bytes(c: usize) -> usize {
 }
 
 /// The output projection of a layer with the residual add and the next RMSNorm fused in, for one
-/// token (decode): `x[n] += Σ_k w[n, k] · x_in[k]` (the f32 residual stream `[C]`, same bits as
-/// `gemv` + `add_rmsnorm`'s add), then `a = T((x · inv) · w_ln)` with `inv = 1 / sqrt(Σ x² / C +
-/// eps)`, done by the last block to finish (`add_rmsnorm`'s expression; Σ x² in another order, so
-/// `a` may differ from it by an ulp of T). w `[C, K]` T, x_in `[1, K]` T, w_ln `[C]` T, a `[C]` T;
-/// `workspace`: `residual_norm_workspace_bytes(C)`, its counter zero (left zero).
-#[allow(clippy::too_many_arguments)]
+/// token (decode, `p.b` = 1): `resid[n] += Σ_k w[n, k] · x[k]` (the f32 residual stream `[C]`, same
+/// bits as `gemv` + `add_rmsnorm`'s add), then `a = T((resid · inv) · w_ln)` with `inv = 1 / sqrt(Σ
+/// resid² / C + eps)`, done by the last block to finish (`add_rmsnorm`'s expression; Σ x² in another
+/// order, so `a` may differ from it by an ulp of T). w `[C, K]` T, x `[1, K]` T, w_ln `[C]` T, a `[C]`
+/// T; `p.partials` is the whole workspace, `residual_norm_workspace_bytes(C)`, its counter zero (left
+/// zero; `p.counter` is the launcher's).
 pub fn gemv_residual_rmsnorm(
     gpu: &Gpu,
     s: &CudaStream,
     dt: GpuDType,
-    w: DevSlice,
-    x_in: DevSlice,
-    x: DevSlice,
-    w_ln: DevSlice,
-    a: DevSlice,
-    workspace: DevSlice,
-    c: usize,
-    k: usize,
-    eps: f32,
+    p: &GemvFusedParams<DevSlice, usize>,
     cfg: GemvConfig,
 ) -> Result<()> {
-    let Some((launch, word)) = gemv_grid(gpu, "gemv_residual_rmsnorm", w, x_in, c, 1, k, 1, dt, cfg)? else {
+    need_one_row("gemv_residual_rmsnorm", p.b)?;
+    let (c, k) = (p.c, p.k);
+    let Some((launch, word)) = gemv_grid(gpu, "gemv_residual_rmsnorm", dt, p.w, p.x, (c, 1, k, 1), cfg)? else {
         return Ok(());
     };
-    x.need(f32_bytes(c), "gemv_residual_rmsnorm x [C]")?;
-    w_ln.need(c * dt.size(), "gemv_residual_rmsnorm w_ln [C]")?;
-    a.need(c * dt.size(), "gemv_residual_rmsnorm a [C]")?;
-    workspace.need(residual_norm_workspace_bytes(c), "gemv_residual_rmsnorm workspace")?;
+    p.resid.need(f32_bytes(c), "gemv_residual_rmsnorm resid [C]")?;
+    p.w_ln.need(c * dt.size(), "gemv_residual_rmsnorm w_ln [C]")?;
+    p.a.need(c * dt.size(), "gemv_residual_rmsnorm a [C]")?;
+    p.partials.need(residual_norm_workspace_bytes(c), "gemv_residual_rmsnorm workspace")?;
     debug_assert!(launch.grid.0 as usize <= c.div_ceil(GEMV_WARPS as usize));
-    let counter = workspace.ptr.offset(f32_bytes(c.div_ceil(GEMV_WARPS as usize)));
+    let counter = p.partials.sub(f32_bytes(c.div_ceil(GEMV_WARPS as usize)), 4)?;
+    let kp = GemvFusedParams { cfg: word as usize, counter, ..*p }.kernel()?;
     let name = format!("gemv_residual_rmsnorm_{}", dt.suffix());
-    let args = [
-        Arg::Ptr(w.ptr),
-        Arg::Ptr(x_in.ptr),
-        Arg::Ptr(x.ptr),
-        Arg::Ptr(w_ln.ptr),
-        Arg::Ptr(a.ptr),
-        Arg::Ptr(workspace.ptr),
-        Arg::Ptr(counter),
-        Arg::U32(dim_u32(c, "gemv_residual_rmsnorm C")?),
-        Arg::U32(dim_u32(k, "gemv_residual_rmsnorm K")?),
-        Arg::U32(word),
-        Arg::F32(eps),
-    ];
-    // SAFETY: w holds [C, K] T and x_in [1, K] T (gemv_grid), x [C] f32, w_ln and a [C] T, and the
+    // SAFETY: w holds [C, K] T and x [1, K] T (gemv_grid), resid [C] f32, w_ln and a [C] T, and the
     // workspace ⌈C/8⌉ f32 partials (>= the grid's blocks) + the u32 counter (above). Warp g takes rows
-    // n = g, g + warps, ... < C: reads w row n (k < K, clamped into the row) and x_in, reads and writes
-    // x[n]; block i writes partials[i] and updates the counter; the last block reads every partial
-    // and x[0..C], w_ln[0..C], writes a[0..C] and resets the counter.
-    unsafe { gpu.launch(s, &name, launch, &args) }
+    // n = g, g + warps, ... < C: reads w row n (k < K, clamped into the row) and x, reads and writes
+    // resid[n]; block i writes partials[i] and updates the counter; the last block reads every partial
+    // and resid[0..C], w_ln[0..C], writes a[0..C] and resets the counter.
+    unsafe { gpu.launch_params(s, &name, launch, &kp) }
 }
 
-/// The checks every gemv-family launch shares, and its launch shape: `items` work items of
-/// `rows_per_item` weight rows each (w `[items · rows_per_item, K]` T), x `[B, K]` T, B in
-/// 1..=`GEMV_MAX_B`, a valid configuration, and one warp's items × rows × passes within the
+/// The one-token kernels (B = 1) refuse another batch.
+fn need_one_row(what: &str, b: usize) -> Result<()> {
+    if b != 1 {
+        return Err(Error::Backend(format!("internal: {what} is for one token, got B = {b}")));
+    }
+    Ok(())
+}
+
+/// The checks every gemv-family launch shares, and its launch shape: `(items, rows_per_item, k, b)`:
+/// `items` work items of `rows_per_item` weight rows each (w `[items · rows_per_item, K]` T), x `[B, K]`
+/// T, B in 1..=`GEMV_MAX_B`, a valid configuration, and one warp's items × rows × passes within the
 /// kernel's u32 step counter; with the kernel's `cfg` word. None when there are no items (nothing
 /// to launch).
-#[allow(clippy::too_many_arguments)]
 fn gemv_grid(
     gpu: &Gpu,
     what: &str,
+    dt: GpuDType,
     w: DevSlice,
     x: DevSlice,
-    items: usize,
-    rows_per_item: usize,
-    k: usize,
-    b: usize,
-    dt: GpuDType,
+    (items, rows_per_item, k, b): (usize, usize, usize, usize),
     cfg: GemvConfig,
 ) -> Result<Option<(Launch, u32)>> {
     if b == 0 || b > GEMV_MAX_B {

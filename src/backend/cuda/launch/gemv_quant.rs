@@ -3,10 +3,12 @@
 //! oracle `quant::QuantMatrix::matmul` / `decode_rows`. Compiled + emulator-checked, not yet verified on
 //! a GPU (`--quant` / a quantized checkpoint on `--backend cuda` says so once on stderr).
 //!
-//! Parameters: one `#[repr(C)]` struct per format, the mirror of cuda/quant_params.h, passed by value
-//! (`Gpu::launch_params`); each `T*` of the header is a `u64` device address here.
+//! Parameters: one `#[repr(C)]` struct per format, the mirror of cuda/quant_params.h (declared with
+//! `params.rs`' `kernel_params!`; `QUANT_LAYOUTS` is the table tests/kernel_params.rs checks against
+//! bindgen's reading of the header), passed by value (`Gpu::launch_params`).
+use super::params::{kernel_params, KernelField, ParamsLayout};
 use super::{dim_u32, f32_bytes};
-use crate::backend::cuda::device::{DevPtr, DevSlice, Gpu, GpuDType, Launch};
+use crate::backend::cuda::device::{DevPtr, DevSlice, Gpu, GpuDType, KernelParams, Launch};
 use crate::error::{Error, Result};
 use cudarc::driver::CudaStream;
 
@@ -22,45 +24,43 @@ const SMEM_DEFAULT: usize = 48 << 10;
 /// the driver refuses the launch with an error.
 const SMEM_MAX: usize = 227 << 10;
 
-/// cuda/quant_params.h `QuantNf4Params`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct QuantNf4Params {
-    pub codes: u64,
-    pub absmax: u64,
-    pub x: u64,
-    pub out: u64,
-    pub n: u32,
-    pub k: u32,
-}
+kernel_params! {
+    QUANT_LAYOUTS;
 
-/// cuda/quant_params.h `QuantInt8Params`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct QuantInt8Params {
-    pub codes: u64,
-    pub scb: u64,
-    pub x: u64,
-    pub out: u64,
-    pub n: u32,
-    pub k: u32,
-}
+    /// cuda/quant_params.h `QuantNf4Params`: `gemv_nf4`, `dequant_nf4`.
+    pub struct QuantNf4Params<Buf = DevPtr, Dim = u32> host<DevSlice, usize> {
+        pub codes: Buf,
+        pub absmax: Buf,
+        pub x: Buf,
+        pub out: Buf,
+        pub n: Dim,
+        pub k: Dim,
+    }
 
-/// cuda/quant_params.h `QuantGptqParams`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct QuantGptqParams {
-    pub qweight: u64,
-    pub row_group: u64,
-    pub perm: u64,
-    pub scales: u64,
-    pub zeros: u64,
-    pub x: u64,
-    pub out: u64,
-    pub n: u32,
-    pub k: u32,
-    pub rows: u32,
-    pub groups: u32,
+    /// cuda/quant_params.h `QuantInt8Params`: `gemv_int8`, `dequant_int8`.
+    pub struct QuantInt8Params<Buf = DevPtr, Dim = u32> host<DevSlice, usize> {
+        pub codes: Buf,
+        pub scb: Buf,
+        pub x: Buf,
+        pub out: Buf,
+        pub n: Dim,
+        pub k: Dim,
+    }
+
+    /// cuda/quant_params.h `QuantGptqParams`: `gemv_gptq4/8`, `dequant_gptq4/8` (perm 0: identity).
+    pub struct QuantGptqParams<Buf = DevPtr, Dim = u32> host<DevSlice, usize> {
+        pub qweight: Buf,
+        pub row_group: Buf,
+        pub perm: Buf,
+        pub scales: Buf,
+        pub zeros: Buf,
+        pub x: Buf,
+        pub out: Buf,
+        pub n: Dim,
+        pub k: Dim,
+        pub rows: Dim,
+        pub groups: Dim,
+    }
 }
 
 /// One quantized linear weight W `[N, K]` on the GPU, in the device layout of cuda/quant_params.h
@@ -123,12 +123,12 @@ fn params(w: &QuantWeight, x: DevPtr, out: DevPtr) -> Result<Params> {
         QuantWeight::Nf4 { codes, absmax, .. } => {
             codes.need(total.div_ceil(2), "NF4 codes [ceil(N·K/2)]")?;
             absmax.need(f32_bytes(total.div_ceil(64)), "NF4 absmax [ceil(N·K/64)] f32")?;
-            Params::Nf4(QuantNf4Params { codes: codes.ptr.0, absmax: absmax.ptr.0, x: x.0, out: out.0, n: n32, k: k32 })
+            Params::Nf4(QuantNf4Params { codes: codes.ptr, absmax: absmax.ptr, x, out, n: n32, k: k32 })
         }
         QuantWeight::Int8 { codes, scb, .. } => {
             codes.need(total, "Int8 codes [N, K]")?;
             scb.need(f32_bytes(n), "Int8 SCB [N] f32")?;
-            Params::Int8(QuantInt8Params { codes: codes.ptr.0, scb: scb.ptr.0, x: x.0, out: out.0, n: n32, k: k32 })
+            Params::Int8(QuantInt8Params { codes: codes.ptr, scb: scb.ptr, x, out, n: n32, k: k32 })
         }
         QuantWeight::Gptq { bits, qweight, row_group, perm, scales, zeros, rows, groups, .. } => {
             if bits != 4 && bits != 8 {
@@ -151,13 +151,13 @@ fn params(w: &QuantWeight, x: DevPtr, out: DevPtr) -> Result<Params> {
             scales.need(f32_bytes(groups * n), "GPTQ scales [G, N] f32")?;
             zeros.need(groups * n * 2, "GPTQ zeros [G, N] u16")?;
             Params::Gptq(QuantGptqParams {
-                qweight: qweight.ptr.0,
-                row_group: row_group.ptr.0,
-                perm: perm.map_or(0, |p| p.ptr.0),
-                scales: scales.ptr.0,
-                zeros: zeros.ptr.0,
-                x: x.0,
-                out: out.0,
+                qweight: qweight.ptr,
+                row_group: row_group.ptr,
+                perm: perm.map_or(DevPtr(0), |p| p.ptr),
+                scales: scales.ptr,
+                zeros: zeros.ptr,
+                x,
+                out,
                 n: n32,
                 k: k32,
                 rows: dim_u32(rows, "GPTQ rows")?,
@@ -194,7 +194,7 @@ pub fn gemv_quant(gpu: &Gpu, s: &CudaStream, dt: GpuDType, w: &QuantWeight, x: D
         Params::Gptq(p) => {
             let per = if let QuantWeight::Gptq { bits, .. } = *w { 32 / bits as usize } else { 1 };
             let slots = p.rows as usize * per;
-            let smem = if p.perm != 0 { f32_bytes(slots) } else { 0 };
+            let smem = if p.perm != DevPtr(0) { f32_bytes(slots) } else { 0 };
             if smem > SMEM_MAX {
                 return Err(Error::Backend(format!(
                     "GPTQ matrix {n}x{k} with act-order needs {smem} bytes of shared memory for x (at most {SMEM_MAX})"
@@ -247,7 +247,7 @@ mod tests {
     #[test]
     fn params_mirror_the_header_sizes() {
         // The layout is checked field by field against bindgen's reading of cuda/quant_params.h in
-        // tests/quant_params.rs; here only that no padding crept in.
+        // tests/kernel_params.rs (`QUANT_LAYOUTS`); here only that no padding crept in.
         assert_eq!(std::mem::size_of::<QuantNf4Params>(), 4 * 8 + 2 * 4);
         assert_eq!(std::mem::size_of::<QuantInt8Params>(), 4 * 8 + 2 * 4);
         assert_eq!(std::mem::size_of::<QuantGptqParams>(), 7 * 8 + 4 * 4);

@@ -1,7 +1,9 @@
 //! Launchers: the only place kernels are launched from, one file per kernel family (the same
 //! family names as `cuda/*.cu`). Each launcher checks the dimensions and that every buffer is big
-//! enough for them, then says in a `// SAFETY:` line what it checked. Buffers are `DevSlice`s
-//! (address + bytes); T is the compute dtype (`GpuDType`), 2 bytes.
+//! enough for them, then says in a `// SAFETY:` line what it checked. Each takes its family's
+//! parameter struct (`params.rs`, the mirror of cuda/params.h) with buffers as `DevSlice`s (address +
+//! bytes) and dimensions as `usize`, plus what only the launch shape needs (e.g. the row count of a
+//! kernel with one block per row); T is the compute dtype (`GpuDType`), 2 bytes.
 pub mod attention;
 pub mod attention_decode;
 pub mod embedding;
@@ -9,6 +11,7 @@ pub mod fill;
 pub mod gemm;
 pub mod gemv;
 pub mod gemv_quant;
+pub mod params;
 pub mod rmsnorm;
 pub mod rotary;
 pub mod sampling;
@@ -21,6 +24,10 @@ pub use fill::*;
 pub use gemm::*;
 pub use gemv::*;
 pub use gemv_quant::*;
+pub use params::{
+    AttentionDecodeParams, AttentionPrefillParams, EmbeddingParams, FillParams, GemvFusedParams, GemvParams,
+    RmsnormParams, RopeParams, SampleParams, SwigluParams,
+};
 pub use rmsnorm::*;
 pub use rotary::*;
 pub use sampling::*;

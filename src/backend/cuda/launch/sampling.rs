@@ -1,10 +1,11 @@
 //! `sample_mark_f32`, `sample_process_f32`, `sample_draw_f32` (cuda/sampling.cu, run 4's verified
 //! kernels, bisection cuts) and the post-run-4 `sample_draw_radix_f32`, `sample_greedy_f32` and
 //! multi-block top-p path `sample_prep_f32`, `sample_exp_f32`, `sample_cut_f32`, `sample_walk_f32`
-//! (cuda/sampling_fast.cu); oracle `sampler::Sampler` (`probabilities` for the distribution, the walk
+//! (cuda/sampling_fast.cu, the top-p path in cuda/sampling_topp.cu); oracle `sampler::Sampler` (`probabilities` for the distribution, the walk
 //! of `sample` for the id).
-use super::{dim_u32, f32_bytes};
-use crate::backend::cuda::device::{Arg, DevSlice, Gpu, Launch};
+use super::params::positional;
+use super::{dim_u32, f32_bytes, SampleParams};
+use crate::backend::cuda::device::{DevSlice, Gpu, Launch};
 use crate::config::SamplingParams;
 use crate::error::{Error, Result};
 use cudarc::driver::CudaStream;
@@ -24,7 +25,7 @@ const MIN_TEMPERATURE: f32 = 1e-5;
 const MB_IDS: usize = 1024;
 /// Radix passes of `sample_cut_f32`: 30 bits of e, 8 a pass.
 const CUT_PASSES: usize = 4;
-/// Bytes reserved for the multi-block path's `SmpState` (2104 in sampling.cu).
+/// Bytes reserved for the multi-block path's `SmpState` (2104 bytes, cuda/sampling_topp.cu).
 const STATE_BYTES: usize = 2112;
 
 /// Workspace bytes for V logits: the repetition-penalty flag array `[V]` u8, then (at the next
@@ -104,31 +105,26 @@ pub fn sample_counter_offset(v: usize) -> usize {
     greedy_part_offset(v) + 8 * v.div_ceil(BLOCK as usize)
 }
 
-/// Steps 0-6 of `Sampler` on `logits` `[V]` f32 (modified in place by steps 0-1: NaN and ids
-/// `>= vocab_len` → -inf, repetition penalty), context ids `ctx_ids` `[n_ctx]` u32 on the device; the
-/// chosen id lands in `out_id` (one u32) and the final distribution in `probs` `[V]` f32 (one-hot when
-/// greedy). `u` in [0, 1) is the host's uniform draw (`Sampler::next_uniform`; ignored when greedy).
-/// `flags`: `sample_workspace_bytes(V)`, all zero on entry (and on exit). `ctx_ids` is not read (and
-/// may be empty) when the penalty is 1 or `n_ctx` is 0. `draw` is the path of a sampled draw
-/// (`SampleDraw::for_params` picks it from the `Tuning`; greedy runs `sample_greedy_f32` except on
-/// Run4); MultiBlock with a top-k cut is refused.
-#[allow(clippy::too_many_arguments)]
+/// Steps 0-6 of `Sampler` on `p.logits` `[V]` f32 (modified in place by steps 0-1: NaN and ids
+/// `>= vocab_len` → -inf, repetition penalty), context ids `p.ctx_ids` `[n_ctx]` u32 on the device; the
+/// chosen id lands in `p.out_id` (one u32) and the final distribution in `p.probs` `[V]` f32 (one-hot
+/// when greedy). `u` in [0, 1) is the host's uniform draw (`Sampler::next_uniform`; ignored when
+/// greedy). `p.flags`: the workspace, `sample_workspace_bytes(V)`, all zero on entry (and on exit).
+/// `ctx_ids` is not read (and may be empty) when the penalty is 1 or `n_ctx` is 0. The caller sets
+/// those buffers, `v`, `vocab_len` (ids >= it are padding; >= V masks nothing) and `n_ctx`; the
+/// launcher sets the fields `params` and `u` decide and carves `part`, `counter` and `state` out of
+/// the workspace. `draw` is the path of a sampled draw (`SampleDraw::for_params` picks it from the
+/// `Tuning`; greedy runs `sample_greedy_f32` except on Run4); MultiBlock with a top-k cut is refused.
 pub fn sample(
     gpu: &Gpu,
     s: &CudaStream,
     draw: SampleDraw,
-    logits: DevSlice,
-    v: usize,
-    vocab_len: usize,
-    ctx_ids: DevSlice,
-    n_ctx: usize,
+    p: &SampleParams<DevSlice, usize>,
     params: &SamplingParams,
     u: f64,
-    flags: DevSlice,
-    probs: DevSlice,
-    out_id: DevSlice,
 ) -> Result<()> {
     params.validate()?;
+    let (v, n_ctx) = (p.v, p.n_ctx);
     if v == 0 || v > MAX_DIM {
         return Err(Error::Backend(format!("internal: GPU sampling needs 1 <= V <= 2^31, got V = {v}")));
     }
@@ -139,151 +135,103 @@ pub fn sample(
     if !greedy && !(0.0..1.0).contains(&u) {
         return Err(Error::Backend(format!("internal: GPU sampling needs a uniform draw in [0, 1), got {u}")));
     }
-    logits.need(f32_bytes(v), "sample logits [V]")?;
-    flags.need(sample_workspace_bytes(v), "sample workspace (flags [V] u8, block results, counter, search state)")?;
+    let ws = p.flags;
+    p.logits.need(f32_bytes(v), "sample logits [V]")?;
+    ws.need(sample_workspace_bytes(v), "sample workspace (flags [V] u8, block results, counter, search state)")?;
     if draw == SampleDraw::MultiBlock && !SampleDraw::multi_block_can(params, v) {
         return Err(Error::Backend(format!(
             "internal: the multi-block sampler has no top-k cut (top_k = {})",
             params.top_k
         )));
     }
-    probs.need(f32_bytes(v), "sample probs [V]")?;
-    out_id.need(4, "sample out_id [1] u32")?;
-    let vu = dim_u32(v, "V")?;
-    // ids >= vocab_len are padding rows; vocab_len >= V masks nothing.
-    let vocab = dim_u32(vocab_len.min(v), "vocab_len")?;
+    p.probs.need(f32_bytes(v), "sample probs [V]")?;
+    p.out_id.need(4, "sample out_id [1] u32")?;
     let penalise = params.repetition_penalty != 1.0 && n_ctx > 0;
+    if penalise {
+        p.ctx_ids.need(n_ctx * 4, "sample ctx_ids [n_ctx]")?;
+    }
+    // Without the mark launch the flags are all zero; penalty 1 keeps even a stale flag harmless.
+    let kp = SampleParams {
+        vocab_len: p.vocab_len.min(v),
+        penalty: if penalise { params.repetition_penalty } else { 1.0 },
+        greedy: greedy as usize,
+        temperature: params.temperature,
+        // top_k >= V keeps everything: 0 (disabled); then top_k < V <= 2^31 fits a u32.
+        top_k: if params.top_k >= v { 0 } else { params.top_k },
+        top_p: params.top_p,
+        thr: (1.0 - params.top_p as f64) as f32, // as the CPU and sample_draw_f32
+        u,
+        part: ws.sub(greedy_part_offset(v), sample_counter_offset(v) - greedy_part_offset(v))?,
+        counter: ws.sub(sample_counter_offset(v), 4)?,
+        state: ws.sub(state_offset(v), STATE_BYTES)?,
+        ..*p
+    }
+    .kernel()?;
 
     if penalise {
-        ctx_ids.need(n_ctx * 4, "sample ctx_ids [n_ctx]")?;
         let blocks = n_ctx.div_ceil(BLOCK as usize).min(MARK_MAX_BLOCKS);
         let cfg = Launch::new((dim_u32(blocks, "mark blocks")?, 1, 1), BLOCK, 0);
-        let args = [Arg::Ptr(ctx_ids.ptr), Arg::U32(dim_u32(n_ctx, "n_ctx")?), Arg::Ptr(flags.ptr), Arg::U32(vu)];
         // SAFETY: ctx_ids holds [n_ctx] u32 and flags [V] u8 (checked above); the grid-stride kernel reads
         // ctx_ids[i] for i < n_ctx and writes flags[id] only for id < V.
-        unsafe { gpu.launch(s, "sample_mark_f32", cfg, &args)? };
+        unsafe { gpu.launch(s, "sample_mark_f32", cfg, &positional::sample_mark(&kp))? };
     }
 
-    // Without the mark launch the flags are all zero; penalty 1 keeps even a stale flag harmless.
-    let penalty = if penalise { params.repetition_penalty } else { 1.0 };
     let blocks = dim_u32(v.div_ceil(BLOCK as usize), "process blocks")?;
     if draw != SampleDraw::Run4 {
         // The cross-block ticket of sample_greedy_f32 / the multi-block path is zeroed at the head of
         // every call (issue 13 §2a): a launch that died half-way cannot leave a stale ticket behind.
-        gpu.memset(s, flags.ptr.offset(sample_counter_offset(v)), 0, 4)?;
+        gpu.memset(s, kp.counter, 0, 4)?;
     }
     if greedy && draw != SampleDraw::Run4 {
-        let part = flags.ptr.offset(greedy_part_offset(v));
-        let counter = flags.ptr.offset(sample_counter_offset(v));
         let cfg = Launch::new((blocks, 1, 1), BLOCK, 0);
-        let args = [
-            Arg::Ptr(logits.ptr),
-            Arg::U32(vu),
-            Arg::U32(vocab),
-            Arg::Ptr(flags.ptr),
-            Arg::F32(penalty),
-            Arg::Ptr(probs.ptr),
-            Arg::Ptr(out_id.ptr),
-            Arg::Ptr(part),
-            Arg::Ptr(counter),
-        ];
         // SAFETY: logits and probs hold [V] f32, out_id one u32, and the workspace (checked above:
         // sample_workspace_bytes(V)) the [V] u8 flags, ⌈V/256⌉ u64 block results and the u32 counter
         // at the offsets used here; thread v < V touches index v of logits, flags and probs, block b
         // writes part[b], the last block reads every part, writes out_id and probs[id < V].
-        return unsafe { gpu.launch(s, "sample_greedy_f32", cfg, &args) };
+        return unsafe { gpu.launch_params(s, "sample_greedy_f32", cfg, &kp) };
     }
     if draw == SampleDraw::MultiBlock {
-        return sample_multi_block(gpu, s, logits, vu, vocab, penalty, params, u, flags, probs, out_id);
+        return sample_multi_block(gpu, s, &kp, params.top_p < 1.0);
     }
     let cfg = Launch::new((blocks, 1, 1), BLOCK, 0);
-    let args = [Arg::Ptr(logits.ptr), Arg::U32(vu), Arg::U32(vocab), Arg::Ptr(flags.ptr), Arg::F32(penalty)];
     // SAFETY: logits holds [V] f32 and flags [V] u8 (checked above); thread v < V touches index v only.
-    unsafe { gpu.launch(s, "sample_process_f32", cfg, &args)? };
+    unsafe { gpu.launch(s, "sample_process_f32", cfg, &positional::sample_process(&kp))? };
 
-    // top_k >= V keeps everything: pass 0 (disabled); then top_k < V <= 2^31 fits a u32.
-    let top_k = if params.top_k >= v { 0 } else { dim_u32(params.top_k, "top_k")? };
     let cfg = Launch::new((1, 1, 1), DRAW_THREADS, 0);
-    let name = if draw == SampleDraw::Run4 { "sample_draw_f32" } else { "sample_draw_radix_f32" };
-    let args = [
-        Arg::Ptr(logits.ptr),
-        Arg::U32(vu),
-        Arg::U32(greedy as u32),
-        Arg::F32(params.temperature),
-        Arg::U32(top_k),
-        Arg::F32(params.top_p),
-        Arg::U64(u.to_bits()), // the kernel's `double u`: the same 8 bytes
-        Arg::Ptr(probs.ptr),
-        Arg::Ptr(out_id.ptr),
-    ];
     // SAFETY: logits [V] f32 is read, probs [V] f32 written (scratch, then the distribution) and
     // out_id [1] u32 written (all checked above); one block of 1024 threads, indices < V only (both
-    // draw kernels take the same arguments).
-    unsafe { gpu.launch(s, name, cfg, &args) }
-}
-
-/// Steps 0-6 without a top-k cut on ⌈V/1024⌉ blocks per pass (cuda/sampling.cu, "Multi-block
-/// top-p"): prep (steps 0-1, temperature, max), exp (e, Z), the top-p search (4 passes; none when
-/// top_p >= 1) and the walk. Buffers checked by `sample`.
-#[allow(clippy::too_many_arguments)]
-fn sample_multi_block(
-    gpu: &Gpu,
-    s: &CudaStream,
-    logits: DevSlice,
-    v: u32,
-    vocab: u32,
-    penalty: f32,
-    params: &SamplingParams,
-    u: f64,
-    flags: DevSlice,
-    probs: DevSlice,
-    out_id: DevSlice,
-) -> Result<()> {
-    let vs = v as usize;
-    let grid = (dim_u32(vs.div_ceil(MB_IDS), "sampling blocks")?, 1, 1);
-    let cfg = Launch::new(grid, BLOCK, 0);
-    let part = flags.ptr.offset(greedy_part_offset(vs));
-    let counter = flags.ptr.offset(sample_counter_offset(vs));
-    let state = flags.ptr.offset(state_offset(vs));
-    let prep = [
-        Arg::Ptr(logits.ptr),
-        Arg::U32(v),
-        Arg::U32(vocab),
-        Arg::Ptr(flags.ptr),
-        Arg::F32(penalty),
-        Arg::F32(params.temperature),
-        Arg::Ptr(probs.ptr),
-        Arg::Ptr(part),
-        Arg::Ptr(state),
-        Arg::Ptr(counter),
-    ];
-    // SAFETY: logits and probs hold [V] f32, out_id one u32, and the workspace
-    // (sample_workspace_bytes(V), checked by sample) the [V] u8 flags, ⌈V/256⌉ ≥ ⌈V/1024⌉ u64
-    // block results, the u32 counter and STATE_BYTES ≥ sizeof(SmpState) at the offsets used here;
-    // thread ids index [V] only below V, block b writes part[b] only, the last blocks read part[..grid].
-    unsafe { gpu.launch(s, "sample_prep_f32", cfg, &prep)? };
-    let exp = [Arg::Ptr(probs.ptr), Arg::U32(v), Arg::Ptr(state)];
-    // SAFETY: as above (reads and writes probs [V], atomics on the state).
-    unsafe { gpu.launch(s, "sample_exp_f32", cfg, &exp)? };
-    if params.top_p < 1.0 {
-        let thr = (1.0 - params.top_p as f64) as f32; // as the CPU and sample_draw_f32
-        let cut = [Arg::Ptr(probs.ptr), Arg::U32(v), Arg::F32(thr), Arg::Ptr(state), Arg::Ptr(counter)];
-        for _ in 0..CUT_PASSES {
-            // SAFETY: as above (reads probs [V], atomics on the state, the last block updates it).
-            unsafe { gpu.launch(s, "sample_cut_f32", cfg, &cut)? };
+    // draw kernels read the same fields).
+    unsafe {
+        if draw == SampleDraw::Run4 {
+            gpu.launch(s, "sample_draw_f32", cfg, &positional::sample_draw(&kp))
+        } else {
+            gpu.launch_params(s, "sample_draw_radix_f32", cfg, &kp)
         }
     }
-    let walk = [
-        Arg::Ptr(probs.ptr),
-        Arg::U32(v),
-        Arg::U64(u.to_bits()), // the kernel's `double u`: the same 8 bytes
-        Arg::Ptr(state),
-        Arg::Ptr(out_id.ptr),
-        Arg::Ptr(part),
-        Arg::Ptr(counter),
-    ];
+}
+
+/// Steps 0-6 without a top-k cut on ⌈V/1024⌉ blocks per pass (cuda/sampling_topp.cu): prep (steps
+/// 0-1, temperature, max), exp (e, Z), the top-p search (4 passes; only when `cut`, top_p < 1) and
+/// the walk, each taking the same `p` (its buffers checked by `sample`).
+fn sample_multi_block(gpu: &Gpu, s: &CudaStream, p: &SampleParams, cut: bool) -> Result<()> {
+    let grid = (dim_u32((p.v as usize).div_ceil(MB_IDS), "sampling blocks")?, 1, 1);
+    let cfg = Launch::new(grid, BLOCK, 0);
+    // SAFETY: logits and probs hold [V] f32, out_id one u32, and the workspace
+    // (sample_workspace_bytes(V), checked by sample) the [V] u8 flags, ⌈V/256⌉ ≥ ⌈V/1024⌉ u64
+    // block results, the u32 counter and STATE_BYTES ≥ sizeof(SmfState) at the offsets of part,
+    // counter and state; thread ids index [V] only below V, block b writes part[b] only, the last
+    // blocks read part[..grid].
+    unsafe { gpu.launch_params(s, "sample_prep_f32", cfg, p)? };
+    // SAFETY: as above (reads and writes probs [V], atomics on the state).
+    unsafe { gpu.launch_params(s, "sample_exp_f32", cfg, p)? };
+    if cut {
+        for _ in 0..CUT_PASSES {
+            // SAFETY: as above (reads probs [V], atomics on the state, the last block updates it).
+            unsafe { gpu.launch_params(s, "sample_cut_f32", cfg, p)? };
+        }
+    }
     // SAFETY: as above (writes probs [V] and part[..grid], the last block reads them and writes out_id).
-    unsafe { gpu.launch(s, "sample_walk_f32", cfg, &walk) }
+    unsafe { gpu.launch_params(s, "sample_walk_f32", cfg, p) }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! `swiglu_{bf16,f16}` (cuda/swiglu.cu); oracle `cpu::swiglu`.
-use super::{dim_u32, f32_bytes, need_aligned};
-use crate::backend::cuda::device::{Arg, DevSlice, Gpu, GpuDType, Launch};
+use super::params::positional;
+use super::{dim_u32, f32_bytes, need_aligned, SwigluParams};
+use crate::backend::cuda::device::{DevSlice, Gpu, GpuDType, Launch};
 use crate::error::{Error, Result};
 use cudarc::driver::CudaStream;
 
@@ -21,34 +22,25 @@ pub fn swiglu_launch(t: usize, f: usize) -> Result<Launch> {
 
 /// `out[t, f] = T(up · gate / (1 + exp(-gate)))` with upgate `[T, 2F]` f32 (row = up ‖ gate),
 /// out `[T, F]` T.
-pub fn swiglu(
-    gpu: &Gpu,
-    s: &CudaStream,
-    dt: GpuDType,
-    upgate: DevSlice,
-    out: DevSlice,
-    t: usize,
-    f: usize,
-) -> Result<()> {
+pub fn swiglu(gpu: &Gpu, s: &CudaStream, dt: GpuDType, p: &SwigluParams<DevSlice, usize>) -> Result<()> {
+    let (t, f) = (p.t, p.f);
     if f == 0 {
         return Err(Error::Backend("internal: swiglu with F = 0".into()));
     }
-    let f_u32 = dim_u32(f, "F")?;
     dim_u32(2 * f, "2F")?;
-    let t32 = dim_u32(t, "T")?;
-    upgate.need(f32_bytes(t * 2 * f), "swiglu upgate [T, 2F]")?;
-    out.need(t * f * dt.size(), "swiglu out [T, F]")?;
+    p.upgate.need(f32_bytes(t * 2 * f), "swiglu upgate [T, 2F]")?;
+    p.out.need(t * f * dt.size(), "swiglu out [T, F]")?;
     if f % 4 == 0 {
         // The kernel's vector path (F % 4 == 0): upgate as float4, out as 4 values of T.
-        need_aligned(upgate, 16, "swiglu upgate")?;
-        need_aligned(out, 8, "swiglu out")?;
+        need_aligned(p.upgate, 16, "swiglu upgate")?;
+        need_aligned(p.out, 8, "swiglu out")?;
     }
+    let args = positional::swiglu(&p.kernel()?);
     if t == 0 {
         return Ok(());
     }
     let name = format!("swiglu_{}", dt.suffix());
     let cfg = swiglu_launch(t, f)?;
-    let args = [Arg::Ptr(upgate.ptr), Arg::Ptr(out.ptr), Arg::U32(f_u32), Arg::U32(t32)];
     // SAFETY: upgate holds [T, 2F] f32 and out [T, F] T (checked above); the kernel maps block b to
     // row b / B < T (and also checks row < T) and touches only columns < F of that row.
     unsafe { gpu.launch(s, &name, cfg, &args) }
