@@ -11,7 +11,10 @@
 //! - NF4: the body is the row's whole 64-blocks (the row may start and end inside a block of the
 //!   flattened weight); in each 16-input chunk of the body, byte j holds inputs 2j (high nibble)
 //!   and 2j+1 (low nibble), which go to lanes j and 8 + j (so x is packed deinterleaved: see
-//!   `pack_x`);
+//!   `pack_x`); and there are two sets of 16 lane sums: the body's even chunks (0, 2, ..) go to
+//!   set A, the odd ones to set B, and the lanes are combined `A + B` before the reduction (four
+//!   independent FMA chains per token instead of two: a single token's decode is otherwise bound
+//!   by the FMA latency, not by the loads);
 //! - then `reduce` (the fixed tree of `simd`), then the inputs outside the body (NF4: the head
 //!   before the first whole block, then the tail; Int8: the last K % 16) in increasing k with a
 //!   separate multiply and add: `s = s + w · x`.
@@ -120,16 +123,20 @@ pub fn nf4_row<const R: usize>(
 
 /// The NF4 body in plain Rust: the contract of `nf4_row`'s body, bit for bit the AVX2 kernel.
 fn nf4_body_portable<const R: usize>(body: &[u8], am: &[f32], xs: &[f32], acc: &mut [[f32; LANES]; R]) {
+    let mut sets = [[[0f32; LANES]; R]; 2]; // A: even chunks of the body, B: odd ones
     for ((blk, &a), xb) in body.chunks_exact(BLOCK / 2).zip(am).zip(xs.chunks_exact(R * BLOCK)) {
         let tab: [f32; 16] = std::array::from_fn(|c| NF4_CODE[c] * a); // the block's dequantized codes
-        for (chunk, xc) in blk.chunks_exact(LANES / 2).zip(xb.chunks_exact(R * LANES)) {
-            for (a, xv) in acc.iter_mut().zip(xc.chunks_exact(LANES)) {
+        for (c, (chunk, xc)) in blk.chunks_exact(LANES / 2).zip(xb.chunks_exact(R * LANES)).enumerate() {
+            for (a, xv) in sets[c % 2].iter_mut().zip(xc.chunks_exact(LANES)) {
                 for (j, &byte) in chunk.iter().enumerate() {
                     a[j] = tab[(byte >> 4) as usize].mul_add(xv[j], a[j]);
                     a[8 + j] = tab[(byte & 15) as usize].mul_add(xv[8 + j], a[8 + j]);
                 }
             }
         }
+    }
+    for (r, a) in acc.iter_mut().enumerate() {
+        *a = std::array::from_fn(|i| sets[0][r][i] + sets[1][r][i]);
     }
 }
 
@@ -229,17 +236,53 @@ mod avx2 {
     ) {
         let blocks = am.len();
         assert!(body.len() == blocks * BLOCK / 2 && xs.len() == blocks * BLOCK * R, "nf4_body: bad shapes");
+        // Sets A (even chunks) and B (odd chunks): lanes 0..8 in lo, 8..16 in hi. Up to 2 tokens both
+        // sets in one pass (4R accumulators); more tokens one pass per set (2R accumulators: 4R would
+        // spill; measured 2026-12-04: the two passes cost 4096x4096 T=16 +23 % over the one-set
+        // order of before, a single spilling pass +29 %, two passes of 2 tokens each +41 %).
+        let (lo, hi) = if R <= 2 {
+            nf4_pass::<R, VL, 2, 0>(body, am, xs)
+        } else {
+            let ([lo_a], [hi_a]) = nf4_pass::<R, VL, 1, 0>(body, am, xs);
+            let ([lo_b], [hi_b]) = nf4_pass::<R, VL, 1, 1>(body, am, xs);
+            ([lo_a, lo_b], [hi_a, hi_b])
+        };
+        for r in 0..R {
+            // SAFETY: acc[r] holds 16 values.
+            _mm256_storeu_ps(acc[r].as_mut_ptr(), _mm256_add_ps(lo[0][r], lo[1][r]));
+            _mm256_storeu_ps(acc[r].as_mut_ptr().add(8), _mm256_add_ps(hi[0][r], hi[1][r]));
+        }
+    }
+
+    /// One pass of `nf4_body` over every block: `SETS` 2 takes all four chunks of a block (chunk c
+    /// into set c % 2), `SETS` 1 only the chunks c ≡ `FIRST` (mod 2), into set 0. Returns the
+    /// sets' (lo, hi) sums `[set][token]`.
+    ///
+    /// # Safety
+    /// As `nf4_body`, whose assertion on the shapes this relies on.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn nf4_pass<const R: usize, const VL: bool, const SETS: usize, const FIRST: usize>(
+        body: &[u8],
+        am: &[f32],
+        xs: &[f32],
+    ) -> ([[__m256; R]; SETS], [[__m256; R]; SETS]) {
         // SAFETY (every pointer access below): NF4_CODE holds 16 values; block b reads body bytes
-        // 32b .. 32b + 32 and xs values 64Rb .. 64R(b+1) (asserted above); acc holds R·16 values.
+        // 32b .. 32b + 32 and xs values 64Rb .. 64R(b+1) (asserted by the caller).
         let code_lo = _mm256_loadu_ps(NF4_CODE.as_ptr()); // codes 0..8
         let code_hi = _mm256_loadu_ps(NF4_CODE.as_ptr().add(8)); // codes 8..16
-        let mut lo = [_mm256_setzero_ps(); R];
-        let mut hi = [_mm256_setzero_ps(); R];
-        let (mut bp, mut xp) = (body.as_ptr(), xs.as_ptr());
-        for &a in am {
+        let mut lo = [[_mm256_setzero_ps(); R]; SETS];
+        let mut hi = lo;
+        for (b, &a) in am.iter().enumerate() {
             let a = _mm256_set1_ps(a);
             let (t0, t1) = (_mm256_mul_ps(code_lo, a), _mm256_mul_ps(code_hi, a)); // the block's weights
-            for _ in 0..BLOCK / LANES {
+            for c in 0..BLOCK / LANES {
+                if SETS == 1 && c % 2 != FIRST {
+                    continue; // constant after unrolling
+                }
+                let set = if SETS == 2 { c % 2 } else { 0 };
+                let chunk = b * (BLOCK / LANES) + c;
+                let (bp, xp) = (body.as_ptr().add(chunk * LANES / 2), xs.as_ptr().add(chunk * R * LANES));
                 // 8 bytes = 16 codes → one dword per byte.
                 let v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(bp.cast::<__m128i>()));
                 let ih = _mm256_srli_epi32::<4>(v); // high nibbles: inputs 0, 2, .., 14
@@ -255,17 +298,12 @@ mod avx2 {
                 };
                 for r in 0..R {
                     let x = xp.add(r * LANES);
-                    lo[r] = _mm256_fmadd_ps(we, _mm256_loadu_ps(x), lo[r]);
-                    hi[r] = _mm256_fmadd_ps(wo, _mm256_loadu_ps(x.add(8)), hi[r]);
+                    lo[set][r] = _mm256_fmadd_ps(we, _mm256_loadu_ps(x), lo[set][r]);
+                    hi[set][r] = _mm256_fmadd_ps(wo, _mm256_loadu_ps(x.add(8)), hi[set][r]);
                 }
-                bp = bp.add(LANES / 2);
-                xp = xp.add(R * LANES);
             }
         }
-        for r in 0..R {
-            _mm256_storeu_ps(acc[r].as_mut_ptr(), lo[r]);
-            _mm256_storeu_ps(acc[r].as_mut_ptr().add(8), hi[r]);
-        }
+        (lo, hi)
     }
 
     /// `int8_body_portable`: body `[B]` codes (B a multiple of 16), xs `[B/16][R][16]`.
@@ -360,12 +398,22 @@ mod tests {
                 QuantData::Nf4 { .. } => (i - h) % LANES / 2 + 8 * ((i - h) % 2),
                 _ => (i - h) % LANES,
             };
+            // NF4: two sets of lane sums, by the parity of the 16-input chunk; Int8: one.
+            let set = |i: usize| match q.data {
+                QuantData::Nf4 { .. } => (i - h) / LANES % 2,
+                _ => 0,
+            };
             for ti in 0..t {
                 let xr = &x[ti * k..][..k];
-                let mut acc = [0f32; LANES];
+                let mut sets = [[0f32; LANES]; 2];
                 for i in h..h + body {
-                    acc[lane(i)] = wr[i].mul_add(xr[i], acc[lane(i)]);
+                    let a = &mut sets[set(i)][lane(i)];
+                    *a = wr[i].mul_add(xr[i], *a);
                 }
+                let acc: [f32; LANES] = match q.data {
+                    QuantData::Nf4 { .. } => std::array::from_fn(|l| sets[0][l] + sets[1][l]),
+                    _ => sets[0],
+                };
                 let mut s = reduce(&acc);
                 for i in (0..h.min(k)).chain(h + body..k) {
                     s += wr[i] * xr[i];
