@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Largest JSON file (config, generation config, index) read; the real ones are a few KB.
 pub const MAX_JSON_BYTES: u64 = 64 << 20;
@@ -80,4 +80,21 @@ pub fn read_json_text(path: &Path) -> Result<String> {
     String::from_utf8(data).map_err(|e| {
         Error::bad_file(path, format!("is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()))
     })
+}
+
+/// The path of a fresh, unique hidden sibling of output directory `dir` (`.NAME.tmp-PID-NANOS`, same
+/// filesystem, so the final rename is atomic); not created. `what` names the command in the error
+/// for a `dir` without a name (e.g. "quantize output").
+pub fn temp_sibling_path(dir: &Path, what: &str) -> Result<PathBuf> {
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = dir
+        .file_name()
+        .ok_or_else(|| Error::invalid(format!("{what} {} has no directory name", dir.display())))?
+        .to_string_lossy()
+        .into_owned();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    Ok(parent.join(format!(".{name}.tmp-{}-{nanos}", std::process::id())))
 }

@@ -503,17 +503,8 @@ fn write_all_files(tmp: &Path, p: &SynthPreset, seed: u64, opts: &SynthOptions) 
 
 /// A fresh, unique sibling of `dir` to write into (same filesystem, so the final rename is atomic).
 fn temp_sibling(dir: &Path) -> Result<PathBuf> {
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = dir
-        .file_name()
-        .ok_or_else(|| Error::invalid(format!("synth output {} has no directory name", dir.display())))?
-        .to_string_lossy()
-        .into_owned();
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let tmp = parent.join(format!(".{name}.tmp-{}-{nanos}", std::process::id()));
+    let tmp = crate::files::temp_sibling_path(dir, "synth output")?;
+    let parent = tmp.parent().unwrap_or(Path::new(".")).to_path_buf();
     std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
     std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
     Ok(tmp)

@@ -349,17 +349,7 @@ fn copy_other_files(ck: &Checkpoint, tmp: &Path, format: QuantFormat, summary: &
 
 /// A fresh, unique hidden sibling of `dir` (same filesystem, so the final rename is atomic).
 fn temp_sibling(dir: &Path) -> Result<PathBuf> {
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = dir
-        .file_name()
-        .ok_or_else(|| Error::invalid(format!("quantize output {} has no directory name", dir.display())))?
-        .to_string_lossy()
-        .into_owned();
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let tmp = parent.join(format!(".{name}.tmp-{}-{nanos}", std::process::id()));
+    let tmp = crate::files::temp_sibling_path(dir, "quantize output")?;
     std::fs::create_dir(&tmp).map_err(|e| {
         Error::bad_file(dir, format!("cannot write the output here (creating {} failed: {e})", tmp.display()))
     })?;
