@@ -182,22 +182,29 @@ fn convert(src: &[u8], from: DType, to: GpuDType, out: &mut [u8]) {
     }
 }
 
+/// `total` bytes plus the reserve fit in the GPU's free memory, or an error saying how much `what`
+/// needs and how much is free.
+pub(super) fn check_room(gpu: &Gpu, total: usize, what: &str) -> Result<()> {
+    let (free, _) = gpu.mem_info()?;
+    if total + RESERVE_BYTES > free {
+        return Err(Error::Backend(format!(
+            "{what} need {:.2} GiB on the GPU (+{:.2} GiB reserve), {:.2} GiB free on {}",
+            gib(total),
+            gib(RESERVE_BYTES),
+            gib(free),
+            gpu.name
+        )));
+    }
+    Ok(())
+}
+
 impl GpuWeights {
     /// Check free memory ("needs X GiB, Y GiB free"), allocate one buffer for every weight of
     /// `cfg` in `dt` and carve it (model order, each tensor ALIGN-aligned).
     fn carve(gpu: &Gpu, cfg: &QwenConfig, dt: GpuDType) -> Result<GpuWeights> {
         let tied = cfg.tie_word_embeddings;
         let total = weight_bytes(cfg, dt, tied);
-        let (free, _) = gpu.mem_info()?;
-        if total + RESERVE_BYTES > free {
-            return Err(Error::Backend(format!(
-                "the weights need {:.2} GiB on the GPU (+{:.2} GiB reserve), {:.2} GiB free on {}",
-                gib(total),
-                gib(RESERVE_BYTES),
-                gib(free),
-                gpu.name
-            )));
-        }
+        check_room(gpu, total, "the weights")?;
         let buf = gpu.alloc(total)?;
         let all = buf.slice();
         let mut off = 0usize;

@@ -13,10 +13,10 @@
 //!   repacked in that slot order; `perm` maps slots to inputs. When g_idx is k / group and the group is
 //!   a whole number of words (every official checkpoint without act-order) the layout is the stored one
 //!   and no permutation is uploaded. Zeros are the true zeros (stored + 1) as u16, scales f32.
-use super::device::{gib, DevSlice, Gpu, GpuDType};
+use super::device::{DevSlice, Gpu, GpuDType};
 use super::launch::QuantWeight;
 use super::plan::ALIGN;
-use super::upload::{GpuLayer, GpuWeights, Stager, RESERVE_BYTES};
+use super::upload::{check_room, GpuLayer, GpuWeights, Stager};
 use crate::checkpoint::TensorView;
 use crate::error::{Error, Result};
 use crate::quant::{gptq, Linear, QuantData, QuantLayer, QuantMatrix, QuantWeights};
@@ -225,16 +225,7 @@ pub fn upload_quant_weights(gpu: &Gpu, qw: &QuantWeights, dt: GpuDType, progress
         sizes.push(dense(&qw.lm_head));
     }
     let total: usize = sizes.iter().map(|s| s.div_ceil(ALIGN) * ALIGN).sum();
-    let (free, _) = gpu.mem_info()?;
-    if total + RESERVE_BYTES > free {
-        return Err(Error::Backend(format!(
-            "the quantized weights need {:.2} GiB on the GPU (+{:.2} GiB reserve), {:.2} GiB free on {}",
-            gib(total),
-            gib(RESERVE_BYTES),
-            gib(free),
-            gpu.name
-        )));
-    }
+    check_room(gpu, total, "the quantized weights")?;
     let buf = gpu.alloc(total)?;
     let all = buf.slice();
     let mut off = 0usize;
