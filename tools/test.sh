@@ -5,7 +5,7 @@
 # docs/qwen-v1-spec.md and that no src/ module imports one below it in the data flow
 # (tools/check_layers.py), runs every test target, clippy with warnings as errors, then every CUDA
 # kernel on the CPU emulator (tools/cuda_emu/run.sh: g++ + python3, no GPU), the server's Python tests
-# (tools/serve_tests.sh: openai client, headless Chromium), the C-ABI stress test under ASan
+# (tools/serve_tests.sh: openai client, headless Chromium), the C-ABI stress test under ASan and TSan
 # (tools/sanitizers/run.sh) and a bounded fuzz run (tools/fuzz_smoke.sh).
 # CI (.ci/run) calls it with QWEN_REQUIRE_KERNELS=1.
 set -euo pipefail
@@ -43,9 +43,11 @@ bash tools/cuda_emu/run.sh
 # (installs chromium + a pinned venv on first use: ~3 min; then ~45 s).
 bash tools/serve_tests.sh
 
-# The C-ABI stress test under AddressSanitizer (nightly; after a negative control ASan must report). Builds are
-# cached in $QWEN_TOOLS/sanitizer-target (tools/sanitizers/run.sh; ThreadSanitizer is not clean yet: see there).
-bash tools/sanitizers/run.sh
+# The C-ABI stress test under AddressSanitizer and ThreadSanitizer (nightly; each after a negative control the
+# sanitizer must report; TSan with an instrumented std, -Zbuild-std). Builds are cached in
+# $QWEN_TOOLS/sanitizer-target. Without the nightly's rust-src component (installed by the script when it
+# can be), the TSan run prints "NOT RUN" and is skipped, loudly (tools/sanitizers/run.sh).
+QWEN_TSAN_OPTIONAL=1 bash tools/sanitizers/run.sh address thread
 
 # Coverage-guided fuzz targets (fuzz/, cargo-fuzz on the image's nightly toolchain), each on its committed
 # corpus for QWEN_FUZZ_SECS (12) seconds; the first build on a machine takes minutes (FUZZING.md).

@@ -3,9 +3,8 @@
 //! (QWEN_ERR_INVALID_HANDLE for a handle another thread freed, QWEN_ERR_BUSY for a session in use);
 //! never crash, hang or leak a live handle. Bounded: 8 threads x 12 rounds on the tiny model.
 //!
-//! CI runs it under AddressSanitizer too, after a negative control ASan must report:
-//! `bash tools/sanitizers/run.sh` (nightly). ThreadSanitizer (`... run.sh thread`) is not clean yet:
-//! without an instrumented std it reports synchronisation it cannot see (see that script).
+//! CI also runs it under AddressSanitizer and ThreadSanitizer (TSan with an instrumented std), each after
+//! a negative control the sanitizer must report: `bash tools/sanitizers/run.sh address thread` (nightly).
 use super::common::*;
 use qwen_rt::ffi::*;
 use qwen_status::*;

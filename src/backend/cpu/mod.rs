@@ -16,6 +16,7 @@
 mod kv_cache;
 mod matmul;
 mod ops;
+mod pool;
 
 pub use matmul::{matmul, LinearMatmul};
 pub use ops::{add, attention, dot, embedding, rmsnorm, rope, swiglu};
@@ -28,6 +29,7 @@ use crate::model::{self, Model, Sequence};
 use crate::quant::QuantWeights;
 use crate::weights::Weights;
 use kv_cache::KvCache;
+use pool::WorkerPool;
 use std::sync::Arc;
 
 // ---------------------------------------------------------------------------------------------
@@ -47,7 +49,7 @@ pub struct CpuModel {
     ln_2: Vec<Vec<f32>>,
     /// `[C]` f32.
     ln_f: Vec<f32>,
-    pool: rayon::ThreadPool,
+    pool: WorkerPool,
 }
 
 /// A small tensor as f32, checked to hold `n` values.
@@ -78,11 +80,7 @@ impl CpuModel {
     /// Resolve the weights of `ck` (no copy of the float matrices; `opts.quant` quantizes the
     /// linears one at a time) and start `opts.threads` workers (0 = all cores).
     pub fn load(ck: &Checkpoint, opts: &LoadOptions) -> Result<Self> {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(opts.threads)
-            .thread_name(|i| format!("qwen-cpu-{i}"))
-            .build()
-            .map_err(|e| Error::Backend(format!("cannot start {} CPU threads: {e}", opts.threads)))?;
+        let pool = WorkerPool::new(opts.threads)?;
         let weights = pool.install(|| load_weights(ck, opts))?;
         let config = weights.config.clone();
         let (c, p) = (config.hidden_size, config.proj_size());
