@@ -51,7 +51,7 @@ for san in "${SANS[@]}"; do
   build_std=() target_dir="$T/sanitizer-target/$san"
   if [ "$san" = thread ]; then
     if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src' &&
-       ! rustup component add rust-src --toolchain nightly >"$work/rust-src.log" 2>&1; then
+       ! timeout 300 rustup component add rust-src --toolchain nightly >"$work/rust-src.log" 2>&1; then
       tail -5 "$work/rust-src.log" >&2
       if [ "${QWEN_TSAN_OPTIONAL:-0}" = 1 ]; then
         echo "sanitizers: thread: NOT RUN — the nightly's rust-src component (for -Zbuild-std) could not be installed" >&2
