@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 
 T=${QWEN_TOOLS:-/tmp/qwen-ci-tools}
 CARGO_FUZZ_VERSION=0.13.2
-if ! rustup toolchain list | grep -q '^nightly'; then
+if ! grep -q '^nightly' <<<"$(rustup toolchain list)"; then
   echo "fuzz_smoke: no nightly toolchain; install one with: rustup toolchain install nightly" >&2
   exit 1
 fi

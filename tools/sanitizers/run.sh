@@ -30,7 +30,7 @@ T=${QWEN_TOOLS:-/tmp/qwen-ci-tools}
 TARGET=x86_64-unknown-linux-gnu   # explicit, so RUSTFLAGS reach only target crates (not build scripts)
 SANS=("$@")
 [ ${#SANS[@]} -gt 0 ] || SANS=(address)
-if ! rustup toolchain list | grep -q '^nightly'; then
+if ! grep -q '^nightly' <<<"$(rustup toolchain list)"; then
   echo "sanitizers: no nightly toolchain; install one with: rustup toolchain install nightly" >&2
   exit 1
 fi
@@ -50,7 +50,7 @@ for san in "${SANS[@]}"; do
   flags="-Zsanitizer=$san -Cunsafe-allow-abi-mismatch=sanitizer"
   build_std=() target_dir="$T/sanitizer-target/$san"
   if [ "$san" = thread ]; then
-    if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src' &&
+    if ! grep -q '^rust-src' <<<"$(rustup component list --toolchain nightly --installed 2>/dev/null)" &&
        ! timeout 300 rustup component add rust-src --toolchain nightly >"$work/rust-src.log" 2>&1; then
       tail -5 "$work/rust-src.log" >&2
       if [ "${QWEN_TSAN_OPTIONAL:-0}" = 1 ]; then
