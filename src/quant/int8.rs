@@ -6,6 +6,8 @@
 //! Compute is weight-only (activations stay f32): more accurate than LLM.int8's mixed
 //! decomposition of the activations, which this runtime does not do.
 
+use half::slice::HalfFloatSliceExt;
+
 /// 1/127 as bitsandbytes writes it (`7.874015718698502e-3`), rounded to f32.
 #[allow(clippy::excessive_precision)]
 pub const INV_127: f32 = 7.874015718698502e-3;
@@ -15,15 +17,20 @@ pub const INV_127: f32 = 7.874015718698502e-3;
 /// would divide by zero there).
 pub fn quantize_row(row: &[f32], codes: &mut [i8]) -> f32 {
     assert_eq!(row.len(), codes.len(), "int8: bad sizes");
-    let h = |v: f32| half::f16::from_f32(v).to_f32();
-    let scb = row.iter().fold(0f32, |m, &v| m.max(h(v).abs()));
+    // The row through float16 and back with half's slice conversions (F16C where the CPU has it:
+    // the same round-to-nearest-even as the scalar `f16::from_f32`, several times faster).
+    let mut h16 = vec![half::f16::ZERO; row.len()];
+    let mut h = vec![0f32; row.len()];
+    h16.convert_from_f32_slice(row);
+    h16.convert_to_f32_slice(&mut h);
+    let scb = h.iter().fold(0f32, |m, &v| m.max(v.abs()));
     if scb == 0.0 {
         codes.fill(0);
         return 0.0;
     }
     let s = (1.0 / scb) * 127.0; // torch evaluates `127.0 / absmax` as reciprocal times 127
-    for (c, &v) in codes.iter_mut().zip(row) {
-        *c = (h(v) * s).round_ties_even() as i8;
+    for (c, &v) in codes.iter_mut().zip(&h) {
+        *c = (v * s).round_ties_even() as i8;
     }
     scb
 }
