@@ -134,5 +134,22 @@ fn quant_matmul(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, quant_matmul);
+/// Quantizing one Int8 row (`quant::int8::quantize_row`: through float16, row absmax, codes): the
+/// per-element cost of `--quant int8` at load. One row of 4096, single thread (CPU time with
+/// `QWEN_BENCH_CPU_TIME=1`).
+fn int8_quantize(c: &mut Criterion) {
+    let row = values(4096, 7);
+    let mut codes = vec![0i8; row.len()];
+    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool");
+    let pool = std::env::var_os("QWEN_BENCH_CPU_TIME").is_some().then_some(&one);
+    c.bench_function("int8_quantize_row_4096", |b| {
+        b.iter_custom(|iters| {
+            timed(pool, iters, &mut || {
+                black_box(qwen_rt::quant::int8::quantize_row(black_box(&row), &mut codes));
+            })
+        })
+    });
+}
+
+criterion_group!(benches, quant_matmul, int8_quantize);
 criterion_main!(benches);
