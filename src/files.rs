@@ -98,3 +98,39 @@ pub fn temp_sibling_path(dir: &Path, what: &str) -> Result<PathBuf> {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     Ok(parent.join(format!(".{name}.tmp-{}-{nanos}", std::process::id())))
 }
+
+/// Write `v` as pretty JSON plus a newline (the model directory's JSON files, as Hugging Face writes them).
+pub fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(v).map_err(|e| Error::invalid(format!("JSON: {e}")))?;
+    std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
+}
+
+/// Cut items of `sizes` bytes (in order) into shards of at most `max` bytes: the index ranges of the
+/// shards (an item larger than `max` gets a shard of its own; at least one shard, maybe empty).
+pub fn shard_ranges(sizes: &[u64], max: u64) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut first, mut bytes) = (0usize, 0u64);
+    for (i, &b) in sizes.iter().enumerate() {
+        if i > first && bytes + b > max {
+            out.push(first..i);
+            first = i;
+            bytes = 0;
+        }
+        bytes += b;
+    }
+    out.push(first..sizes.len());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shard_ranges;
+
+    #[test]
+    fn shard_ranges_cut_at_the_limit() {
+        assert_eq!(shard_ranges(&[4, 4, 4], 8), vec![0..2, 2..3]);
+        assert_eq!(shard_ranges(&[10, 1, 1], 8), vec![0..1, 1..3], "an item over the limit stands alone");
+        assert_eq!(shard_ranges(&[1, 10, 1], 8), vec![0..1, 1..2, 2..3]);
+        assert_eq!(shard_ranges(&[], 8), vec![0..0]);
+    }
+}

@@ -9,6 +9,7 @@
 //! disk in fixed-size chunks: memory stays at one chunk, whatever the model size.
 use crate::checkpoint::{Checkpoint, DType};
 use crate::error::{Error, Result};
+use crate::files;
 use rayon::prelude::*;
 use serde_json::json;
 use std::io::Write;
@@ -438,34 +439,11 @@ fn stamp(p: &SynthPreset, seed: u64, opts: &SynthOptions) -> serde_json::Value {
     })
 }
 
-fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(v).map_err(|e| Error::invalid(format!("JSON: {e}")))?;
-    std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
-}
-
-/// Cut the planned tensors (model order) into shards of at most `max` bytes (a tensor larger
-/// than `max` gets a shard of its own).
-fn cut_shards(tensors: &[Planned], es: usize, max: u64) -> Vec<std::ops::Range<usize>> {
-    let mut out = Vec::new();
-    let (mut first, mut bytes) = (0usize, 0u64);
-    for (i, t) in tensors.iter().enumerate() {
-        let b = (t.shape.iter().product::<usize>() * es) as u64;
-        if i > first && bytes + b > max {
-            out.push(first..i);
-            first = i;
-            bytes = 0;
-        }
-        bytes += b;
-    }
-    out.push(first..tensors.len());
-    out
-}
-
 /// Write every file of the model into `tmp` (an empty directory).
 fn write_all_files(tmp: &Path, p: &SynthPreset, seed: u64, opts: &SynthOptions) -> Result<()> {
-    write_json(&tmp.join(STAMP_FILE), &stamp(p, seed, opts))?;
-    write_json(&tmp.join("config.json"), &config_json(p, opts.dtype))?;
-    write_json(&tmp.join("generation_config.json"), &generation_config_json())?;
+    files::write_json(&tmp.join(STAMP_FILE), &stamp(p, seed, opts))?;
+    files::write_json(&tmp.join("config.json"), &config_json(p, opts.dtype))?;
+    files::write_json(&tmp.join("generation_config.json"), &generation_config_json())?;
     let vocab = tmp.join("qwen.tiktoken");
     std::fs::write(&vocab, VOCAB).map_err(|e| Error::io(&vocab, e))?;
 
@@ -485,7 +463,8 @@ fn write_all_files(tmp: &Path, p: &SynthPreset, seed: u64, opts: &SynthOptions) 
     if opts.single_file {
         return write_safetensors_inner(&tmp.join("model.safetensors"), &mut to_write(0..tensors.len()));
     }
-    let shards = cut_shards(&tensors, es, opts.max_shard_bytes.max(1));
+    let sizes: Vec<u64> = tensors.iter().map(|t| (t.shape.iter().product::<usize>() * es) as u64).collect();
+    let shards = files::shard_ranges(&sizes, opts.max_shard_bytes.max(1));
     let n = shards.len();
     let mut weight_map = serde_json::Map::new();
     let mut total = 0u64;
@@ -498,12 +477,12 @@ fn write_all_files(tmp: &Path, p: &SynthPreset, seed: u64, opts: &SynthOptions) 
         write_safetensors_inner(&tmp.join(&file), &mut to_write(range))?;
     }
     let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
-    write_json(&tmp.join("model.safetensors.index.json"), &index)
+    files::write_json(&tmp.join("model.safetensors.index.json"), &index)
 }
 
 /// A fresh, unique sibling of `dir` to write into (same filesystem, so the final rename is atomic).
 fn temp_sibling(dir: &Path) -> Result<PathBuf> {
-    let tmp = crate::files::temp_sibling_path(dir, "synth output")?;
+    let tmp = files::temp_sibling_path(dir, "synth output")?;
     let parent = tmp.parent().unwrap_or(Path::new(".")).to_path_buf();
     std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
     std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;

@@ -28,6 +28,7 @@ use super::{QuantFormat, QuantMatrix};
 use crate::checkpoint::{Checkpoint, TensorView};
 use crate::config::QuantConfig;
 use crate::error::{Error, Result};
+use crate::files;
 use crate::weights::{check_finite, Weights};
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::FileExt;
@@ -121,7 +122,7 @@ pub fn quantize_checkpoint(
     let ck = Checkpoint::open(input)?;
     if QuantConfig::load(&ck.dir)?.is_some() {
         let cfg = ck.dir.join("config.json");
-        let in_config = crate::files::read_json_text(&cfg)
+        let in_config = files::read_json_text(&cfg)
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
             .is_some_and(|v| v.get("quantization_config").is_some());
@@ -219,7 +220,8 @@ fn write_all(
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
 
-    let shards = cut_shards(plans, opts.max_shard_bytes.max(1));
+    let sizes: Vec<u64> = plans.iter().map(|p| p.iter().map(|t| t.byte_len() as u64).sum()).collect();
+    let shards = files::shard_ranges(&sizes, opts.max_shard_bytes.max(1));
     let n = shards.len();
     let mut weight_map = serde_json::Map::new();
     for (k, range) in shards.into_iter().enumerate() {
@@ -257,7 +259,7 @@ fn write_all(
     bar.finish_and_clear();
     if n > 1 {
         let index = serde_json::json!({"metadata": {"total_size": summary.bytes_out}, "weight_map": weight_map});
-        write_json(&tmp.join("model.safetensors.index.json"), &index)?;
+        files::write_json(&tmp.join("model.safetensors.index.json"), &index)?;
     }
     copy_other_files(ck, tmp, opts.format, &mut summary)?;
     Ok(summary)
@@ -283,38 +285,15 @@ fn copy_tensor(
     shard.mark_written(&t.name, t.byte_len())
 }
 
-/// Cut the tensor groups (one input tensor each) into shards of at most `max` bytes (a group larger
-/// than `max` gets a shard of its own).
-fn cut_shards(plans: &[Vec<Planned>], max: u64) -> Vec<std::ops::Range<usize>> {
-    let mut out = Vec::new();
-    let (mut first, mut bytes) = (0usize, 0u64);
-    for (i, p) in plans.iter().enumerate() {
-        let b: u64 = p.iter().map(|t| t.byte_len() as u64).sum();
-        if i > first && bytes + b > max {
-            out.push(first..i);
-            first = i;
-            bytes = 0;
-        }
-        bytes += b;
-    }
-    out.push(first..plans.len());
-    out
-}
-
-fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(v).map_err(|e| Error::invalid(format!("JSON: {e}")))?;
-    std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
-}
-
 /// config.json with `quantization_config`; every other regular file of the input except the
 /// weights (safetensors, PyTorch pickles) and the synth stamp.
 fn copy_other_files(ck: &Checkpoint, tmp: &Path, format: QuantFormat, summary: &mut QuantizeSummary) -> Result<()> {
     let cfg_path = ck.dir.join("config.json");
-    let mut cfg: serde_json::Value = serde_json::from_str(&crate::files::read_json_text(&cfg_path)?)
+    let mut cfg: serde_json::Value = serde_json::from_str(&files::read_json_text(&cfg_path)?)
         .map_err(|e| Error::bad_file(&cfg_path, format!("invalid JSON: {e}")))?;
     let obj = cfg.as_object_mut().ok_or_else(|| Error::bad_file(&cfg_path, "is not a JSON object"))?;
     obj.insert("quantization_config".into(), bnb::quantization_config(format));
-    write_json(&tmp.join("config.json"), &cfg)?;
+    files::write_json(&tmp.join("config.json"), &cfg)?;
 
     let shard_names: HashSet<String> =
         ck.shards.iter().filter_map(|(p, _)| p.file_name()).map(|n| n.to_string_lossy().into_owned()).collect();
@@ -338,7 +317,7 @@ fn copy_other_files(ck: &Checkpoint, tmp: &Path, format: QuantFormat, summary: &
             summary.skipped.push(s);
             continue;
         }
-        let (mut f, _) = crate::files::open_regular(&src)?;
+        let (mut f, _) = files::open_regular(&src)?;
         let dst = tmp.join(&name);
         let mut out = std::fs::File::create(&dst).map_err(|e| Error::io(&dst, e))?;
         std::io::copy(&mut f, &mut out).map_err(|e| Error::io(&dst, e))?;
@@ -349,7 +328,7 @@ fn copy_other_files(ck: &Checkpoint, tmp: &Path, format: QuantFormat, summary: &
 
 /// A fresh, unique hidden sibling of `dir` (same filesystem, so the final rename is atomic).
 fn temp_sibling(dir: &Path) -> Result<PathBuf> {
-    let tmp = crate::files::temp_sibling_path(dir, "quantize output")?;
+    let tmp = files::temp_sibling_path(dir, "quantize output")?;
     std::fs::create_dir(&tmp).map_err(|e| {
         Error::bad_file(dir, format!("cannot write the output here (creating {} failed: {e})", tmp.display()))
     })?;
