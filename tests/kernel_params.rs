@@ -11,12 +11,14 @@
 //!
 //! A field added, removed, reordered or retyped on one side fails (`drift_is_detected` proves it on
 //! tampered copies). Another header with its own mirror joins by one line in `FAMILIES`.
+#[path = "support/bindgen_run.rs"]
+mod bindgen_run;
+
 use quote::ToTokens;
 use qwen_rt::backend::cuda::launch::params::{ParamsLayout, LAYOUTS, POSITIONAL};
 use qwen_rt::backend::cuda::launch::QUANT_LAYOUTS;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use syn::{Expr, Fields, Item, Lit, Type};
 
 /// (header under the repository root, its Rust mirror's table): every struct of the header is
@@ -56,45 +58,9 @@ fn canon(t: &Type) -> String {
     }
 }
 
-const LIBCLANG_HELP: &str =
-    "bindgen could not load libclang, which this test needs to parse cuda/params.h. Install it:\n  \
-    python3 -m venv /tmp/qwen-ci-tools/py && /tmp/qwen-ci-tools/py/bin/pip install libclang==18.1.1\n  \
-    export LIBCLANG_PATH=$(echo /tmp/qwen-ci-tools/py/lib/python3*/site-packages/clang/native)\n\
-    (or apt-get install libclang-dev), then rerun.";
-
-/// `cc -print-file-name=include`: the C compiler's own headers (a pip libclang has no stddef.h).
-fn c_compiler_include_dir() -> Option<PathBuf> {
-    let triple = format!(
-        "{}-{}",
-        std::env::consts::ARCH,
-        match std::env::consts::OS {
-            "linux" => "unknown-linux-gnu",
-            "macos" => "apple-darwin",
-            os => panic!("no C toolchain triple known for {os}"),
-        }
-    );
-    let compiler =
-        cc::Build::new().target(&triple).host(&triple).opt_level(0).cargo_metadata(false).try_get_compiler().ok()?;
-    let out = Command::new(compiler.path()).arg("-print-file-name=include").output().ok()?;
-    let dir = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
-    dir.join("stddef.h").exists().then_some(dir)
-}
-
 /// bindgen's reading of a header's text (`name` for messages), as Rust source.
 fn bindgen(name: &str, text: &str) -> String {
-    let mut builder = bindgen::Builder::default()
-        .header_contents(name, text)
-        .allowlist_type(".*Params")
-        .formatter(bindgen::Formatter::None)
-        .clang_arg("-std=c11");
-    if let Some(dir) = c_compiler_include_dir() {
-        builder = builder.clang_arg(format!("-isystem{}", dir.display()));
-    }
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || builder.generate())) {
-        Ok(Ok(b)) => b.to_string(),
-        Ok(Err(e)) => panic!("bindgen failed on {name}: {e}"),
-        Err(_) => panic!("{LIBCLANG_HELP}\n(LIBCLANG_PATH={:?})", std::env::var("LIBCLANG_PATH").ok()),
-    }
+    bindgen_run::generate(bindgen::Builder::default().header_contents(name, text).allowlist_type(".*Params"), name)
 }
 
 /// The structs of bindgen's output: fields, then size, alignment and offsets from its layout

@@ -4,12 +4,10 @@
 //! values), typedefs and `QWEN_*` constants. Types are compared in a canonical form: the last path
 //! segment of each name (`::std::os::raw::c_char` is `c_char`), parameter names of fn-pointer types
 //! dropped.
-use super::common::host_triple;
 use quote::ToTokens;
 use qwen_rt::ffi::*;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use syn::{Expr, Fields, FnArg, ForeignItem, GenericArgument, Item, Lit, PathArguments, ReturnType, Type, Visibility};
 
 #[derive(Debug, Default)]
@@ -232,40 +230,14 @@ fn rust_layout(name: &str) -> Option<(usize, usize)> {
     }
 }
 
-const LIBCLANG_HELP: &str =
-    "bindgen could not load libclang, which this test needs to parse include/qwen.h. Install it:\n  \
-    python3 -m venv /tmp/qwen-ci-tools/py && /tmp/qwen-ci-tools/py/bin/pip install libclang==18.1.1\n  \
-    export LIBCLANG_PATH=$(echo /tmp/qwen-ci-tools/py/lib/python3*/site-packages/clang/native)\n\
-    (or apt-get install libclang-dev), then rerun.";
-
 /// bindgen's view of include/qwen.h, as Rust source.
 fn bindgen_header() -> String {
     let header = Path::new(env!("CARGO_MANIFEST_DIR")).join("include/qwen.h");
-    let mut builder = bindgen::Builder::default()
+    let builder = bindgen::Builder::default()
         .header(header.to_str().unwrap())
         .allowlist_item("(qwen|QWEN)_.*")
-        .rustified_enum("qwen_.*")
-        .formatter(bindgen::Formatter::None)
-        .clang_arg("-std=c11");
-    // A pip libclang has no builtin headers (stddef.h): borrow the C compiler's.
-    if let Some(dir) = c_compiler_include_dir() {
-        builder = builder.clang_arg(format!("-isystem{}", dir.display()));
-    }
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || builder.generate())) {
-        Ok(Ok(b)) => b.to_string(),
-        Ok(Err(e)) => panic!("bindgen failed on {}: {e}", header.display()),
-        Err(_) => panic!("{LIBCLANG_HELP}\n(LIBCLANG_PATH={:?})", std::env::var("LIBCLANG_PATH").ok()),
-    }
-}
-
-/// `cc -print-file-name=include`: the compiler's own headers (stddef.h).
-fn c_compiler_include_dir() -> Option<PathBuf> {
-    let triple = host_triple();
-    let compiler =
-        cc::Build::new().target(&triple).host(&triple).opt_level(0).cargo_metadata(false).try_get_compiler().ok()?;
-    let out = Command::new(compiler.path()).arg("-print-file-name=include").output().ok()?;
-    let dir = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
-    dir.join("stddef.h").exists().then_some(dir)
+        .rustified_enum("qwen_.*");
+    super::bindgen_run::generate(builder, "include/qwen.h")
 }
 
 #[test]

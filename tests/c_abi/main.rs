@@ -16,6 +16,8 @@
 //!
 //! `common` holds the helpers they share. Everything runs on the built-in tiny random-weight model
 //! (`:tiny:`) with few new tokens.
+#[path = "../support/bindgen_run.rs"]
+mod bindgen_run;
 mod calls;
 mod common;
 mod example;
