@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# tools/gpu_check.sh — the GPU check of issue 13 in ONE call (<= 540 s), on the GPU machine, from the
+# tools/gpu_check.sh — the GPU check of issue 13 in ONE call (<= 585 s), on the GPU machine, from the
 # repository root, with gpu-carry/ built by tools/gpu_build.sh. Logs and summary.json go under $OUT.
 #
-#   bash tools/gpu_check.sh               the whole check (BUDGET=540 seconds, STEPS below)
+#   bash tools/gpu_check.sh               the whole check (BUDGET=585 seconds, STEPS below)
 #   DRY_RUN=1 bash tools/gpu_check.sh     no GPU: stub binaries, the plan and every budget printed, the
 #                                          summary built from the stubs' logs (checks this script)
 #
-# Device tool (issue 13): carry ["gpu-carry"], timeout_s 580, command `bash tools/gpu_check.sh`.
+# Device tool (issue 13): carry ["gpu-carry"], timeout_s 600, command `bash tools/gpu_check.sh`.
 #
 # Steps (STEPS picks and orders them; each gets at most its budget and what is left of BUDGET):
 #   probe     nvidia-smi, and the backend's own probe: a GPU that is there but unusable (no kernels
@@ -19,6 +19,10 @@
 #             racecheck on their tests, then their criterion benches (GB/s at the 7B shapes, short)
 #   bench     qwen-run bench --synth 7b on the default (verified) path: load, prefill 512 / 2048 /
 #             8000, decode 256 after 128 and 128 after 8000, memory at that context
+#   quant7b   issue 15's GPU targets: the 7B shape written once to local disk (qwen-run synth), then
+#             bench --quant nf4 and --quant int8 (quantized at load, uploaded packed): decode after
+#             128, prefill 2048 (dequantize → cuBLAS), memory at 2K context, % of the floor from the
+#             quantized bytes. GPTQ at the 7B shape has only the kernel bench (quant step).
 #   ab        each opt-in path against the default, interleaved (decode after 128 and 8000 tokens,
 #             prefill 2048 / 8000 for the attention kernels): the numbers that promote or drop them
 #   profile   per-kernel times of 16 decode steps (qwen-run's event timing), default and fused
@@ -27,8 +31,8 @@
 # path is reported as a failure (summary.json "failures"), and the later steps still measure it.
 set -uo pipefail
 OUT=${OUT:-/tmp/qwen-gpu-out}; mkdir -p "$OUT"
-BUDGET=${BUDGET:-540}
-STEPS=${STEPS:-probe tests sanitize quant bench ab profile}
+BUDGET=${BUDGET:-585}
+STEPS=${STEPS:-probe tests sanitize quant bench quant7b ab profile}
 export QWEN_REPO_ROOT=$PWD QWEN_REQUIRE_GPU=1 RUST_BACKTRACE=1 PYTHONUNBUFFERED=1
 start=$(date +%s); deadline=$(( start + BUDGET ))
 Q=gpu-carry/qwen-run TK=gpu-carry/test-kernels BK=gpu-carry/bench-kernels SAN=compute-sanitizer
@@ -60,6 +64,13 @@ EOF
   echo "DRY RUN: stub binaries in $S"
 fi
 
+# compute-sanitizer: on the PATH, or where the CUDA image keeps it.
+if [ "${DRY_RUN:-0}" != 1 ] && ! command -v "$SAN" >/dev/null; then
+  for c in /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer \
+           $(ls -d /opt/nvidia/*/compute-sanitizer/compute-sanitizer /usr/local/cuda-*/bin/compute-sanitizer 2>/dev/null); do
+    if [ -x "$c" ]; then SAN=$c; break; fi
+  done
+fi
 # cuBLAS from the system CUDA or from PyTorch's wheels.
 for d in /usr/local/cuda/lib64 $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, "cu13", "lib") for p in nvidia.__path__))' 2>/dev/null); do
   if [ -d "$d" ]; then export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"; fi
@@ -78,9 +89,10 @@ run() { local log=$1 limit=$2; shift 2
 : >"$OUT/steps.tsv"
 B="bench --backend cuda --synth 7b"
 # The opt-in paths the ab step measures against the default (name = environment).
-AB_PATHS=${AB_PATHS:-"fuse=QWEN_FUSE=1 attn_mma=QWEN_ATTN=mma attn_wmma=QWEN_ATTN=wmma sampler_block=QWEN_SAMPLER=block sampler_auto=QWEN_SAMPLER=auto gemv_prefetch=QWEN_GEMV=2,8,24 adec_length=QWEN_ADEC_GRID=length"}
+# (QWEN_SAMPLER=auto is left out: on the greedy bench it runs what =block runs; the tests cover it.)
+AB_PATHS=${AB_PATHS:-"fuse=QWEN_FUSE=1 attn_mma=QWEN_ATTN=mma attn_wmma=QWEN_ATTN=wmma sampler_block=QWEN_SAMPLER=block gemv_prefetch=QWEN_GEMV=2,8,24 adec_length=QWEN_ADEC_GRID=length"}
 
-echo "gpu_check: BUDGET ${BUDGET}s, steps: $STEPS (budgets: probe 15, tests 130+20, sanitize 70, quant 20+25, bench 60, ab 2x20 + 15 per path + 2x20, profile 30)"
+echo "gpu_check: BUDGET ${BUDGET}s, steps: $STEPS (budgets: probe 15, tests 130+20, sanitize 70, quant 20+25, bench 60, quant7b 40+2x45, ab 2x20 + 15 per path + 2x20, profile 30)"
 for step in $STEPS; do case $step in
   probe)
     # qwen-run's probe says exactly why a present GPU cannot be used (not "no CUDA device").
@@ -102,6 +114,14 @@ for step in $STEPS; do case $step in
   bench)
     run bench 35 "$Q" $B --prefill 512,2048,8000 --decode 256 --decode-prompt 128
     run bench 25 "$Q" $B --prefill 1 --decode 128 --decode-prompt 8000 ;;
+  quant7b)
+    Q7=${QWEN_Q7B_DIR:-/tmp/qwen-q7b}
+    if run quant7b 40 "$Q" synth --preset 7b --out "$Q7"; then
+      for f in nf4 int8; do
+        run "quant7b-$f" 45 "$Q" bench --backend cuda --model "$Q7" --quant $f --prefill 2048 --decode 256 --decode-prompt 128
+      done
+    fi
+    rm -rf "$Q7" ;;
   ab)
     # The default before and after the opt-in paths (its spread bounds the drift), each opt-in path
     # once in between; decode after 128 tokens (prefill 2048 / 8000 for the attention kernels), and

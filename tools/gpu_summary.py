@@ -51,6 +51,8 @@ def main():
         m = re.match(r"(ab|ab8k)-(\w+)\.log$", f)
         if m and m.group(2) != "default":
             ab.setdefault(m.group(2), {})["after_8000" if m.group(1) == "ab8k" else "after_128"] = bench_json(os.path.join(d, f))
+    # Issue 15: the quantized 7B shape (quant7b-<format>.log).
+    quant7b = {f: bench_json(os.path.join(d, f"quant7b-{f}.log")) for f in ("nf4", "int8")}
     summary = {
         "seconds": secs,
         "ok": not failures and failed_n == 0 and passed > 0,
@@ -58,6 +60,7 @@ def main():
         "failures": failures,
         "bench": bench,
         "ab": ab,
+        "quant7b": quant7b,
         "steps": steps,
     }
     if passed == 0 and not any(s["log"] == "tests" for s in steps):
@@ -73,6 +76,13 @@ def main():
         print(f"bench: decode {b.get('decode_tok_per_s', 0):.1f} tok/s after {b.get('decode_prompt')}"
               + (f" ({100 * fl:.1f} % of floor)" if fl else "") + f"; prefill tok/s {pf}; load {b.get('load_s')}; "
               f"mem {(b.get('mem_used_bytes') or 0) / 2**30:.2f} GiB at {b.get('context_tokens')} tokens")
+    for f, runs in quant7b.items():
+        for b in runs:
+            fl = b.get("floor_fraction")
+            pf = ", ".join(f"{p['tokens']}: {p['tok_per_s']:.0f}" for p in b.get("prefill", []))
+            print(f"quant7b {f}: decode {b.get('decode_tok_per_s', 0):.1f} tok/s"
+                  + (f" ({100 * fl:.1f} % of the floor of {b.get('bytes_per_token', 0) / 1e9:.2f} GB/token)" if fl else "")
+                  + f"; prefill tok/s {pf}; load {b.get('load_s')}; mem {(b.get('mem_used_bytes') or 0) / 2**30:.2f} GiB at {b.get('context_tokens')} tokens")
     def brief(runs):
         return "; ".join(f"decode {x.get('decode_tok_per_s', 0):.1f} after {x.get('decode_prompt')}, prefill "
                          + "/".join(f"{p['tok_per_s']:.0f}" for p in x.get("prefill", []) if p["tokens"] > 1)

@@ -238,6 +238,16 @@ impl GpuBench {
             Ok(())
         })?;
         report.load = Some(self.load.clone());
+        if self.model.is_quantized() {
+            // The floor of a quantized model from the bytes its decode step reads: the linears as
+            // stored on the device (packed codes and their scales), the rest in T, and (untied) one
+            // row of the embedding table instead of all of it.
+            let cfg = self.model.config();
+            let row = cfg.hidden_size * self.model.dtype().size();
+            let wte = if cfg.tie_word_embeddings { 0 } else { cfg.vocab_size * row - row };
+            report.weight_bytes = self.model.weight_bytes();
+            report.bytes_per_token = report.weight_bytes.saturating_sub(wte);
+        }
         Ok(report)
     }
 
