@@ -155,6 +155,90 @@ template <typename T> __device__ __forceinline__ void gq_gemv_nf4(const QuantNf4
     }
 }
 
+// gemv_nf4_rows (opt-in, QWEN_NF4=rows): four rows per warp, block 128 = 4 warps = 16 rows (the
+// launcher picks G = ceil(N / 16)); warp g of the grid's 4 G takes rows 4 g .. 4 g + 3, then + 16 G,
+// ... Against gemv_nf4 it (1) converts lane l's x chunk once for its four rows instead of once per
+// row, and (2) looks codes up one nibble at a time in a 16-entry f32 table held twice, half-warp h
+// reading copy h (banks 16 h .. 16 h + 15): no bank conflicts whatever the codes, where gemv_nf4's
+// 256-entry float2 table conflicts on random bytes (H200 run 5: NF4 7B decode at 19 % of its floor).
+// Each row's sum runs in gemv_nf4's order (same chunk order per lane, same FMA chain, same
+// reduction), so the two kernels give the same bits; rows past N are computed on row N - 1 and not
+// stored (no branch in the loop, so the four rows' loads issue together).
+constexpr int GQ_NF4R_WARPS = 4;
+constexpr int GQ_NF4R_THREADS = GQ_NF4R_WARPS * 32;  // launch::gemv_quant's NF4_ROWS_BLOCK
+constexpr int GQ_NF4R_ROWS = 4;                       // rows per warp
+
+template <typename T> __device__ __forceinline__ void gq_gemv_nf4_rows(const QuantNf4Params& p) {
+    __shared__ float gq_nf4r_tab[32];  // [2][16]: copy h for half-warp h
+    if (threadIdx.x < 32u) gq_nf4r_tab[threadIdx.x] = gq_nf4_value(threadIdx.x & 15u);
+    __syncthreads();
+    pdl_begin();
+    const uint32_t lane = threadIdx.x & 31u;
+    const float* tab = gq_nf4r_tab + (lane & 16u);
+    const uint64_t N = p.n, K = p.k;
+    const T* x = static_cast<const T*>(p.x);
+    float* y = static_cast<float*>(p.out);
+    const bool vec = K % 32u == 0 && gq_aligned16(p.codes, x);
+    const uint64_t stride = (uint64_t)gridDim.x * GQ_NF4R_WARPS * GQ_NF4R_ROWS;
+    for (uint64_t n0 = ((uint64_t)blockIdx.x * GQ_NF4R_WARPS + (threadIdx.x >> 5)) * GQ_NF4R_ROWS; n0 < N;
+         n0 += stride) {  // warp-uniform
+        uint64_t rows[GQ_NF4R_ROWS];
+#pragma unroll
+        for (int r = 0; r < GQ_NF4R_ROWS; ++r) rows[r] = n0 + r < N ? n0 + r : N - 1u;
+        float acc[GQ_NF4R_ROWS];
+#pragma unroll
+        for (int r = 0; r < GQ_NF4R_ROWS; ++r) acc[r] = 0.0f;
+        if (vec && K > 0) {
+            const uint64_t C = K / 32u;
+            const uint4* x4 = reinterpret_cast<const uint4*>(x);  // [K / 8]
+            for (uint64_t c = lane; c < C; c += 32u) {
+                uint4 q[GQ_NF4R_ROWS];
+                float am[GQ_NF4R_ROWS];
+#pragma unroll
+                for (int r = 0; r < GQ_NF4R_ROWS; ++r) {
+                    q[r] = gq_ld_stream(reinterpret_cast<const uint4*>(p.codes + rows[r] * K / 2u) + c);
+                    am[r] = __ldg(p.absmax + (rows[r] * K + 32u * c) / 64u);
+                }
+                float xf[4][8];
+#pragma unroll
+                for (int v = 0; v < 4; ++v) gq_unpack8<T>(__ldg(x4 + 4u * c + v), xf[v]);
+#pragma unroll
+                for (int r = 0; r < GQ_NF4R_ROWS; ++r) {
+                    const uint32_t words[4] = {q[r].x, q[r].y, q[r].z, q[r].w};
+                    float part = 0.0f;
+#pragma unroll
+                    for (int v = 0; v < 4; ++v) {
+#pragma unroll
+                        for (int b = 0; b < 4; ++b) {
+                            const uint32_t byte = (words[v] >> (8 * b)) & 0xFFu;
+                            part = fmaf(tab[byte >> 4], xf[v][2 * b], part);
+                            part = fmaf(tab[byte & 15u], xf[v][2 * b + 1], part);
+                        }
+                    }
+                    acc[r] = fmaf(part, am[r], acc[r]);
+                }
+            }
+        } else {
+            // Scalar path (any K, any alignment), as gemv_nf4's: lane l takes k = l, l + 32, ...
+            for (uint64_t k = lane; k < K; k += 32u) {
+                const float xk = to_f32(x[k]);
+#pragma unroll
+                for (int r = 0; r < GQ_NF4R_ROWS; ++r) {
+                    const uint64_t e = rows[r] * K + k;
+                    const uint32_t byte = p.codes[e / 2u];
+                    const uint32_t q = (e & 1u) ? (byte & 15u) : (byte >> 4);
+                    acc[r] = fmaf(tab[q] * __ldg(p.absmax + e / 64u), xk, acc[r]);
+                }
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < GQ_NF4R_ROWS; ++r) {
+            const float sum = gq_warp_sum(acc[r]);
+            if (lane == 0 && n0 + r < N) y[n0 + r] = sum;
+        }
+    }
+}
+
 template <typename T> __device__ __forceinline__ void gq_dequant_nf4(const QuantNf4Params& p) {
     __shared__ float2 gq_nf4_dq_pairs[GQ_THREADS];
     gq_nf4_table(gq_nf4_dq_pairs);
@@ -308,9 +392,11 @@ template <typename T, int BITS> __device__ __forceinline__ void gq_dequant_gptq(
 
 }  // namespace
 
-// Entry points (launch::gemv_quant); block 256 for every one.
+// Entry points (launch::gemv_quant); block 256 for every one but gemv_nf4_rows (128).
 extern "C" __global__ void __launch_bounds__(GQ_THREADS) gemv_nf4_bf16(const QuantNf4Params p) { gq_gemv_nf4<__nv_bfloat16>(p); }
 extern "C" __global__ void __launch_bounds__(GQ_THREADS) gemv_nf4_f16(const QuantNf4Params p) { gq_gemv_nf4<__half>(p); }
+extern "C" __global__ void __launch_bounds__(GQ_NF4R_THREADS) gemv_nf4_rows_bf16(const QuantNf4Params p) { gq_gemv_nf4_rows<__nv_bfloat16>(p); }
+extern "C" __global__ void __launch_bounds__(GQ_NF4R_THREADS) gemv_nf4_rows_f16(const QuantNf4Params p) { gq_gemv_nf4_rows<__half>(p); }
 extern "C" __global__ void __launch_bounds__(GQ_THREADS) dequant_nf4_bf16(const QuantNf4Params p) { gq_dequant_nf4<__nv_bfloat16>(p); }
 extern "C" __global__ void __launch_bounds__(GQ_THREADS) dequant_nf4_f16(const QuantNf4Params p) { gq_dequant_nf4<__half>(p); }
 extern "C" __global__ void __launch_bounds__(GQ_THREADS) gemv_int8_bf16(const QuantInt8Params p) { gq_gemv_int8<__nv_bfloat16>(p); }

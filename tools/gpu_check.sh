@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # tools/gpu_check.sh — the GPU check of issue 13 in ONE call (<= 585 s), on the GPU machine, from the
-# repository root, with gpu-carry/ built by tools/gpu_build.sh. Logs and summary.json go under $OUT.
+# repository root, with gpu-carry/ built by tools/gpu_build.sh. Logs go to $LOGS (default
+# /tmp/qwen-gpu-logs); $OUT gets summary.json and gpu_check.tgz (every log): the device tool brings
+# back at most 8 files, and run 5's 25 logs did not come back.
 #
 #   bash tools/gpu_check.sh               the whole check (BUDGET=585 seconds, STEPS below)
 #   DRY_RUN=1 bash tools/gpu_check.sh     no GPU: stub binaries, the plan and every budget printed, the
@@ -31,6 +33,7 @@
 # path is reported as a failure (summary.json "failures"), and the later steps still measure it.
 set -uo pipefail
 OUT=${OUT:-/tmp/qwen-gpu-out}; mkdir -p "$OUT"
+FINAL_OUT=$OUT OUT=${LOGS:-/tmp/qwen-gpu-logs}; rm -rf "$OUT"; mkdir -p "$OUT"
 BUDGET=${BUDGET:-585}
 STEPS=${STEPS:-probe tests sanitize quant bench quant7b ab profile}
 export QWEN_REPO_ROOT=$PWD QWEN_REQUIRE_GPU=1 RUST_BACKTRACE=1 PYTHONUNBUFFERED=1
@@ -92,7 +95,7 @@ B="bench --backend cuda --synth 7b"
 # (QWEN_SAMPLER=auto is left out: on the greedy bench it runs what =block runs; the tests cover it.)
 AB_PATHS=${AB_PATHS:-"fuse=QWEN_FUSE=1 attn_mma=QWEN_ATTN=mma attn_wmma=QWEN_ATTN=wmma sampler_block=QWEN_SAMPLER=block gemv_prefetch=QWEN_GEMV=2,8,24 adec_length=QWEN_ADEC_GRID=length"}
 
-echo "gpu_check: BUDGET ${BUDGET}s, steps: $STEPS (budgets: probe 15, tests 130+20, sanitize 70, quant 20+25, bench 60, quant7b 40+2x45, ab 2x20 + 15 per path + 2x20, profile 30)"
+echo "gpu_check: BUDGET ${BUDGET}s, steps: $STEPS (budgets: probe 15, tests 130+20, sanitize 40+4x35, quant 20+80, bench 60, quant7b 40+3x45, ab 2x20 + 15 per path + 2x20, profile 30)"
 for step in $STEPS; do case $step in
   probe)
     # qwen-run's probe says exactly why a present GPU cannot be used (not "no CUDA device").
@@ -104,21 +107,26 @@ for step in $STEPS; do case $step in
     # Cross-block tickets (fused combine, residual RMSNorm, greedy / multi-block sampler), the GEMV
     # epilogues and the mma.sync / WMMA prefill (cp.async, ldmatrix).
     run sanitize 40 "$SAN" --tool memcheck --error-exitcode 99 "$TK" --test-threads=1 gemv_fused attention_decode_matches sampling_qwen attention_prefill_offset stale_tickets
-    run sanitize 30 "$SAN" --tool racecheck --error-exitcode 99 "$TK" --test-threads=1 gemv_residual attention_decode_ragged sampling_top_k_matches attention_prefill_offset ;;
+    # racecheck one filter at a time (run 5: the four together ran past 30 s), so a slow one costs
+    # only its own result.
+    for f in gemv_residual attention_decode_ragged sampling_top_k_matches attention_prefill_offset; do
+      run sanitize 35 "$SAN" --tool racecheck --error-exitcode 99 "$TK" --test-threads=1 "$f"
+    done ;;
   quant)
     # gemv_quant.cu: bounds (memcheck) and the GPTQ block reduction / x staging in shared memory
     # (racecheck) on the small-shape tests, then the kernels' GB/s (criterion, short windows).
     run quant 12 "$SAN" --tool memcheck --error-exitcode 99 "$TK" --test-threads=1 gemv_quant_bnb gemv_quant_gptq
     run quant 8 "$SAN" --tool racecheck --error-exitcode 99 "$TK" --test-threads=1 gemv_quant_gptq
-    run quant 25 "$BK" --bench 'gemv_quant|dequant' --warm-up-time 0.2 --measurement-time 0.5 --sample-size 10 ;;
+    run quant 80 "$BK" --bench 'gemv_quant|dequant' --warm-up-time 0.2 --measurement-time 0.4 --sample-size 10 ;;
   bench)
     run bench 35 "$Q" $B --prefill 512,2048,8000 --decode 256 --decode-prompt 128
     run bench 25 "$Q" $B --prefill 1 --decode 128 --decode-prompt 8000 ;;
   quant7b)
     Q7=${QWEN_Q7B_DIR:-/tmp/qwen-q7b}
     if run quant7b 40 "$Q" synth --preset 7b --out "$Q7"; then
-      for f in nf4 int8; do
-        run "quant7b-$f" 45 "$Q" bench --backend cuda --model "$Q7" --quant $f --prefill 2048 --decode 256 --decode-prompt 128
+      for f in ${QUANT7B_FORMATS:-nf4 nf4_rows int8}; do
+        case $f in nf4_rows) q=nf4 e=QWEN_NF4=rows ;; *) q=$f e=QWEN_NF4=warp ;; esac
+        run "quant7b-$f" 45 env "$e" "$Q" bench --backend cuda --model "$Q7" --quant $q --prefill 2048 --decode 256 --decode-prompt 128
       done
     fi
     rm -rf "$Q7" ;;
@@ -143,5 +151,7 @@ esac; done
 
 python3 "$(dirname "$0")/gpu_summary.py" "$OUT" --seconds "$(( $(date +%s) - start ))"
 rc=$?
-echo "logs in $OUT"
+cp "$OUT/summary.json" "$FINAL_OUT/" 2>/dev/null
+tar czf "$FINAL_OUT/gpu_check.tgz" -C "$OUT" --exclude=stub .
+echo "logs in $OUT, packed into $FINAL_OUT/gpu_check.tgz"
 exit $rc

@@ -4,9 +4,10 @@
 //! floor of a quantized decode step is its weight bytes at copy speed). Bytes per dequant: the
 //! quantized weight read plus N·K·2 written. Like `gemv.rs`, launches back to back on one stream on
 //! the next of several weight copies (together larger than the L2 cache), timed with events.
-//! Weight bytes are filled with 0x3C (finite scales; GPTQ row groups 0, no permutation): the speed
-//! does not depend on the values.
-use crate::{filled, gpu_time};
+//! Codes are random bytes (NF4 looks each one up in a shared-memory table, so its speed depends on
+//! them: constant codes hit one entry, H200 run 5 measured them 1.5x faster than the model's);
+//! scales are filled with 0x3C (finite), GPTQ row groups 0, zeros 3, no permutation.
+use crate::{filled, gpu_time, random_bytes};
 use criterion::{Criterion, Throughput};
 use qwen_rt::backend::cuda::device::{DevBuf, Gpu, GpuDType};
 use qwen_rt::backend::cuda::launch::{self, QuantWeight};
@@ -17,29 +18,26 @@ const ROTATE_BYTES: usize = 256 << 20;
 
 /// One device copy of a quantized W `[N, K]` of `format` ("nf4", "int8", "gptq4", "gptq8"): its
 /// buffers and the weight; and the weight's bytes.
-fn make(gpu: &Gpu, format: &str, n: usize, k: usize) -> (Vec<DevBuf>, QuantWeight, usize) {
+fn make(gpu: &Gpu, format: &str, n: usize, k: usize, seed: u64) -> (Vec<DevBuf>, QuantWeight, usize) {
     let part = |bytes: usize, byte: u8| filled(gpu, bytes, byte);
+    let codes = |bytes: usize| random_bytes(gpu, bytes, seed);
     match format {
         "nf4" => {
             let (c, a) = ((n * k).div_ceil(2), (n * k).div_ceil(64) * 4);
-            let b = vec![part(c, 0x3C), part(a, 0x3C)];
+            let b = vec![codes(c), part(a, 0x3C)];
             let w = QuantWeight::Nf4 { codes: b[0].slice(), absmax: b[1].slice(), n, k };
             (b, w, c + a)
         }
         "int8" => {
-            let b = vec![part(n * k, 0x3C), part(n * 4, 0x3C)];
+            let b = vec![codes(n * k), part(n * 4, 0x3C)];
             let w = QuantWeight::Int8 { codes: b[0].slice(), scb: b[1].slice(), n, k };
             (b, w, n * k + n * 4)
         }
         _ => {
             let bits = if format == "gptq8" { 8 } else { 4 };
             let (rows, groups) = (k * bits as usize / 32, k / 128);
-            let b = vec![
-                part(rows * n * 4, 0x3C),
-                part(rows * 4, 0),
-                part(groups * n * 4, 0x3C),
-                part(groups * n * 2, 0x03),
-            ];
+            let b =
+                vec![codes(rows * n * 4), part(rows * 4, 0), part(groups * n * 4, 0x3C), part(groups * n * 2, 0x03)];
             let w = QuantWeight::Gptq {
                 bits,
                 qweight: b[0].slice(),
@@ -62,20 +60,26 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
     let mut g = c.benchmark_group("gemv_quant");
     // attn c_proj, c_attn (q‖k‖v), w1 or w2, mlp c_proj.
     let shapes = [(4096usize, 4096usize), (12288, 4096), (11008, 4096), (4096, 11008)];
-    for format in ["nf4", "int8", "gptq4", "gptq8"] {
+    // nf4_rows: the NF4 weights on gemv_nf4_rows (QWEN_NF4=rows).
+    for format in ["nf4", "nf4_rows", "int8", "gptq4", "gptq8"] {
+        let (format, nf4) = match format {
+            "nf4_rows" => ("nf4", launch::Nf4Kernel::Rows),
+            f => (f, launch::Nf4Kernel::Warp),
+        };
+        let label = if nf4 == launch::Nf4Kernel::Rows { "nf4_rows" } else { format };
         for (n, k) in shapes {
-            let (_, _, bytes) = make(gpu, format, n, k);
+            let (_, _, bytes) = make(gpu, format, n, k, 0);
             let copies = ROTATE_BYTES.div_ceil(bytes).max(2);
-            let ws: Vec<_> = (0..copies).map(|_| make(gpu, format, n, k)).collect();
+            let ws: Vec<_> = (0..copies).map(|i| make(gpu, format, n, k, i as u64 + 1)).collect();
             let x = filled(gpu, k * 2, 0x3C);
             let y = gpu.alloc(n * 4).expect("alloc y");
             gpu.sync().expect("sync");
             g.throughput(Throughput::Bytes((bytes + k * 2 + n * 4) as u64));
-            g.bench_function(format!("{format}_bf16_N{n}_K{k}"), |bch| {
+            g.bench_function(format!("{label}_bf16_N{n}_K{k}"), |bch| {
                 bch.iter_custom(|iters| {
                     gpu_time(gpu, iters, |i| {
                         let w = &ws[i % copies].1;
-                        launch::gemv_quant(gpu, &gpu.stream, dt, w, x.slice(), y.slice()).unwrap();
+                        launch::gemv_quant_with(gpu, &gpu.stream, dt, w, x.slice(), y.slice(), nf4).unwrap();
                     })
                 })
             });
@@ -87,7 +91,7 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
     let (n, k) = (11008usize, 4096usize);
     let out = gpu.alloc(n * k * 2).expect("alloc out");
     for format in ["nf4", "int8", "gptq4", "gptq8"] {
-        let (_bufs, w, bytes) = make(gpu, format, n, k);
+        let (_bufs, w, bytes) = make(gpu, format, n, k, 1);
         gpu.sync().expect("sync");
         g.throughput(Throughput::Bytes((bytes + n * k * 2) as u64));
         g.bench_function(format!("{format}_bf16_N{n}_K{k}"), |bch| {

@@ -68,6 +68,15 @@ fn check(gpu: &Gpu, m: &QuantMatrix, what: &str, seed: u64) {
         let (_, lim) = oracle.run(&x, 1);
         assert_within(&format!("gemv {what} {dt:?} {n}x{k}"), &got[..n], &want, &lim);
         assert!(got[n..].iter().all(|v| v.to_bits() == u32::MAX), "gemv {what} {dt:?}: wrote past y");
+        if matches!(w, QuantWeight::Nf4 { .. }) {
+            // gemv_nf4_rows (QWEN_NF4=rows): gemv_nf4's bits, and nothing past y.
+            let yr = poisoned(gpu, (n + GUARD) * 4);
+            launch::gemv_quant_with(gpu, &gpu.stream, dt, &w, xb.slice(), yr.slice(), launch::Nf4Kernel::Rows).unwrap();
+            let rows = read_f32(gpu, yr.slice(), n + GUARD);
+            let differ = (0..n).filter(|&i| rows[i].to_bits() != got[i].to_bits()).count();
+            assert_eq!(differ, 0, "gemv_nf4_rows {what} {dt:?} {n}x{k}: {differ} rows differ from gemv_nf4");
+            assert!(rows[n..].iter().all(|v| v.to_bits() == u32::MAX), "gemv_nf4_rows {what} {dt:?}: wrote past y");
+        }
         let out = poisoned(gpu, (n * k + GUARD) * 2);
         launch::dequant(gpu, &gpu.stream, dt, &w, out.slice()).unwrap();
         let bits = gpu.read::<u16>(out.ptr(), n * k + GUARD).unwrap();

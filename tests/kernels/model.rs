@@ -310,7 +310,13 @@ fn model_f16_outliers_are_finite_or_a_clear_error() {
         let mut gs = gpu.clone().new_sequence(64).unwrap();
         match gs.forward(&p, true) {
             Ok(gl) => {
-                compare_rows(&format!("outliers {dt:?}"), &gl, &cl, v, rel_tol(dt));
+                // bf16 keeps f32's range but rounds an outlier activation (6.2e5) to 2^-9 of itself,
+                // ~1.2e3, and that error reaches every output of the next GEMV, not only the outlier's
+                // own row: the rows after an outlier token move more than rel_tol (H200 run 5: 8.8e-2
+                // at row 3, the fourth token). 3x the dtype's tolerance still fails an O(1) error (a
+                // clamped inf, a NaN, a wrong kernel); f16 keeps its own tolerance.
+                let tol = if dt == GpuDType::BF16 { 3.0 * rel_tol(dt) } else { rel_tol(dt) };
+                compare_rows(&format!("outliers {dt:?}"), &gl, &cl, v, tol);
             }
             Err(e) => {
                 let msg = e.to_string();
@@ -400,7 +406,12 @@ fn model_decode_at_chat_capacity_with_a_short_context() {
         let gpu: Arc<dyn Model> = gpu;
         let vs = cpu.config().vocab_size;
         let cap = 32767.min(cpu.config().max_supported_seq_len());
-        parity(&format!("{what} cap {cap} T=250"), &cpu, &gpu, &prompt(250, vs, 4), 270, cap, rel_tol(dt));
+        // 520 positions on tiny-bf16 (seq_length 16): logN scales the attention logits and with them
+        // the rounding error of q and k, as in model_far_past_seq_length (H200 run 5 failed the
+        // unscaled tolerance with 4.8e-2 at row 219 of the decode; a wrong split would be O(1)).
+        let logn = qwen_rt::model::logn_scale(cpu.config(), 250 + 270 - 1);
+        let tol = rel_tol(dt) * logn;
+        parity(&format!("{what} cap {cap} T=250 (logN {logn:.2})"), &cpu, &gpu, &prompt(250, vs, 4), 270, cap, tol);
     }
 }
 
@@ -432,6 +443,11 @@ fn model_quantized_matches_cpu() {
             parity(&format!("{what} T=5"), &cpu, &gpu, &prompt(5, v, 2), 4, 64, tol);
             parity(&format!("{what} T=1"), &cpu, &gpu, &prompt(1, v, 3), 4, 64, tol);
             parity(&format!("{what} QWEN_FUSE=1"), &cpu, &fused, &prompt(s / 2 + 1, v, 4), 4, 64, tol);
+            if matches!(f, QuantFormat::Nf4 { .. }) {
+                let rows = Tuning { nf4: qwen_rt::backend::cuda::launch::Nf4Kernel::Rows, ..Tuning::VERIFIED };
+                let rows: Arc<dyn Model> = Arc::new(CudaModel::load(&ck, &opts).unwrap().with_tuning(rows));
+                parity(&format!("{what} QWEN_NF4=rows"), &cpu, &rows, &prompt(s / 2 + 1, v, 5), 8, 64, tol);
+            }
         }
     }
 }

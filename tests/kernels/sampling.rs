@@ -481,8 +481,11 @@ fn sampling_launcher_rejects_bad_arguments() {
     let Some(gpu) = gpu("sampling_launcher_rejects_bad_arguments") else { return };
     let v = 64;
     let l = upload_f32(&gpu, &rand_vec(v, 1, 1.0));
-    let flags = gpu.alloc(v).unwrap();
-    gpu.memset(&gpu.stream, flags.ptr(), 0, v).unwrap();
+    // The whole workspace (flags, block results, counter, search state): the positive controls
+    // below must pass on their own (H200 run 5: a [V]-byte buffer made the first one fail).
+    let ws = launch::sample_workspace_bytes(v);
+    let flags = gpu.alloc(ws).unwrap();
+    gpu.memset(&gpu.stream, flags.ptr(), 0, ws).unwrap();
     let probs = gpu.alloc(v * 4).unwrap();
     let out = gpu.alloc(4).unwrap();
     let ctx = upload_u32(&gpu, &[1, 2]);
@@ -510,5 +513,19 @@ fn sampling_launcher_rejects_bad_arguments() {
     assert!(call(v, v * 4, 2, &q, 1.0).is_err(), "u = 1");
     assert!(call(v, v * 4, 2, &sampling(1.0, 0, 0.0, 1.0), 0.5).is_err(), "top_p = 0");
     assert!(call(v, v * 4, 2, &SamplingParams::greedy(), 1.0).is_ok(), "u is ignored when greedy");
+    let short = flags.slice().sub(0, ws - 1).unwrap();
+    let draw = launch::SampleDraw::for_params(launch::SamplerPath::Run4, &q, v);
+    let params = SampleParams {
+        logits: l.slice(),
+        v,
+        vocab_len: v,
+        flags: short,
+        ctx_ids: ctx.slice(),
+        n_ctx: 2,
+        probs: probs.slice(),
+        out_id: out.slice(),
+        ..Default::default()
+    };
+    assert!(launch::sample(&gpu, &gpu.stream, draw, &params, &q, 0.5).is_err(), "workspace too small");
     gpu.sync().unwrap();
 }

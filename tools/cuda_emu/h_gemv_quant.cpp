@@ -1,5 +1,5 @@
 // h_gemv_quant.cpp — cuda/gemv_quant.cu: the quantized-weight decode GEMVs (gemv_nf4 / int8 / gptq4 /
-// gptq8) against a double-precision y = W · x with W dequantized here from the FORMAT (bitsandbytes
+// gptq8, and gemv_nf4_rows bit for bit against gemv_nf4) against a double-precision y = W · x with W dequantized here from the FORMAT (bitsandbytes
 // NF4 blocks of 64 over the flattened weight, Int8 row scales, AutoGPTQ qweight / qzeros-minus-one /
 // scales / g_idx), tolerance 1e-5·sqrt(K)·Σ|w·x| (f32 accumulation in any order); the dequant_*
 // entries (prefill) bit-exact against T(w) with w computed in f32 as the CPU oracle does.
@@ -16,12 +16,14 @@
 template <class T> struct K;
 template <> struct K<__nv_bfloat16> {
     static constexpr auto nf4 = gemv_nf4_bf16; static constexpr auto dq_nf4 = dequant_nf4_bf16;
+    static constexpr auto nf4r = gemv_nf4_rows_bf16;
     static constexpr auto i8 = gemv_int8_bf16; static constexpr auto dq_i8 = dequant_int8_bf16;
     static constexpr auto g4 = gemv_gptq4_bf16; static constexpr auto dq_g4 = dequant_gptq4_bf16;
     static constexpr auto g8 = gemv_gptq8_bf16; static constexpr auto dq_g8 = dequant_gptq8_bf16;
 };
 template <> struct K<__half> {
     static constexpr auto nf4 = gemv_nf4_f16; static constexpr auto dq_nf4 = dequant_nf4_f16;
+    static constexpr auto nf4r = gemv_nf4_rows_f16;
     static constexpr auto i8 = gemv_int8_f16; static constexpr auto dq_i8 = dequant_int8_f16;
     static constexpr auto g4 = gemv_gptq4_f16; static constexpr auto dq_g4 = dequant_gptq4_f16;
     static constexpr auto g8 = gemv_gptq8_f16; static constexpr auto dq_g8 = dequant_gptq8_f16;
@@ -69,6 +71,18 @@ template <class T> void run_nf4(int n, int k, int shift, unsigned grid, uint64_t
     char what[128]; snprintf(what, sizeof what, "gemv_nf4 %s N%d K%d grid %u%s", DT<T>::name, n, k, grid, shift ? " x misaligned" : "");
     double worst; const bool ok = check_y(what, w, x, y, n, k, worst);
     CHECK(ok && y.guard_ok() && codes.guard_ok() && absmax.guard_ok(), "%s", what); case_done(what, worst);
+    // gemv_nf4_rows (block 128, 16 rows a block): the same bits as gemv_nf4, on its own grid (one
+    // row set per warp) and on one block (warps stream several row sets; rows past N clamped).
+    for (unsigned rgrid : {(unsigned)((n + 15) / 16), 1u}) {
+        Buf<float> yr(n);
+        QuantNf4Params pr{codes.p, absmax.p, x, yr.p, (uint32_t)n, (uint32_t)k};
+        emu::launch({rgrid, 1, 1}, 128, [&] { K<T>::nf4r(pr); });
+        long differ = 0;
+        for (int i = 0; i < n; ++i) differ += yr.p[i] != y.p[i] && !(yr.p[i] != yr.p[i] && y.p[i] != y.p[i]);
+        snprintf(what, sizeof what, "gemv_nf4_rows %s N%d K%d grid %u%s", DT<T>::name, n, k, rgrid, shift ? " x misaligned" : "");
+        printf("%-56s rows differing from gemv_nf4's bits: %ld\n", what, differ);
+        CHECK(differ == 0 && yr.guard_ok(), "%s", what); case_done(what, 0.0);
+    }
     QuantNf4Params d{codes.p, absmax.p, nullptr, out.p, (uint32_t)n, (uint32_t)k};
     emu::launch({std::min(grid, 3u), 1, 1}, 256, [&] { K<T>::dq_nf4(d); });
     const long bad = dequant_mismatch(out, w);

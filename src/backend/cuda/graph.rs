@@ -392,7 +392,7 @@ impl CudaSequence {
             let mut n0 = 0;
             for w in ws {
                 let n = w.shape().0;
-                launch::gemv_quant(g, s, dt, w, x, y.sub(n0 * 4, n * 4)?)?;
+                launch::gemv_quant_with(g, s, dt, w, x, y.sub(n0 * 4, n * 4)?, self.model.tuning.nf4)?;
                 n0 += n;
             }
             return Ok(());

@@ -20,7 +20,8 @@
 //! | QWEN_GEMV | 2,8 (run 4's gemv) | STAGES,BLOCKS_PER_SM (run 4's kernel); a PREFETCH_MB > 0 runs the gf_* stream |
 //! | QWEN_ADEC_SPLIT | the split by capacity | KEYS (a positive multiple of 16) |
 //! | QWEN_ADEC_GRID | capacity (grid sized by the cache) | length (grid sized by the current length, captured per bucket) |
-use super::launch::{GemvConfig, GemvKernel, PrefillKernel, SamplerPath};
+//! | QWEN_NF4 | warp (`gemv_nf4`) | rows (`gemv_nf4_rows`: four rows per warp, conflict-free codebook) |
+use super::launch::{GemvConfig, GemvKernel, Nf4Kernel, PrefillKernel, SamplerPath};
 
 /// How the decode attention's grid is sized.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +54,8 @@ pub struct Tuning {
     pub adec_split: Option<usize>,
     /// QWEN_ADEC_GRID: the decode attention's grid.
     pub adec_grid: AdecGrid,
+    /// QWEN_NF4: the NF4 decode GEMV (quantized models only).
+    pub nf4: Nf4Kernel,
 }
 
 impl Default for Tuning {
@@ -72,6 +75,7 @@ impl Tuning {
         gemv: GemvConfig::DEFAULT,
         adec_split: None,
         adec_grid: AdecGrid::Capacity,
+        nf4: Nf4Kernel::Warp,
     };
 
     /// The environment's switches; every value a switch does not know is said on stderr (one line
@@ -131,7 +135,10 @@ impl Tuning {
         let grids = [("capacity", AdecGrid::Capacity), ("length", AdecGrid::Length)];
         let (adec_grid, m) = choice(&lookup, "QWEN_ADEC_GRID", &grids, v.adec_grid, "capacity");
         w(m);
-        (Tuning { graph, pdl, fuse, attn, sampler, gemv, adec_split, adec_grid }, warnings)
+        let nf4s = [("warp", Nf4Kernel::Warp), ("rows", Nf4Kernel::Rows)];
+        let (nf4, m) = choice(&lookup, "QWEN_NF4", &nf4s, v.nf4, "warp (gemv_nf4)");
+        w(m);
+        (Tuning { graph, pdl, fuse, attn, sampler, gemv, adec_split, adec_grid, nf4 }, warnings)
     }
 
     /// The paths this tuning runs that no GPU run has verified yet (empty for `VERIFIED`), each
@@ -168,6 +175,9 @@ impl Tuning {
         if self.adec_grid == AdecGrid::Length {
             u.push("QWEN_ADEC_GRID=length (decode attention grid per length bucket)".into());
         }
+        if self.nf4 == Nf4Kernel::Rows {
+            u.push("QWEN_NF4=rows (gemv_nf4_rows)".into());
+        }
         u
     }
 
@@ -194,9 +204,13 @@ impl Tuning {
             AdecGrid::Capacity => "capacity",
             AdecGrid::Length => "length",
         };
+        let nf4 = match self.nf4 {
+            Nf4Kernel::Warp => "warp",
+            Nf4Kernel::Rows => "rows",
+        };
         let u = self.unverified();
         format!(
-            "graph={} pdl={} fuse={} attn={attn} sampler={sampler} gemv={kernel}:{},{},{} adec_split={split} adec_grid={grid} ({})",
+            "graph={} pdl={} fuse={} attn={attn} sampler={sampler} gemv={kernel}:{},{},{} adec_split={split} adec_grid={grid} nf4={nf4} ({})",
             self.graph as u8,
             self.pdl as u8,
             self.fuse as u8,

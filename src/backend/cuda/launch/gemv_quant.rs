@@ -16,6 +16,9 @@ use cudarc::driver::CudaStream;
 const BLOCK: u32 = 256;
 /// Rows per block of the NF4 / Int8 GEMVs (one per warp).
 const ROWS_PER_BLOCK: usize = 8;
+/// Threads and rows per block of `gemv_nf4_rows` (GQ_NF4R_THREADS: 4 warps of 4 rows).
+const NF4_ROWS_BLOCK: u32 = 128;
+const NF4_ROWS_PER_BLOCK: usize = 16;
 /// Columns per block of the GPTQ GEMV (GQ_GPTQ_COLS).
 const GPTQ_COLS: usize = 16;
 /// Dynamic shared memory a kernel may use without opting in.
@@ -167,9 +170,31 @@ fn params(w: &QuantWeight, x: DevPtr, out: DevPtr) -> Result<Params> {
     })
 }
 
+/// Which kernel runs an NF4 decode GEMV (`Tuning::nf4`, QWEN_NF4). Both give the same bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nf4Kernel {
+    /// `gemv_nf4`: a row per warp, a 256-entry byte → value-pair table in shared memory (the default).
+    Warp,
+    /// `gemv_nf4_rows`: four rows per warp sharing x, a conflict-free 16-entry table (not yet verified).
+    Rows,
+}
+
 /// `y[n] = Σ_k w[n, k] · x[k]` for one token (f32 accumulation), w the exact dequantized weight:
-/// x `[K]` T, y `[N]` f32. The decode step's matmul for quantized weights.
+/// x `[K]` T, y `[N]` f32. The decode step's matmul for quantized weights (NF4 by `gemv_nf4`).
 pub fn gemv_quant(gpu: &Gpu, s: &CudaStream, dt: GpuDType, w: &QuantWeight, x: DevSlice, y: DevSlice) -> Result<()> {
+    gemv_quant_with(gpu, s, dt, w, x, y, Nf4Kernel::Warp)
+}
+
+/// `gemv_quant` with NF4 on the kernel `nf4` names (the other formats have one kernel each).
+pub fn gemv_quant_with(
+    gpu: &Gpu,
+    s: &CudaStream,
+    dt: GpuDType,
+    w: &QuantWeight,
+    x: DevSlice,
+    y: DevSlice,
+    nf4: Nf4Kernel,
+) -> Result<()> {
     let (n, k) = w.shape();
     x.need(k * dt.size(), "quantized gemv x [K]")?;
     y.need(f32_bytes(n), "quantized gemv y [N] f32")?;
@@ -178,6 +203,15 @@ pub fn gemv_quant(gpu: &Gpu, s: &CudaStream, dt: GpuDType, w: &QuantWeight, x: D
     }
     let name = entry("gemv", w, dt);
     match params(w, x.ptr, y.ptr)? {
+        Params::Nf4(p) if nf4 == Nf4Kernel::Rows => {
+            let grid = dim_u32(n.div_ceil(NF4_ROWS_PER_BLOCK), "NF4 rows gemv grid")?;
+            let launch = Launch::new((grid, 1, 1), NF4_ROWS_BLOCK, 0);
+            let name = format!("gemv_nf4_rows_{}", dt.suffix());
+            // SAFETY: the NF4 buffers hold W [N, K] (params), x [K] T and y [N] f32 (above). Warp g
+            // takes rows 4g .. 4g + 3 (+ 16·grid, …), clamped to N - 1 for its reads: codes / absmax
+            // of rows < N only, x[0..K]; it writes y[n] for n < N only.
+            unsafe { gpu.launch_params(s, &name, launch, &p) }
+        }
         p @ (Params::Nf4(_) | Params::Int8(_)) => {
             let launch = Launch::new((dim_u32(n.div_ceil(ROWS_PER_BLOCK), "quantized gemv grid")?, 1, 1), BLOCK, 0);
             // SAFETY: every weight buffer holds what W [N, K] needs in its format (params), x [K] T and
