@@ -49,6 +49,8 @@ pub const ENTRY_POINTS: &[&str] = &[
     "gemv_residual_rmsnorm_f16",
     "gemv_nf4_bf16",
     "gemv_nf4_f16",
+    "gemv_nf4_rows_bf16",
+    "gemv_nf4_rows_f16",
     "dequant_nf4_bf16",
     "dequant_nf4_f16",
     "gemv_int8_bf16",
