@@ -1,6 +1,7 @@
 // gemv_quant.cu — the decode matmul straight from quantized weights, and their dequantization to T
-// for the prefill GEMM (issue 15). Formats and device layouts: cuda/quant_params.h. Compiled +
-// emulator-checked only (tools/cuda_emu/h_gemv_quant.cpp); not yet verified on a GPU.
+// for the prefill GEMM (issue 15). Formats and device layouts: cuda/quant_params.h. Emulator:
+// tools/cuda_emu/h_gemv_quant.cpp. Verified on the H200 in run 5 (2026-12-04, 8be7cb9), except
+// gemv_nf4_rows (added after it; opt-in).
 //
 // What:    gemv_{nf4,int8,gptq4,gptq8}_T: y[n] = sum_k w[n, k] * f32(x[k]) for n < N (one token, B = 1;
 //          f32 accumulation), w the exact dequantized weight of the CPU oracle (quant::QuantMatrix::

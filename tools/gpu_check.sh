@@ -93,7 +93,7 @@ run() { local log=$1 limit=$2; shift 2
 B="bench --backend cuda --synth 7b"
 # The opt-in paths the ab step measures against the default (name = environment).
 # (QWEN_SAMPLER=auto is left out: on the greedy bench it runs what =block runs; the tests cover it.)
-AB_PATHS=${AB_PATHS:-"fuse=QWEN_FUSE=1 attn_mma=QWEN_ATTN=mma attn_wmma=QWEN_ATTN=wmma sampler_block=QWEN_SAMPLER=block gemv_prefetch=QWEN_GEMV=2,8,24 adec_length=QWEN_ADEC_GRID=length"}
+AB_PATHS=${AB_PATHS:-"fuse=QWEN_FUSE=1 attn_run4=QWEN_ATTN=run4 attn_wmma=QWEN_ATTN=wmma sampler_block=QWEN_SAMPLER=block gemv_prefetch=QWEN_GEMV=2,8,24 adec_length=QWEN_ADEC_GRID=length"}
 
 echo "gpu_check: BUDGET ${BUDGET}s, steps: $STEPS (budgets: probe 15, tests 130+20, sanitize 40+4x35, quant 20+80, bench 60, quant7b 40+3x45, ab 2x20 + 15 per path + 2x20, profile 30)"
 for step in $STEPS; do case $step in

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# tools/verified_ptx.sh — proves that the default kernels are the ones H200 run 4 verified: compiles
+# tools/verified_ptx.sh — proves that the kernels of a verified commit are unchanged (run 4: 9a9a5b1,
+# the default; run 5: 8be7cb9, all 59 entry points, `bash tools/verified_ptx.sh 8be7cb9`): compiles
 # cuda/ of the working tree and of the verified commit (git history) to PTX (compute_90, no line
 # info, the build's flags otherwise) and compares every entry point that commit had, instruction by
 # instruction (label numbers and the translation unit's hash in internal names normalised). Every

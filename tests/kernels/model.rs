@@ -343,13 +343,13 @@ fn load_pair_tuned(dir: &Path, dt: GpuDType, tuning: Tuning) -> (Arc<dyn Model>,
 
 #[test]
 fn model_every_opt_in_path_matches_cpu() {
-    // Each switch of issue 13 on its own (the default, run 4's path, is model_fixtures_match_cpu's):
+    // Each switch of issue 13 on its own (the default, runs 4-5's path, is model_fixtures_match_cpu's):
     // whole-model parity, so the GPU run that verifies a path is this test passing with it on.
     let Some(_gpu) = gpu("model_every_opt_in_path_matches_cpu") else { return };
     let v = Tuning::VERIFIED;
     let tunings = [
         ("fuse", Tuning { fuse: true, gemv: GemvConfig { kernel: GemvKernel::Stream, ..v.gemv }, ..v }),
-        ("attn mma", Tuning { attn: Some(PrefillKernel::Mma), ..v }),
+        ("attn run4", Tuning { attn: Some(PrefillKernel::Run4), ..v }),
         ("attn wmma", Tuning { attn: Some(PrefillKernel::Wmma), ..v }),
         ("gemv prefetch", Tuning { gemv: GemvConfig::stream(2, 8, 4), ..v }),
         ("adec grid by length", Tuning { adec_grid: AdecGrid::Length, ..v }),

@@ -100,10 +100,6 @@ impl CudaModel {
         let w = match (&weights, &qweights) {
             (Some(w), _) => upload_weights(&gpu, w, dt, opts.progress)?,
             (_, Some(q)) => {
-                let format = q.format.map_or("?", |f| f.name());
-                eprintln!(
-                    "note: {format} weights on the CUDA backend: the quantized-weight kernels (cuda/gemv_quant.cu) are compiled and emulator-checked, not yet verified on a GPU"
-                );
                 if tuning.fuse {
                     eprintln!("note: QWEN_FUSE=1: the fused GEMV epilogues take dense weights; the quantized linears run unfused");
                 }

@@ -3,8 +3,10 @@
 //! model is loaded (`CudaModel::load`, `Tuning::from_env`), kept by the model, passed down to the
 //! launchers and printed by `qwen-run bench`. No launcher reads the environment.
 //!
-//! Verified by default (issue 13): `Tuning::VERIFIED`, the default, is exactly the path H200 run 4
-//! verified (commit 9a9a5b1, 2026-11-26; cuda/README.md has the table). Every kernel, fused path and
+//! Verified by default (issue 13): `Tuning::VERIFIED`, the default, is exactly the path H200 runs
+//! verified: run 4 (commit 9a9a5b1, 2026-11-26) and, for the prefill attention, run 5 (commit
+//! 8be7cb9, 2026-12-04: `attention_prefill_mma`, +15 % prefill at 2,048 tokens, +31 % at 8,000;
+//! cuda/README.md has the table). Every kernel, fused path and
 //! tuning value added since is opt-in by its switch, and `Tuning::unverified` names the ones that are
 //! on, so that `qwen-run` says them once on stderr. A value a switch does not know is said once per
 //! reading, and the verified default is used: an A/B run must not measure the default while
@@ -15,7 +17,7 @@
 //! | QWEN_CUDA_GRAPH | on | 0 / off: kernel by kernel (a debugging aid, verified in run 4 too) |
 //! | QWEN_PDL | on (sm_90+) | 0 / off (verified in run 4 too) |
 //! | QWEN_FUSE | off | 1 / on: fused GEMV epilogues, fused attention combine, the gf_* GEMV stream |
-//! | QWEN_ATTN | run4 (run 4's WMMA prefill kernel) | mma, wmma (longest tile first), splitk |
+//! | QWEN_ATTN | mma (`attention_prefill_mma`, run 5); run4 (run 4's WMMA kernel, verified too) | wmma (longest tile first), splitk |
 //! | QWEN_SAMPLER | run4 (process + one-block bisection draw) | block (radix draw + greedy kernel), auto (+ multi-block top-p) |
 //! | QWEN_GEMV | 2,8 (run 4's gemv) | STAGES,BLOCKS_PER_SM (run 4's kernel); a PREFETCH_MB > 0 runs the gf_* stream |
 //! | QWEN_ADEC_SPLIT | the split by capacity | KEYS (a positive multiple of 16) |
@@ -65,12 +67,12 @@ impl Default for Tuning {
 }
 
 impl Tuning {
-    /// What H200 run 4 verified (commit 9a9a5b1, 2026-11-26): the default.
+    /// What H200 runs 4 and 5 verified (commits 9a9a5b1 and 8be7cb9): the default.
     pub const VERIFIED: Tuning = Tuning {
         graph: true,
         pdl: true,
         fuse: false,
-        attn: Some(PrefillKernel::Run4),
+        attn: Some(PrefillKernel::Mma),
         sampler: SamplerPath::Run4,
         gemv: GemvConfig::DEFAULT,
         adec_split: None,
@@ -106,7 +108,7 @@ impl Tuning {
             ("wmma", Some(PrefillKernel::Wmma)),
             ("splitk", None),
         ];
-        let (attn, m) = choice(&lookup, "QWEN_ATTN", &attns, v.attn, "run4 (run 4's WMMA kernel)");
+        let (attn, m) = choice(&lookup, "QWEN_ATTN", &attns, v.attn, "mma (attention_prefill_mma)");
         w(m);
         let samplers = [("run4", SamplerPath::Run4), ("block", SamplerPath::Block), ("auto", SamplerPath::Auto)];
         let (sampler, m) = choice(&lookup, "QWEN_SAMPLER", &samplers, v.sampler, "run4 (the bisection draw)");
@@ -152,8 +154,7 @@ impl Tuning {
             );
         }
         match self.attn {
-            Some(PrefillKernel::Run4) => {}
-            Some(PrefillKernel::Mma) => u.push("QWEN_ATTN=mma (attention_prefill_mma)".into()),
+            Some(PrefillKernel::Run4) | Some(PrefillKernel::Mma) => {}
             Some(PrefillKernel::Wmma) => u.push("QWEN_ATTN=wmma (attention_prefill_wmma, longest tile first)".into()),
             None => u.push("QWEN_ATTN=splitk (split-K decode attention for prefill)".into()),
         }
@@ -217,7 +218,7 @@ impl Tuning {
             g.stages,
             g.blocks_per_sm,
             g.prefetch_mb,
-            if u.is_empty() { "all verified on a GPU, run 4".to_string() } else { format!("{} unverified", u.len()) }
+            if u.is_empty() { "all verified on a GPU, runs 4-5".to_string() } else { format!("{} unverified", u.len()) }
         )
     }
 }
@@ -255,16 +256,18 @@ mod tests {
     }
 
     #[test]
-    fn defaults_are_the_verified_run_4_path() {
+    fn defaults_are_the_verified_path() {
         let (t, w) = read(&[]);
         assert_eq!(t, Tuning::VERIFIED);
         assert!(w.is_empty());
         assert!(t.unverified().is_empty(), "{:?}", t.unverified());
         assert_eq!(t, Tuning::default());
-        // Run 4's set, spelled out: graph + PDL, nothing fused, run 4's prefill kernel, sampler and
-        // GEMV (2 stages, 8 blocks per SM, no prefetch), split and grid by capacity.
+        // The verified set, spelled out: graph + PDL, nothing fused, run 5's mma.sync prefill
+        // attention, run 4's sampler and GEMV (2 stages, 8 blocks per SM, no prefetch), split and grid
+        // by capacity, NF4 by gemv_nf4.
         assert!(t.graph && t.pdl && !t.fuse);
-        assert_eq!(t.attn, Some(PrefillKernel::Run4));
+        assert_eq!(t.attn, Some(PrefillKernel::Mma));
+        assert_eq!(t.nf4, Nf4Kernel::Warp);
         assert_eq!(t.sampler, SamplerPath::Run4);
         assert_eq!(t.gemv, GemvConfig { kernel: GemvKernel::Run4, stages: 2, blocks_per_sm: 8, prefetch_mb: 0 });
         assert_eq!((t.adec_split, t.adec_grid), (None, AdecGrid::Capacity));
@@ -300,7 +303,6 @@ mod tests {
         // Every opt-in value is named as unverified; the verified ones are not.
         for (k, v) in [
             ("QWEN_FUSE", "1"),
-            ("QWEN_ATTN", "mma"),
             ("QWEN_ATTN", "wmma"),
             ("QWEN_ATTN", "splitk"),
             ("QWEN_SAMPLER", "block"),
@@ -308,14 +310,23 @@ mod tests {
             ("QWEN_GEMV", "2,8,24"),
             ("QWEN_ADEC_SPLIT", "256"),
             ("QWEN_ADEC_GRID", "length"),
+            ("QWEN_NF4", "rows"),
         ] {
             let u = one(k, v).unverified();
             assert_eq!(u.len(), 1, "{k}={v}: {u:?}");
             assert!(u[0].starts_with(k), "{k}={v}: {u:?}");
         }
-        for (k, v) in [("QWEN_CUDA_GRAPH", "0"), ("QWEN_PDL", "0"), ("QWEN_GEMV", "1,0"), ("QWEN_ATTN", "run4")] {
-            assert!(one(k, v).unverified().is_empty(), "{k}={v} was verified in run 4");
+        for (k, v) in [
+            ("QWEN_CUDA_GRAPH", "0"),
+            ("QWEN_PDL", "0"),
+            ("QWEN_GEMV", "1,0"),
+            ("QWEN_ATTN", "run4"),
+            ("QWEN_ATTN", "mma"),
+            ("QWEN_NF4", "warp"),
+        ] {
+            assert!(one(k, v).unverified().is_empty(), "{k}={v} was verified in run 4 or 5");
         }
+        assert_eq!(one("QWEN_NF4", "rows").nf4, Nf4Kernel::Rows);
     }
 
     #[test]
@@ -329,6 +340,7 @@ mod tests {
             ("QWEN_GEMV", "3,4"),
             ("QWEN_ADEC_SPLIT", "100"),
             ("QWEN_ADEC_GRID", "len"),
+            ("QWEN_NF4", "row"),
         ] {
             let (t, w) = read(&[(k, v)]);
             assert_eq!(t, Tuning::VERIFIED, "{k}={v}");

@@ -165,7 +165,7 @@ struct ModelArgs {
     #[arg(long)]
     max_seq_len: Option<usize>,
     /// Quantize the linear weights at load: none, nf4, nf4-dq or int8 (a quantized checkpoint is
-    /// used as stored; the CUDA kernels for them are not yet verified on a GPU: auto picks the CPU)
+    /// used as stored)
     #[arg(long, default_value = "none")]
     quant: String,
 }
@@ -597,10 +597,8 @@ fn cmd_bench(
     decode: Option<usize>,
     decode_prompt: Option<usize>,
 ) -> Result<()> {
-    // --quant with --backend auto runs on the CPU (the CUDA quantized kernels are opt-in: load_model).
     let kind = margs.backend.parse::<BackendKind>()?;
-    let quant_auto = kind == BackendKind::Auto && QuantFormat::parse_load(&margs.quant)?.is_some();
-    let use_cuda = !quant_auto && use_cuda(kind)?;
+    let use_cuda = use_cuda(kind)?;
     let (lens, dec, dec_prompt) = if use_cuda { ("128,512,2048", 256, 128) } else { ("16,128", 32, 16) };
     let lens = parse_usize_list(prefill.unwrap_or(lens), "--prefill")?;
     let (decode, decode_prompt) = (decode.unwrap_or(dec), decode_prompt.unwrap_or(dec_prompt));

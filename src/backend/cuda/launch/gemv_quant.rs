@@ -1,7 +1,7 @@
 //! `gemv_{nf4,int8,gptq4,gptq8}_{bf16,f16}` and `dequant_*` (cuda/gemv_quant.cu): the decode matmul
 //! straight from quantized weights (one token) and their dequantization to T for the prefill GEMM;
-//! oracle `quant::QuantMatrix::matmul` / `decode_rows`. Compiled + emulator-checked, not yet verified on
-//! a GPU (`--quant` / a quantized checkpoint on `--backend cuda` says so once on stderr).
+//! oracle `quant::QuantMatrix::matmul` / `decode_rows`. Verified in H200 run 5 (2026-12-04, `8be7cb9`);
+//! `gemv_nf4_rows` (QWEN_NF4=rows) is newer and not yet verified.
 //!
 //! Parameters: one `#[repr(C)]` struct per format, the mirror of cuda/quant_params.h (declared with
 //! `params.rs`' `kernel_params!`; `QUANT_LAYOUTS` is the table tests/kernel_params.rs checks against
