@@ -11,6 +11,10 @@ export QWEN_REQUIRE_KERNELS=1
 # build is not rebuilt: keeps what travels under the device tool's 64 MiB.
 export QWEN_CUDA_ARCHS=${QWEN_CUDA_ARCHS:-90} CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/gpu}
 msgs=$(mktemp)
+# The CPU-side checks of the kernel build first: every entry point of the PTX is in ENTRY_POINTS and
+# the fatbin has sm_90 code (H200 run 5's call 3 was spent on a build whose new kernel had no entry
+# in that list: this test would have said so).
+cargo test --release --test cuda_build
 cargo build --release --bin qwen-run
 cargo test --release --test kernels --no-run --message-format=json >"$msgs"
 cargo bench --bench kernels --no-run --message-format=json >>"$msgs"
