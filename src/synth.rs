@@ -198,8 +198,10 @@ pub fn synth_config(p: &SynthPreset) -> Result<crate::config::QwenConfig> {
     crate::config::QwenConfig::from_json_str(&text, Path::new("<synth config>"))
 }
 
+/// splitmix64's output function (Steele, Lea & Flood): `z` advanced by the golden gamma, then mixed.
+/// The generator of every synth tensor; also the benches' random operands.
 #[inline(always)]
-fn splitmix64(mut z: u64) -> u64 {
+pub fn splitmix64(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

@@ -70,19 +70,19 @@ def main():
     print("=" * 78)
     print(f"gpu_check summary ({secs} s): {'OK' if summary['ok'] else 'FAILED'}")
     print(f"tests: {passed} passed, {failed_n} failed, {skips} skipped" + (f": {', '.join(failed_tests)}" if failed_tests else ""))
-    for b in bench:
+    def line(what, b):
+        """One bench JSON as a line: decode, % of the floor (its bytes per token), prefill, load, memory."""
         pf = ", ".join(f"{p['tokens']}: {p['tok_per_s']:.0f}" for p in b.get("prefill", []))
         fl = b.get("floor_fraction")
-        print(f"bench: decode {b.get('decode_tok_per_s', 0):.1f} tok/s after {b.get('decode_prompt')}"
-              + (f" ({100 * fl:.1f} % of floor)" if fl else "") + f"; prefill tok/s {pf}; load {b.get('load_s')}; "
+        floor = f" ({100 * fl:.1f} % of the floor of {b.get('bytes_per_token', 0) / 1e9:.2f} GB/token)" if fl else ""
+        print(f"{what}: decode {b.get('decode_tok_per_s', 0):.1f} tok/s after {b.get('decode_prompt')}{floor}; "
+              f"prefill tok/s {pf}; load {b.get('load_s')}; "
               f"mem {(b.get('mem_used_bytes') or 0) / 2**30:.2f} GiB at {b.get('context_tokens')} tokens")
+    for b in bench:
+        line("bench", b)
     for f, runs in quant7b.items():
         for b in runs:
-            fl = b.get("floor_fraction")
-            pf = ", ".join(f"{p['tokens']}: {p['tok_per_s']:.0f}" for p in b.get("prefill", []))
-            print(f"quant7b {f}: decode {b.get('decode_tok_per_s', 0):.1f} tok/s"
-                  + (f" ({100 * fl:.1f} % of the floor of {b.get('bytes_per_token', 0) / 1e9:.2f} GB/token)" if fl else "")
-                  + f"; prefill tok/s {pf}; load {b.get('load_s')}; mem {(b.get('mem_used_bytes') or 0) / 2**30:.2f} GiB at {b.get('context_tokens')} tokens")
+            line(f"quant7b {f}", b)
     def brief(runs):
         return "; ".join(f"decode {x.get('decode_tok_per_s', 0):.1f} after {x.get('decode_prompt')}, prefill "
                          + "/".join(f"{p['tok_per_s']:.0f}" for p in x.get("prefill", []) if p["tokens"] > 1)

@@ -60,17 +60,22 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
     let mut g = c.benchmark_group("gemv_quant");
     // attn c_proj, c_attn (q‖k‖v), w1 or w2, mlp c_proj.
     let shapes = [(4096usize, 4096usize), (12288, 4096), (11008, 4096), (4096, 11008)];
-    // nf4_rows: the NF4 weights on gemv_nf4_rows (QWEN_NF4=rows).
-    for format in ["nf4", "nf4_rows", "int8", "gptq4", "gptq8"] {
-        let (format, nf4) = match format {
-            "nf4_rows" => ("nf4", launch::Nf4Kernel::Rows),
-            f => (f, launch::Nf4Kernel::Warp),
-        };
-        let label = if nf4 == launch::Nf4Kernel::Rows { "nf4_rows" } else { format };
+    // (label, format, NF4 kernel): nf4_rows is the NF4 weights on gemv_nf4_rows (QWEN_NF4=rows).
+    use launch::Nf4Kernel::{Rows, Warp};
+    let kernels = [
+        ("nf4", "nf4", Warp),
+        ("nf4_rows", "nf4", Rows),
+        ("int8", "int8", Warp),
+        ("gptq4", "gptq4", Warp),
+        ("gptq8", "gptq8", Warp),
+    ];
+    for (label, format, nf4) in kernels {
         for (n, k) in shapes {
-            let (_, _, bytes) = make(gpu, format, n, k, 0);
+            let first = make(gpu, format, n, k, 1);
+            let bytes = first.2;
             let copies = ROTATE_BYTES.div_ceil(bytes).max(2);
-            let ws: Vec<_> = (0..copies).map(|i| make(gpu, format, n, k, i as u64 + 1)).collect();
+            let ws: Vec<_> =
+                std::iter::once(first).chain((1..copies).map(|i| make(gpu, format, n, k, i as u64 + 1))).collect();
             let x = filled(gpu, k * 2, 0x3C);
             let y = gpu.alloc(n * 4).expect("alloc y");
             gpu.sync().expect("sync");

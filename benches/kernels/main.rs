@@ -7,6 +7,7 @@
 //! Run: `cargo bench --bench kernels` (add `-- rmsnorm` to pick a group).
 use criterion::Criterion;
 use qwen_rt::backend::cuda::device::{DevBuf, Gpu};
+use qwen_rt::synth::splitmix64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,15 +35,8 @@ pub fn filled(gpu: &Gpu, bytes: usize, byte: u8) -> DevBuf {
 /// values pick codebook entries (NF4's shared-memory table: equal bytes are a broadcast, random ones
 /// bank conflicts — H200 run 5 timed NF4 1.5x faster on constant codes than in the model).
 pub fn random_bytes(gpu: &Gpu, bytes: usize, seed: u64) -> DevBuf {
-    let mut s = seed;
-    let mut host = Vec::with_capacity(bytes.div_ceil(8) * 8);
-    while host.len() < bytes {
-        s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = s;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        host.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
+    let key = splitmix64(seed);
+    let host: Vec<u8> = (0..bytes.div_ceil(8) as u64).flat_map(|j| splitmix64(key ^ j).to_le_bytes()).collect();
     gpu.upload::<u8>(&host[..bytes]).expect("upload random bytes")
 }
 

@@ -490,14 +490,15 @@ fn sampling_launcher_rejects_bad_arguments() {
     let out = gpu.alloc(4).unwrap();
     let ctx = upload_u32(&gpu, &[1, 2]);
     let q = qwen_defaults();
-    let call = |v: usize, probs_bytes: usize, n_ctx: usize, p: &SamplingParams, u: f64| {
+    // `call_ws` with the workspace cut to `ws_bytes`; `call` with the whole of it.
+    let call_ws = |ws_bytes: usize, v: usize, probs_bytes: usize, n_ctx: usize, p: &SamplingParams, u: f64| {
         let pr = probs.slice().sub(0, probs_bytes).unwrap();
         let draw = launch::SampleDraw::for_params(launch::SamplerPath::Run4, p, v);
         let params = SampleParams {
             logits: l.slice(),
             v,
             vocab_len: v,
-            flags: flags.slice(),
+            flags: flags.slice().sub(0, ws_bytes).unwrap(),
             ctx_ids: ctx.slice(),
             n_ctx,
             probs: pr,
@@ -506,6 +507,9 @@ fn sampling_launcher_rejects_bad_arguments() {
         };
         launch::sample(&gpu, &gpu.stream, draw, &params, p, u)
     };
+    let call = |v: usize, probs_bytes: usize, n_ctx: usize, p: &SamplingParams, u: f64| {
+        call_ws(ws, v, probs_bytes, n_ctx, p, u)
+    };
     assert!(call(v, v * 4, 2, &q, 0.5).is_ok());
     assert!(call(0, v * 4, 2, &q, 0.5).is_err(), "V = 0");
     assert!(call(v, v * 4 - 4, 2, &q, 0.5).is_err(), "probs too small");
@@ -513,19 +517,6 @@ fn sampling_launcher_rejects_bad_arguments() {
     assert!(call(v, v * 4, 2, &q, 1.0).is_err(), "u = 1");
     assert!(call(v, v * 4, 2, &sampling(1.0, 0, 0.0, 1.0), 0.5).is_err(), "top_p = 0");
     assert!(call(v, v * 4, 2, &SamplingParams::greedy(), 1.0).is_ok(), "u is ignored when greedy");
-    let short = flags.slice().sub(0, ws - 1).unwrap();
-    let draw = launch::SampleDraw::for_params(launch::SamplerPath::Run4, &q, v);
-    let params = SampleParams {
-        logits: l.slice(),
-        v,
-        vocab_len: v,
-        flags: short,
-        ctx_ids: ctx.slice(),
-        n_ctx: 2,
-        probs: probs.slice(),
-        out_id: out.slice(),
-        ..Default::default()
-    };
-    assert!(launch::sample(&gpu, &gpu.stream, draw, &params, &q, 0.5).is_err(), "workspace too small");
+    assert!(call_ws(ws - 1, v, v * 4, 2, &q, 0.5).is_err(), "workspace too small");
     gpu.sync().unwrap();
 }
