@@ -114,49 +114,139 @@ pub struct SynthOptions {
     pub max_shard_bytes: u64,
     /// Write one `model.safetensors` instead of an index + shards.
     pub single_file: bool,
-    /// Storage type of every tensor.
+    /// Storage type of every float tensor.
     pub dtype: DType,
+    /// Store the five linears of every layer as GPTQ (random codes), not as floats.
+    pub gptq: Option<SynthGptq>,
 }
 
 impl Default for SynthOptions {
     fn default() -> Self {
-        SynthOptions { max_shard_bytes: 2_000_000_000, single_file: false, dtype: DType::BF16 }
+        SynthOptions { max_shard_bytes: 2_000_000_000, single_file: false, dtype: DType::BF16, gptq: None }
     }
 }
 
-/// How a tensor's values are drawn.
+/// A GPTQ checkpoint as AutoGPTQ writes the official Qwen-7B-Chat-Int4 / -Int8 (`quant::gptq` layout,
+/// symmetric, `desc_act` false), with random codes instead of quantized weights: for benchmarks and
+/// load tests where no real GPTQ checkpoint can be downloaded. Each linear `X.weight` `[N, K]`
+/// becomes `X.qweight` I32 `[K·bits/32, N]` (uniformly random words, so every code value occurs),
+/// `X.qzeros` I32 `[G, N·bits/32]` (every field 2^(bits−1) − 1: the symmetric zero 2^(bits−1), stored
+/// minus one), `X.scales` F16 `[G, N]` (about 2·absmax/(2^bits − 1) of the float preset's weights, so
+/// the dequantized weights have its scale) and `X.g_idx` I32 `[K]` = k / group; G = K / group.
+/// config.json gets AutoGPTQ's `quantization_config`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SynthGptq {
+    /// 4 or 8
+    pub bits: u32,
+    /// Inputs per scale (128 in the official checkpoints); divides every K.
+    pub group: usize,
+}
+
+impl SynthGptq {
+    fn validate(self, p: &SynthPreset) -> Result<()> {
+        let per = 32 / self.bits.max(1) as usize;
+        let bad =
+            |why: String| Err(Error::invalid(format!("synth --gptq {} (group {}): {why}", self.bits, self.group)));
+        if self.bits != 4 && self.bits != 8 {
+            return bad("bits must be 4 or 8".into());
+        }
+        if self.group == 0 {
+            return bad("the group size must be at least 1".into());
+        }
+        for t in plan(p, None).iter().filter(|t| is_linear(&t.name)) {
+            let (n, k) = (t.shape[0], t.shape[1]);
+            if k % self.group != 0 || k % per != 0 || n % per != 0 {
+                return bad(format!(
+                    "`{}` is [{n}, {k}]: the group must divide K and {per} (values per word) divide K and N",
+                    t.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The scale that makes the dequantized weights as large as the float preset's (uniform,
+    /// std 0.02, so absmax ≈ 0.02·√3): AutoGPTQ's symmetric scale 2·absmax / (2^bits − 1).
+    fn scale(self) -> f32 {
+        2.0 * 0.02 * 3f32.sqrt() / ((1u32 << self.bits) - 1) as f32
+    }
+}
+
+/// How a float tensor's values are drawn.
 #[derive(Debug, Clone, Copy)]
 enum Init {
     /// Uniform, mean 0, this standard deviation (matrices, biases).
     Uniform(f32),
-    /// 1.0 + uniform in [-spread, spread] (RMSNorm weights).
-    AroundOne(f32),
+    /// center + uniform in [-spread, spread] (RMSNorm weights around 1, GPTQ scales).
+    Around(f32, f32),
+}
+
+/// How a planned tensor is stored and filled.
+#[derive(Debug, Clone, Copy)]
+enum Fill {
+    /// In the model's float dtype (`SynthOptions::dtype`), drawn with `Init`.
+    Float(Init),
+    /// F16 whatever the model dtype (GPTQ scales), drawn with `Init`.
+    F16(Init),
+    /// I32: uniformly random 32-bit words (GPTQ qweight).
+    Words,
+    /// I32: every word this value (GPTQ qzeros).
+    Repeat(u32),
+    /// I32: element k holds k / group (GPTQ g_idx without act-order).
+    GroupIndex(usize),
 }
 
 /// One tensor of the model, in model order.
 struct Planned {
     name: String,
     shape: Vec<usize>,
-    init: Init,
+    fill: Fill,
 }
 
-/// Every tensor of spec §2.2, in the order the model uses them (the order shards are cut in).
-fn plan(p: &SynthPreset) -> Vec<Planned> {
+/// The five linears of a layer, the ones quantized checkpoints store quantized.
+fn is_linear(name: &str) -> bool {
+    ["attn.c_attn.weight", "attn.c_proj.weight", "mlp.w1.weight", "mlp.w2.weight", "mlp.c_proj.weight"]
+        .iter()
+        .any(|s| name.starts_with("transformer.h.") && name.ends_with(s))
+}
+
+/// The GPTQ tensors that replace the linear `X.weight` `[N, K]` (see `SynthGptq`).
+fn gptq_tensors(weight: &str, n: usize, k: usize, q: SynthGptq) -> Vec<Planned> {
+    let x = weight.strip_suffix(".weight").unwrap_or(weight);
+    let (per, g) = (32 / q.bits as usize, k / q.group);
+    let zero = (1u32 << (q.bits - 1)) - 1; // stored minus one
+    let zeros = (0..per).fold(0u32, |w, j| w | zero << (q.bits as usize * j));
+    let t = |s: &str, shape: Vec<usize>, fill| Planned { name: format!("{x}.{s}"), shape, fill };
+    vec![
+        t("qweight", vec![k / per, n], Fill::Words),
+        t("qzeros", vec![g, n / per], Fill::Repeat(zeros)),
+        t("scales", vec![g, n], Fill::F16(Init::Around(q.scale(), 0.05 * q.scale()))),
+        t("g_idx", vec![k], Fill::GroupIndex(q.group)),
+    ]
+}
+
+/// Every tensor of spec §2.2, in the order the model uses them (the order shards are cut in); with
+/// `gptq`, each linear replaced by its GPTQ tensors.
+fn plan(p: &SynthPreset, gptq: Option<SynthGptq>) -> Vec<Planned> {
     let (c, f, v) = (p.hidden_size, p.intermediate_size / 2, p.vocab_size);
     let pr = c; // P = H * D = C for the presets (kv_channels = C / H)
-    let m = |name: String, shape: Vec<usize>| Planned { name, shape, init: Init::Uniform(0.02) };
-    let norm = |name: String| Planned { name, shape: vec![c], init: Init::AroundOne(0.1) };
+    let m = |name: String, shape: Vec<usize>| Planned { name, shape, fill: Fill::Float(Init::Uniform(0.02)) };
+    let norm = |name: String| Planned { name, shape: vec![c], fill: Fill::Float(Init::Around(1.0, 0.1)) };
     let mut out = vec![m("transformer.wte.weight".into(), vec![v, c])];
     for i in 0..p.num_layers {
         let n = |s: &str| format!("transformer.h.{i}.{s}");
+        let lin = |s: &str, shape: Vec<usize>| match gptq {
+            Some(q) => gptq_tensors(&n(s), shape[0], shape[1], q),
+            None => vec![m(n(s), shape)],
+        };
         out.push(norm(n("ln_1.weight")));
-        out.push(m(n("attn.c_attn.weight"), vec![3 * pr, c]));
-        out.push(Planned { name: n("attn.c_attn.bias"), shape: vec![3 * pr], init: Init::Uniform(0.02) });
-        out.push(m(n("attn.c_proj.weight"), vec![c, pr]));
+        out.extend(lin("attn.c_attn.weight", vec![3 * pr, c]));
+        out.push(Planned { name: n("attn.c_attn.bias"), shape: vec![3 * pr], fill: Fill::Float(Init::Uniform(0.02)) });
+        out.extend(lin("attn.c_proj.weight", vec![c, pr]));
         out.push(norm(n("ln_2.weight")));
-        out.push(m(n("mlp.w1.weight"), vec![f, c]));
-        out.push(m(n("mlp.w2.weight"), vec![f, c]));
-        out.push(m(n("mlp.c_proj.weight"), vec![c, f]));
+        out.extend(lin("mlp.w1.weight", vec![f, c]));
+        out.extend(lin("mlp.w2.weight", vec![f, c]));
+        out.extend(lin("mlp.c_proj.weight", vec![c, f]));
     }
     out.push(norm("transformer.ln_f.weight".into()));
     out.push(m("lm_head.weight".into(), vec![v, c]));
@@ -178,10 +268,11 @@ pub struct SynthTensor {
 /// Every tensor of `p` with seed `seed`, in model order: what `synth_model` writes, so the GPU can
 /// generate the same weights without a file (`qwen-run bench --synth 7b`).
 pub fn synth_tensors(p: &SynthPreset, seed: u64) -> Vec<SynthTensor> {
-    plan(p)
+    plan(p, None)
         .into_iter()
         .map(|t| {
-            let (offset, scale) = t.init.affine();
+            let Fill::Float(init) = t.fill else { unreachable!("a float plan has only float tensors") };
+            let (offset, scale) = init.affine();
             SynthTensor { key: tensor_key(seed, &t.name), name: t.name, shape: t.shape, offset, scale }
         })
         .collect()
@@ -194,7 +285,7 @@ pub fn synth_tensor_value(t: &SynthTensor, i: u64) -> f32 {
 
 /// The config of `p` (bf16 checkpoint), as `synth_model` writes it.
 pub fn synth_config(p: &SynthPreset) -> Result<crate::config::QwenConfig> {
-    let text = config_json(p, DType::BF16).to_string();
+    let text = config_json(p, DType::BF16, None).to_string();
     crate::config::QwenConfig::from_json_str(&text, Path::new("<synth config>"))
 }
 
@@ -219,7 +310,7 @@ impl Init {
     fn affine(self) -> (f32, f32) {
         match self {
             Init::Uniform(std) => (0.0, std * 3f32.sqrt()),
-            Init::AroundOne(spread) => (1.0, spread),
+            Init::Around(center, spread) => (center, spread),
         }
     }
 }
@@ -283,15 +374,60 @@ fn encode(x: f32, dtype: DType, out: &mut [u8]) {
 
 /// Where a written tensor's values come from.
 enum Source<'a> {
-    Random { key: u64, init: Init },
+    /// A float tensor drawn from (key, init).
+    Random {
+        key: u64,
+        init: Init,
+    },
+    /// Exact float values (tests and tools).
     Values(&'a [f32]),
+    /// Integer words: random (key), constant, or k / group.
+    Words(u64),
+    Repeat(u32),
+    GroupIndex(usize),
+}
+
+/// Element type of a written tensor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Elem {
+    Float(DType),
+    I32,
+}
+
+impl Elem {
+    fn size(self) -> usize {
+        match self {
+            Elem::Float(d) => d.size(),
+            Elem::I32 => 4,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Elem::Float(d) => d.name(),
+            Elem::I32 => "I32",
+        }
+    }
 }
 
 struct ToWrite<'a> {
     name: &'a str,
-    dtype: DType,
+    dtype: Elem,
     shape: &'a [usize],
     source: Source<'a>,
+}
+
+/// Fill `out` (I32 elements `base..`, little-endian) from an integer source.
+fn fill_words(out: &mut [u8], source: &Source<'_>, base: u64) {
+    for (j, o) in out.chunks_exact_mut(4).enumerate() {
+        let i = base + j as u64;
+        let w = match *source {
+            Source::Words(key) => splitmix64(key ^ i.wrapping_mul(0xD6E8_FEB8_6659_FD93)) as u32,
+            Source::Repeat(w) => w,
+            Source::GroupIndex(group) => (i / group as u64) as u32,
+            Source::Random { .. } | Source::Values(_) => unreachable!("float sources are not words"),
+        };
+        o.copy_from_slice(&w.to_le_bytes());
+    }
 }
 
 fn numel(shape: &[usize]) -> Result<usize> {
@@ -336,20 +472,26 @@ fn write_safetensors_inner(path: &Path, tensors: &mut [ToWrite<'_>]) -> Result<(
             let len = CHUNK_ELEMS.min(n - start);
             store.resize((len * es).div_ceil(8), 0);
             let buf = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut store)[..len * es];
-            match &t.source {
-                Source::Values(v) => {
+            match (&t.source, t.dtype) {
+                (Source::Values(v), Elem::Float(dtype)) => {
                     let v = v.get(start..start + len).ok_or_else(|| {
                         Error::invalid(format!("tensor `{}`: {} values for shape {:?}", t.name, v.len(), t.shape))
                     })?;
                     for (x, o) in v.iter().zip(buf.chunks_exact_mut(es)) {
-                        encode(*x, t.dtype, o);
+                        encode(*x, dtype, o);
                     }
                 }
-                Source::Random { key, init } => {
+                (Source::Random { key, init }, Elem::Float(dtype)) => {
                     buf.par_chunks_mut(TASK_ELEMS * es).enumerate().for_each(|(ci, part)| {
-                        fill_random(part, t.dtype, *key, (start + ci * TASK_ELEMS) as u64, *init);
+                        fill_random(part, dtype, *key, (start + ci * TASK_ELEMS) as u64, *init);
                     });
                 }
+                (Source::Words(_) | Source::Repeat(_) | Source::GroupIndex(_), Elem::I32) => {
+                    buf.par_chunks_mut(TASK_ELEMS * es).enumerate().for_each(|(ci, part)| {
+                        fill_words(part, &t.source, (start + ci * TASK_ELEMS) as u64);
+                    });
+                }
+                _ => return Err(Error::invalid(format!("tensor `{}`: its source does not fit its dtype", t.name))),
             }
             w.write_all(buf).map_err(io)?;
             start += len;
@@ -368,13 +510,13 @@ pub fn write_safetensors(path: &Path, tensors: &[(&str, DType, &[usize], &[f32])
         if numel(shape)? != values.len() {
             return Err(Error::invalid(format!("tensor `{name}`: {} values for shape {shape:?}", values.len())));
         }
-        list.push(ToWrite { name, dtype, shape, source: Source::Values(values) });
+        list.push(ToWrite { name, dtype: Elem::Float(dtype), shape, source: Source::Values(values) });
     }
     write_safetensors_inner(path, &mut list)
 }
 
-fn config_json(p: &SynthPreset, dtype: DType) -> serde_json::Value {
-    json!({
+fn config_json(p: &SynthPreset, dtype: DType, gptq: Option<SynthGptq>) -> serde_json::Value {
+    let mut cfg = json!({
         "architectures": ["QWenLMHeadModel"],
         "auto_map": {
             "AutoConfig": "configuration_qwen.QWenConfig",
@@ -409,7 +551,16 @@ fn config_json(p: &SynthPreset, dtype: DType) -> serde_json::Value {
         "use_flash_attn": "auto",
         "use_logn_attn": true,
         "vocab_size": p.vocab_size
-    })
+    });
+    if let Some(q) = gptq {
+        // As the official Qwen-7B-Chat-Int4's config.json has it (AutoGPTQ 0.4).
+        cfg["quantization_config"] = json!({
+            "bits": q.bits, "group_size": q.group, "damp_percent": 0.01, "desc_act": false,
+            "static_groups": false, "sym": true, "true_sequential": true, "model_name_or_path": null,
+            "model_file_base_name": "model", "quant_method": "gptq"
+        });
+    }
+    cfg
 }
 
 /// Qwen-7B-Chat's generation config (ChatML), with the window and repetition penalty of v1.1 chat.
@@ -437,44 +588,54 @@ fn generation_config_json() -> serde_json::Value {
 fn stamp(p: &SynthPreset, seed: u64, opts: &SynthOptions) -> serde_json::Value {
     json!({
         "generator": GENERATOR, "preset": p.name, "seed": seed, "dtype": opts.dtype.name(),
-        "single_file": opts.single_file, "max_shard_bytes": opts.max_shard_bytes
+        "single_file": opts.single_file, "max_shard_bytes": opts.max_shard_bytes,
+        "gptq": opts.gptq.map(|q| json!({"bits": q.bits, "group": q.group}))
     })
 }
 
 /// Write every file of the model into `tmp` (an empty directory).
 fn write_all_files(tmp: &Path, p: &SynthPreset, seed: u64, opts: &SynthOptions) -> Result<()> {
     files::write_json(&tmp.join(STAMP_FILE), &stamp(p, seed, opts))?;
-    files::write_json(&tmp.join("config.json"), &config_json(p, opts.dtype))?;
+    files::write_json(&tmp.join("config.json"), &config_json(p, opts.dtype, opts.gptq))?;
     files::write_json(&tmp.join("generation_config.json"), &generation_config_json())?;
     let vocab = tmp.join("qwen.tiktoken");
     std::fs::write(&vocab, VOCAB).map_err(|e| Error::io(&vocab, e))?;
 
-    let tensors = plan(p);
-    let es = opts.dtype.size();
+    let tensors = plan(p, opts.gptq);
+    let elem = |f: Fill| match f {
+        Fill::Float(_) => Elem::Float(opts.dtype),
+        Fill::F16(_) => Elem::Float(DType::F16),
+        Fill::Words | Fill::Repeat(_) | Fill::GroupIndex(_) => Elem::I32,
+    };
     let to_write = |range: std::ops::Range<usize>| -> Vec<ToWrite<'_>> {
         tensors[range]
             .iter()
-            .map(|t| ToWrite {
-                name: &t.name,
-                dtype: opts.dtype,
-                shape: &t.shape,
-                source: Source::Random { key: tensor_key(seed, &t.name), init: t.init },
+            .map(|t| {
+                let key = tensor_key(seed, &t.name);
+                let source = match t.fill {
+                    Fill::Float(init) | Fill::F16(init) => Source::Random { key, init },
+                    Fill::Words => Source::Words(key),
+                    Fill::Repeat(w) => Source::Repeat(w),
+                    Fill::GroupIndex(g) => Source::GroupIndex(g),
+                };
+                ToWrite { name: &t.name, dtype: elem(t.fill), shape: &t.shape, source }
             })
             .collect()
     };
     if opts.single_file {
         return write_safetensors_inner(&tmp.join("model.safetensors"), &mut to_write(0..tensors.len()));
     }
-    let sizes: Vec<u64> = tensors.iter().map(|t| (t.shape.iter().product::<usize>() * es) as u64).collect();
+    let sizes: Vec<u64> =
+        tensors.iter().map(|t| (t.shape.iter().product::<usize>() * elem(t.fill).size()) as u64).collect();
     let shards = files::shard_ranges(&sizes, opts.max_shard_bytes.max(1));
     let n = shards.len();
     let mut weight_map = serde_json::Map::new();
     let mut total = 0u64;
     for (k, range) in shards.into_iter().enumerate() {
         let file = format!("model-{:05}-of-{:05}.safetensors", k + 1, n);
-        for t in &tensors[range.clone()] {
+        for (t, size) in tensors[range.clone()].iter().zip(&sizes[range.clone()]) {
             weight_map.insert(t.name.clone(), json!(file));
-            total += (t.shape.iter().product::<usize>() * es) as u64;
+            total += size;
         }
         write_safetensors_inner(&tmp.join(&file), &mut to_write(range))?;
     }
@@ -494,6 +655,9 @@ fn temp_sibling(dir: &Path) -> Result<PathBuf> {
 /// Synthesize into a fresh temporary sibling of `dir`; on failure nothing is left behind.
 fn synth_to_temp(dir: &Path, preset: &SynthPreset, seed: u64, opts: &SynthOptions) -> Result<PathBuf> {
     preset.validate()?;
+    if let Some(q) = opts.gptq {
+        q.validate(preset)?;
+    }
     let tmp = temp_sibling(dir)?;
     match write_all_files(&tmp, preset, seed, opts) {
         Ok(()) => Ok(tmp),

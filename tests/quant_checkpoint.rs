@@ -589,3 +589,106 @@ fn cli_inspects_and_runs_a_quantized_checkpoint() {
     let se = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && se.contains("already quantized") && se.contains(m), "{se}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// GPTQ checkpoints from `synth --gptq` (random codes, for benchmarks)
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn synth_gptq_writes_what_the_gptq_loader_reads() {
+    use qwen_rt::synth::{synth_model, SynthGptq, SynthOptions, SynthPreset};
+    let p = SynthPreset::tiny(); // C 64, F 176: group 16 divides every K
+    for bits in [4u32, 8] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("m");
+        let q = SynthGptq { bits, group: 16 };
+        synth_model(&out, &p, 3, &SynthOptions { gptq: Some(q), single_file: true, ..Default::default() }).unwrap();
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+        let qc = &cfg["quantization_config"];
+        assert_eq!(
+            (qc["quant_method"].as_str(), qc["bits"].as_u64(), qc["group_size"].as_u64()),
+            (Some("gptq"), Some(bits as u64), Some(16))
+        );
+        assert_eq!((qc["desc_act"].as_bool(), qc["sym"].as_bool()), (Some(false), Some(true)));
+
+        // The stored tensors, read with the safetensors crate and unpacked here from the format
+        // description (spec §7.3): W[k, n] = scale[g, n] · (q[k, n] − (z_stored[g, n] + 1)).
+        let bytes = std::fs::read(out.join("model.safetensors")).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let words = |name: &str, dtype: Dtype, shape: &[usize]| -> Vec<u32> {
+            let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!((t.dtype(), t.shape()), (dtype, shape), "{name}");
+            t.data().chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect()
+        };
+        let per = 32 / bits as usize;
+        let mask = (1u32 << bits) - 1;
+        let ck = Checkpoint::open(&out).unwrap();
+        let w = QuantWeights::from_checkpoint(&ck).unwrap();
+        assert_eq!(w.format, Some(QuantFormat::Gptq { bits, group: 16 }));
+        let (c, f) = (p.hidden_size, p.intermediate_size / 2);
+        let names = ["attn.c_attn", "attn.c_proj", "mlp.w1", "mlp.w2", "mlp.c_proj"];
+        let shapes = [(3 * c, c), (c, c), (f, c), (f, c), (c, f)];
+        for (layer, l) in w.layers.iter().enumerate() {
+            let mats = [&l.c_attn, &l.c_proj, &l.w1, &l.w2, &l.mlp_c_proj].map(quant);
+            for ((name, (n, k)), m) in names.iter().zip(shapes).zip(mats) {
+                let x = format!("transformer.h.{layer}.{name}");
+                assert!(st.tensor(&format!("{x}.weight")).is_err(), "{x}.weight stored beside its GPTQ tensors");
+                let g = k / 16;
+                let qweight = words(&format!("{x}.qweight"), Dtype::I32, &[k / per, n]);
+                let qzeros = words(&format!("{x}.qzeros"), Dtype::I32, &[g, n / per]);
+                let g_idx = words(&format!("{x}.g_idx"), Dtype::I32, &[k]);
+                let st_scales = st.tensor(&format!("{x}.scales")).unwrap();
+                assert_eq!((st_scales.dtype(), st_scales.shape()), (Dtype::F16, &[g, n][..]));
+                let scales: Vec<f32> =
+                    st_scales.data().chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect();
+                // Symmetric: every stored zero 2^(bits-1) - 1; g_idx sequential; scales about
+                // 2·0.02·√3 / (2^bits − 1), so the weights have the float preset's scale.
+                let zero_field = (1u32 << (bits - 1)) - 1;
+                for word in &qzeros {
+                    assert!(
+                        (0..per).all(|j| (word >> (bits as usize * j)) & mask == zero_field),
+                        "{x}.qzeros {word:#x}"
+                    );
+                }
+                assert!(g_idx.iter().enumerate().all(|(i, &gi)| gi as usize == i / 16), "{x}.g_idx");
+                let s0 = 2.0 * 0.02 * 3f32.sqrt() / mask as f32;
+                assert!(scales.iter().all(|&s| (s - s0).abs() <= 0.051 * s0), "{x}.scales");
+                // The loader's matrix ([N, K] row-major) is what the words say.
+                let got = m.dequantize();
+                let mut codes_seen = vec![false; 1 << bits];
+                for kk in 0..k {
+                    for nn in 0..n {
+                        let code = (qweight[(kk / per) * n + nn] >> (bits as usize * (kk % per))) & mask;
+                        codes_seen[code as usize] = true;
+                        let want = scales[(kk / 16) * n + nn] * (code as f32 - (zero_field + 1) as f32);
+                        assert_eq!(got[nn * k + kk].to_bits(), want.to_bits(), "{x}[{nn}, {kk}]");
+                    }
+                }
+                assert!(codes_seen.iter().all(|&s| s), "{x}: random codes should cover every value");
+                let mean = got.iter().sum::<f32>() / got.len() as f32;
+                let std = (got.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / got.len() as f32).sqrt();
+                assert!(mean.abs() < 0.01 && (0.014..0.03).contains(&std), "{x}: mean {mean}, std {std}");
+            }
+        }
+        // Floats stay in the model dtype; the model runs on the CPU with finite logits.
+        assert_eq!(st.tensor("lm_head.weight").unwrap().dtype(), Dtype::BF16);
+        assert_eq!(st.tensor("transformer.h.0.attn.c_attn.bias").unwrap().dtype(), Dtype::BF16);
+        let cpu = LoadOptions { backend: BackendKind::Cpu, threads: 2, ..Default::default() };
+        let model = load_model(&ck, &cpu).unwrap();
+        let logits = model.new_sequence(8).unwrap().forward(&[1, 5, 3], true).unwrap();
+        assert!(logits.iter().all(|v| v.is_finite()));
+    }
+    // Sizes the format cannot hold and bits it does not have: errors naming the cause, nothing written.
+    let dir = tempfile::tempdir().unwrap();
+    for (q, words) in [
+        (SynthGptq { bits: 4, group: 128 }, &["group 128", "transformer.h.0.attn.c_attn.weight", "[192, 64]"][..]),
+        (SynthGptq { bits: 3, group: 16 }, &["bits must be 4 or 8"][..]),
+        (SynthGptq { bits: 4, group: 0 }, &["group size"][..]),
+    ] {
+        let out = dir.path().join("bad");
+        let e = synth_model(&out, &p, 0, &SynthOptions { gptq: Some(q), ..Default::default() }).unwrap_err();
+        assert_err_has(&e.to_string(), words);
+        assert!(!out.exists());
+    }
+}

@@ -24,7 +24,8 @@
 #   quant7b   issue 15's GPU targets: the 7B shape written once to local disk (qwen-run synth), then
 #             bench --quant nf4 and --quant int8 (quantized at load, uploaded packed): decode after
 #             128, prefill 2048 (dequantize → cuBLAS), memory at 2K context, % of the floor from the
-#             quantized bytes. GPTQ at the 7B shape has only the kernel bench (quant step).
+#             quantized bytes. Then GPTQ-Int4 / -Int8 checkpoints of the 7B shape (synth --gptq,
+#             random codes) loaded as stored, Int4's prefill also with QWEN_GPTQ_DEQUANT=tile.
 #   ab        each opt-in path against the default, interleaved (decode after 128 and 8000 tokens,
 #             prefill 2048 / 8000 for the attention kernels): the numbers that promote or drop them
 #   profile   per-kernel times of 16 decode steps (qwen-run's event timing), default and fused
@@ -95,7 +96,7 @@ B="bench --backend cuda --synth 7b"
 # (QWEN_SAMPLER=auto is left out: on the greedy bench it runs what =block runs; the tests cover it.)
 AB_PATHS=${AB_PATHS:-"fuse=QWEN_FUSE=1 attn_run4=QWEN_ATTN=run4 attn_wmma=QWEN_ATTN=wmma sampler_block=QWEN_SAMPLER=block gemv_prefetch=QWEN_GEMV=2,8,24 adec_length=QWEN_ADEC_GRID=length"}
 
-echo "gpu_check: BUDGET ${BUDGET}s, steps: $STEPS (budgets: probe 15, tests 130+20, sanitize 40+4x35, quant 20+80, bench 60, quant7b 40+3x45, ab 2x20 + 15 per path + 2x20, profile 30)"
+echo "gpu_check: BUDGET ${BUDGET}s, steps: $STEPS (budgets: probe 15, tests 130+20, sanitize 40+4x35, quant 20+80, bench 60, quant7b 40+3x45 + 2x(40+45) + 30, ab 2x20 + 15 per path + 2x20, profile 30)"
 for step in $STEPS; do case $step in
   probe)
     # qwen-run's probe says exactly why a present GPU cannot be used (not "no CUDA device").
@@ -129,7 +130,18 @@ for step in $STEPS; do case $step in
         run "quant7b-$f" 45 env "$e" "$Q" bench --backend cuda --model "$Q7" --quant $q --prefill 2048 --decode 256 --decode-prompt 128
       done
     fi
-    rm -rf "$Q7" ;;
+    rm -rf "$Q7"
+    # GPTQ-Int4 / -Int8 stored as the official checkpoints are (synth --gptq: random codes, group
+    # 128), loaded as stored; the Int4 prefill also with the tiled dequantization (opt-in).
+    for b in ${QUANT7B_GPTQ:-4 8}; do
+      if run "quant7b-synth-gptq$b" 40 "$Q" synth --preset 7b --gptq "$b" --out "$Q7"; then
+        run "quant7b-gptq$b" 45 "$Q" bench --backend cuda --model "$Q7" --prefill 2048 --decode 256 --decode-prompt 128
+        if [ "$b" = 4 ]; then
+          run quant7b-gptq4_tile 30 env QWEN_GPTQ_DEQUANT=tile "$Q" bench --backend cuda --model "$Q7" --prefill 2048 --decode 16 --decode-prompt 16
+        fi
+      fi
+      rm -rf "$Q7"
+    done ;;
   ab)
     # The default before and after the opt-in paths (its spread bounds the drift), each opt-in path
     # once in between; decode after 128 tokens (prefill 2048 / 8000 for the attention kernels), and

@@ -12,7 +12,7 @@ use qwen_rt::engine::{
 };
 use qwen_rt::generate::Generation;
 use qwen_rt::quant::{quantize_checkpoint, QuantFormat, QuantWeights, QuantizeOptions};
-use qwen_rt::synth::{synth_model, SynthPreset};
+use qwen_rt::synth::{synth_model, SynthGptq, SynthOptions, SynthPreset};
 use qwen_rt::tokenizer::{ModelTokenizer, Tokenizer};
 use qwen_rt::{Error, Result};
 use std::io::{BufRead, Read, Write};
@@ -144,6 +144,13 @@ enum Cmd {
         seed: u64,
         #[arg(long)]
         out: PathBuf,
+        /// Store the linears as a GPTQ checkpoint of this many bits (4 or 8) with random codes, in
+        /// the official Qwen-7B-Chat-Int4 / -Int8 layout (for benchmarks: no real quantization)
+        #[arg(long, value_name = "BITS")]
+        gptq: Option<u32>,
+        /// Inputs per GPTQ scale (with --gptq)
+        #[arg(long, default_value_t = 128, requires = "gptq")]
+        gptq_group: usize,
     },
 }
 
@@ -237,7 +244,9 @@ fn main() {
         Cmd::Prompt { model, messages, max_window_size } => cmd_prompt(model.as_deref(), &messages, max_window_size),
         Cmd::Logits { model, ids, out } => cmd_logits(&model, &ids, &out),
         Cmd::Inspect { model } => cmd_inspect(&model),
-        Cmd::Synth { preset, seed, out } => cmd_synth(&preset, seed, &out),
+        Cmd::Synth { preset, seed, out, gptq, gptq_group } => {
+            cmd_synth(&preset, seed, &out, gptq.map(|bits| SynthGptq { bits, group: gptq_group }))
+        }
         Cmd::Quantize { to, max_shard_size, in_dir, out_dir } => cmd_quantize(&to, &max_shard_size, &in_dir, &out_dir),
         Cmd::Serve { model, serve } => cmd_serve(&model, &serve),
     };
@@ -582,11 +591,12 @@ fn cmd_quantize(to: &str, max_shard_size: &str, input: &Path, output: &Path) -> 
     Ok(())
 }
 
-fn cmd_synth(preset: &str, seed: u64, out: &Path) -> Result<()> {
+fn cmd_synth(preset: &str, seed: u64, out: &Path, gptq: Option<SynthGptq>) -> Result<()> {
     let p = SynthPreset::from_name(preset)?;
     let t = std::time::Instant::now();
-    synth_model(out, &p, seed, &Default::default())?;
-    eprintln!("wrote {} ({preset}, seed {seed}) in {:.1} s", out.display(), t.elapsed().as_secs_f64());
+    synth_model(out, &p, seed, &SynthOptions { gptq, ..Default::default() })?;
+    let what = gptq.map(|q| format!(", GPTQ {}-bit group {} with random codes", q.bits, q.group)).unwrap_or_default();
+    eprintln!("wrote {} ({preset}, seed {seed}{what}) in {:.1} s", out.display(), t.elapsed().as_secs_f64());
     Ok(())
 }
 
