@@ -1,7 +1,7 @@
 // gemv_quant.cu — the decode matmul straight from quantized weights, and their dequantization to T
 // for the prefill GEMM (issue 15). Formats and device layouts: cuda/quant_params.h. Emulator:
 // tools/cuda_emu/h_gemv_quant.cpp. Verified on the H200 in run 5 (2026-12-04, 8be7cb9), except
-// gemv_nf4_rows (added after it; opt-in).
+// gemv_nf4_rows and dequant_gptq{4,8}_tile (added after it; opt-in).
 //
 // What:    gemv_{nf4,int8,gptq4,gptq8}_T: y[n] = sum_k w[n, k] * f32(x[k]) for n < N (one token, B = 1;
 //          f32 accumulation), w the exact dequantized weight of the CPU oracle (quant::QuantMatrix::
@@ -9,6 +9,8 @@
 //          each weight (the same value up to f32 rounding of the sum).
 //          dequant_{nf4,int8,gptq4,gptq8}_T: out[n, k] = T(w[n, k]) (round to nearest even), W [N, K]
 //          in the original input order, for cuBLAS (launch::Blas::gemm).
+//          dequant_gptq{4,8}_tile_T (opt-in, QWEN_GPTQ_DEQUANT=tile): dequant_gptq*'s out, the same
+//          bits, written through a shared-memory tile so that stores run along k (coalesced).
 // Layout:  x [K] T, y [N] f32, out [N, K] T; the weights as quant_params.h says.
 // Launch:  gemv_nf4 / gemv_int8: grid (G), block 256 = 8 warps, warp g of the grid's 8 G takes rows
 //          n = g, g + 8 G, ... (the launcher picks G = ceil(N / 8)). Vector path (NF4: K % 32 == 0,
@@ -24,6 +26,11 @@
 //          dynamic shared memory in slot order (xs [rows * 32/bits] f32, padding slots 0; the launcher
 //          passes that many bytes); without one x is read from global memory.
 //          dequant_*: grid-stride over elements (NF4: code bytes, GPTQ: qweight words, n fastest).
+//          dequant_gptq*_tile: block 256, grid-stride over tiles of 32 columns x 256 slots (column
+//          tile fastest; the launcher picks min(tiles, 16 per SM)), 16 KB static shared memory: the
+//          tile read coalesced along n, stored transposed (XOR-swizzled 16-byte chunks), written
+//          along k: 16-byte stores without a permutation when K % 8 == 0 and out is 16-byte
+//          aligned, else one element per thread and tile row (act-order: at k = perm[s]).
 //          Every entry calls pdl_begin() before touching x, y or out (common.cuh).
 // Oracle:  quant::QuantMatrix::matmul / decode_rows (src/quant/); launcher launch::gemv_quant.
 #include "common.cuh"
@@ -391,6 +398,100 @@ template <typename T, int BITS> __device__ __forceinline__ void gq_dequant_gptq(
     }
 }
 
+
+// dequant_gptq{4,8}_tile (opt-in, QWEN_GPTQ_DEQUANT=tile): dequant_gptq's out, the same bits (the same
+// expression per element), with coalesced writes. dequant_gptq maps consecutive threads to
+// consecutive columns n, so each store lands K elements from its neighbour's (H200 run 5: 160 GiB/s).
+// Here a block takes a tile of 32 columns n0 .. n0 + 31 and 256 slots s0 = r0 PER .. s0 + 255 (r0 =
+// the tile's first word row: 32 rows of gptq4, 64 of gptq8), one 16-byte chunk of 8 slots per
+// (column, chunk) pair (gptq8: two word rows a chunk). Read phase: lane l takes column n0 + l (a
+// warp reads 128 contiguous bytes of a word row), warp w chunks w, w + 8, ..., and stores the 8
+// values into shared memory transposed, row = column, chunk q at q ^ (l % 8) (XOR swizzle: the 8
+// lanes of a quarter-warp hit 8 different 16-byte bank groups on store, and so do 8 consecutive
+// chunks of one row on load). Write phase: without a permutation, K % 8 == 0, slots % 8 == 0 and
+// out 16-byte aligned (the vector path; uniform over the grid), warp w takes tile rows w, w + 8, ...
+// and lane q stores chunk q: out[n, s0 + 8q .. + 8] as one 16-byte store, 512 contiguous bytes a
+// warp. Otherwise (act-order, or a ragged K) thread t takes slot s0 + t of every tile row and
+// writes out[n, perm[s0 + t]] (k >= K: a padding slot, skipped; without perm k = s, k < K): one
+// 2-byte store per element, contiguous over the warp without a permutation, scattered within
+// the row with one. Columns n >= N and slots >= rows PER are neither read nor written.
+constexpr int GQ_DQT_COLS = 32;                    // columns of a tile: one per lane
+constexpr int GQ_DQT_CHUNKS = GQ_THREADS / 8;      // 16-byte chunks (8 slots) of a tile row: 32
+static_assert(GQ_DQT_CHUNKS * 8 == GQ_THREADS, "the element path gives each thread one slot of a tile row");
+static_assert(GQ_DQT_COLS % GQ_WARPS == 0 && GQ_DQT_CHUNKS % GQ_WARPS == 0, "warps share rows and chunks evenly");
+
+// The bits of a T value (for packing 8 of them into a 16-byte chunk in registers).
+template <typename T> __device__ __forceinline__ uint32_t gq_bits(T v);
+template <> __device__ __forceinline__ uint32_t gq_bits<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat16_as_ushort(v); }
+template <> __device__ __forceinline__ uint32_t gq_bits<__half>(__half v) { return __half_as_ushort(v); }
+
+template <typename T, int BITS> __device__ __forceinline__ void gq_dequant_gptq_tile(const QuantGptqParams& p) {
+    constexpr int PER = 32 / BITS;                   // slots per word
+    constexpr int WPC = 8 / PER;                     // word rows per chunk: 1 (gptq4) or 2 (gptq8)
+    constexpr int TILE_ROWS = GQ_DQT_CHUNKS * WPC;   // word rows of a tile
+    __shared__ uint4 gq_dqt_tile[GQ_DQT_COLS * GQ_DQT_CHUNKS];  // [column][chunk ^ (column % 8)], 16 KB
+    pdl_begin();
+    const uint64_t N = p.n, K = p.k, rows = p.rows, slots = rows * PER;
+    T* out = static_cast<T*>(p.out);
+    const T* tile = reinterpret_cast<const T*>(gq_dqt_tile);
+    const uint32_t lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
+    const bool vec = p.perm == nullptr && K % 8u == 0 && slots % 8u == 0 && (reinterpret_cast<uintptr_t>(out) & 15u) == 0;
+    const uint64_t kend = K < slots ? K : slots;  // vector path: chunks below kend (a multiple of 8) are written
+    const uint64_t col_tiles = (N + GQ_DQT_COLS - 1u) / GQ_DQT_COLS;
+    const uint64_t tiles = col_tiles * ((rows + TILE_ROWS - 1u) / TILE_ROWS);
+    for (uint64_t t = blockIdx.x; t < tiles; t += gridDim.x) {  // block-uniform
+        const uint64_t n0 = (t % col_tiles) * GQ_DQT_COLS, r0 = (t / col_tiles) * TILE_ROWS;
+        __syncthreads();  // the previous tile's reads of the shared tile are done
+        const uint64_t n = n0 + lane;
+        if (n < N) {
+#pragma unroll
+            for (int i = 0; i < GQ_DQT_CHUNKS / GQ_WARPS; ++i) {
+                const uint32_t q = warp + GQ_WARPS * i;  // chunk: word rows r0 + WPC q ..
+                const uint64_t rq = r0 + (uint64_t)q * WPC;
+                if (rq >= rows) break;
+                uint32_t v[4] = {0u, 0u, 0u, 0u};  // the chunk's 8 values, two a word (low half first)
+#pragma unroll
+                for (int h = 0; h < WPC; ++h) {
+                    const uint64_t r = rq + h;
+                    if (r < rows) {  // else (gptq8, odd rows): slots >= rows PER, left 0, never stored
+                        const uint32_t w = __ldg(p.qweight + r * N + n);
+                        const uint64_t gi = (uint64_t)__ldg(p.row_group + r) * N + n;
+                        const float scale = __ldg(p.scales + gi);
+                        const int32_t z = __ldg(p.zeros + gi);
+#pragma unroll
+                        for (int j = 0; j < PER; ++j) {
+                            const int e = h * PER + j;
+                            const T val = from_f32<T>(scale * (float)((int32_t)gq_field<BITS>(w, j) - z));
+                            v[e / 2] |= gq_bits<T>(val) << (16 * (e % 2));
+                        }
+                    }
+                }
+                gq_dqt_tile[lane * GQ_DQT_CHUNKS + (q ^ (lane & 7u))] = make_uint4(v[0], v[1], v[2], v[3]);
+            }
+        }
+        __syncthreads();
+        if (vec) {
+            const uint64_t k = r0 * PER + 8u * lane;  // chunk `lane` of each tile row
+#pragma unroll
+            for (int i = 0; i < GQ_DQT_COLS / GQ_WARPS; ++i) {
+                const uint32_t c = warp + GQ_WARPS * i;
+                if (n0 + c < N && k < kend) {
+                    *reinterpret_cast<uint4*>(out + (n0 + c) * K + k) = gq_dqt_tile[c * GQ_DQT_CHUNKS + (lane ^ (c & 7u))];
+                }
+            }
+        } else {
+            const uint64_t s = r0 * PER + threadIdx.x;
+            const uint64_t k = s < slots ? (p.perm != nullptr ? (uint64_t)__ldg(p.perm + s) : s) : K;
+            if (k < K) {
+                const uint32_t q = threadIdx.x >> 3, e = threadIdx.x & 7u;
+                for (uint32_t c = 0; c < GQ_DQT_COLS && n0 + c < N; ++c) {
+                    out[(n0 + c) * K + k] = tile[(c * GQ_DQT_CHUNKS + (q ^ (c & 7u))) * 8u + e];
+                }
+            }
+        }
+    }
+}
+
 }  // namespace
 
 // Entry points (launch::gemv_quant); block 256 for every one but gemv_nf4_rows (128).
@@ -412,3 +513,7 @@ extern "C" __global__ void __launch_bounds__(GQ_THREADS) dequant_gptq4_bf16(cons
 extern "C" __global__ void __launch_bounds__(GQ_THREADS) dequant_gptq4_f16(const QuantGptqParams p) { gq_dequant_gptq<__half, 4>(p); }
 extern "C" __global__ void __launch_bounds__(GQ_THREADS) dequant_gptq8_bf16(const QuantGptqParams p) { gq_dequant_gptq<__nv_bfloat16, 8>(p); }
 extern "C" __global__ void __launch_bounds__(GQ_THREADS) dequant_gptq8_f16(const QuantGptqParams p) { gq_dequant_gptq<__half, 8>(p); }
+extern "C" __global__ void __launch_bounds__(GQ_THREADS) dequant_gptq4_tile_bf16(const QuantGptqParams p) { gq_dequant_gptq_tile<__nv_bfloat16, 4>(p); }
+extern "C" __global__ void __launch_bounds__(GQ_THREADS) dequant_gptq4_tile_f16(const QuantGptqParams p) { gq_dequant_gptq_tile<__half, 4>(p); }
+extern "C" __global__ void __launch_bounds__(GQ_THREADS) dequant_gptq8_tile_bf16(const QuantGptqParams p) { gq_dequant_gptq_tile<__nv_bfloat16, 8>(p); }
+extern "C" __global__ void __launch_bounds__(GQ_THREADS) dequant_gptq8_tile_f16(const QuantGptqParams p) { gq_dequant_gptq_tile<__half, 8>(p); }

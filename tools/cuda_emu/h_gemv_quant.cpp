@@ -9,6 +9,10 @@
 // stream several rows). GPTQ: g_idx trivial (k / group: no permutation), act-order (a permutation of
 // the trivial one) and arbitrary (groups of unequal sizes: padded slots); the K-permuted device layout
 // of quant_params.h is built here independently of the Rust upload (src/backend/cuda/upload_quant.rs).
+// dequant_gptq{4,8}_tile (QWEN_GPTQ_DEQUANT=tile) bit for bit against dequant_gptq and T(w), on every
+// GPTQ case, on its launch grid, one block and three (grid-stride over tiles), with out 16-byte
+// aligned and 2 bytes off (the element path even without a permutation); tile-sized edge shapes
+// (N 4 / 12 / 36 / 100, rows 1 / 3 / 17, K not a multiple of 32/bits, several row tiles, N 4096).
 #include "util.h"
 #include "gemv_quant_emu.cu"
 #include <numeric>
@@ -20,6 +24,7 @@ template <> struct K<__nv_bfloat16> {
     static constexpr auto i8 = gemv_int8_bf16; static constexpr auto dq_i8 = dequant_int8_bf16;
     static constexpr auto g4 = gemv_gptq4_bf16; static constexpr auto dq_g4 = dequant_gptq4_bf16;
     static constexpr auto g8 = gemv_gptq8_bf16; static constexpr auto dq_g8 = dequant_gptq8_bf16;
+    static constexpr auto dq_g4t = dequant_gptq4_tile_bf16; static constexpr auto dq_g8t = dequant_gptq8_tile_bf16;
 };
 template <> struct K<__half> {
     static constexpr auto nf4 = gemv_nf4_f16; static constexpr auto dq_nf4 = dequant_nf4_f16;
@@ -27,6 +32,7 @@ template <> struct K<__half> {
     static constexpr auto i8 = gemv_int8_f16; static constexpr auto dq_i8 = dequant_int8_f16;
     static constexpr auto g4 = gemv_gptq4_f16; static constexpr auto dq_g4 = dequant_gptq4_f16;
     static constexpr auto g8 = gemv_gptq8_f16; static constexpr auto dq_g8 = dequant_gptq8_f16;
+    static constexpr auto dq_g4t = dequant_gptq4_tile_f16; static constexpr auto dq_g8t = dequant_gptq8_tile_f16;
 };
 
 // bitsandbytes get_4bit_type("nf4") (functional.py), as f32.
@@ -181,6 +187,28 @@ template <class T, int BITS> void run_gptq(int k, int n, int group, int gidx_kin
     snprintf(what, sizeof what, "dequant_gptq%d %s K%d N%d g_idx %s", BITS, DT<T>::name, k, n, kinds[gidx_kind]);
     printf("%-56s elements differing from T(w): %ld\n", what, bad);
     CHECK(bad == 0 && out.guard_ok(), "%s", what); case_done(what, 0.0);
+    // dequant_gptq*_tile: tiles of 32 columns x 256 slots (32 word rows of gptq4, 64 of gptq8); the
+    // launcher's grid is one block a tile (at most 16 per SM), then one block and three blocks
+    // walking the tiles. out 2 bytes off 16-byte alignment takes the element path.
+    const unsigned tile_rows = 32 * (8 / PER);
+    const unsigned tiles = (unsigned)(((n + 31) / 32) * ((rows + tile_rows - 1) / tile_rows));
+    std::vector<unsigned> tgrids = {tiles};
+    for (unsigned g : {1u, 3u}) if (g < tiles) tgrids.push_back(g);
+    for (unsigned tgrid : tgrids) {
+        for (int oshift : {0, 1}) {
+            Buf<T> ob((size_t)n * k + 1);
+            QuantGptqParams dt = d; dt.out = ob.p + oshift;
+            emu::launch({tgrid, 1, 1}, 256, [&] { if (BITS == 4) K<T>::dq_g4t(dt); else K<T>::dq_g8t(dt); });
+            const T* o = ob.p + oshift;
+            long vs_grid = 0, vs_w = 0;
+            for (size_t i = 0; i < (size_t)n * k; ++i) { vs_grid += o[i].b != out.p[i].b; vs_w += o[i].b != hto<T>(w[i]).b; }
+            const bool untouched = ob.p[oshift ? 0 : (size_t)n * k].b == 0xFFFF && ob.guard_ok();
+            snprintf(what, sizeof what, "dequant_gptq%d_tile %s K%d N%d g_idx %s (%u rows) grid %u%s", BITS, DT<T>::name, k, n,
+                     kinds[gidx_kind], rows, tgrid, oshift ? " out misaligned" : "");
+            printf("%-56s elements differing from dequant_gptq / T(w): %ld / %ld\n", what, vs_grid, vs_w);
+            CHECK(vs_grid == 0 && vs_w == 0 && untouched, "%s", what); case_done(what, 0.0);
+        }
+    }
 }
 
 int main(int argc, char** argv) {
@@ -208,6 +236,12 @@ int main(int argc, char** argv) {
     }
     struct G { int k, n, group, kind, shift; };
     std::vector<G> gs = {{128, 4, 128, 0, 0}, {256, 20, 64, 1, 0}, {384, 36, 128, 2, 0}, {256, 16, 32, 0, 1}, {1024, 52, 128, 1, 0}, {64, 8, 32, 2, 0}};
+    // dequant_gptq*_tile edges (rows for gptq4 / gptq8): rows 1 / 2, 3 / 6, a padded 4-bit layout
+    // with 8-bit rows 3 (K % 8 = 4), 17 / 34 act-order, 17 rows of gptq8 and a padded gptq4 (K 68),
+    // act-order with padding, arbitrary g_idx, three row tiles, and a 7B-wide N.
+    std::vector<G> tl = {{8, 4, 8, 0, 0}, {24, 12, 8, 0, 0}, {12, 12, 4, 0, 0}, {136, 36, 8, 1, 0}, {68, 100, 4, 0, 0},
+                         {100, 36, 20, 1, 0}, {96, 100, 32, 2, 0}, {600, 40, 40, 0, 0}, {256, 4096, 128, 0, 0}};
+    gs.insert(gs.end(), tl.begin(), tl.end());
     if (mode == 2) gs = {{4096, 64, 128, 1, 0}};
     for (auto& g : gs) {
         run_gptq<__nv_bfloat16, 4>(g.k, g.n, g.group, g.kind, g.shift, s++); run_gptq<__half, 4>(g.k, g.n, g.group, g.kind, g.shift, s++);
