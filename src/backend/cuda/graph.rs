@@ -402,7 +402,7 @@ impl CudaSequence {
         let mut n0 = 0;
         for w in ws {
             let n = w.shape().0;
-            launch::dequant(g, s, dt, w, scratch.sub(n0 * row, n * row)?)?;
+            launch::dequant_with(g, s, dt, w, scratch.sub(n0 * row, n * row)?, self.model.tuning.gptq_dequant)?;
             n0 += n;
         }
         self.matmul(scratch.sub(0, n_all * row)?, x, y, t, n_all, k)

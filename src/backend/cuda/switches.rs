@@ -23,7 +23,8 @@
 //! | QWEN_ADEC_SPLIT | the split by capacity | KEYS (a positive multiple of 16) |
 //! | QWEN_ADEC_GRID | capacity (grid sized by the cache) | length (grid sized by the current length, captured per bucket) |
 //! | QWEN_NF4 | warp (`gemv_nf4`) | rows (`gemv_nf4_rows`: four rows per warp, conflict-free codebook) |
-use super::launch::{GemvConfig, GemvKernel, Nf4Kernel, PrefillKernel, SamplerPath};
+//! | QWEN_GPTQ_DEQUANT | grid (`dequant_gptq*`) | tile (`dequant_gptq*_tile`: the prefill's GPTQ dequantization through a shared-memory tile, coalesced stores) |
+use super::launch::{GemvConfig, GemvKernel, GptqDequant, Nf4Kernel, PrefillKernel, SamplerPath};
 
 /// How the decode attention's grid is sized.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +59,8 @@ pub struct Tuning {
     pub adec_grid: AdecGrid,
     /// QWEN_NF4: the NF4 decode GEMV (quantized models only).
     pub nf4: Nf4Kernel,
+    /// QWEN_GPTQ_DEQUANT: the prefill's GPTQ dequantization kernel (GPTQ models only).
+    pub gptq_dequant: GptqDequant,
 }
 
 impl Default for Tuning {
@@ -78,6 +81,7 @@ impl Tuning {
         adec_split: None,
         adec_grid: AdecGrid::Capacity,
         nf4: Nf4Kernel::Warp,
+        gptq_dequant: GptqDequant::Grid,
     };
 
     /// The environment's switches; every value a switch does not know is said on stderr (one line
@@ -140,7 +144,10 @@ impl Tuning {
         let nf4s = [("warp", Nf4Kernel::Warp), ("rows", Nf4Kernel::Rows)];
         let (nf4, m) = choice(&lookup, "QWEN_NF4", &nf4s, v.nf4, "warp (gemv_nf4)");
         w(m);
-        (Tuning { graph, pdl, fuse, attn, sampler, gemv, adec_split, adec_grid, nf4 }, warnings)
+        let gptqs = [("grid", GptqDequant::Grid), ("tile", GptqDequant::Tile)];
+        let (gptq_dequant, m) = choice(&lookup, "QWEN_GPTQ_DEQUANT", &gptqs, v.gptq_dequant, "grid (dequant_gptq)");
+        w(m);
+        (Tuning { graph, pdl, fuse, attn, sampler, gemv, adec_split, adec_grid, nf4, gptq_dequant }, warnings)
     }
 
     /// The paths this tuning runs that no GPU run has verified yet (empty for `VERIFIED`), each
@@ -179,6 +186,9 @@ impl Tuning {
         if self.nf4 == Nf4Kernel::Rows {
             u.push("QWEN_NF4=rows (gemv_nf4_rows)".into());
         }
+        if self.gptq_dequant == GptqDequant::Tile {
+            u.push("QWEN_GPTQ_DEQUANT=tile (dequant_gptq4_tile, dequant_gptq8_tile)".into());
+        }
         u
     }
 
@@ -209,9 +219,13 @@ impl Tuning {
             Nf4Kernel::Warp => "warp",
             Nf4Kernel::Rows => "rows",
         };
+        let gptq_dequant = match self.gptq_dequant {
+            GptqDequant::Grid => "grid",
+            GptqDequant::Tile => "tile",
+        };
         let u = self.unverified();
         format!(
-            "graph={} pdl={} fuse={} attn={attn} sampler={sampler} gemv={kernel}:{},{},{} adec_split={split} adec_grid={grid} nf4={nf4} ({})",
+            "graph={} pdl={} fuse={} attn={attn} sampler={sampler} gemv={kernel}:{},{},{} adec_split={split} adec_grid={grid} nf4={nf4} gptq_dequant={gptq_dequant} ({})",
             self.graph as u8,
             self.pdl as u8,
             self.fuse as u8,
@@ -264,10 +278,11 @@ mod tests {
         assert_eq!(t, Tuning::default());
         // The verified set, spelled out: graph + PDL, nothing fused, run 5's mma.sync prefill
         // attention, run 4's sampler and GEMV (2 stages, 8 blocks per SM, no prefetch), split and grid
-        // by capacity, NF4 by gemv_nf4.
+        // by capacity, NF4 by gemv_nf4, GPTQ dequantized by dequant_gptq.
         assert!(t.graph && t.pdl && !t.fuse);
         assert_eq!(t.attn, Some(PrefillKernel::Mma));
         assert_eq!(t.nf4, Nf4Kernel::Warp);
+        assert_eq!(t.gptq_dequant, GptqDequant::Grid);
         assert_eq!(t.sampler, SamplerPath::Run4);
         assert_eq!(t.gemv, GemvConfig { kernel: GemvKernel::Run4, stages: 2, blocks_per_sm: 8, prefetch_mb: 0 });
         assert_eq!((t.adec_split, t.adec_grid), (None, AdecGrid::Capacity));
@@ -311,6 +326,7 @@ mod tests {
             ("QWEN_ADEC_SPLIT", "256"),
             ("QWEN_ADEC_GRID", "length"),
             ("QWEN_NF4", "rows"),
+            ("QWEN_GPTQ_DEQUANT", "tile"),
         ] {
             let u = one(k, v).unverified();
             assert_eq!(u.len(), 1, "{k}={v}: {u:?}");
@@ -323,10 +339,15 @@ mod tests {
             ("QWEN_ATTN", "run4"),
             ("QWEN_ATTN", "mma"),
             ("QWEN_NF4", "warp"),
+            ("QWEN_GPTQ_DEQUANT", "grid"),
         ] {
             assert!(one(k, v).unverified().is_empty(), "{k}={v} was verified in run 4 or 5");
         }
         assert_eq!(one("QWEN_NF4", "rows").nf4, Nf4Kernel::Rows);
+        assert_eq!(one("QWEN_GPTQ_DEQUANT", "tile").gptq_dequant, GptqDequant::Tile);
+        assert_eq!(one("QWEN_GPTQ_DEQUANT", " grid ").gptq_dequant, GptqDequant::Grid);
+        let d = one("QWEN_GPTQ_DEQUANT", "tile").describe();
+        assert!(d.contains("gptq_dequant=tile") && d.contains("1 unverified"), "{d}");
     }
 
     #[test]
@@ -341,6 +362,7 @@ mod tests {
             ("QWEN_ADEC_SPLIT", "100"),
             ("QWEN_ADEC_GRID", "len"),
             ("QWEN_NF4", "row"),
+            ("QWEN_GPTQ_DEQUANT", "tiles"),
         ] {
             let (t, w) = read(&[(k, v)]);
             assert_eq!(t, Tuning::VERIFIED, "{k}={v}");

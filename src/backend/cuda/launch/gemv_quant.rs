@@ -1,7 +1,8 @@
 //! `gemv_{nf4,int8,gptq4,gptq8}_{bf16,f16}` and `dequant_*` (cuda/gemv_quant.cu): the decode matmul
 //! straight from quantized weights (one token) and their dequantization to T for the prefill GEMM;
 //! oracle `quant::QuantMatrix::matmul` / `decode_rows`. Verified in H200 run 5 (2026-12-04, `8be7cb9`);
-//! `gemv_nf4_rows` (QWEN_NF4=rows) is newer and not yet verified.
+//! `gemv_nf4_rows` (QWEN_NF4=rows) and `dequant_gptq{4,8}_tile` (QWEN_GPTQ_DEQUANT=tile) are newer and
+//! not yet verified.
 //!
 //! Parameters: one `#[repr(C)]` struct per format, the mirror of cuda/quant_params.h (declared with
 //! `params.rs`' `kernel_params!`; `QUANT_LAYOUTS` is the table tests/kernel_params.rs checks against
@@ -21,6 +22,10 @@ const NF4_ROWS_BLOCK: u32 = 128;
 const NF4_ROWS_PER_BLOCK: usize = 16;
 /// Columns per block of the GPTQ GEMV (GQ_GPTQ_COLS).
 const GPTQ_COLS: usize = 16;
+/// A tile of `dequant_gptq*_tile`: 32 columns (GQ_DQT_COLS) by 256 slots (32 chunks of 8: 32 word
+/// rows of gptq4, 64 of gptq8).
+const GPTQ_TILE_COLS: usize = 32;
+const GPTQ_TILE_SLOTS: usize = 256;
 /// Dynamic shared memory a kernel may use without opting in.
 const SMEM_DEFAULT: usize = 48 << 10;
 /// The most dynamic shared memory an sm_90 block can opt into (227 KiB); less on sm_80/86/89, where
@@ -247,8 +252,40 @@ pub fn gemv_quant_with(
     }
 }
 
-/// `out[n, k] = T(w[n, k])`: W `[N, K]` T in the original input order (the prefill's cuBLAS operand).
+/// Which kernel dequantizes a GPTQ weight for the prefill (`Tuning::gptq_dequant`,
+/// QWEN_GPTQ_DEQUANT). Both give the same bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GptqDequant {
+    /// `dequant_gptq*`: grid-stride over qweight words, n fastest (stores strided by K; the default).
+    Grid,
+    /// `dequant_gptq*_tile`: tiles of 32 columns × 256 slots through shared memory, stores along k
+    /// (not yet verified).
+    Tile,
+}
+
+/// Blocks of `dequant_gptq*_tile` for W `[N, K]` in `rows` word rows of `bits` (4 or 8): one a tile
+/// (32 columns × 256 slots), at most 16 per SM (the kernel walks the tiles grid-stride), at least 1.
+fn gptq_tile_grid(n: usize, rows: usize, bits: u32, sms: usize) -> usize {
+    let tile_rows = GPTQ_TILE_SLOTS / (32 / bits as usize);
+    let tiles = n.div_ceil(GPTQ_TILE_COLS) * rows.div_ceil(tile_rows);
+    tiles.min(sms * 16).max(1)
+}
+
+/// `out[n, k] = T(w[n, k])`: W `[N, K]` T in the original input order (the prefill's cuBLAS operand;
+/// GPTQ by `dequant_gptq*`).
 pub fn dequant(gpu: &Gpu, s: &CudaStream, dt: GpuDType, w: &QuantWeight, out: DevSlice) -> Result<()> {
+    dequant_with(gpu, s, dt, w, out, GptqDequant::Grid)
+}
+
+/// `dequant` with GPTQ on the kernel `gptq` names (the other formats have one kernel each).
+pub fn dequant_with(
+    gpu: &Gpu,
+    s: &CudaStream,
+    dt: GpuDType,
+    w: &QuantWeight,
+    out: DevSlice,
+    gptq: GptqDequant,
+) -> Result<()> {
     let (n, k) = w.shape();
     out.need(n * k * dt.size(), "dequantized W [N, K]")?;
     let items = match *w {
@@ -258,6 +295,20 @@ pub fn dequant(gpu: &Gpu, s: &CudaStream, dt: GpuDType, w: &QuantWeight, out: De
     };
     if items == 0 {
         return Ok(());
+    }
+    if let (QuantWeight::Gptq { bits, rows, .. }, GptqDequant::Tile) = (*w, gptq) {
+        let Params::Gptq(p) = params(w, DevPtr(0), out.ptr)? else { unreachable!("a GPTQ weight") };
+        let grid = gptq_tile_grid(n, rows, bits, gpu.sms as usize);
+        let launch = Launch::new((dim_u32(grid, "GPTQ tile dequant grid")?, 1, 1), BLOCK, 0);
+        let name = format!("dequant_gptq{}_tile_{}", if bits == 8 { 8 } else { 4 }, dt.suffix());
+        // SAFETY: params checked qweight [rows, N], row_group [rows], perm [rows·32/bits] (or none:
+        // rows·32/bits == K), scales / zeros [G, N]; out holds [N, K] T (above). The grid-stride loop
+        // takes tiles of columns n < N and word rows r < rows only: it reads qweight[r, n], row_group[r],
+        // scales / zeros at [row_group[r], n] (< G: built by the upload) and perm[s] for slots s <
+        // rows·32/bits, and writes out[n, k] for n < N, k < K only (k = perm[s] or s; padding slots
+        // k >= K skipped); its 16-byte stores (no perm, K % 8 == 0, out 16-byte aligned) cover
+        // out[n, k .. k + 8] with k + 8 <= min(K, slots). 16 KB of static shared memory, no dynamic.
+        return unsafe { gpu.launch_params(s, &name, launch, &p) };
     }
     let name = entry("dequant", w, dt);
     let grid = items.div_ceil(BLOCK as usize).min(gpu.sms as usize * 16).max(1);
@@ -310,5 +361,19 @@ mod tests {
         assert!(params(&g(6, None, 1), DevPtr(0), DevPtr(0)).is_err(), "N % 4");
         assert!(params(&g(4, None, 2), DevPtr(0), DevPtr(0)).is_err(), "16 slots for K 8 need a permutation");
         assert!(params(&g(4, Some(buf(64)), 2), DevPtr(0), DevPtr(0)).is_ok());
+    }
+
+    #[test]
+    fn gptq_tile_grid_counts_tiles() {
+        // 32 columns x 32 word rows (gptq4) or 64 (gptq8) a tile; ragged edges count a whole tile.
+        assert_eq!(gptq_tile_grid(4, 1, 4, 132), 1);
+        assert_eq!(gptq_tile_grid(36, 33, 4, 132), 2 * 2);
+        assert_eq!(gptq_tile_grid(36, 33, 8, 132), 2);
+        assert_eq!(gptq_tile_grid(100, 17, 8, 132), 4);
+        // 7B w1 (11008 x 4096): 344 column tiles x 16 (gptq4) or 16 (gptq8: 1024 rows / 64) row tiles,
+        // capped at 16 blocks per SM.
+        assert_eq!(gptq_tile_grid(11008, 512, 4, 1000), 344 * 16);
+        assert_eq!(gptq_tile_grid(11008, 1024, 8, 1000), 344 * 16);
+        assert_eq!(gptq_tile_grid(11008, 512, 4, 132), 132 * 16);
     }
 }
