@@ -92,16 +92,27 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
     }
     g.finish();
     // The prefill's dequantization of the largest matrix of a layer (w1 or w2; the scratch is reused).
+    // gptq*_tile: the GPTQ weights on dequant_gptq*_tile (QWEN_GPTQ_DEQUANT=tile), next to
+    // dequant_gptq*'s row.
     let mut g = c.benchmark_group("dequant");
     let (n, k) = (11008usize, 4096usize);
     let out = gpu.alloc(n * k * 2).expect("alloc out");
-    for format in ["nf4", "int8", "gptq4", "gptq8"] {
+    use launch::GptqDequant::{Grid, Tile};
+    let kernels = [
+        ("nf4", "nf4", Grid),
+        ("int8", "int8", Grid),
+        ("gptq4", "gptq4", Grid),
+        ("gptq4_tile", "gptq4", Tile),
+        ("gptq8", "gptq8", Grid),
+        ("gptq8_tile", "gptq8", Tile),
+    ];
+    for (label, format, gptq) in kernels {
         let (_bufs, w, bytes) = make(gpu, format, n, k, 1);
         gpu.sync().expect("sync");
         g.throughput(Throughput::Bytes((bytes + n * k * 2) as u64));
-        g.bench_function(format!("{format}_bf16_N{n}_K{k}"), |bch| {
+        g.bench_function(format!("{label}_bf16_N{n}_K{k}"), |bch| {
             bch.iter_custom(|iters| {
-                gpu_time(gpu, iters, |_| launch::dequant(gpu, &gpu.stream, dt, &w, out.slice()).unwrap())
+                gpu_time(gpu, iters, |_| launch::dequant_with(gpu, &gpu.stream, dt, &w, out.slice(), gptq).unwrap())
             })
         });
     }

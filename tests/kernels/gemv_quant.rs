@@ -3,7 +3,9 @@
 //! from random AutoGPTQ tensors (g_idx trivial, act-order, arbitrary), each uploaded in its device
 //! layout (`upload_quant::HostQuant`, as the model upload does). Ragged shapes (rows not a multiple of
 //! 8 or 64, K % 64 != 0: NF4 blocks crossing rows, an odd element count, K off the vector width) and
-//! 7B layer shapes; a poisoned guard past y / out. Compiled + emulator-checked kernels: this is the
+//! 7B layer shapes; a poisoned guard past y / out. GPTQ weights also go through
+//! `dequant_gptq*_tile` (QWEN_GPTQ_DEQUANT=tile): `dequant_gptq*`'s bits, into out 16-byte aligned
+//! and 2 bytes off it (its element path). Compiled + emulator-checked kernels: this is the
 //! test that verifies them on a GPU (tools/gpu_check.sh runs it).
 use crate::common::*;
 use crate::gemv::{assert_within, Oracle, GUARD};
@@ -84,6 +86,23 @@ fn check(gpu: &Gpu, m: &QuantMatrix, what: &str, seed: u64) {
         let bad = bits[..n * k].iter().zip(&want).filter(|(a, b)| a != b).count();
         assert_eq!(bad, 0, "dequant {what} {dt:?} {n}x{k}: {bad} elements differ from T(W)");
         assert!(bits[n * k..].iter().all(|&b| b == u16::MAX), "dequant {what} {dt:?}: wrote past out");
+        if matches!(w, QuantWeight::Gptq { .. }) {
+            // dequant_gptq*_tile (QWEN_GPTQ_DEQUANT=tile): dequant_gptq's bits, nothing outside out;
+            // at an offset of one element (2 bytes off 16-byte alignment: the element path).
+            for off in [0, 1] {
+                let tiled = poisoned(gpu, (off + n * k + GUARD) * 2);
+                let o = tiled.slice().sub(off * 2, n * k * 2).unwrap();
+                launch::dequant_with(gpu, &gpu.stream, dt, &w, o, launch::GptqDequant::Tile).unwrap();
+                let t = gpu.read::<u16>(tiled.ptr(), off + n * k + GUARD).unwrap();
+                let differ = t[off..off + n * k].iter().zip(&bits[..n * k]).filter(|(a, b)| a != b).count();
+                let at = format!("dequant tile {what} {dt:?} {n}x{k} offset {off}");
+                assert_eq!(differ, 0, "{at}: {differ} elements differ from dequant_gptq");
+                let bad = t[off..off + n * k].iter().zip(&want).filter(|(a, b)| a != b).count();
+                assert_eq!(bad, 0, "{at}: {bad} elements differ from T(W)");
+                let outside = t[..off].iter().chain(&t[off + n * k..]).all(|&b| b == u16::MAX);
+                assert!(outside, "dequant tile {what} {dt:?} offset {off}: wrote outside out");
+            }
+        }
     }
 }
 
@@ -104,10 +123,16 @@ fn gemv_quant_bnb_matches_cpu() {
 #[test]
 fn gemv_quant_gptq_matches_cpu() {
     let Some(gpu) = gpu("gemv_quant_gptq_matches_cpu") else { return };
+    // (2048, 104): tiles of dequant_gptq*_tile in both directions, the last column tile ragged.
     for bits in [4, 8] {
-        for (k, n, group, kind) in
-            [(128, 8, 128, 0), (256, 24, 64, 1), (384, 40, 128, 2), (1024, 56, 128, 1), (96, 8, 32, 2)]
-        {
+        for (k, n, group, kind) in [
+            (128, 8, 128, 0),
+            (256, 24, 64, 1),
+            (384, 40, 128, 2),
+            (1024, 56, 128, 1),
+            (96, 8, 32, 2),
+            (2048, 104, 128, 0),
+        ] {
             let what = format!("gptq{bits} g_idx kind {kind}");
             check(&gpu, &gptq(bits, k, n, group, kind, (k + n) as u64), &what, 9);
         }

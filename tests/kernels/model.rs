@@ -11,7 +11,7 @@ use crate::common::*;
 use qwen_rt::backend::cpu::CpuModel;
 use qwen_rt::backend::cuda::device::GpuDType;
 use qwen_rt::backend::cuda::graph::CudaModel;
-use qwen_rt::backend::cuda::launch::{GemvConfig, GemvKernel, PrefillKernel};
+use qwen_rt::backend::cuda::launch::{GemvConfig, GemvKernel, GptqDequant, PrefillKernel};
 use qwen_rt::backend::cuda::switches::{AdecGrid, Tuning};
 use qwen_rt::backend::{BackendKind, ComputeDType, LoadOptions};
 use qwen_rt::checkpoint::Checkpoint;
@@ -447,6 +447,101 @@ fn model_quantized_matches_cpu() {
                 let rows = Tuning { nf4: qwen_rt::backend::cuda::launch::Nf4Kernel::Rows, ..Tuning::VERIFIED };
                 let rows: Arc<dyn Model> = Arc::new(CudaModel::load(&ck, &opts).unwrap().with_tuning(rows));
                 parity(&format!("{what} QWEN_NF4=rows"), &cpu, &rows, &prompt(s / 2 + 1, v, 5), 8, 64, tol);
+            }
+        }
+    }
+}
+
+/// tiny-bf16 with its ten linears as a GPTQ checkpoint (AutoGPTQ's layout: qweight `[K/(32/bits), N]`,
+/// qzeros of the stored zero, scales `[G, N]` f16, g_idx `[K]`; group 32, symmetric: true zero
+/// 2^(bits-1)), rounded to nearest from the bf16 weights; `act`: g_idx k -> ((7k + 3) mod K) / 32, a
+/// permutation of the trivial one (act-order: the device layout carries a permutation). Written to a
+/// temporary directory with the fixture's config plus `quantization_config`.
+fn gptq_tiny(bits: u32, act: bool) -> tempfile::TempDir {
+    use safetensors::{tensor::TensorView as StView, Dtype, SafeTensors};
+    const GROUP: usize = 32;
+    let src = fixture("tiny-bf16");
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let le = |v: &[u32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let mut out: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    let linears = ["attn.c_attn", "attn.c_proj", "mlp.w1", "mlp.w2", "mlp.c_proj"];
+    for (name, t) in st.tensors() {
+        let lin = name.strip_suffix(".weight").filter(|p| linears.iter().any(|l| p.ends_with(l)));
+        let Some(prefix) = lin else {
+            out.push((name.clone(), t.dtype(), t.shape().to_vec(), t.data().to_vec()));
+            continue;
+        };
+        assert_eq!(t.dtype(), Dtype::BF16, "{name}");
+        let (n, k) = (t.shape()[0], t.shape()[1]);
+        let w: Vec<f32> = t.data().chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect();
+        let (per, groups, b) = (32 / bits as usize, k / GROUP, bits as usize);
+        let (zero, maxq) = (1u32 << (bits - 1), (1i64 << bits) - 1);
+        let g_idx: Vec<usize> = (0..k).map(|i| if act { (i * 7 + 3) % k / GROUP } else { i / GROUP }).collect();
+        let mut scales = vec![0f32; groups * n];
+        for nn in 0..n {
+            for kk in 0..k {
+                let s = &mut scales[g_idx[kk] * n + nn];
+                *s = s.max(w[nn * k + kk].abs());
+            }
+        }
+        for s in &mut scales {
+            *s = half::f16::from_f32((*s / (zero - 1) as f32).max(1e-4)).to_f32();
+        }
+        let mut qw = vec![0u32; k / per * n];
+        for kk in 0..k {
+            for nn in 0..n {
+                let q = ((w[nn * k + kk] / scales[g_idx[kk] * n + nn]).round() as i64 + zero as i64).clamp(0, maxq);
+                qw[(kk / per) * n + nn] |= (q as u32) << (b * (kk % per));
+            }
+        }
+        let mut qz = vec![0u32; groups * n / per];
+        for g in 0..groups {
+            for nn in 0..n {
+                qz[g * (n / per) + nn / per] |= (zero - 1) << (b * (nn % per));
+            }
+        }
+        let sc: Vec<u8> = scales.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect();
+        let gi: Vec<u8> = g_idx.iter().flat_map(|&g| (g as i32).to_le_bytes()).collect();
+        out.push((format!("{prefix}.qweight"), Dtype::I32, vec![k / per, n], le(&qw)));
+        out.push((format!("{prefix}.qzeros"), Dtype::I32, vec![groups, n / per], le(&qz)));
+        out.push((format!("{prefix}.scales"), Dtype::F16, vec![groups, n], sc));
+        out.push((format!("{prefix}.g_idx"), Dtype::I32, vec![k], gi));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
+    cfg["quantization_config"] = serde_json::json!({"bits": bits, "group_size": GROUP, "desc_act": act,
+        "sym": true, "quant_method": "gptq"});
+    std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
+    let views: Vec<(String, StView)> =
+        out.iter().map(|(n, d, s, b)| (n.clone(), StView::new(*d, s.clone(), b).unwrap())).collect();
+    safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
+    dir
+}
+
+#[test]
+fn model_gptq_matches_cpu() {
+    // A GPTQ checkpoint (tiny-bf16's linears, 4 and 8 bits, trivial and act-order g_idx) on both
+    // backends: the GPU decodes with gemv_gptq* and prefills with the weights dequantized to T in a
+    // scratch (dequant_gptq*, or dequant_gptq*_tile with QWEN_GPTQ_DEQUANT=tile), then cuBLAS (T > 8)
+    // or the T GEMV on the scratch (T <= 8). The two dequantization kernels give the same bits.
+    let Some(_gpu) = gpu("model_gptq_matches_cpu") else { return };
+    for (bits, act) in [(4, false), (4, true), (8, false), (8, true)] {
+        let dir = gptq_tiny(bits, act);
+        let ck = Checkpoint::open(dir.path()).unwrap();
+        let cpu_opts = LoadOptions { backend: BackendKind::Cpu, ..Default::default() };
+        let cpu: Arc<dyn Model> = Arc::new(CpuModel::load(&ck, &cpu_opts).unwrap());
+        let (v, s) = (cpu.config().vocab_size, cpu.config().seq_length);
+        for dt in DTYPES {
+            let opts = LoadOptions { backend: BackendKind::Cuda, dtype: compute(dt), ..Default::default() };
+            for (kernel, gptq_dequant) in [("grid", GptqDequant::Grid), ("tile", GptqDequant::Tile)] {
+                let tuning = Tuning { gptq_dequant, ..Tuning::VERIFIED };
+                let m = CudaModel::load(&ck, &opts).unwrap_or_else(|e| panic!("CUDA load gptq{bits}: {e}"));
+                assert!(m.is_quantized());
+                let gpu: Arc<dyn Model> = Arc::new(m.with_tuning(tuning));
+                let what = format!("tiny-bf16 gptq{bits} act-order {act} {dt:?} QWEN_GPTQ_DEQUANT={kernel}");
+                parity(&format!("{what} short"), &cpu, &gpu, &prompt(s / 2 + 1, v, 1), 8, 256, rel_tol(dt));
+                parity(&format!("{what} T=5"), &cpu, &gpu, &prompt(5, v, 2), 4, 64, rel_tol(dt));
             }
         }
     }
