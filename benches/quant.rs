@@ -5,7 +5,8 @@
 //! Int8: 1 B + a scale per row; NF4: 0.5 B + 4 B per 64), so GB/s compares with the machine's
 //! read bandwidth. T = 16 (prefill, compute bound): "elements" = multiply-adds T·N·K (Melem/s =
 //! MMAC/s). `*_rows_*`: the same matrices through the unfused path (rows decoded to f32, then
-//! a dot per output: what NF4 / Int8 ran before the fused kernels).
+//! a dot per output: what NF4 / Int8 ran before the fused kernels, and what GPTQ runs for prefill).
+//! `gptq4_*`: a GPTQ-Int4 matrix of the same shape (random codes, group 128, sequential g_idx).
 //! `cargo bench --bench quant` (about three minutes: writes 315 MB of bf16 to a temp dir first);
 //! `cargo bench --bench quant -- 4096x4096` for one shape.
 //! `QWEN_BENCH_CPU_TIME=1`: one thread, and the time of an iteration is the process's CPU time, not
@@ -14,7 +15,7 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use qwen_rt::backend::cpu;
 use qwen_rt::checkpoint::{Checkpoint, DType};
-use qwen_rt::quant::{Kernel, QuantFormat, QuantMatrix};
+use qwen_rt::quant::{Bytes, Kernel, QuantFormat, QuantMatrix};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -91,6 +92,7 @@ fn quant_matmul(c: &mut Criterion) {
         let quants = [
             ("int8", QuantMatrix::quantize(w, QuantFormat::Int8).expect("int8")),
             ("nf4", QuantMatrix::quantize(w, QuantFormat::Nf4 { double_quant: false }).expect("nf4")),
+            ("gptq4", gptq4(n, k)),
             ("nf4-dq", QuantMatrix::quantize(w, QuantFormat::Nf4 { double_quant: true }).expect("nf4-dq")),
         ];
         for t in [1usize, 16] {
@@ -119,7 +121,7 @@ fn quant_matmul(c: &mut Criterion) {
             }
             // The unfused path (rows decoded to f32, then a dot per output) for comparison.
             let kernel = Kernel::detect();
-            for (mode, q) in &quants[..2] {
+            for (mode, q) in &quants[..3] {
                 g.throughput(tp(q.byte_len()));
                 g.bench_function(BenchmarkId::new(format!("{mode}_rows_{name}"), format!("T{t}")), |b| {
                     b.iter_custom(|iters| {
@@ -132,6 +134,30 @@ fn quant_matmul(c: &mut Criterion) {
         }
     }
     g.finish();
+}
+
+/// A GPTQ-Int4 matrix `[N, K]` as the official checkpoints store it (group 128, sequential g_idx)
+/// with random codes, zeros and scales.
+fn gptq4(n: usize, k: usize) -> QuantMatrix {
+    let word = |i: usize| qwen_rt::synth::splitmix64(i as u64) as u32;
+    let g = k / 128;
+    let qweight: Vec<u8> = (0..k / 8 * n).flat_map(|i| word(i).to_le_bytes()).collect();
+    let qzeros: Vec<u8> = (0..g * n / 8).flat_map(|i| word(i + (1 << 40)).to_le_bytes()).collect();
+    let scales: Vec<f32> = (0..g * n).map(|i| 1e-3 + (word(i + (2 << 40)) >> 8) as f32 * 1e-10).collect();
+    let g_idx: Vec<i32> = (0..k).map(|i| (i / 128) as i32).collect();
+    QuantMatrix::from_gptq(
+        std::path::Path::new("<bench>"),
+        "gptq4",
+        4,
+        128,
+        k,
+        n,
+        Bytes::Owned(qweight),
+        &qzeros,
+        scales,
+        &g_idx,
+    )
+    .expect("gptq4 matrix")
 }
 
 /// Quantizing one Int8 row (`quant::int8::quantize_row`: through float16, row absmax, codes): the

@@ -3,7 +3,7 @@
 //! codes, absmax and scales bit for bit; dequantization bit for bit; the quantized matmul equal to
 //! an f32 matmul over the dequantized weights, and its SIMD kernels equal to the portable one.
 use qwen_rt::checkpoint::TensorView;
-use qwen_rt::quant::{blockwise8, int8, nf4, Bytes, Kernel, QuantFormat, QuantMatrix};
+use qwen_rt::quant::{blockwise8, int8, nf4, Bytes, Kernel, QuantData, QuantFormat, QuantMatrix};
 use safetensors::{Dtype, SafeTensors};
 use std::path::{Path, PathBuf};
 
@@ -425,4 +425,61 @@ fn quantized_matmul_rejects_bad_shapes() {
     assert!(q.matmul(&[0.0; 32], None, &mut y[..63]).is_err());
     assert!(q.matmul(&[0.0; 32], Some(&[0.0; 3]), &mut y).is_err());
     assert!(q.matmul(&[0.0; 32], None, &mut y).is_ok());
+}
+
+#[test]
+fn gptq_one_token_path_gives_the_decoded_paths_bits() {
+    // Sequential g_idx (AutoGPTQ without act-order, the official checkpoints): one token takes
+    // gptq::gemv_sequential straight from the packed words; it must give the decoded path's bits
+    // (rows decoded to f32, then Kernel::dot: what prefill and act-order use) on every kernel, and
+    // stay within f32 rounding of the exact product. K % 16 ≠ 0 (72, 36) exercises the tail.
+    use qwen_rt::quant::gptq;
+    for (bits, group, n, k) in
+        [(4u32, 128, 40, 256), (8, 128, 12, 384), (4, 8, 24, 72), (8, 4, 20, 36), (4, 32, 1000, 64)]
+    {
+        let per = 32 / bits as usize;
+        let g = k / group;
+        let word = |i: usize, salt: u64| qwen_rt::synth::splitmix64(i as u64 ^ salt << 40) as u32;
+        let qweight: Vec<u8> = (0..k / per * n).flat_map(|i| word(i, 1).to_le_bytes()).collect();
+        let qzeros: Vec<u8> = (0..g * n / per).flat_map(|i| word(i, 2).to_le_bytes()).collect();
+        let scales: Vec<f32> = lcg(3, g * n, 0.01).iter().map(|s| s.abs() + 1e-3).collect();
+        let g_idx: Vec<i32> = (0..k).map(|i| (i / group) as i32).collect();
+        let q = QuantMatrix::from_gptq(
+            Path::new(NOFILE),
+            "t",
+            bits,
+            group,
+            k,
+            n,
+            Bytes::Owned(qweight),
+            &qzeros,
+            scales,
+            &g_idx,
+        )
+        .unwrap();
+        let QuantData::Gptq { g_idx: gi, .. } = &q.data else { panic!("not GPTQ") };
+        assert!(gptq::is_sequential(gi, group, bits));
+        let mut shuffled = gi.clone();
+        shuffled.swap(0, k - 1);
+        assert!(group == k || !gptq::is_sequential(&shuffled, group, bits), "a moved group is not sequential");
+        let w = q.dequantize();
+        let x = lcg(bits as u64 + k as u64, k, 1.0);
+        let bias = lcg(5, n, 0.1);
+        for kern in Kernel::available() {
+            let (mut y, mut yd) = (vec![0f32; n], vec![0f32; n]);
+            q.matmul_with(kern, &x, Some(&bias), &mut y).unwrap();
+            q.matmul_decoded_with(kern, &x, Some(&bias), &mut yd).unwrap();
+            assert_eq!(bits_of(&y), bits_of(&yd), "bits {bits} group {group} [{n}, {k}] {kern:?}");
+            for ni in 0..n {
+                let wr = &w[ni * k..][..k];
+                let exact: f64 = wr.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() + bias[ni] as f64;
+                let mag: f64 = wr.iter().zip(&x).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum::<f64>();
+                assert!((y[ni] as f64 - exact).abs() <= 1e-6 * mag + 1e-7, "[{ni}] {} vs {exact}", y[ni]);
+            }
+        }
+    }
+}
+
+fn bits_of(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
 }

@@ -9,6 +9,8 @@
 //! W[k, n] = scales[g, n] · (q[k, n] − (z_stored[g, n] + 1)), g = g_idx[k], computed in f32 (exact:
 //! an f16 scale times an integer below 2^9 fits the f32 mantissa).
 
+use super::simd::{reduce, LANES};
+
 /// Bits of field j of a word (`bits` 4 or 8).
 #[inline]
 pub fn field(word: u32, bits: u32, j: usize) -> u32 {
@@ -29,4 +31,144 @@ pub fn unpack_zeros(qzeros: &[u8], groups: usize, n: usize, bits: u32) -> Vec<i3
         }
     }
     out
+}
+
+/// Whether `g_idx` is the sequential order (`k / group`, AutoGPTQ without act-order, the official
+/// Qwen checkpoints) and a group covers whole words, so `gemv_sequential` applies.
+pub fn is_sequential(g_idx: &[u32], group: usize, bits: u32) -> bool {
+    let per = 32 / bits as usize;
+    group % per == 0 && g_idx.iter().enumerate().all(|(k, &g)| g as usize == k / group)
+}
+
+/// One token through a GPTQ matrix with sequential groups, straight from the packed words in their
+/// stored order (qweight row r = inputs r·per .. r·per + per of N consecutive columns), columns
+/// `n0 .. n0 + y.len()`: `y[i] = Σ_k W[k, n] · x[k]`, n = n0 + i, with W[k, n] = scales[g, n] ·
+/// (q[k, n] − zeros[g, n]) the oracle's exact dequantized weight (`QuantMatrix::decode_rows`).
+/// Each column sums exactly as `Kernel::dot` over the decoded row does (16 lane sums, lane l taking
+/// k ≡ l mod 16 in increasing k, separate multiply and add, `dot`'s reduction tree, then the
+/// K % 16 tail in order), so this path, the decoded path (prefill, act-order) and every kernel give
+/// the same bits; the AVX2 build only lets the compiler vectorise across columns.
+///
+/// `zeros` / `scales` are `[G, N]` (true zeros); `scratch` is the task's lane sums and the current
+/// group's zeros and scales as f32.
+#[allow(clippy::too_many_arguments)]
+pub fn gemv_sequential(
+    kernel: super::simd::Kernel,
+    bits: u32,
+    group: usize,
+    (n, k): (usize, usize),
+    qweight: &[u8],
+    zeros: &[i32],
+    scales: &[f32],
+    x: &[f32],
+    n0: usize,
+    y: &mut [f32],
+    scratch: &mut (Vec<f32>, Vec<f32>),
+) {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx2` / `Avx512Vl` are only built by `Kernel::detect` after AVX2 and FMA were
+        // detected; the body only indexes slices (bounds-checked).
+        super::simd::Kernel::Avx2 | super::simd::Kernel::Avx512Vl => unsafe {
+            gemv_sequential_avx2(bits, group, (n, k), qweight, zeros, scales, x, n0, y, scratch)
+        },
+        _ => gemv_sequential_body(bits, group, (n, k), qweight, zeros, scales, x, n0, y, scratch),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemv_sequential_avx2(
+    bits: u32,
+    group: usize,
+    nk: (usize, usize),
+    qweight: &[u8],
+    zeros: &[i32],
+    scales: &[f32],
+    x: &[f32],
+    n0: usize,
+    y: &mut [f32],
+    scratch: &mut (Vec<f32>, Vec<f32>),
+) {
+    gemv_sequential_body(bits, group, nk, qweight, zeros, scales, x, n0, y, scratch)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn gemv_sequential_body(
+    bits: u32,
+    group: usize,
+    nk: (usize, usize),
+    qweight: &[u8],
+    zeros: &[i32],
+    scales: &[f32],
+    x: &[f32],
+    n0: usize,
+    y: &mut [f32],
+    scratch: &mut (Vec<f32>, Vec<f32>),
+) {
+    if bits == 4 {
+        gemv_bits::<4>(group, nk, qweight, zeros, scales, x, n0, y, scratch)
+    } else {
+        gemv_bits::<8>(group, nk, qweight, zeros, scales, x, n0, y, scratch)
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn gemv_bits<const BITS: u32>(
+    group: usize,
+    (n, k): (usize, usize),
+    qweight: &[u8],
+    zeros: &[i32],
+    scales: &[f32],
+    x: &[f32],
+    n0: usize,
+    y: &mut [f32],
+    (acc, wf): &mut (Vec<f32>, Vec<f32>),
+) {
+    let per = 32 / BITS as usize; // divides LANES: a word's inputs are all in the body or all in the tail
+    let mask = (1u32 << BITS) - 1;
+    let m = y.len();
+    let body = k - k % LANES;
+    acc.clear();
+    acc.resize(LANES * m, 0.0); // [LANES][m]: lane l of column i sums k ≡ l (mod 16), as `dot`
+    wf.resize(2 * m, 0.0); // the group's zeros, then its scales, as f32
+    y.fill(0.0);
+    for r in 0..k / per {
+        let k0 = r * per;
+        if k0 % group == 0 {
+            let g = k0 / group;
+            let (zf, sf) = wf.split_at_mut(m);
+            zf.iter_mut().zip(&zeros[g * n + n0..][..m]).for_each(|(z, &zi)| *z = zi as f32);
+            sf.copy_from_slice(&scales[g * n + n0..][..m]);
+        }
+        if k0 == body {
+            // The body is done: each column's lane sums through `dot`'s reduction tree, then the
+            // tail's inputs in order, below.
+            for (i, yv) in y.iter_mut().enumerate() {
+                let lanes: [f32; LANES] = std::array::from_fn(|l| acc[l * m + i]);
+                *yv = reduce(&lanes);
+            }
+        }
+        let row = &qweight[(r * n + n0) * 4..][..m * 4];
+        let (zf, sf) = wf.split_at(m);
+        for j in 0..per {
+            let xk = x[k0 + j];
+            let shift = BITS as usize * j;
+            // The oracle's weight, s · (q − z) with q − z an exact integer in f32, times x.
+            let dst: &mut [f32] = if k0 < body { &mut acc[((k0 + j) % LANES) * m..][..m] } else { &mut y[..] };
+            for (((a, wb), &z), &s) in dst.iter_mut().zip(row.chunks_exact(4)).zip(zf).zip(sf) {
+                let q = (u32::from_le_bytes([wb[0], wb[1], wb[2], wb[3]]) >> shift) & mask;
+                *a += s * (q as f32 - z) * xk;
+            }
+        }
+    }
+    if body == k {
+        for (i, yv) in y.iter_mut().enumerate() {
+            let lanes: [f32; LANES] = std::array::from_fn(|l| acc[l * m + i]);
+            *yv = reduce(&lanes);
+        }
+    }
 }
