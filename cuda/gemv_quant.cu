@@ -1,7 +1,7 @@
 // gemv_quant.cu — the decode matmul straight from quantized weights, and their dequantization to T
 // for the prefill GEMM (issue 15). Formats and device layouts: cuda/quant_params.h. Emulator:
 // tools/cuda_emu/h_gemv_quant.cpp. Verified on the H200 in run 5 (2026-12-04, 8be7cb9), except
-// gemv_nf4_rows and dequant_gptq{4,8}_tile (added after it; opt-in).
+// gemv_nf4_rows, gemv_int8_rows and dequant_gptq{4,8}_tile (added after it; opt-in).
 //
 // What:    gemv_{nf4,int8,gptq4,gptq8}_T: y[n] = sum_k w[n, k] * f32(x[k]) for n < N (one token, B = 1;
 //          f32 accumulation), w the exact dequantized weight of the CPU oracle (quant::QuantMatrix::
@@ -18,7 +18,8 @@
 //          row's 16-byte chunks c = l, l + 32, ... through ld.global.nc.L1::no_allocate (32 NF4 codes
 //          = one absmax block half, or 16 Int8 codes), x through __ldg (stays in L1). Scalar path
 //          otherwise. NF4's codebook: a 256-entry byte -> (high, low) value table in shared memory.
-//          Warp-shuffle reduction per row; lane 0 stores y[n].
+//          Warp-shuffle reduction per row; lane 0 stores y[n]. gemv_nf4_rows / gemv_int8_rows
+//          (opt-in): block 128, four rows a warp (their comments below).
 //          gemv_gptq*: grid (ceil(N / 16)), block 256: thread t takes the 4 columns n0 = 16 b + 4 (t % 4)
 //          (one 16-byte load of qweight per word row: 4 lanes read 64 contiguous bytes) and the word
 //          rows r = t / 4, t / 4 + 64, ...; partial sums of the 64 row sets are added in shared memory
@@ -302,6 +303,78 @@ template <typename T> __device__ __forceinline__ void gq_gemv_int8(const QuantIn
     }
 }
 
+// gemv_int8_rows (opt-in, QWEN_INT8=rows): four rows per warp, block 128 = 4 warps = 16 rows (the
+// launcher picks G = ceil(N / 16)); warp g of the grid's 4 G takes rows 4 g .. 4 g + 3, then + 16 G,
+// ... In gemv_int8 lane l loads 32 bytes of x (two uint4) and converts 16 values for every 16-byte
+// chunk of codes, so x moves twice the weight bytes through L1 (H200 run 5: Int8 7B decode at 54.5 %
+// of its bandwidth floor, 299 tok/s). Here lane l converts its x chunk once for four rows: x traffic
+// per weight byte / 4, and four independent 16-byte code loads in flight per chunk. Each row's sum
+// runs in gemv_int8's order (same chunks per lane in the same order, the same FMA chain straight
+// into the row's accumulator, the same warp reduction and epilogue (sum * SCB[n]) / 127), so the two
+// kernels give the same bits; rows past N are computed on row N - 1 and not stored (no branch in the
+// loop). Vector / scalar path conditions as gemv_int8's. Block 128 as gemv_nf4_rows: 16 rows a block
+// keeps the 7B's smallest matrices (N = 4096: 256 blocks) spread over every SM.
+constexpr int GQ_I8R_WARPS = 4;
+constexpr int GQ_I8R_THREADS = GQ_I8R_WARPS * 32;  // launch::gemv_quant's INT8_ROWS_BLOCK
+constexpr int GQ_I8R_ROWS = 4;                      // rows per warp
+
+template <typename T> __device__ __forceinline__ void gq_gemv_int8_rows(const QuantInt8Params& p) {
+    pdl_begin();
+    const uint32_t lane = threadIdx.x & 31u;
+    const uint64_t N = p.n, K = p.k;
+    const T* x = static_cast<const T*>(p.x);
+    float* y = static_cast<float*>(p.out);
+    const bool vec = K % 16u == 0 && gq_aligned16(p.codes, x);
+    const uint64_t stride = (uint64_t)gridDim.x * GQ_I8R_WARPS * GQ_I8R_ROWS;
+    for (uint64_t n0 = ((uint64_t)blockIdx.x * GQ_I8R_WARPS + (threadIdx.x >> 5)) * GQ_I8R_ROWS; n0 < N;
+         n0 += stride) {  // warp-uniform
+        uint64_t rows[GQ_I8R_ROWS];
+#pragma unroll
+        for (int r = 0; r < GQ_I8R_ROWS; ++r) rows[r] = n0 + r < N ? n0 + r : N - 1u;
+        float acc[GQ_I8R_ROWS];
+#pragma unroll
+        for (int r = 0; r < GQ_I8R_ROWS; ++r) acc[r] = 0.0f;
+        if (vec && K > 0) {
+            const uint64_t C = K / 16u;
+            const uint4* x4 = reinterpret_cast<const uint4*>(x);
+#pragma unroll 2
+            for (uint64_t c = lane; c < C; c += 32u) {
+                uint4 q[GQ_I8R_ROWS];
+#pragma unroll
+                for (int r = 0; r < GQ_I8R_ROWS; ++r) q[r] = gq_ld_stream(reinterpret_cast<const uint4*>(p.codes + rows[r] * K) + c);
+                float xf[2][8];
+                gq_unpack8<T>(__ldg(x4 + 2u * c), xf[0]);
+                gq_unpack8<T>(__ldg(x4 + 2u * c + 1u), xf[1]);
+#pragma unroll
+                for (int r = 0; r < GQ_I8R_ROWS; ++r) {
+                    const uint32_t words[4] = {q[r].x, q[r].y, q[r].z, q[r].w};
+#pragma unroll
+                    for (int v = 0; v < 4; ++v) {
+#pragma unroll
+                        for (int b = 0; b < 4; ++b) {
+                            const int i = 4 * v + b;  // element of the chunk
+                            const float w = (float)(int8_t)((words[v] >> (8 * b)) & 0xFFu);
+                            acc[r] = fmaf(w, xf[i / 8][i % 8], acc[r]);
+                        }
+                    }
+                }
+            }
+        } else {
+            // Scalar path (any K, any alignment), as gemv_int8's: lane l takes k = l, l + 32, ...
+            for (uint64_t k = lane; k < K; k += 32u) {
+                const float xk = to_f32(x[k]);
+#pragma unroll
+                for (int r = 0; r < GQ_I8R_ROWS; ++r) acc[r] = fmaf((float)p.codes[rows[r] * K + k], xk, acc[r]);
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < GQ_I8R_ROWS; ++r) {
+            const float sum = gq_warp_sum(acc[r]);
+            if (lane == 0 && n0 + r < N) y[n0 + r] = (sum * __ldg(p.scb + n0 + r)) * GQ_INV_127;
+        }
+    }
+}
+
 template <typename T> __device__ __forceinline__ void gq_dequant_int8(const QuantInt8Params& p) {
     pdl_begin();
     const uint64_t K = p.k, total = (uint64_t)p.n * K;
@@ -494,7 +567,7 @@ template <typename T, int BITS> __device__ __forceinline__ void gq_dequant_gptq_
 
 }  // namespace
 
-// Entry points (launch::gemv_quant); block 256 for every one but gemv_nf4_rows (128).
+// Entry points (launch::gemv_quant); block 256 for every one but gemv_nf4_rows and gemv_int8_rows (128).
 extern "C" __global__ void __launch_bounds__(GQ_THREADS) gemv_nf4_bf16(const QuantNf4Params p) { gq_gemv_nf4<__nv_bfloat16>(p); }
 extern "C" __global__ void __launch_bounds__(GQ_THREADS) gemv_nf4_f16(const QuantNf4Params p) { gq_gemv_nf4<__half>(p); }
 extern "C" __global__ void __launch_bounds__(GQ_NF4R_THREADS) gemv_nf4_rows_bf16(const QuantNf4Params p) { gq_gemv_nf4_rows<__nv_bfloat16>(p); }
@@ -503,6 +576,8 @@ extern "C" __global__ void __launch_bounds__(GQ_THREADS) dequant_nf4_bf16(const 
 extern "C" __global__ void __launch_bounds__(GQ_THREADS) dequant_nf4_f16(const QuantNf4Params p) { gq_dequant_nf4<__half>(p); }
 extern "C" __global__ void __launch_bounds__(GQ_THREADS) gemv_int8_bf16(const QuantInt8Params p) { gq_gemv_int8<__nv_bfloat16>(p); }
 extern "C" __global__ void __launch_bounds__(GQ_THREADS) gemv_int8_f16(const QuantInt8Params p) { gq_gemv_int8<__half>(p); }
+extern "C" __global__ void __launch_bounds__(GQ_I8R_THREADS) gemv_int8_rows_bf16(const QuantInt8Params p) { gq_gemv_int8_rows<__nv_bfloat16>(p); }
+extern "C" __global__ void __launch_bounds__(GQ_I8R_THREADS) gemv_int8_rows_f16(const QuantInt8Params p) { gq_gemv_int8_rows<__half>(p); }
 extern "C" __global__ void __launch_bounds__(GQ_THREADS) dequant_int8_bf16(const QuantInt8Params p) { gq_dequant_int8<__nv_bfloat16>(p); }
 extern "C" __global__ void __launch_bounds__(GQ_THREADS) dequant_int8_f16(const QuantInt8Params p) { gq_dequant_int8<__half>(p); }
 extern "C" __global__ void __launch_bounds__(GQ_THREADS) gemv_gptq4_bf16(const QuantGptqParams p) { gq_gemv_gptq<__nv_bfloat16, 4>(p); }

@@ -22,7 +22,8 @@
 #   bench     qwen-run bench --synth 7b on the default (verified) path: load, prefill 512 / 2048 /
 #             8000, decode 256 after 128 and 128 after 8000, memory at that context
 #   quant7b   issue 15's GPU targets: the 7B shape written once to local disk (qwen-run synth), then
-#             bench --quant nf4 and --quant int8 (quantized at load, uploaded packed): decode after
+#             bench --quant nf4 and --quant int8 (quantized at load, uploaded packed; each also on
+#             its opt-in rows GEMV, QWEN_NF4=rows / QWEN_INT8=rows): decode after
 #             128, prefill 2048 (dequantize → cuBLAS), memory at 2K context, % of the floor from the
 #             quantized bytes. Then GPTQ-Int4 / -Int8 checkpoints of the 7B shape (synth --gptq,
 #             random codes) loaded as stored, Int4's prefill also with QWEN_GPTQ_DEQUANT=tile.
@@ -96,7 +97,7 @@ B="bench --backend cuda --synth 7b"
 # (QWEN_SAMPLER=auto is left out: on the greedy bench it runs what =block runs; the tests cover it.)
 AB_PATHS=${AB_PATHS:-"fuse=QWEN_FUSE=1 attn_run4=QWEN_ATTN=run4 attn_wmma=QWEN_ATTN=wmma sampler_block=QWEN_SAMPLER=block gemv_prefetch=QWEN_GEMV=2,8,24 adec_length=QWEN_ADEC_GRID=length"}
 
-echo "gpu_check: BUDGET ${BUDGET}s, steps: $STEPS (budgets: probe 15, tests 130+20, sanitize 40+4x35, quant 20+80, bench 60, quant7b 40+3x45 + 2x(40+45) + 30, ab 2x20 + 15 per path + 2x20, profile 30)"
+echo "gpu_check: BUDGET ${BUDGET}s, steps: $STEPS (budgets: probe 15, tests 130+20, sanitize 40+4x35, quant 20+80, bench 60, quant7b 40+4x45 + 2x(40+45) + 30, ab 2x20 + 15 per path + 2x20, profile 30)"
 for step in $STEPS; do case $step in
   probe)
     # qwen-run's probe says exactly why a present GPU cannot be used (not "no CUDA device").
@@ -125,9 +126,15 @@ for step in $STEPS; do case $step in
   quant7b)
     Q7=${QWEN_Q7B_DIR:-/tmp/qwen-q7b}
     if run quant7b 40 "$Q" synth --preset 7b --out "$Q7"; then
-      for f in ${QUANT7B_FORMATS:-nf4 nf4_rows int8}; do
-        case $f in nf4_rows) q=nf4 e=QWEN_NF4=rows ;; *) q=$f e=QWEN_NF4=warp ;; esac
-        run "quant7b-$f" 45 env "$e" "$Q" bench --backend cuda --model "$Q7" --quant $q --prefill 2048 --decode 256 --decode-prompt 128
+      for f in ${QUANT7B_FORMATS:-nf4 nf4_rows int8 int8_rows}; do
+        # <format>_rows: the same weights on the four-rows-a-warp GEMV (opt-in); the others on the
+        # verified one (QWEN_NF4 / QWEN_INT8 = warp).
+        case $f in
+          nf4_rows) q=nf4 e=QWEN_NF4=rows i=QWEN_INT8=warp ;;
+          int8_rows) q=int8 e=QWEN_NF4=warp i=QWEN_INT8=rows ;;
+          *) q=$f e=QWEN_NF4=warp i=QWEN_INT8=warp ;;
+        esac
+        run "quant7b-$f" 45 env "$e" "$i" "$Q" bench --backend cuda --model "$Q7" --quant $q --prefill 2048 --decode 256 --decode-prompt 128
       done
     fi
     rm -rf "$Q7"

@@ -52,7 +52,7 @@ def main():
         if m and m.group(2) != "default":
             ab.setdefault(m.group(2), {})["after_8000" if m.group(1) == "ab8k" else "after_128"] = bench_json(os.path.join(d, f))
     # Issue 15: the quantized 7B shape (quant7b-<format>.log).
-    quant7b = {f: bench_json(os.path.join(d, f"quant7b-{f}.log")) for f in ("nf4", "nf4_rows", "int8", "gptq4", "gptq4_tile", "gptq8")}
+    quant7b = {f: bench_json(os.path.join(d, f"quant7b-{f}.log")) for f in ("nf4", "nf4_rows", "int8", "int8_rows", "gptq4", "gptq4_tile", "gptq8")}
     summary = {
         "seconds": secs,
         "ok": not failures and failed_n == 0 and passed > 0,

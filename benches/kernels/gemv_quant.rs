@@ -60,16 +60,18 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
     let mut g = c.benchmark_group("gemv_quant");
     // attn c_proj, c_attn (q‖k‖v), w1 or w2, mlp c_proj.
     let shapes = [(4096usize, 4096usize), (12288, 4096), (11008, 4096), (4096, 11008)];
-    // (label, format, NF4 kernel): nf4_rows is the NF4 weights on gemv_nf4_rows (QWEN_NF4=rows).
-    use launch::Nf4Kernel::{Rows, Warp};
+    // (label, format, NF4 kernel, Int8 kernel): nf4_rows is the NF4 weights on gemv_nf4_rows
+    // (QWEN_NF4=rows), int8_rows the Int8 weights on gemv_int8_rows (QWEN_INT8=rows).
+    use launch::{Int8Kernel as I8, Nf4Kernel as N4};
     let kernels = [
-        ("nf4", "nf4", Warp),
-        ("nf4_rows", "nf4", Rows),
-        ("int8", "int8", Warp),
-        ("gptq4", "gptq4", Warp),
-        ("gptq8", "gptq8", Warp),
+        ("nf4", "nf4", N4::Warp, I8::Warp),
+        ("nf4_rows", "nf4", N4::Rows, I8::Warp),
+        ("int8", "int8", N4::Warp, I8::Warp),
+        ("int8_rows", "int8", N4::Warp, I8::Rows),
+        ("gptq4", "gptq4", N4::Warp, I8::Warp),
+        ("gptq8", "gptq8", N4::Warp, I8::Warp),
     ];
-    for (label, format, nf4) in kernels {
+    for (label, format, nf4, int8) in kernels {
         for (n, k) in shapes {
             let first = make(gpu, format, n, k, 1);
             let bytes = first.2;
@@ -84,7 +86,7 @@ pub fn register(c: &mut Criterion, gpu: &Arc<Gpu>) {
                 bch.iter_custom(|iters| {
                     gpu_time(gpu, iters, |i| {
                         let w = &ws[i % copies].1;
-                        launch::gemv_quant_with(gpu, &gpu.stream, dt, w, x.slice(), y.slice(), nf4).unwrap();
+                        launch::gemv_quant_with(gpu, &gpu.stream, dt, w, x.slice(), y.slice(), nf4, int8).unwrap();
                     })
                 })
             });

@@ -55,6 +55,8 @@ pub const ENTRY_POINTS: &[&str] = &[
     "dequant_nf4_f16",
     "gemv_int8_bf16",
     "gemv_int8_f16",
+    "gemv_int8_rows_bf16",
+    "gemv_int8_rows_f16",
     "dequant_int8_bf16",
     "dequant_int8_f16",
     "gemv_gptq4_bf16",

@@ -73,11 +73,23 @@ fn check(gpu: &Gpu, m: &QuantMatrix, what: &str, seed: u64) {
         if matches!(w, QuantWeight::Nf4 { .. }) {
             // gemv_nf4_rows (QWEN_NF4=rows): gemv_nf4's bits, and nothing past y.
             let yr = poisoned(gpu, (n + GUARD) * 4);
-            launch::gemv_quant_with(gpu, &gpu.stream, dt, &w, xb.slice(), yr.slice(), launch::Nf4Kernel::Rows).unwrap();
+            let (nf4, int8) = (launch::Nf4Kernel::Rows, launch::Int8Kernel::Warp);
+            launch::gemv_quant_with(gpu, &gpu.stream, dt, &w, xb.slice(), yr.slice(), nf4, int8).unwrap();
             let rows = read_f32(gpu, yr.slice(), n + GUARD);
             let differ = (0..n).filter(|&i| rows[i].to_bits() != got[i].to_bits()).count();
             assert_eq!(differ, 0, "gemv_nf4_rows {what} {dt:?} {n}x{k}: {differ} rows differ from gemv_nf4");
             assert!(rows[n..].iter().all(|v| v.to_bits() == u32::MAX), "gemv_nf4_rows {what} {dt:?}: wrote past y");
+        }
+        if matches!(w, QuantWeight::Int8 { .. }) {
+            // gemv_int8_rows (QWEN_INT8=rows): gemv_int8's bits, within the oracle's bound, nothing past y.
+            let yr = poisoned(gpu, (n + GUARD) * 4);
+            let (nf4, int8) = (launch::Nf4Kernel::Warp, launch::Int8Kernel::Rows);
+            launch::gemv_quant_with(gpu, &gpu.stream, dt, &w, xb.slice(), yr.slice(), nf4, int8).unwrap();
+            let rows = read_f32(gpu, yr.slice(), n + GUARD);
+            assert_within(&format!("gemv_int8_rows {what} {dt:?} {n}x{k}"), &rows[..n], &want, &lim);
+            let differ = (0..n).filter(|&i| rows[i].to_bits() != got[i].to_bits()).count();
+            assert_eq!(differ, 0, "gemv_int8_rows {what} {dt:?} {n}x{k}: {differ} rows differ from gemv_int8");
+            assert!(rows[n..].iter().all(|v| v.to_bits() == u32::MAX), "gemv_int8_rows {what} {dt:?}: wrote past y");
         }
         let out = poisoned(gpu, (n * k + GUARD) * 2);
         launch::dequant(gpu, &gpu.stream, dt, &w, out.slice()).unwrap();

@@ -448,6 +448,11 @@ fn model_quantized_matches_cpu() {
                 let rows: Arc<dyn Model> = Arc::new(CudaModel::load(&ck, &opts).unwrap().with_tuning(rows));
                 parity(&format!("{what} QWEN_NF4=rows"), &cpu, &rows, &prompt(s / 2 + 1, v, 5), 8, 64, tol);
             }
+            if matches!(f, QuantFormat::Int8) {
+                let rows = Tuning { int8: qwen_rt::backend::cuda::launch::Int8Kernel::Rows, ..Tuning::VERIFIED };
+                let rows: Arc<dyn Model> = Arc::new(CudaModel::load(&ck, &opts).unwrap().with_tuning(rows));
+                parity(&format!("{what} QWEN_INT8=rows"), &cpu, &rows, &prompt(s / 2 + 1, v, 5), 8, 64, tol);
+            }
         }
     }
 }

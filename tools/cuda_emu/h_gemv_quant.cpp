@@ -1,5 +1,5 @@
 // h_gemv_quant.cpp — cuda/gemv_quant.cu: the quantized-weight decode GEMVs (gemv_nf4 / int8 / gptq4 /
-// gptq8, and gemv_nf4_rows bit for bit against gemv_nf4) against a double-precision y = W · x with W dequantized here from the FORMAT (bitsandbytes
+// gptq8, and gemv_nf4_rows / gemv_int8_rows bit for bit against gemv_nf4 / gemv_int8) against a double-precision y = W · x with W dequantized here from the FORMAT (bitsandbytes
 // NF4 blocks of 64 over the flattened weight, Int8 row scales, AutoGPTQ qweight / qzeros-minus-one /
 // scales / g_idx), tolerance 1e-5·sqrt(K)·Σ|w·x| (f32 accumulation in any order); the dequant_*
 // entries (prefill) bit-exact against T(w) with w computed in f32 as the CPU oracle does.
@@ -22,6 +22,7 @@ template <> struct K<__nv_bfloat16> {
     static constexpr auto nf4 = gemv_nf4_bf16; static constexpr auto dq_nf4 = dequant_nf4_bf16;
     static constexpr auto nf4r = gemv_nf4_rows_bf16;
     static constexpr auto i8 = gemv_int8_bf16; static constexpr auto dq_i8 = dequant_int8_bf16;
+    static constexpr auto i8r = gemv_int8_rows_bf16;
     static constexpr auto g4 = gemv_gptq4_bf16; static constexpr auto dq_g4 = dequant_gptq4_bf16;
     static constexpr auto g8 = gemv_gptq8_bf16; static constexpr auto dq_g8 = dequant_gptq8_bf16;
     static constexpr auto dq_g4t = dequant_gptq4_tile_bf16; static constexpr auto dq_g8t = dequant_gptq8_tile_bf16;
@@ -30,6 +31,7 @@ template <> struct K<__half> {
     static constexpr auto nf4 = gemv_nf4_f16; static constexpr auto dq_nf4 = dequant_nf4_f16;
     static constexpr auto nf4r = gemv_nf4_rows_f16;
     static constexpr auto i8 = gemv_int8_f16; static constexpr auto dq_i8 = dequant_int8_f16;
+    static constexpr auto i8r = gemv_int8_rows_f16;
     static constexpr auto g4 = gemv_gptq4_f16; static constexpr auto dq_g4 = dequant_gptq4_f16;
     static constexpr auto g8 = gemv_gptq8_f16; static constexpr auto dq_g8 = dequant_gptq8_f16;
     static constexpr auto dq_g4t = dequant_gptq4_tile_f16; static constexpr auto dq_g8t = dequant_gptq8_tile_f16;
@@ -112,6 +114,20 @@ template <class T> void run_int8(int n, int k, int shift, unsigned grid, uint64_
     char what[128]; snprintf(what, sizeof what, "gemv_int8 %s N%d K%d grid %u%s", DT<T>::name, n, k, grid, shift ? " x misaligned" : "");
     double worst; const bool ok = check_y(what, w, x, y, n, k, worst);
     CHECK(ok && y.guard_ok() && codes.guard_ok(), "%s", what); case_done(what, worst);
+    // gemv_int8_rows (block 128, 16 rows a block): the same bits as gemv_int8 (and so within the
+    // reference's tolerance), on its own grid (one row set per warp) and on one block (warps stream
+    // several row sets; rows past N clamped to N - 1, not stored).
+    for (unsigned rgrid : {(unsigned)((n + 15) / 16), 1u}) {
+        Buf<float> yr(n);
+        QuantInt8Params pr{codes.p, scb.p, x, yr.p, (uint32_t)n, (uint32_t)k};
+        emu::launch({rgrid, 1, 1}, 128, [&] { K<T>::i8r(pr); });
+        long differ = 0;
+        for (int i = 0; i < n; ++i) differ += yr.p[i] != y.p[i] && !(yr.p[i] != yr.p[i] && y.p[i] != y.p[i]);
+        snprintf(what, sizeof what, "gemv_int8_rows %s N%d K%d grid %u%s", DT<T>::name, n, k, rgrid, shift ? " x misaligned" : "");
+        printf("%-56s rows differing from gemv_int8's bits: %ld\n", what, differ);
+        double rworst; const bool rok = check_y(what, w, x, yr, n, k, rworst);
+        CHECK(differ == 0 && rok && yr.guard_ok() && codes.guard_ok(), "%s", what); case_done(what, rworst);
+    }
     QuantInt8Params d{codes.p, scb.p, nullptr, out.p, (uint32_t)n, (uint32_t)k};
     emu::launch({std::min(grid, 3u), 1, 1}, 256, [&] { K<T>::dq_i8(d); });
     const long bad = dequant_mismatch(out, w);
@@ -216,8 +232,10 @@ int main(int argc, char** argv) {
     struct C { int n, k, shift; };
     // NF4: K % 32 == 0 (vector path; K % 64 != 0 crosses blocks between rows), ragged K, odd N·K, x misaligned.
     std::vector<C> nf4 = {{1, 64, 0}, {3, 32, 0}, {7, 96, 0}, {5, 33, 0}, {9, 100, 0}, {17, 4096, 0}, {11, 160, 1}, {3, 1, 0}, {13, 2080, 0}};
-    // Int8: K % 16 == 0 (vector path), ragged K, x misaligned.
-    std::vector<C> i8 = {{1, 16, 0}, {7, 48, 0}, {9, 17, 0}, {17, 4096, 0}, {11, 528, 1}, {3, 1, 0}, {13, 1040, 0}};
+    // Int8: K % 16 == 0 (vector path), ragged K, x misaligned; N not a multiple of 4 or 16 (the rows
+    // kernel's clamp: 1, 3, 5, 17, 21, 4097) and a multiple of 16 (32).
+    std::vector<C> i8 = {{1, 16, 0}, {7, 48, 0}, {9, 17, 0}, {17, 4096, 0}, {11, 528, 1}, {3, 1, 0}, {13, 1040, 0},
+                         {5, 80, 0}, {21, 33, 1}, {32, 64, 1}, {4097, 32, 0}};
     if (mode == 2) { nf4 = {{64, 11008, 0}}; i8 = {{64, 11008, 0}}; }
     uint64_t s = 1;
     for (auto& c : nf4) {

@@ -388,7 +388,8 @@ impl CudaSequence {
             let mut n0 = 0;
             for w in ws {
                 let n = w.shape().0;
-                launch::gemv_quant_with(g, s, dt, w, x, y.sub(n0 * 4, n * 4)?, self.model.tuning.nf4)?;
+                let (nf4, int8) = (self.model.tuning.nf4, self.model.tuning.int8);
+                launch::gemv_quant_with(g, s, dt, w, x, y.sub(n0 * 4, n * 4)?, nf4, int8)?;
                 n0 += n;
             }
             return Ok(());

@@ -23,8 +23,9 @@
 //! | QWEN_ADEC_SPLIT | the split by capacity | KEYS (a positive multiple of 16) |
 //! | QWEN_ADEC_GRID | capacity (grid sized by the cache) | length (grid sized by the current length, captured per bucket) |
 //! | QWEN_NF4 | warp (`gemv_nf4`) | rows (`gemv_nf4_rows`: four rows per warp, conflict-free codebook) |
+//! | QWEN_INT8 | warp (`gemv_int8`) | rows (`gemv_int8_rows`: four rows per warp sharing each lane's converted x) |
 //! | QWEN_GPTQ_DEQUANT | grid (`dequant_gptq*`) | tile (`dequant_gptq*_tile`: the prefill's GPTQ dequantization through a shared-memory tile, coalesced stores) |
-use super::launch::{GemvConfig, GemvKernel, GptqDequant, Nf4Kernel, PrefillKernel, SamplerPath};
+use super::launch::{GemvConfig, GemvKernel, GptqDequant, Int8Kernel, Nf4Kernel, PrefillKernel, SamplerPath};
 
 /// How the decode attention's grid is sized.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +60,8 @@ pub struct Tuning {
     pub adec_grid: AdecGrid,
     /// QWEN_NF4: the NF4 decode GEMV (quantized models only).
     pub nf4: Nf4Kernel,
+    /// QWEN_INT8: the Int8 decode GEMV (quantized models only).
+    pub int8: Int8Kernel,
     /// QWEN_GPTQ_DEQUANT: the prefill's GPTQ dequantization kernel (GPTQ models only).
     pub gptq_dequant: GptqDequant,
 }
@@ -81,6 +84,7 @@ impl Tuning {
         adec_split: None,
         adec_grid: AdecGrid::Capacity,
         nf4: Nf4Kernel::Warp,
+        int8: Int8Kernel::Warp,
         gptq_dequant: GptqDequant::Grid,
     };
 
@@ -144,10 +148,13 @@ impl Tuning {
         let nf4s = [("warp", Nf4Kernel::Warp), ("rows", Nf4Kernel::Rows)];
         let (nf4, m) = choice(&lookup, "QWEN_NF4", &nf4s, v.nf4, "warp (gemv_nf4)");
         w(m);
+        let int8s = [("warp", Int8Kernel::Warp), ("rows", Int8Kernel::Rows)];
+        let (int8, m) = choice(&lookup, "QWEN_INT8", &int8s, v.int8, "warp (gemv_int8)");
+        w(m);
         let gptqs = [("grid", GptqDequant::Grid), ("tile", GptqDequant::Tile)];
         let (gptq_dequant, m) = choice(&lookup, "QWEN_GPTQ_DEQUANT", &gptqs, v.gptq_dequant, "grid (dequant_gptq)");
         w(m);
-        (Tuning { graph, pdl, fuse, attn, sampler, gemv, adec_split, adec_grid, nf4, gptq_dequant }, warnings)
+        (Tuning { graph, pdl, fuse, attn, sampler, gemv, adec_split, adec_grid, nf4, int8, gptq_dequant }, warnings)
     }
 
     /// The paths this tuning runs that no GPU run has verified yet (empty for `VERIFIED`), each
@@ -186,6 +193,9 @@ impl Tuning {
         if self.nf4 == Nf4Kernel::Rows {
             u.push("QWEN_NF4=rows (gemv_nf4_rows)".into());
         }
+        if self.int8 == Int8Kernel::Rows {
+            u.push("QWEN_INT8=rows (gemv_int8_rows)".into());
+        }
         if self.gptq_dequant == GptqDequant::Tile {
             u.push("QWEN_GPTQ_DEQUANT=tile (dequant_gptq4_tile, dequant_gptq8_tile)".into());
         }
@@ -219,13 +229,17 @@ impl Tuning {
             Nf4Kernel::Warp => "warp",
             Nf4Kernel::Rows => "rows",
         };
+        let int8 = match self.int8 {
+            Int8Kernel::Warp => "warp",
+            Int8Kernel::Rows => "rows",
+        };
         let gptq_dequant = match self.gptq_dequant {
             GptqDequant::Grid => "grid",
             GptqDequant::Tile => "tile",
         };
         let u = self.unverified();
         format!(
-            "graph={} pdl={} fuse={} attn={attn} sampler={sampler} gemv={kernel}:{},{},{} adec_split={split} adec_grid={grid} nf4={nf4} gptq_dequant={gptq_dequant} ({})",
+            "graph={} pdl={} fuse={} attn={attn} sampler={sampler} gemv={kernel}:{},{},{} adec_split={split} adec_grid={grid} nf4={nf4} int8={int8} gptq_dequant={gptq_dequant} ({})",
             self.graph as u8,
             self.pdl as u8,
             self.fuse as u8,
@@ -278,10 +292,11 @@ mod tests {
         assert_eq!(t, Tuning::default());
         // The verified set, spelled out: graph + PDL, nothing fused, run 5's mma.sync prefill
         // attention, run 4's sampler and GEMV (2 stages, 8 blocks per SM, no prefetch), split and grid
-        // by capacity, NF4 by gemv_nf4, GPTQ dequantized by dequant_gptq.
+        // by capacity, NF4 by gemv_nf4, Int8 by gemv_int8, GPTQ dequantized by dequant_gptq.
         assert!(t.graph && t.pdl && !t.fuse);
         assert_eq!(t.attn, Some(PrefillKernel::Mma));
         assert_eq!(t.nf4, Nf4Kernel::Warp);
+        assert_eq!(t.int8, Int8Kernel::Warp);
         assert_eq!(t.gptq_dequant, GptqDequant::Grid);
         assert_eq!(t.sampler, SamplerPath::Run4);
         assert_eq!(t.gemv, GemvConfig { kernel: GemvKernel::Run4, stages: 2, blocks_per_sm: 8, prefetch_mb: 0 });
@@ -326,6 +341,7 @@ mod tests {
             ("QWEN_ADEC_SPLIT", "256"),
             ("QWEN_ADEC_GRID", "length"),
             ("QWEN_NF4", "rows"),
+            ("QWEN_INT8", "rows"),
             ("QWEN_GPTQ_DEQUANT", "tile"),
         ] {
             let u = one(k, v).unverified();
@@ -339,11 +355,16 @@ mod tests {
             ("QWEN_ATTN", "run4"),
             ("QWEN_ATTN", "mma"),
             ("QWEN_NF4", "warp"),
+            ("QWEN_INT8", "warp"),
             ("QWEN_GPTQ_DEQUANT", "grid"),
         ] {
             assert!(one(k, v).unverified().is_empty(), "{k}={v} was verified in run 4 or 5");
         }
         assert_eq!(one("QWEN_NF4", "rows").nf4, Nf4Kernel::Rows);
+        assert_eq!(one("QWEN_INT8", "rows").int8, Int8Kernel::Rows);
+        assert_eq!(one("QWEN_INT8", " warp ").int8, Int8Kernel::Warp);
+        let d = one("QWEN_INT8", "rows").describe();
+        assert!(d.contains("int8=rows") && d.contains("1 unverified"), "{d}");
         assert_eq!(one("QWEN_GPTQ_DEQUANT", "tile").gptq_dequant, GptqDequant::Tile);
         assert_eq!(one("QWEN_GPTQ_DEQUANT", " grid ").gptq_dequant, GptqDequant::Grid);
         let d = one("QWEN_GPTQ_DEQUANT", "tile").describe();
@@ -362,6 +383,7 @@ mod tests {
             ("QWEN_ADEC_SPLIT", "100"),
             ("QWEN_ADEC_GRID", "len"),
             ("QWEN_NF4", "row"),
+            ("QWEN_INT8", "ROWS"),
             ("QWEN_GPTQ_DEQUANT", "tiles"),
         ] {
             let (t, w) = read(&[(k, v)]);

@@ -1,8 +1,8 @@
 //! `gemv_{nf4,int8,gptq4,gptq8}_{bf16,f16}` and `dequant_*` (cuda/gemv_quant.cu): the decode matmul
 //! straight from quantized weights (one token) and their dequantization to T for the prefill GEMM;
 //! oracle `quant::QuantMatrix::matmul` / `decode_rows`. Verified in H200 run 5 (2026-12-04, `8be7cb9`);
-//! `gemv_nf4_rows` (QWEN_NF4=rows) and `dequant_gptq{4,8}_tile` (QWEN_GPTQ_DEQUANT=tile) are newer and
-//! not yet verified.
+//! `gemv_nf4_rows` (QWEN_NF4=rows), `gemv_int8_rows` (QWEN_INT8=rows) and `dequant_gptq{4,8}_tile`
+//! (QWEN_GPTQ_DEQUANT=tile) are newer and not yet verified.
 //!
 //! Parameters: one `#[repr(C)]` struct per format, the mirror of cuda/quant_params.h (declared with
 //! `params.rs`' `kernel_params!`; `QUANT_LAYOUTS` is the table tests/kernel_params.rs checks against
@@ -20,6 +20,9 @@ const ROWS_PER_BLOCK: usize = 8;
 /// Threads and rows per block of `gemv_nf4_rows` (GQ_NF4R_THREADS: 4 warps of 4 rows).
 const NF4_ROWS_BLOCK: u32 = 128;
 const NF4_ROWS_PER_BLOCK: usize = 16;
+/// Threads and rows per block of `gemv_int8_rows` (GQ_I8R_THREADS: 4 warps of 4 rows).
+const INT8_ROWS_BLOCK: u32 = 128;
+const INT8_ROWS_PER_BLOCK: usize = 16;
 /// Columns per block of the GPTQ GEMV (GQ_GPTQ_COLS).
 const GPTQ_COLS: usize = 16;
 /// A tile of `dequant_gptq*_tile`: 32 columns (GQ_DQT_COLS) by 256 slots (32 chunks of 8: 32 word
@@ -184,13 +187,24 @@ pub enum Nf4Kernel {
     Rows,
 }
 
-/// `y[n] = Σ_k w[n, k] · x[k]` for one token (f32 accumulation), w the exact dequantized weight:
-/// x `[K]` T, y `[N]` f32. The decode step's matmul for quantized weights (NF4 by `gemv_nf4`).
-pub fn gemv_quant(gpu: &Gpu, s: &CudaStream, dt: GpuDType, w: &QuantWeight, x: DevSlice, y: DevSlice) -> Result<()> {
-    gemv_quant_with(gpu, s, dt, w, x, y, Nf4Kernel::Warp)
+/// Which kernel runs an Int8 decode GEMV (`Tuning::int8`, QWEN_INT8). Both give the same bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Int8Kernel {
+    /// `gemv_int8`: a row per warp (the default).
+    Warp,
+    /// `gemv_int8_rows`: four rows per warp sharing each lane's converted x (not yet verified).
+    Rows,
 }
 
-/// `gemv_quant` with NF4 on the kernel `nf4` names (the other formats have one kernel each).
+/// `y[n] = Σ_k w[n, k] · x[k]` for one token (f32 accumulation), w the exact dequantized weight:
+/// x `[K]` T, y `[N]` f32. The decode step's matmul for quantized weights (NF4 by `gemv_nf4`, Int8
+/// by `gemv_int8`).
+pub fn gemv_quant(gpu: &Gpu, s: &CudaStream, dt: GpuDType, w: &QuantWeight, x: DevSlice, y: DevSlice) -> Result<()> {
+    gemv_quant_with(gpu, s, dt, w, x, y, Nf4Kernel::Warp, Int8Kernel::Warp)
+}
+
+/// `gemv_quant` with NF4 on the kernel `nf4` names and Int8 on the one `int8` names (GPTQ has one).
+#[allow(clippy::too_many_arguments)]
 pub fn gemv_quant_with(
     gpu: &Gpu,
     s: &CudaStream,
@@ -199,6 +213,7 @@ pub fn gemv_quant_with(
     x: DevSlice,
     y: DevSlice,
     nf4: Nf4Kernel,
+    int8: Int8Kernel,
 ) -> Result<()> {
     let (n, k) = w.shape();
     x.need(k * dt.size(), "quantized gemv x [K]")?;
@@ -215,6 +230,15 @@ pub fn gemv_quant_with(
             // SAFETY: the NF4 buffers hold W [N, K] (params), x [K] T and y [N] f32 (above). Warp g
             // takes rows 4g .. 4g + 3 (+ 16·grid, …), clamped to N - 1 for its reads: codes / absmax
             // of rows < N only, x[0..K]; it writes y[n] for n < N only.
+            unsafe { gpu.launch_params(s, &name, launch, &p) }
+        }
+        Params::Int8(p) if int8 == Int8Kernel::Rows => {
+            let grid = dim_u32(n.div_ceil(INT8_ROWS_PER_BLOCK), "Int8 rows gemv grid")?;
+            let launch = Launch::new((grid, 1, 1), INT8_ROWS_BLOCK, 0);
+            let name = format!("gemv_int8_rows_{}", dt.suffix());
+            // SAFETY: the Int8 buffers hold W [N, K] (params: codes N·K bytes, SCB N f32), x [K] T and
+            // y [N] f32 (above). Warp g takes rows 4g .. 4g + 3 (+ 16·grid, …), clamped to N - 1 for
+            // its reads: codes of rows < N only, x[0..K]; it reads SCB[n] and writes y[n] for n < N only.
             unsafe { gpu.launch_params(s, &name, launch, &p) }
         }
         p @ (Params::Nf4(_) | Params::Int8(_)) => {
