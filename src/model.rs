@@ -13,6 +13,12 @@ pub trait Model: Send + Sync {
     fn backend_name(&self) -> &'static str;
     /// A new empty sequence whose KV cache holds up to `max_seq_len` tokens.
     fn new_sequence(self: Arc<Self>, max_seq_len: usize) -> Result<Box<dyn Sequence>>;
+    /// For quantized weights: (bytes of all weights as held, bytes one decode step reads: all but
+    /// the embedding table, of which one row), the packed codes and their statistics counted as
+    /// stored. None: float weights, which the bench counts at 2 bytes per parameter.
+    fn quantized_bytes(&self) -> Option<(usize, usize)> {
+        None
+    }
 }
 
 /// One sequence: the tokens seen so far live in its KV cache.

@@ -284,6 +284,19 @@ fn bench_reports_a_table_and_a_json_line() {
     // No GPU figures from the CPU backend.
     assert!(json["gpu"].is_null() && json["floor_fraction"].is_null(), "{json}");
     fails(&["bench", "--backend", "cpu", "--prefill", "4,x"], "--prefill");
+    // bf16: 2 bytes a parameter; a decode step reads all but 151,935 rows of the embedding table.
+    let (c, p, f, v, l) = (64usize, 64usize, 176usize, 151936usize, 2usize); // the tiny preset
+    let linears = [(3 * p, c), (c, p), (f, c), (f, c), (c, f)];
+    let floats = 2 * v * c + c + l * (2 * c + 3 * p); // wte, lm_head, ln_f; per layer ln_1, ln_2, c_attn bias
+    let params = floats + l * linears.iter().map(|(n, k)| n * k).sum::<usize>();
+    assert_eq!(json["weight_bytes"].as_u64(), Some(2 * params as u64), "{json}");
+    assert_eq!(json["bytes_per_token"].as_u64(), Some(2 * (params - (v - 1) * c) as u64), "{json}");
+    // Quantized: the bytes as held, Int8 = one byte a weight + an f32 scale a row (not 2 a weight).
+    let (so, _) = ok(&["bench", "--backend", "cpu", "--quant", "int8", "--prefill", "4", "--decode", "2"], None);
+    let json: Value = serde_json::from_str(so.lines().last().unwrap()).unwrap();
+    let held = 2 * floats + l * linears.iter().map(|(n, k)| n * k + 4 * n).sum::<usize>();
+    assert_eq!(json["weight_bytes"].as_u64(), Some(held as u64), "{json}");
+    assert_eq!(json["bytes_per_token"].as_u64(), Some((held - 2 * (v - 1) * c) as u64), "{json}");
 }
 
 #[test]

@@ -22,10 +22,10 @@ pub const GPU_PREFILL_REPS: usize = 3;
 pub struct BenchReport {
     pub backend: String,
     pub model: String,
-    /// All weights, at 2 bytes per parameter (bf16).
+    /// All weights, at 2 bytes per parameter (bf16); quantized: as held (`Model::quantized_bytes`).
     pub weight_bytes: usize,
-    /// Weight bytes one decode step reads (bf16): everything but the embedding table, of which it
-    /// reads one row.
+    /// Weight bytes one decode step reads (bf16, or quantized as held): everything but the
+    /// embedding table, of which it reads one row.
     pub bytes_per_token: usize,
     /// Seconds from start to weights ready, and what was loaded ("file" or "generated on GPU").
     pub load: Option<(f64, String)>,
@@ -135,6 +135,9 @@ pub fn run(
         context: need,
         device: None,
     };
+    if let Some((held, read)) = model.quantized_bytes() {
+        (report.weight_bytes, report.bytes_per_token) = (held, read);
+    }
     let mut seq = model.clone().new_sequence(need)?;
     // Warm-up, untimed: the decode path (a few tokens) and the prefill path at the shortest length
     // (the first GEMM pays for cuBLAS's heuristics and lazy kernel loading).
@@ -238,16 +241,6 @@ impl GpuBench {
             Ok(())
         })?;
         report.load = Some(self.load.clone());
-        if self.model.is_quantized() {
-            // The floor of a quantized model from the bytes its decode step reads: the linears as
-            // stored on the device (packed codes and their scales), the rest in T, and (untied) one
-            // row of the embedding table instead of all of it.
-            let cfg = self.model.config();
-            let row = cfg.hidden_size * self.model.dtype().size();
-            let wte = if cfg.tie_word_embeddings { 0 } else { cfg.vocab_size * row - row };
-            report.weight_bytes = self.model.weight_bytes();
-            report.bytes_per_token = report.weight_bytes.saturating_sub(wte);
-        }
         Ok(report)
     }
 

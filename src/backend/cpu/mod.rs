@@ -189,6 +189,15 @@ impl Model for CpuModel {
         let inv_freq = model::inv_freq(&self.config, 1.0);
         Ok(Box::new(CpuSequence { model: self, cache, alpha: 1.0, inv_freq }))
     }
+    fn quantized_bytes(&self) -> Option<(usize, usize)> {
+        let w = &self.weights;
+        w.format?;
+        let held = w.byte_len();
+        let v = self.config.vocab_size.max(1);
+        let wte = w.wte.byte_len();
+        let unread = if self.config.tie_word_embeddings { 0 } else { wte - wte / v };
+        Some((held, held - unread))
+    }
 }
 
 /// One sequence on a `CpuModel`: its KV cache and the NTK alpha fixed by its prefill.

@@ -142,10 +142,6 @@ impl CudaModel {
     pub fn cuda_sequence(self: &Arc<Self>, cap: usize) -> Result<CudaSequence> {
         CudaSequence::new(self.clone(), cap)
     }
-    /// Device bytes held by the weights.
-    pub fn weight_bytes(&self) -> usize {
-        self.w.bytes
-    }
     /// Whether the linears are quantized (`upload_quant`).
     pub fn is_quantized(&self) -> bool {
         self.w.quant.is_some()
@@ -161,6 +157,16 @@ impl Model for CudaModel {
     }
     fn new_sequence(self: Arc<Self>, max_seq_len: usize) -> Result<Box<dyn Sequence>> {
         Ok(Box::new(CudaSequence::new(self, max_seq_len)?))
+    }
+    /// The device bytes: the linears as uploaded (packed codes and scales), the rest in T; a decode
+    /// step reads one row of the (untied) embedding table.
+    fn quantized_bytes(&self) -> Option<(usize, usize)> {
+        if !self.is_quantized() {
+            return None;
+        }
+        let row = self.config.hidden_size * self.dt.size();
+        let wte = if self.config.tie_word_embeddings { 0 } else { self.config.vocab_size * row - row };
+        Some((self.w.bytes, self.w.bytes.saturating_sub(wte)))
     }
 }
 
