@@ -49,17 +49,10 @@ pub fn is_sequential(g_idx: &[u32], group: usize, bits: u32) -> bool {
 /// K % 16 tail in order), so this path, the decoded path (prefill, act-order) and every kernel give
 /// the same bits; the AVX2 build only lets the compiler vectorise across columns.
 ///
-/// `zeros` / `scales` are `[G, N]` (true zeros); `scratch` is the task's lane sums and the current
-/// group's zeros and scales as f32.
-#[allow(clippy::too_many_arguments)]
+/// `scratch` is the task's lane sums and the current group's zeros and scales as f32.
 pub fn gemv_sequential(
     kernel: super::simd::Kernel,
-    bits: u32,
-    group: usize,
-    (n, k): (usize, usize),
-    qweight: &[u8],
-    zeros: &[i32],
-    scales: &[f32],
+    w: &Packed<'_>,
     x: &[f32],
     n0: usize,
     y: &mut [f32],
@@ -69,65 +62,47 @@ pub fn gemv_sequential(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Avx2` / `Avx512Vl` are only built by `Kernel::detect` after AVX2 and FMA were
         // detected; the body only indexes slices (bounds-checked).
-        super::simd::Kernel::Avx2 | super::simd::Kernel::Avx512Vl => unsafe {
-            gemv_sequential_avx2(bits, group, (n, k), qweight, zeros, scales, x, n0, y, scratch)
-        },
-        _ => gemv_sequential_body(bits, group, (n, k), qweight, zeros, scales, x, n0, y, scratch),
+        super::simd::Kernel::Avx2 | super::simd::Kernel::Avx512Vl => unsafe { gemv_avx2(w, x, n0, y, scratch) },
+        _ => gemv_body(w, x, n0, y, scratch),
     }
+}
+
+/// A GPTQ matrix as `gemv_sequential` reads it: qweight `[K·bits/32, N]` LE words, true zeros and
+/// scales `[G, N]`, G = K / group.
+pub struct Packed<'a> {
+    pub bits: u32,
+    pub group: usize,
+    pub n: usize,
+    pub k: usize,
+    pub qweight: &'a [u8],
+    pub zeros: &'a [i32],
+    pub scales: &'a [f32],
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemv_sequential_avx2(
-    bits: u32,
-    group: usize,
-    nk: (usize, usize),
-    qweight: &[u8],
-    zeros: &[i32],
-    scales: &[f32],
-    x: &[f32],
-    n0: usize,
-    y: &mut [f32],
-    scratch: &mut (Vec<f32>, Vec<f32>),
-) {
-    gemv_sequential_body(bits, group, nk, qweight, zeros, scales, x, n0, y, scratch)
+unsafe fn gemv_avx2(w: &Packed<'_>, x: &[f32], n0: usize, y: &mut [f32], scratch: &mut (Vec<f32>, Vec<f32>)) {
+    gemv_body(w, x, n0, y, scratch)
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn gemv_sequential_body(
-    bits: u32,
-    group: usize,
-    nk: (usize, usize),
-    qweight: &[u8],
-    zeros: &[i32],
-    scales: &[f32],
-    x: &[f32],
-    n0: usize,
-    y: &mut [f32],
-    scratch: &mut (Vec<f32>, Vec<f32>),
-) {
-    if bits == 4 {
-        gemv_bits::<4>(group, nk, qweight, zeros, scales, x, n0, y, scratch)
+fn gemv_body(w: &Packed<'_>, x: &[f32], n0: usize, y: &mut [f32], scratch: &mut (Vec<f32>, Vec<f32>)) {
+    if w.bits == 4 {
+        gemv_bits::<4>(w, x, n0, y, scratch)
     } else {
-        gemv_bits::<8>(group, nk, qweight, zeros, scales, x, n0, y, scratch)
+        gemv_bits::<8>(w, x, n0, y, scratch)
     }
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn gemv_bits<const BITS: u32>(
-    group: usize,
-    (n, k): (usize, usize),
-    qweight: &[u8],
-    zeros: &[i32],
-    scales: &[f32],
+    w: &Packed<'_>,
     x: &[f32],
     n0: usize,
     y: &mut [f32],
     (acc, wf): &mut (Vec<f32>, Vec<f32>),
 ) {
+    let Packed { group, n, k, qweight, zeros, scales, .. } = *w;
     let per = 32 / BITS as usize; // divides LANES: a word's inputs are all in the body or all in the tail
     let mask = (1u32 << BITS) - 1;
     let m = y.len();

@@ -130,19 +130,8 @@ impl QuantMatrix {
             out,
             || (Vec::new(), Vec::new()),
             |scratch, n0, y| {
-                gptq::gemv_sequential(
-                    kernel,
-                    *bits,
-                    *group,
-                    (n, k),
-                    qweight.as_slice(),
-                    zeros,
-                    scales,
-                    x,
-                    n0,
-                    y,
-                    scratch,
-                );
+                let w = gptq::Packed { bits: *bits, group: *group, n, k, qweight: qweight.as_slice(), zeros, scales };
+                gptq::gemv_sequential(kernel, &w, x, n0, y, scratch);
                 if let Some(b) = bias {
                     for (yv, &bv) in y.iter_mut().zip(&b[n0..]) {
                         *yv += bv;
