@@ -104,6 +104,14 @@ __device__ __forceinline__ bool gq_aligned16(const void* a, const void* b) {
     return ((reinterpret_cast<uintptr_t>(a) | reinterpret_cast<uintptr_t>(b)) & 15u) == 0;
 }
 
+// The rows n0 .. n0 + R - 1 of a rows kernel's warp (gemv_nf4_rows, gemv_int8_rows), those past N
+// clamped to N - 1: computed on a real row and not stored, so the loop has no branch and the R rows'
+// loads issue together.
+template <int R> __device__ __forceinline__ void gq_rows_clamped(uint64_t n0, uint64_t N, uint64_t (&rows)[R]) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) rows[r] = n0 + r < N ? n0 + r : N - 1u;
+}
+
 // ---------------------------------------------------------------- NF4
 // Fill the byte -> (NF4 of the high nibble, NF4 of the low nibble) table; every thread of the block
 // takes part (block of 256) before any of them may exit.
@@ -192,11 +200,8 @@ template <typename T> __device__ __forceinline__ void gq_gemv_nf4_rows(const Qua
     for (uint64_t n0 = ((uint64_t)blockIdx.x * GQ_NF4R_WARPS + (threadIdx.x >> 5)) * GQ_NF4R_ROWS; n0 < N;
          n0 += stride) {  // warp-uniform
         uint64_t rows[GQ_NF4R_ROWS];
-#pragma unroll
-        for (int r = 0; r < GQ_NF4R_ROWS; ++r) rows[r] = n0 + r < N ? n0 + r : N - 1u;
-        float acc[GQ_NF4R_ROWS];
-#pragma unroll
-        for (int r = 0; r < GQ_NF4R_ROWS; ++r) acc[r] = 0.0f;
+        gq_rows_clamped(n0, N, rows);
+        float acc[GQ_NF4R_ROWS] = {};
         if (vec && K > 0) {
             const uint64_t C = K / 32u;
             const uint4* x4 = reinterpret_cast<const uint4*>(x);  // [K / 8]
@@ -329,11 +334,8 @@ template <typename T> __device__ __forceinline__ void gq_gemv_int8_rows(const Qu
     for (uint64_t n0 = ((uint64_t)blockIdx.x * GQ_I8R_WARPS + (threadIdx.x >> 5)) * GQ_I8R_ROWS; n0 < N;
          n0 += stride) {  // warp-uniform
         uint64_t rows[GQ_I8R_ROWS];
-#pragma unroll
-        for (int r = 0; r < GQ_I8R_ROWS; ++r) rows[r] = n0 + r < N ? n0 + r : N - 1u;
-        float acc[GQ_I8R_ROWS];
-#pragma unroll
-        for (int r = 0; r < GQ_I8R_ROWS; ++r) acc[r] = 0.0f;
+        gq_rows_clamped(n0, N, rows);
+        float acc[GQ_I8R_ROWS] = {};
         if (vec && K > 0) {
             const uint64_t C = K / 16u;
             const uint4* x4 = reinterpret_cast<const uint4*>(x);
