@@ -97,13 +97,13 @@ B="bench --backend cuda --synth 7b"
 # (QWEN_SAMPLER=auto is left out: on the greedy bench it runs what =block runs; the tests cover it.)
 AB_PATHS=${AB_PATHS:-"fuse=QWEN_FUSE=1 attn_run4=QWEN_ATTN=run4 attn_wmma=QWEN_ATTN=wmma sampler_block=QWEN_SAMPLER=block gemv_prefetch=QWEN_GEMV=2,8,24 adec_length=QWEN_ADEC_GRID=length"}
 
-echo "gpu_check: BUDGET ${BUDGET}s, steps: $STEPS (budgets: probe 15, tests 130+20, sanitize 40+4x35, quant 20+80, bench 60, quant7b 40+4x45 + 2x(40+45) + 30, ab 2x20 + 15 per path + 2x20, profile 30)"
+echo "gpu_check: BUDGET ${BUDGET}s, steps: $STEPS (budgets: probe 15, tests 160+20, sanitize 40+4x35, quant 20+80, bench 60, quant7b 40+4x45 + 2x(40+45) + 30, ab 2x20 + 15 per path + 2x20, profile 30)"
 for step in $STEPS; do case $step in
   probe)
     # qwen-run's probe says exactly why a present GPU cannot be used (not "no CUDA device").
     run probe 15 bash -c "nvidia-smi -L; $Q bench --backend cuda --synth tiny --prefill 1 --decode 1" ;;
   tests)
-    run tests 130 "$TK" --test-threads=1
+    run tests 160 "$TK" --test-threads=1
     run tests 20 bash -c "printf 'Hello!\nCount to five.\n/exit\n' | $Q chat --backend cuda --max-new-tokens 24 --seed 1" ;;
   sanitize)
     # Cross-block tickets (fused combine, residual RMSNorm, greedy / multi-block sampler), the GEMV
