@@ -428,11 +428,11 @@ fn quantized_matmul_rejects_bad_shapes() {
 }
 
 #[test]
-fn gptq_one_token_path_gives_the_decoded_paths_bits() {
-    // Sequential g_idx (AutoGPTQ without act-order, the official checkpoints): one token takes
+fn gptq_sequential_path_gives_the_decoded_paths_bits() {
+    // Sequential g_idx (AutoGPTQ without act-order, the official checkpoints): the matmul takes
     // gptq::gemv_sequential straight from the packed words; it must give the decoded path's bits
-    // (rows decoded to f32, then Kernel::dot: what prefill and act-order use) on every kernel, and
-    // stay within f32 rounding of the exact product. K % 16 ≠ 0 (72, 36) exercises the tail.
+    // (rows decoded to f32, then Kernel::dot: what act-order uses) on every kernel and token count,
+    // and stay within f32 rounding of the exact product. K % 16 ≠ 0 (72, 36) exercises the tail.
     use qwen_rt::quant::gptq;
     for (bits, group, n, k) in
         [(4u32, 128, 40, 256), (8, 128, 12, 384), (4, 8, 24, 72), (8, 4, 20, 36), (4, 32, 1000, 64)]
@@ -463,18 +463,26 @@ fn gptq_one_token_path_gives_the_decoded_paths_bits() {
         shuffled.swap(0, k - 1);
         assert!(group == k || !gptq::is_sequential(&shuffled, group, bits), "a moved group is not sequential");
         let w = q.dequantize();
-        let x = lcg(bits as u64 + k as u64, k, 1.0);
         let bias = lcg(5, n, 0.1);
-        for kern in Kernel::available() {
-            let (mut y, mut yd) = (vec![0f32; n], vec![0f32; n]);
-            q.matmul_with(kern, &x, Some(&bias), &mut y).unwrap();
-            q.matmul_decoded_with(kern, &x, Some(&bias), &mut yd).unwrap();
-            assert_eq!(bits_of(&y), bits_of(&yd), "bits {bits} group {group} [{n}, {k}] {kern:?}");
-            for ni in 0..n {
-                let wr = &w[ni * k..][..k];
-                let exact: f64 = wr.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() + bias[ni] as f64;
-                let mag: f64 = wr.iter().zip(&x).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum::<f64>();
-                assert!((y[ni] as f64 - exact).abs() <= 1e-6 * mag + 1e-7, "[{ni}] {} vs {exact}", y[ni]);
+        // 1 token (decode), a partial token block, one over the block of 8, and 19 = 8 + 8 + 3.
+        for t in [1usize, 3, 9, 19] {
+            let x = lcg(bits as u64 + k as u64 + t as u64, t * k, 1.0);
+            for kern in Kernel::available() {
+                let (mut y, mut yd) = (vec![0f32; t * n], vec![0f32; t * n]);
+                q.matmul_with(kern, &x, Some(&bias), &mut y).unwrap();
+                q.matmul_decoded_with(kern, &x, Some(&bias), &mut yd).unwrap();
+                assert_eq!(bits_of(&y), bits_of(&yd), "bits {bits} group {group} [{n}, {k}] T {t} {kern:?}");
+                for ti in 0..t {
+                    let xr = &x[ti * k..][..k];
+                    for ni in 0..n {
+                        let wr = &w[ni * k..][..k];
+                        let exact: f64 =
+                            wr.iter().zip(xr).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() + bias[ni] as f64;
+                        let mag: f64 = wr.iter().zip(xr).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum::<f64>();
+                        let got = y[ti * n + ni] as f64;
+                        assert!((got - exact).abs() <= 1e-6 * mag + 1e-7, "[{ti}, {ni}] {got} vs {exact}");
+                    }
+                }
             }
         }
     }

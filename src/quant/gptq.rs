@@ -40,16 +40,17 @@ pub fn is_sequential(g_idx: &[u32], group: usize, bits: u32) -> bool {
     group % per == 0 && g_idx.iter().enumerate().all(|(k, &g)| g as usize == k / group)
 }
 
-/// One token through a GPTQ matrix with sequential groups, straight from the packed words in their
-/// stored order (qweight row r = inputs r·per .. r·per + per of N consecutive columns), columns
-/// `n0 .. n0 + y.len()`: `y[i] = Σ_k W[k, n] · x[k]`, n = n0 + i, with W[k, n] = scales[g, n] ·
-/// (q[k, n] − zeros[g, n]) the oracle's exact dequantized weight (`QuantMatrix::decode_rows`).
-/// Each column sums exactly as `Kernel::dot` over the decoded row does (16 lane sums, lane l taking
-/// k ≡ l mod 16 in increasing k, separate multiply and add, `dot`'s reduction tree, then the
-/// K % 16 tail in order), so this path, the decoded path (prefill, act-order) and every kernel give
-/// the same bits; the AVX2 build only lets the compiler vectorise across columns.
+/// T tokens `x` `[T, K]` through a GPTQ matrix with sequential groups, straight from the packed words
+/// in their stored order (qweight row r = inputs r·per .. r·per + per of N consecutive columns),
+/// columns `n0 .. n0 + m`: `y[i, t] = Σ_k W[k, n] · x[t, k]` into y `[m, T]`, n = n0 + i, with
+/// W[k, n] = scales[g, n] · (q[k, n] − zeros[g, n]) the oracle's exact dequantized weight
+/// (`QuantMatrix::decode_rows`), decoded once per block of 8 tokens. Each (column, token) sums
+/// exactly as `Kernel::dot` over the decoded row does (16 lane sums, lane l taking k ≡ l mod 16 in
+/// increasing k, separate multiply and add, `dot`'s reduction tree, then the K % 16 tail in order),
+/// so this path, the decoded path (act-order) and every kernel give the same bits, whatever the
+/// token count; the AVX2 build only lets the compiler vectorise across columns.
 ///
-/// `scratch` is the task's lane sums and the current group's zeros and scales as f32.
+/// `scratch` is the task's lane sums and the current group's zeros, scales and weights as f32.
 pub fn gemv_sequential(
     kernel: super::simd::Kernel,
     w: &Packed<'_>,
@@ -102,48 +103,88 @@ fn gemv_bits<const BITS: u32>(
     y: &mut [f32],
     (acc, wf): &mut (Vec<f32>, Vec<f32>),
 ) {
+    let k = w.k;
+    let t = x.len() / k;
+    let m = y.len() / t;
+    // Tokens in blocks of TOKEN_BLOCK: each weight is decoded once a block; the lane sums
+    // [block][LANES][m] stay in L2.
+    for t0 in (0..t).step_by(TOKEN_BLOCK) {
+        let bt = TOKEN_BLOCK.min(t - t0);
+        token_block::<BITS>(w, &x[t0 * k..][..bt * k], n0, (t0, t), m, y, acc, wf);
+    }
+}
+
+/// Tokens in one pass of `gemv_bits`.
+const TOKEN_BLOCK: usize = 8;
+
+/// `gemv_bits` for the `bt` tokens of `x` `[bt, K]` (tokens t0 .. t0 + bt of t): y `[m, t]`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn token_block<const BITS: u32>(
+    w: &Packed<'_>,
+    x: &[f32],
+    n0: usize,
+    (t0, t): (usize, usize),
+    m: usize,
+    y: &mut [f32],
+    acc: &mut Vec<f32>,
+    wf: &mut Vec<f32>,
+) {
     let Packed { group, n, k, qweight, zeros, scales, .. } = *w;
     let per = 32 / BITS as usize; // divides LANES: a word's inputs are all in the body or all in the tail
     let mask = (1u32 << BITS) - 1;
-    let m = y.len();
+    let bt = x.len() / k;
     let body = k - k % LANES;
     acc.clear();
-    acc.resize(LANES * m, 0.0); // [LANES][m]: lane l of column i sums k ≡ l (mod 16), as `dot`
-    wf.resize(2 * m, 0.0); // the group's zeros, then its scales, as f32
-    y.fill(0.0);
+    acc.resize(bt * LANES * m, 0.0); // [bt][LANES][m]: lane l of column i sums k ≡ l (mod 16), as `dot`
+    wf.resize(3 * m, 0.0); // the group's zeros and scales as f32, then one input's weights
+                           // The body's lane sums of each (column, token) through `dot`'s reduction tree into y; the tail's
+                           // inputs are then added in order.
+    let reduce_body = |y: &mut [f32], acc: &[f32]| {
+        for ti in 0..bt {
+            for i in 0..m {
+                let lanes: [f32; LANES] = std::array::from_fn(|l| acc[(ti * LANES + l) * m + i]);
+                y[i * t + t0 + ti] = reduce(&lanes);
+            }
+        }
+    };
     for r in 0..k / per {
         let k0 = r * per;
         if k0 % group == 0 {
             let g = k0 / group;
-            let (zf, sf) = wf.split_at_mut(m);
+            let (zf, rest) = wf.split_at_mut(m);
             zf.iter_mut().zip(&zeros[g * n + n0..][..m]).for_each(|(z, &zi)| *z = zi as f32);
-            sf.copy_from_slice(&scales[g * n + n0..][..m]);
+            rest[..m].copy_from_slice(&scales[g * n + n0..][..m]);
         }
         if k0 == body {
-            // The body is done: each column's lane sums through `dot`'s reduction tree, then the
-            // tail's inputs in order, below.
-            for (i, yv) in y.iter_mut().enumerate() {
-                let lanes: [f32; LANES] = std::array::from_fn(|l| acc[l * m + i]);
-                *yv = reduce(&lanes);
-            }
+            reduce_body(y, acc);
         }
         let row = &qweight[(r * n + n0) * 4..][..m * 4];
-        let (zf, sf) = wf.split_at(m);
+        let (zs, wk) = wf.split_at_mut(2 * m);
+        let (zf, sf) = zs.split_at(m);
         for j in 0..per {
-            let xk = x[k0 + j];
             let shift = BITS as usize * j;
-            // The oracle's weight, s · (q − z) with q − z an exact integer in f32, times x.
-            let dst: &mut [f32] = if k0 < body { &mut acc[((k0 + j) % LANES) * m..][..m] } else { &mut y[..] };
-            for (((a, wb), &z), &s) in dst.iter_mut().zip(row.chunks_exact(4)).zip(zf).zip(sf) {
+            // The oracle's weight, s · (q − z) with q − z an exact integer in f32.
+            for (((wv, wb), &z), &s) in wk.iter_mut().zip(row.chunks_exact(4)).zip(zf).zip(sf) {
                 let q = (u32::from_le_bytes([wb[0], wb[1], wb[2], wb[3]]) >> shift) & mask;
-                *a += s * (q as f32 - z) * xk;
+                *wv = s * (q as f32 - z);
+            }
+            for ti in 0..bt {
+                let xk = x[ti * k + k0 + j];
+                if k0 < body {
+                    let dst = &mut acc[(ti * LANES + (k0 + j) % LANES) * m..][..m];
+                    for (a, &wv) in dst.iter_mut().zip(wk.iter()) {
+                        *a += wv * xk;
+                    }
+                } else {
+                    for (i, &wv) in wk.iter().enumerate() {
+                        y[i * t + t0 + ti] += wv * xk;
+                    }
+                }
             }
         }
     }
     if body == k {
-        for (i, yv) in y.iter_mut().enumerate() {
-            let lanes: [f32; LANES] = std::array::from_fn(|l| acc[l * m + i]);
-            *yv = reduce(&lanes);
-        }
+        reduce_body(y, acc);
     }
 }

@@ -4,10 +4,10 @@
 //! - NF4 and Int8: the fused kernels of `gemv` decode each weight in registers straight from the
 //!   packed bytes and multiply it with up to `gemv::MAX_R` token rows at once (x packed once per
 //!   call in the kernels' lane order); decode (T = 1) and prefill give the same bits.
-//! - GPTQ, one token with sequential groups (the official checkpoints): `gptq::gemv_sequential`
-//!   straight from the packed words in their stored order, vectorised across columns, the scale
-//!   applied per group. Otherwise (prefill, act-order g_idx): rows decoded to f32 a group at a time
-//!   (never the whole matrix), each output a `Kernel::dot` (same lane order as `backend::cpu::dot`).
+//! - GPTQ with sequential groups (the official checkpoints): `gptq::gemv_sequential` straight from
+//!   the packed words in their stored order, vectorised across columns, each weight decoded once per
+//!   8 tokens. Act-order g_idx: rows decoded to f32 a group at a time (never the whole matrix), each
+//!   output a `Kernel::dot`. Both sum as `backend::cpu::dot` does: the same bits.
 //!
 //! `Linear` is the one type the CPU executor needs to hold a linear layer without knowing whether
 //! its weight is quantized; `backend::cpu::LinearMatmul` computes with it (the dense arm is the
@@ -108,8 +108,8 @@ impl QuantMatrix {
     pub fn matmul_with(&self, kernel: Kernel, x: &[f32], bias: Option<&[f32]>, out: &mut [f32]) -> Result<()> {
         let t = self.check_matmul(x, bias, out)?;
         match &self.data {
-            QuantData::Gptq { bits, group, g_idx, .. } if t == 1 && gptq::is_sequential(g_idx, *group, *bits) => {
-                self.gemv_gptq(kernel, x, bias, out)
+            QuantData::Gptq { bits, group, g_idx, .. } if gptq::is_sequential(g_idx, *group, *bits) => {
+                self.gemv_gptq(kernel, x, t, bias, out)
             }
             QuantData::Gptq { .. } => self.matmul_decoded(kernel, x, t, bias, out),
             _ => self.matmul_fused(kernel, x, t, bias, out),
@@ -117,15 +117,15 @@ impl QuantMatrix {
         Ok(())
     }
 
-    /// GPTQ, one token, sequential groups: `gptq::gemv_sequential` over column ranges in parallel.
-    fn gemv_gptq(&self, kernel: Kernel, x: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+    /// GPTQ with sequential groups: `gptq::gemv_sequential` over column ranges in parallel.
+    fn gemv_gptq(&self, kernel: Kernel, x: &[f32], t: usize, bias: Option<&[f32]>, out: &mut [f32]) {
         let QuantData::Gptq { bits, group, qweight, zeros, scales, .. } = &self.data else {
             unreachable!("gemv_gptq is only called on GPTQ matrices")
         };
         let (n, k) = (self.n, self.k);
         par_rows(
             n,
-            1,
+            t,
             8,
             out,
             || (Vec::new(), Vec::new()),
@@ -133,8 +133,8 @@ impl QuantMatrix {
                 let w = gptq::Packed { bits: *bits, group: *group, n, k, qweight: qweight.as_slice(), zeros, scales };
                 gptq::gemv_sequential(kernel, &w, x, n0, y, scratch);
                 if let Some(b) = bias {
-                    for (yv, &bv) in y.iter_mut().zip(&b[n0..]) {
-                        *yv += bv;
+                    for (yr, &bv) in y.chunks_exact_mut(t).zip(&b[n0..]) {
+                        yr.iter_mut().for_each(|v| *v += bv);
                     }
                 }
             },
