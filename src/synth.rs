@@ -315,10 +315,16 @@ impl Init {
     }
 }
 
+/// The 64 random bits of element `i` of the tensor keyed `key` (float values and GPTQ words alike).
+#[inline(always)]
+fn draw(key: u64, i: u64) -> u64 {
+    splitmix64(key ^ i.wrapping_mul(0xD6E8_FEB8_6659_FD93))
+}
+
 /// Element `i` of the tensor keyed `key`.
 #[inline(always)]
 fn value(key: u64, i: u64, (offset, scale): (f32, f32)) -> f32 {
-    let bits = splitmix64(key ^ i.wrapping_mul(0xD6E8_FEB8_6659_FD93));
+    let bits = draw(key, i);
     let u = (bits >> 40) as f32 * (2.0 / (1u64 << 24) as f32) - 1.0; // uniform [-1, 1)
     offset + scale * u
 }
@@ -421,7 +427,7 @@ fn fill_words(out: &mut [u8], source: &Source<'_>, base: u64) {
     for (j, o) in out.chunks_exact_mut(4).enumerate() {
         let i = base + j as u64;
         let w = match *source {
-            Source::Words(key) => splitmix64(key ^ i.wrapping_mul(0xD6E8_FEB8_6659_FD93)) as u32,
+            Source::Words(key) => draw(key, i) as u32,
             Source::Repeat(w) => w,
             Source::GroupIndex(group) => (i / group as u64) as u32,
             Source::Random { .. } | Source::Values(_) => unreachable!("float sources are not words"),
